@@ -1,0 +1,3 @@
+"""conspo: ConSPO and GRPO-family objectives for RL with verifiable rewards."""
+
+__version__ = "0.1.0"

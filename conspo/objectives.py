@@ -1,0 +1,568 @@
+"""Policy objectives for RL with verifiable rewards, as pure tensor functions.
+
+Every function here is a pure function of tensors: no model, no optimizer, no globals.
+The trainer, the TRL plug-in and the benchmarks all import these; there is no second
+copy of any loss in the project.
+
+Layout (shared by every function)
+---------------------------------
+Rollouts are rows. A batch holds ``n_groups`` groups of ``group_size`` (G) rollouts of
+the same prompt, group g in rows ``[g*G, (g+1)*G)``; ``B = n_groups * G``.
+
+* ``token_logps``, ``old_token_logps``: (B, T) log pi(o_t | q, o_<t) of the completion tokens
+  under the current policy (with gradient) and the policy that sampled them (no gradient).
+* ``mask``: (B, T), 1 for real completion tokens, 0 for padding. |o_i| = mask[i].sum().
+* ``rewards``: (B,) verified rewards.
+
+Each loss returns ``(loss, metrics)``: a scalar tensor and a dict of plain floats with
+stable names. All functions are vectorised over groups (no Python loop over rows) and
+work in any floating dtype.
+
+References: ConSPO, arXiv 2605.12969 (only the abstract is public; see DESIGN.md, the
+ConSPO loss below is our reconstruction); GRPO, arXiv 2402.03300; Dr.GRPO, arXiv
+2503.20783; DAPO, arXiv 2503.14476; GSPO, arXiv 2507.18071. The GRPO-family
+normalisations follow TRL 1.16 ``GRPOTrainer`` (tested against it in tests/test_trl_oracle.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+Metrics = dict[str, float]
+
+#: Added to the group reward std before dividing, as TRL and the GRPO paper's code do.
+ADVANTAGE_STD_EPS = 1e-4
+
+
+# ---------------------------------------------------------------------------------------
+# Shared pieces
+# ---------------------------------------------------------------------------------------
+
+
+def _check_layout(mask: torch.Tensor, rewards: torch.Tensor, group_size: int) -> int:
+    """Validate the group layout and return the number of groups."""
+    if not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"group_size must be a positive int, got {group_size!r}")
+    if mask.dim() != 2:
+        raise ValueError(f"mask must be (B, T), got shape {tuple(mask.shape)}")
+    batch = mask.shape[0]
+    if rewards.shape != (batch,):
+        raise ValueError(f"rewards must be (B,) = ({batch},), got shape {tuple(rewards.shape)}")
+    if batch % group_size != 0:
+        raise ValueError(
+            f"batch of {batch} rows is not a whole number of groups of group_size={group_size}; "
+            "rows must be laid out as n_groups * group_size with each group contiguous"
+        )
+    return batch // group_size
+
+
+def _masked_sum(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Sum over the last dim of ``values`` where ``mask`` is set.
+
+    ``torch.where`` (not ``values * mask``) so that padding positions holding -inf or NaN
+    log-probs cannot poison the sum or its gradient.
+    """
+    return torch.where(mask.bool(), values, torch.zeros_like(values)).sum(-1)
+
+
+def sequence_scores(token_logps: torch.Tensor, mask: torch.Tensor, *, normalize_by_length: bool = True) -> torch.Tensor:
+    """Length-normalised sequence log-probability, (B,).
+
+        s_i = (1/|o_i|) * sum_t m_{i,t} * log pi(o_{i,t} | q, o_{i,<t})
+
+    Rows with |o_i| = 0 get score 0 (callers exclude them). With
+    ``normalize_by_length=False`` the score is the plain sum (an ablation, not the default).
+    """
+    if token_logps.shape != mask.shape:
+        raise ValueError(f"token_logps {tuple(token_logps.shape)} and mask {tuple(mask.shape)} differ in shape")
+    total = _masked_sum(token_logps, mask)
+    if not normalize_by_length:
+        return total
+    lengths = mask.bool().sum(-1).to(token_logps.dtype)
+    return total / lengths.clamp(min=1)
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, *, scale_by_std: bool = True) -> torch.Tensor:
+    """GRPO advantages, (B,).
+
+        A_i = (r_i - mean_g r) / (std_g r + 1e-4)      (std unbiased, as TRL)
+        A_i =  r_i - mean_g r                          (scale_by_std=False: Dr.GRPO)
+
+    Groups where every reward is equal get A = 0. With group_size 1 the std is undefined;
+    we return zero advantages (no within-group signal), where TRL would produce NaN then 0.
+    """
+    grouped = rewards.view(-1, group_size)
+    centered = grouped - grouped.mean(dim=1, keepdim=True)
+    if not scale_by_std:
+        return centered.reshape(-1)
+    if group_size == 1:
+        return torch.zeros_like(rewards)
+    std = grouped.std(dim=1, unbiased=True, keepdim=True)
+    return (centered / (std + ADVANTAGE_STD_EPS)).reshape(-1)
+
+
+def kl_k3(token_logps: torch.Tensor, ref_token_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """k3 estimator of KL(pi_theta || pi_ref), seq-mean-token-mean, scalar.
+
+        kl_t = exp(ref_t - logp_t) - (ref_t - logp_t) - 1        (Schulman, "Approximating KL")
+
+    Optional extra for any objective: ``loss + beta * kl_k3(...)``.
+    """
+    delta = ref_token_logps - token_logps
+    per_token = torch.exp(delta) - delta - 1
+    lengths = mask.bool().sum(-1).to(token_logps.dtype)
+    return (_masked_sum(per_token, mask) / lengths.clamp(min=1)).mean()
+
+
+# ---------------------------------------------------------------------------------------
+# ConSPO
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _ContrastiveGroups:
+    """Per-group quantities of the ConSPO loss, all shaped (n_groups, G) or (n_groups,)."""
+
+    positive: torch.Tensor  # bool (n, G): rollout in P_g of a valid group
+    negative: torch.Tensor  # bool (n, G): rollout in N_g of a valid group
+    valid: torch.Tensor  # bool (n,):   P_g and N_g both non-empty
+    n_positive: torch.Tensor  # (n,) |P_g| (clamped to >= 1 so it can divide)
+    n_valid: torch.Tensor  # ()   |V| (clamped to >= 1)
+    positive_logit: torch.Tensor  # (n, G) (s_i - m)/tau
+    negative_logit: torch.Tensor  # (n, G) s_j/tau
+    log_negative_mass: torch.Tensor  # (n,) log sum_{j in N_g} exp(s_j/tau), 0 for invalid groups
+
+
+def _contrastive_groups(
+    scores: torch.Tensor,
+    rewards: torch.Tensor,
+    present: torch.Tensor,
+    group_size: int,
+    margin: float,
+    tau: float,
+    positive_threshold: float,
+) -> _ContrastiveGroups:
+    if not tau > 0:
+        raise ValueError(f"tau must be > 0, got {tau!r}")
+    shape = (-1, group_size)
+    s = scores.view(shape)
+    present = present.view(shape)
+    is_positive = (rewards.view(shape) >= positive_threshold) & present
+    is_negative = (rewards.view(shape) < positive_threshold) & present
+    valid = is_positive.any(dim=1) & is_negative.any(dim=1)
+    positive = is_positive & valid[:, None]
+    negative = is_negative & valid[:, None]
+
+    positive_logit = (s - margin) / tau
+    negative_logit = s / tau
+    # logsumexp over the negatives only. Invalid groups get an all-zero row so that neither
+    # the value nor its gradient is NaN (logsumexp of all -inf has a NaN gradient).
+    neg_inf = torch.full_like(negative_logit, float("-inf"))
+    masked = torch.where(negative, negative_logit, neg_inf)
+    masked = torch.where(valid[:, None], masked, torch.zeros_like(masked))
+    log_negative_mass = torch.where(valid, torch.logsumexp(masked, dim=1), torch.zeros_like(valid, dtype=s.dtype))
+    return _ContrastiveGroups(
+        positive=positive,
+        negative=negative,
+        valid=valid,
+        n_positive=positive.sum(dim=1).clamp(min=1).to(s.dtype),
+        n_valid=valid.sum().clamp(min=1).to(s.dtype),
+        positive_logit=positive_logit,
+        negative_logit=negative_logit,
+        log_negative_mass=log_negative_mass,
+    )
+
+
+def conspo_loss(
+    token_logps: torch.Tensor,
+    mask: torch.Tensor,
+    rewards: torch.Tensor,
+    group_size: int,
+    *,
+    margin: float = 0.0,
+    tau: float = 0.3,
+    positive_threshold: float = 0.5,
+    normalize_by_length: bool = True,
+) -> tuple[torch.Tensor, Metrics]:
+    """ConSPO: group-wise InfoNCE over length-normalised sequence log-probabilities.
+
+    With s_i = sequence_scores(token_logps, mask), P_g = {i in g : r_i >= threshold, |o_i| > 0},
+    N_g = {j in g : r_j < threshold, |o_j| > 0}, V = groups with P_g and N_g non-empty:
+
+        l_i = -log( exp((s_i - m)/tau) / (exp((s_i - m)/tau) + sum_{j in N_g} exp(s_j/tau)) )
+            = softplus( logsumexp_{j in N_g}(s_j/tau) - (s_i - m)/tau )
+        L   = (1/|V|) * sum_{g in V} (1/|P_g|) * sum_{i in P_g} l_i          (L = 0 if V is empty)
+
+    ``margin`` m handicaps each positive (a larger m demands a wider separation);
+    ``tau`` is the temperature. Defaults are ours (DESIGN.md section 2), chosen on the
+    default task; the paper's values are not public.
+    Zero-length completions are excluded. If no group is valid, the loss is 0 with a zero
+    (not NaN) gradient.
+
+    Metrics (floats): ``objective/loss``, ``conspo/valid_group_frac``, ``conspo/pos_score_mean``,
+    ``conspo/neg_score_mean``, ``conspo/score_gap`` (mean over valid groups of mean positive
+    minus mean negative score), ``conspo/pos_above_all_neg_frac`` (positives scoring above
+    every negative of their group), ``conspo/pos_softmax_share`` (mean over positives of
+    exp((s_i-m)/tau)/Z_i), ``conspo/margin``, ``conspo/tau``.
+    """
+    n_groups = _check_layout(mask, rewards, group_size)
+    scores = sequence_scores(token_logps, mask, normalize_by_length=normalize_by_length)
+    present = mask.bool().any(dim=-1)
+    groups = _contrastive_groups(scores, rewards, present, group_size, margin, tau, positive_threshold)
+
+    per_positive = F.softplus(groups.log_negative_mass[:, None] - groups.positive_logit)
+    per_positive = torch.where(groups.positive, per_positive, torch.zeros_like(per_positive))
+    per_group = per_positive.sum(dim=1) / groups.n_positive
+    loss = per_group.sum() / groups.n_valid
+
+    metrics = _conspo_metrics(scores.detach(), groups, n_groups, loss.detach(), margin, tau)
+    return loss, metrics
+
+
+@torch.no_grad()
+def _conspo_metrics(
+    scores: torch.Tensor, groups: _ContrastiveGroups, n_groups: int, loss: torch.Tensor, margin: float, tau: float
+) -> Metrics:
+    s = scores.view(groups.positive.shape)
+    n_valid = int(groups.valid.sum())
+    metrics: Metrics = {
+        "objective/loss": float(loss),
+        "conspo/valid_group_frac": n_valid / max(n_groups, 1),
+        "conspo/margin": float(margin),
+        "conspo/tau": float(tau),
+    }
+    if n_valid == 0:
+        # Nothing to contrast: report NaN-free zeros and let valid_group_frac say why.
+        metrics.update(
+            {
+                "conspo/pos_score_mean": 0.0,
+                "conspo/neg_score_mean": 0.0,
+                "conspo/score_gap": 0.0,
+                "conspo/pos_above_all_neg_frac": 0.0,
+                "conspo/pos_softmax_share": 0.0,
+            }
+        )
+        return metrics
+    pos, neg = groups.positive, groups.negative
+    zeros = torch.zeros_like(s)
+    pos_mean_g = torch.where(pos, s, zeros).sum(1) / pos.sum(1).clamp(min=1)
+    neg_mean_g = torch.where(neg, s, zeros).sum(1) / neg.sum(1).clamp(min=1)
+    max_neg_g = torch.where(neg, s, torch.full_like(s, float("-inf"))).max(dim=1).values
+    above = (s > max_neg_g[:, None]) & pos
+    share = torch.sigmoid(groups.positive_logit - groups.log_negative_mass[:, None])
+    n_pos = pos.sum()
+    metrics.update(
+        {
+            "conspo/pos_score_mean": float(torch.where(pos, s, zeros).sum() / n_pos),
+            "conspo/neg_score_mean": float(torch.where(neg, s, zeros).sum() / neg.sum()),
+            "conspo/score_gap": float((pos_mean_g - neg_mean_g)[groups.valid].mean()),
+            "conspo/pos_above_all_neg_frac": float(above.sum() / n_pos),
+            "conspo/pos_softmax_share": float(torch.where(pos, share, zeros).sum() / n_pos),
+        }
+    )
+    return metrics
+
+
+@torch.no_grad()
+def conspo_coefficients(
+    scores: torch.Tensor,
+    rewards: torch.Tensor,
+    group_size: int,
+    *,
+    margin: float,
+    tau: float,
+    positive_threshold: float = 0.5,
+    present: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """dL/ds_i of the ConSPO loss in closed form, (B,); zero outside valid groups.
+
+        Z_i = exp((s_i - m)/tau) + sum_{j in N_g} exp(s_j/tau)
+        positive i:  c_i = -(1 - exp((s_i - m)/tau)/Z_i) / (tau |V| |P_g|)
+        negative j:  c_j =  (1/(tau |V| |P_g|)) * sum_{i in P_g} exp(s_j/tau)/Z_i
+
+    so that grad_theta L = sum_i c_i * grad_theta s_i. The coefficients depend only on the
+    (detached) scores of each group, which is what lets a group be split across
+    micro-batches or processes: compute every score without gradient, gather, call this,
+    then back-propagate the surrogate sum_i c_i * s_i(theta) piece by piece (DESIGN.md s.4).
+
+    ``present`` (bool, (B,)) marks rows with a non-empty completion; rows not present are
+    excluded like in ``conspo_loss``. Default: all rows present.
+    """
+    if scores.dim() != 1 or rewards.shape != scores.shape:
+        raise ValueError(f"scores and rewards must both be (B,), got {tuple(scores.shape)} and {tuple(rewards.shape)}")
+    if scores.shape[0] % group_size != 0:
+        raise ValueError(f"{scores.shape[0]} rows is not a whole number of groups of {group_size}")
+    if present is None:
+        present = torch.ones_like(scores, dtype=torch.bool)
+    groups = _contrastive_groups(scores, rewards, present.bool(), group_size, margin, tau, positive_threshold)
+    scale = 1.0 / (tau * groups.n_valid * groups.n_positive)  # (n,)
+    # log Z_i for each positive i: logaddexp of its own logit and the negatives' mass.
+    log_z = torch.logaddexp(groups.positive_logit, groups.log_negative_mass[:, None])  # (n, G)
+    positive_share = torch.exp(groups.positive_logit - log_z)
+    zeros = torch.zeros_like(log_z)
+    c_pos = torch.where(groups.positive, -(1 - positive_share) * scale[:, None], zeros)
+    # For negative j: sum over positives i of exp(s_j/tau - log Z_i): an (n, G_i, G_j) sum.
+    log_z_pos = torch.where(groups.positive, log_z, torch.full_like(log_z, float("inf")))
+    pairwise = torch.exp(groups.negative_logit[:, None, :] - log_z_pos[:, :, None]).sum(dim=1)
+    c_neg = torch.where(groups.negative, pairwise * scale[:, None], zeros)
+    return (c_pos + c_neg).reshape(-1)
+
+
+# ---------------------------------------------------------------------------------------
+# GRPO family
+# ---------------------------------------------------------------------------------------
+
+
+def _clipped_surrogate(log_ratio: torch.Tensor, advantages: torch.Tensor, eps_low: float, eps_high: float):
+    """PPO clipped per-element loss -min(rho*A, clip(rho, 1-eps_low, 1+eps_high)*A) and clip flags."""
+    ratio = torch.exp(log_ratio)
+    clipped = torch.clamp(ratio, 1 - eps_low, 1 + eps_high)
+    loss = -torch.minimum(ratio * advantages, clipped * advantages)
+    low = (ratio < 1 - eps_low) & (advantages < 0)
+    high = (ratio > 1 + eps_high) & (advantages > 0)
+    return loss, low, high
+
+
+@torch.no_grad()
+def _clip_metrics(low: torch.Tensor, high: torch.Tensor, mask: torch.Tensor) -> Metrics:
+    """Fraction of tokens (or sequences, for sequence-level ratios) whose ratio was clipped."""
+    if low.shape != mask.shape:  # sequence-level: one flag per row with a completion
+        weights = mask.bool().any(-1)
+        low, high = low.squeeze(-1), high.squeeze(-1)
+    else:
+        weights = mask.bool()
+    count = weights.sum().clamp(min=1)
+    return {
+        "clip/low_frac": float((low & weights).sum() / count),
+        "clip/high_frac": float((high & weights).sum() / count),
+        "clip/region_frac": float(((low | high) & weights).sum() / count),
+    }
+
+
+def _seq_mean_token_mean(per_token: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    lengths = mask.bool().sum(-1).to(per_token.dtype)
+    return (_masked_sum(per_token, mask) / lengths.clamp(min=1)).mean()
+
+
+def grpo_loss(
+    token_logps: torch.Tensor,
+    old_token_logps: torch.Tensor,
+    mask: torch.Tensor,
+    rewards: torch.Tensor,
+    group_size: int,
+    *,
+    eps_low: float = 0.2,
+    eps_high: float = 0.2,
+) -> tuple[torch.Tensor, Metrics]:
+    """GRPO (Shao et al. 2024) with TRL's ``loss_type="grpo"`` aggregation.
+
+        A_i     = (r_i - mean_g r) / (std_g r + 1e-4)
+        rho_t   = exp(logp_t - old_logp_t)
+        L       = (1/B) sum_i (1/|o_i|) sum_t -min(rho_t A_i, clip(rho_t, 1-eps_low, 1+eps_high) A_i)
+
+    Zero-length rows count in B with a zero term (as TRL does).
+    """
+    _check_layout(mask, rewards, group_size)
+    advantages = group_advantages(rewards, group_size).to(token_logps.dtype)
+    per_token, low, high = _clipped_surrogate(token_logps - old_token_logps, advantages[:, None], eps_low, eps_high)
+    loss = _seq_mean_token_mean(per_token, mask)
+    return loss, {"objective/loss": float(loss.detach()), **_clip_metrics(low, high, mask)}
+
+
+def dr_grpo_loss(
+    token_logps: torch.Tensor,
+    old_token_logps: torch.Tensor,
+    mask: torch.Tensor,
+    rewards: torch.Tensor,
+    group_size: int,
+    *,
+    eps_low: float = 0.2,
+    eps_high: float = 0.2,
+    max_completion_length: int | None = None,
+) -> tuple[torch.Tensor, Metrics]:
+    """Dr.GRPO (Liu et al. 2025): no std scaling, no per-sequence length normalisation.
+
+        A_i = r_i - mean_g r
+        L   = (1/(B * L_max)) sum_i sum_t -min(rho_t A_i, clip(rho_t) A_i)
+
+    L_max = ``max_completion_length`` (default: T, the padded width of the batch; pass the
+    generation limit to match TRL exactly when batches are padded shorter than it).
+    """
+    _check_layout(mask, rewards, group_size)
+    advantages = group_advantages(rewards, group_size, scale_by_std=False).to(token_logps.dtype)
+    per_token, low, high = _clipped_surrogate(token_logps - old_token_logps, advantages[:, None], eps_low, eps_high)
+    width = mask.shape[1] if max_completion_length is None else max_completion_length
+    loss = _masked_sum(per_token, mask).sum() / (mask.shape[0] * width)
+    return loss, {"objective/loss": float(loss.detach()), **_clip_metrics(low, high, mask)}
+
+
+def dapo_loss(
+    token_logps: torch.Tensor,
+    old_token_logps: torch.Tensor,
+    mask: torch.Tensor,
+    rewards: torch.Tensor,
+    group_size: int,
+    *,
+    eps_low: float = 0.2,
+    eps_high: float = 0.28,
+) -> tuple[torch.Tensor, Metrics]:
+    """DAPO (Yu et al. 2025) loss: clip-higher and token-mean over the whole batch.
+
+        A_i = (r_i - mean_g r) / (std_g r + 1e-4)
+        L   = (1 / sum_i |o_i|) sum_i sum_t -min(rho_t A_i, clip(rho_t, 1-eps_low, 1+eps_high) A_i)
+
+    DAPO's dynamic sampling (drop groups without signal and refill) is a trainer option,
+    not part of the loss.
+    """
+    _check_layout(mask, rewards, group_size)
+    advantages = group_advantages(rewards, group_size).to(token_logps.dtype)
+    per_token, low, high = _clipped_surrogate(token_logps - old_token_logps, advantages[:, None], eps_low, eps_high)
+    n_tokens = mask.bool().sum().clamp(min=1).to(token_logps.dtype)
+    loss = _masked_sum(per_token, mask).sum() / n_tokens
+    return loss, {"objective/loss": float(loss.detach()), **_clip_metrics(low, high, mask)}
+
+
+def gspo_loss(
+    token_logps: torch.Tensor,
+    old_token_logps: torch.Tensor,
+    mask: torch.Tensor,
+    rewards: torch.Tensor,
+    group_size: int,
+    *,
+    eps_low: float = 3e-4,
+    eps_high: float = 4e-4,
+) -> tuple[torch.Tensor, Metrics]:
+    """GSPO (Zheng et al. 2025): one length-normalised importance ratio per sequence.
+
+        rho_i = exp( (1/|o_i|) sum_t (logp_t - old_logp_t) )
+        L     = (1/B) sum_{i: |o_i|>0} -min(rho_i A_i, clip(rho_i, 1-eps_low, 1+eps_high) A_i)
+
+    Equal to TRL's ``importance_sampling_level="sequence"`` with ``loss_type="grpo"``.
+    """
+    _check_layout(mask, rewards, group_size)
+    advantages = group_advantages(rewards, group_size).to(token_logps.dtype)
+    log_ratio = sequence_scores(token_logps - old_token_logps, mask)[:, None]  # (B, 1)
+    per_seq, low, high = _clipped_surrogate(log_ratio, advantages[:, None], eps_low, eps_high)
+    present = mask.bool().any(-1)
+    loss = torch.where(present, per_seq.squeeze(-1), torch.zeros_like(per_seq.squeeze(-1))).mean()
+    return loss, {"objective/loss": float(loss.detach()), **_clip_metrics(low, high, mask)}
+
+
+# ---------------------------------------------------------------------------------------
+# GRPO as a score difference (DESIGN.md section 1)
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GRPOScoreGap:
+    """GRPO's loss written as a weighted positive-minus-negative score difference.
+
+    ``weights`` w_g, ``positive_score`` mean_{i in P_g} S+_i and ``negative_score``
+    mean_{j in N_g} S-_j are (n_groups,), zero for groups without both kinds;
+    ``loss`` = -(1/B) sum_g w_g (positive_score_g - negative_score_g) equals ``grpo_loss``.
+    """
+
+    weights: torch.Tensor
+    positive_score: torch.Tensor
+    negative_score: torch.Tensor
+    loss: torch.Tensor
+
+    def metrics(self) -> Metrics:
+        mixed = self.weights > 0
+        if not bool(mixed.any()):
+            return {"grpo/weight_mean": 0.0, "grpo/pos_score_mean": 0.0, "grpo/neg_score_mean": 0.0}
+        return {
+            "grpo/weight_mean": float(self.weights[mixed].mean()),
+            "grpo/pos_score_mean": float(self.positive_score[mixed].mean()),
+            "grpo/neg_score_mean": float(self.negative_score[mixed].mean()),
+        }
+
+
+def grpo_score_gap(
+    token_logps: torch.Tensor,
+    old_token_logps: torch.Tensor,
+    mask: torch.Tensor,
+    rewards: torch.Tensor,
+    group_size: int,
+    *,
+    eps_low: float = 0.2,
+    eps_high: float = 0.2,
+) -> GRPOScoreGap:
+    """The discriminative reformulation of GRPO for binary (0/1) rewards.
+
+    Group of G rollouts, k positive, p = k/G, sigma = unbiased std of the rewards:
+
+        S+_i = mean_t min(rho_t, 1+eps_high)        S-_j = mean_t max(rho_t, 1-eps_low)
+        w_g  = k (G - k) / (G (sigma_g + 1e-4))
+        L    = -(1/B) sum_g w_g ( mean_{i in P_g} S+_i - mean_{j in N_g} S-_j )
+
+    because min(rho A, clip(rho) A) = A min(rho, 1+eps_high) for A > 0 and
+    A max(rho, 1-eps_low) for A < 0. The weight depends only on the group's success rate,
+    not on how well the scores are already separated ("score-insensitive credit
+    assignment"). Raises on non-binary rewards, where the identity does not hold.
+    """
+    _check_layout(mask, rewards, group_size)
+    if not bool(((rewards == 0) | (rewards == 1)).all()):
+        raise ValueError("grpo_score_gap needs binary 0/1 rewards; the score-gap identity does not hold otherwise")
+    shape = (-1, group_size)
+    ratio = torch.exp(token_logps - old_token_logps)
+    lengths = mask.bool().sum(-1).to(token_logps.dtype).clamp(min=1)
+    score_pos = (_masked_sum(torch.clamp(ratio, max=1 + eps_high), mask) / lengths).view(shape)
+    score_neg = (_masked_sum(torch.clamp(ratio, min=1 - eps_low), mask) / lengths).view(shape)
+    is_pos = rewards.view(shape) == 1
+    k = is_pos.sum(1).to(token_logps.dtype)
+    n_neg = group_size - k
+    sigma = rewards.view(shape).to(token_logps.dtype).std(dim=1, unbiased=True) if group_size > 1 else k * 0
+    weights = k * n_neg / (group_size * (sigma + ADVANTAGE_STD_EPS))
+    zeros = torch.zeros_like(score_pos)
+    pos_mean = torch.where(is_pos, score_pos, zeros).sum(1) / k.clamp(min=1)
+    neg_mean = torch.where(~is_pos, score_neg, zeros).sum(1) / n_neg.clamp(min=1)
+    loss = -(weights * (pos_mean - neg_mean)).sum() / rewards.shape[0]
+    return GRPOScoreGap(weights=weights, positive_score=pos_mean, negative_score=neg_mean, loss=loss)
+
+
+# ---------------------------------------------------------------------------------------
+# Registry
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A named objective with a uniform call signature.
+
+    ``loss(token_logps, old_token_logps, mask, rewards, group_size, **options)`` returns
+    ``(loss, metrics)``. ``couples_group`` is True when a row's loss depends on the other
+    rows of its group (ConSPO): such objectives need whole groups per micro-batch or the
+    coefficient mode. ``uses_old_logps`` is False when the old log-probs are ignored.
+    """
+
+    name: str
+    loss: Callable[..., tuple[torch.Tensor, Metrics]]
+    couples_group: bool
+    uses_old_logps: bool
+
+
+def _conspo_uniform(token_logps, old_token_logps, mask, rewards, group_size, **options):
+    del old_token_logps  # ConSPO scores the current policy only
+    return conspo_loss(token_logps, mask, rewards, group_size, **options)
+
+
+OBJECTIVES: dict[str, Objective] = {
+    "conspo": Objective("conspo", _conspo_uniform, couples_group=True, uses_old_logps=False),
+    "grpo": Objective("grpo", grpo_loss, couples_group=False, uses_old_logps=True),
+    "dr_grpo": Objective("dr_grpo", dr_grpo_loss, couples_group=False, uses_old_logps=True),
+    "dapo": Objective("dapo", dapo_loss, couples_group=False, uses_old_logps=True),
+    "gspo": Objective("gspo", gspo_loss, couples_group=False, uses_old_logps=True),
+}
+
+
+def get_objective(name: str) -> Objective:
+    """Look up an objective by name: one of ``conspo, grpo, dr_grpo, dapo, gspo``."""
+    try:
+        return OBJECTIVES[name]
+    except KeyError:
+        raise ValueError(f"unknown objective {name!r}; valid objectives are: {', '.join(OBJECTIVES)}") from None

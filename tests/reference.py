@@ -1,0 +1,142 @@
+"""Loop reference implementations: one rollout and one token at a time, written from the
+formulas in DESIGN.md (not from conspo.objectives), to check the vectorised code against.
+
+Slow by design; only for tests on small batches. Scalars are torch tensors so that
+autograd works through them too.
+"""
+
+import math
+
+import torch
+
+
+def _score(logps_row, mask_row, normalize=True):
+    total, count = torch.zeros((), dtype=logps_row.dtype), 0
+    for t in range(len(mask_row)):
+        if mask_row[t]:
+            total = total + logps_row[t]
+            count += 1
+    if count == 0:
+        return total, 0
+    return (total / count if normalize else total), count
+
+
+def conspo_loss_loop(token_logps, mask, rewards, G, margin, tau, threshold=0.5, normalize=True):
+    B = token_logps.shape[0]
+    group_losses = []
+    for g in range(B // G):
+        scores, pos, neg = {}, [], []
+        for i in range(g * G, (g + 1) * G):
+            s, n = _score(token_logps[i], mask[i], normalize)
+            if n == 0:
+                continue
+            scores[i] = s
+            (pos if float(rewards[i]) >= threshold else neg).append(i)
+        if not pos or not neg:
+            continue
+        terms = []
+        for i in pos:
+            numerator = torch.exp((scores[i] - margin) / tau)
+            denominator = numerator
+            for j in neg:
+                denominator = denominator + torch.exp(scores[j] / tau)
+            terms.append(-torch.log(numerator / denominator))
+        group_losses.append(sum(terms) / len(pos))
+    if not group_losses:
+        return torch.zeros((), dtype=token_logps.dtype)
+    return sum(group_losses) / len(group_losses)
+
+
+def conspo_coefficients_loop(scores, rewards, G, margin, tau, threshold=0.5):
+    """dL/ds from the closed form of DESIGN.md section 2, one element at a time."""
+    B = len(scores)
+    s = [float(x) for x in scores]
+    c = [0.0] * B
+    valid_groups = []
+    for g in range(B // G):
+        rows = range(g * G, (g + 1) * G)
+        pos = [i for i in rows if float(rewards[i]) >= threshold]
+        neg = [j for j in rows if float(rewards[j]) < threshold]
+        if pos and neg:
+            valid_groups.append((pos, neg))
+    V = len(valid_groups)
+    for pos, neg in valid_groups:
+        P = len(pos)
+        Z = {i: math.exp((s[i] - margin) / tau) + sum(math.exp(s[j] / tau) for j in neg) for i in pos}
+        for i in pos:
+            c[i] = -(1 - math.exp((s[i] - margin) / tau) / Z[i]) / (tau * V * P)
+        for j in neg:
+            c[j] = sum(math.exp(s[j] / tau) / Z[i] for i in pos) / (tau * V * P)
+    return torch.tensor(c, dtype=torch.float64)
+
+
+def _advantages(rewards, G, scale):
+    A = []
+    for g in range(len(rewards) // G):
+        r = [float(x) for x in rewards[g * G:(g + 1) * G]]
+        mean = sum(r) / G
+        std = math.sqrt(sum((x - mean) ** 2 for x in r) / (G - 1)) if G > 1 else 0.0
+        for x in r:
+            A.append((x - mean) / (std + 1e-4) if scale else x - mean)
+    return A
+
+
+def _ppo_term(logp, old, A, eps_low, eps_high):
+    rho = torch.exp(logp - old)
+    clipped = torch.clamp(rho, 1 - eps_low, 1 + eps_high)
+    return -torch.minimum(rho * A, clipped * A)
+
+
+def clipped_loss_loop(kind, token_logps, old, mask, rewards, G, eps_low, eps_high, max_len=None):
+    """kind in grpo | dr_grpo | dapo | gspo."""
+    B, T = token_logps.shape
+    A = _advantages(rewards, G, scale=(kind != "dr_grpo"))
+    total = torch.zeros((), dtype=token_logps.dtype)
+    n_tokens = 0
+    for i in range(B):
+        idx = [t for t in range(T) if mask[i][t]]
+        n_tokens += len(idx)
+        if kind == "gspo":
+            if idx:
+                log_ratio = sum(token_logps[i][t] - old[i][t] for t in idx) / len(idx)
+                total = total + _ppo_term(log_ratio, torch.zeros((), dtype=token_logps.dtype), A[i], eps_low, eps_high)
+            continue
+        row = torch.zeros((), dtype=token_logps.dtype)
+        for t in idx:
+            row = row + _ppo_term(token_logps[i][t], old[i][t], A[i], eps_low, eps_high)
+        if kind == "grpo":
+            total = total + (row / len(idx) if idx else row)
+        else:
+            total = total + row
+    if kind in ("grpo", "gspo"):
+        return total / B
+    if kind == "dr_grpo":
+        return total / (B * (T if max_len is None else max_len))
+    return total / max(n_tokens, 1)  # dapo
+
+
+def grpo_score_gap_loop(token_logps, old, mask, rewards, G, eps_low, eps_high):
+    """DESIGN.md section 1, written out: -(1/B) sum_g w_g (mean S+ - mean S-)."""
+    B, T = token_logps.shape
+    total = 0.0
+    for g in range(B // G):
+        rows = list(range(g * G, (g + 1) * G))
+        r = [float(rewards[i]) for i in rows]
+        k = sum(1 for x in r if x == 1)
+        if k in (0, G):
+            continue
+        p = k / G
+        mean = sum(r) / G
+        sigma = math.sqrt(sum((x - mean) ** 2 for x in r) / (G - 1))
+        w = k * (G - k) / (G * (sigma + 1e-4))
+        assert abs(w - ((1 - p) * k / (sigma + 1e-4))) < 1e-9  # A+ * k == w_g
+        s_pos, s_neg = [], []
+        for i in rows:
+            idx = [t for t in range(T) if mask[i][t]]
+            rhos = [math.exp(float(token_logps[i][t] - old[i][t])) for t in idx]
+            if float(rewards[i]) == 1:
+                s_pos.append(sum(min(x, 1 + eps_high) for x in rhos) / max(len(idx), 1))
+            else:
+                s_neg.append(sum(max(x, 1 - eps_low) for x in rhos) / max(len(idx), 1))
+        total += w * (sum(s_pos) / len(s_pos) - sum(s_neg) / len(s_neg))
+    return -total / B
