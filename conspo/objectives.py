@@ -343,6 +343,11 @@ def _clip_metrics(low: torch.Tensor, high: torch.Tensor, mask: torch.Tensor) -> 
     }
 
 
+def _as_float(rewards: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Rewards in the log-probs' dtype, but never below fp32 (advantages in bf16 lose ~3 digits)."""
+    return rewards.to(torch.promote_types(like.dtype, torch.float32))
+
+
 def _seq_mean_token_mean(per_token: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     lengths = mask.bool().sum(-1).to(per_token.dtype)
     return (_masked_sum(per_token, mask) / lengths.clamp(min=1)).mean()
@@ -367,7 +372,7 @@ def grpo_loss(
     Zero-length rows count in B with a zero term (as TRL does).
     """
     _check_layout(mask, rewards, group_size)
-    advantages = group_advantages(rewards, group_size).to(token_logps.dtype)
+    advantages = group_advantages(_as_float(rewards, token_logps), group_size)
     per_token, low, high = _clipped_surrogate(token_logps - old_token_logps, advantages[:, None], eps_low, eps_high)
     loss = _seq_mean_token_mean(per_token, mask)
     return loss, {"objective/loss": float(loss.detach()), **_clip_metrics(low, high, mask)}
@@ -393,7 +398,7 @@ def dr_grpo_loss(
     generation limit to match TRL exactly when batches are padded shorter than it).
     """
     _check_layout(mask, rewards, group_size)
-    advantages = group_advantages(rewards, group_size, scale_by_std=False).to(token_logps.dtype)
+    advantages = group_advantages(_as_float(rewards, token_logps), group_size, scale_by_std=False)
     per_token, low, high = _clipped_surrogate(token_logps - old_token_logps, advantages[:, None], eps_low, eps_high)
     width = mask.shape[1] if max_completion_length is None else max_completion_length
     loss = _masked_sum(per_token, mask).sum() / (mask.shape[0] * width)
@@ -419,7 +424,7 @@ def dapo_loss(
     not part of the loss.
     """
     _check_layout(mask, rewards, group_size)
-    advantages = group_advantages(rewards, group_size).to(token_logps.dtype)
+    advantages = group_advantages(_as_float(rewards, token_logps), group_size)
     per_token, low, high = _clipped_surrogate(token_logps - old_token_logps, advantages[:, None], eps_low, eps_high)
     n_tokens = mask.bool().sum().clamp(min=1).to(token_logps.dtype)
     loss = _masked_sum(per_token, mask).sum() / n_tokens
@@ -444,7 +449,7 @@ def gspo_loss(
     Equal to TRL's ``importance_sampling_level="sequence"`` with ``loss_type="grpo"``.
     """
     _check_layout(mask, rewards, group_size)
-    advantages = group_advantages(rewards, group_size).to(token_logps.dtype)
+    advantages = group_advantages(_as_float(rewards, token_logps), group_size)
     log_ratio = sequence_scores(token_logps - old_token_logps, mask)[:, None]  # (B, 1)
     per_seq, low, high = _clipped_surrogate(log_ratio, advantages[:, None], eps_low, eps_high)
     present = mask.bool().any(-1)
@@ -538,12 +543,34 @@ class Objective:
     ``(loss, metrics)``. ``couples_group`` is True when a row's loss depends on the other
     rows of its group (ConSPO): such objectives need whole groups per micro-batch or the
     coefficient mode. ``uses_old_logps`` is False when the old log-probs are ignored.
+
+    ``normalizer(mask, rewards, group_size, **options)`` is the count the loss divides by
+    (rows, tokens or valid groups). A batch split into micro-batches of whole groups has
+    loss = sum_k loss_k * normalizer_k / normalizer, which is how the trainer accumulates
+    gradients exactly.
     """
 
     name: str
     loss: Callable[..., tuple[torch.Tensor, Metrics]]
     couples_group: bool
     uses_old_logps: bool
+    normalizer: Callable[..., float]
+
+
+def _count_rows(mask, rewards, group_size, **_):
+    return float(mask.shape[0])
+
+
+def _count_tokens(mask, rewards, group_size, **_):
+    return float(mask.bool().sum())
+
+
+def _count_valid_groups(mask, rewards, group_size, *, positive_threshold=0.5, **_):
+    present = mask.bool().any(-1).view(-1, group_size)
+    r = rewards.view(-1, group_size)
+    has_pos = ((r >= positive_threshold) & present).any(1)
+    has_neg = ((r < positive_threshold) & present).any(1)
+    return float((has_pos & has_neg).sum())
 
 
 def _conspo_uniform(token_logps, old_token_logps, mask, rewards, group_size, **options):
@@ -552,11 +579,11 @@ def _conspo_uniform(token_logps, old_token_logps, mask, rewards, group_size, **o
 
 
 OBJECTIVES: dict[str, Objective] = {
-    "conspo": Objective("conspo", _conspo_uniform, couples_group=True, uses_old_logps=False),
-    "grpo": Objective("grpo", grpo_loss, couples_group=False, uses_old_logps=True),
-    "dr_grpo": Objective("dr_grpo", dr_grpo_loss, couples_group=False, uses_old_logps=True),
-    "dapo": Objective("dapo", dapo_loss, couples_group=False, uses_old_logps=True),
-    "gspo": Objective("gspo", gspo_loss, couples_group=False, uses_old_logps=True),
+    "conspo": Objective("conspo", _conspo_uniform, True, False, _count_valid_groups),
+    "grpo": Objective("grpo", grpo_loss, False, True, _count_rows),
+    "dr_grpo": Objective("dr_grpo", dr_grpo_loss, False, True, _count_rows),  # B * L_max, L_max fixed
+    "dapo": Objective("dapo", dapo_loss, False, True, _count_tokens),
+    "gspo": Objective("gspo", gspo_loss, False, True, _count_rows),
 }
 
 

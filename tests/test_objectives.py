@@ -284,3 +284,27 @@ def test_layout_errors_are_clear():
         obj.conspo_loss(logps, mask, rewards, 3, tau=0.0)
     with pytest.raises(ValueError, match="group_size"):
         obj.dapo_loss(logps, old, mask, rewards, 0)
+
+
+@pytest.mark.parametrize("name", list(obj.OBJECTIVES))
+def test_normalizer_makes_micro_batch_accumulation_exact(name):
+    """sum over micro-batches of loss_k * n_k / n equals the full-batch loss (and gradient)."""
+    G = 4
+    logps, old, mask, rewards = make_batch(6, G, 5, seed=21, zero_length_rows=2)
+    objective = obj.get_objective(name)
+    opts = {"max_completion_length": 5} if name == "dr_grpo" else {}
+    full = logps.clone().requires_grad_(True)
+    loss, _ = objective.loss(full, old, mask, rewards, G, **opts)
+    loss.backward()
+    parts = logps.clone().requires_grad_(True)
+    n = objective.normalizer(mask, rewards, G)
+    total = 0.0
+    for rows in (slice(0, 8), slice(8, 12), slice(12, 24)):
+        n_k = objective.normalizer(mask[rows], rewards[rows], G)
+        if n_k == 0:
+            continue
+        part, _ = objective.loss(parts[rows], old[rows], mask[rows], rewards[rows], G, **opts)
+        (part * n_k / n).backward()
+        total += float(part.detach()) * n_k / n
+    assert total == pytest.approx(float(loss.detach()), rel=1e-12)
+    torch.testing.assert_close(parts.grad, full.grad, rtol=1e-10, atol=1e-14)

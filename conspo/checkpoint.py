@@ -1,0 +1,153 @@
+"""Atomic checkpoints: safetensors tensors plus JSON, never pickles.
+
+A checkpoint is a directory ``checkpoint-<step>/`` holding
+
+* ``model.safetensors``      the policy weights (``safetensors.torch.save_model``: tied weights ok)
+* ``optimizer.safetensors``  every tensor of the optimizer state, keys ``state.<param>.<name>``
+* ``state.json``             step, optimizer param groups and scalar state, Python RNG state,
+                             and anything else the trainer passes as ``extra``
+* ``rng.safetensors``        torch CPU (and CUDA) generator states
+
+It is written into a hidden temporary directory, flushed, then renamed into place, so a
+``checkpoint-<step>`` directory that exists is complete: a crash mid-write leaves only a
+``.tmp-*`` directory, which is ignored and cleaned up by the next save.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, load_model, save_file, save_model
+
+PREFIX = "checkpoint-"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_json(path: Path, data) -> None:
+    with open(path, "w") as f:
+        json.dump(data, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for param_id, param_state in state["state"].items():
+        for name, value in param_state.items():
+            if torch.is_tensor(value):
+                tensors[f"state.{param_id}.{name}"] = value.detach().contiguous().cpu()
+            else:
+                scalars[f"{param_id}.{name}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _optimizer_from_flat(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        _, param_id, name = key.split(".", 2)
+        state.setdefault(int(param_id), {})[name] = value
+    for key, value in meta["scalars"].items():
+        param_id, name = key.split(".", 1)
+        state.setdefault(int(param_id), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def save_checkpoint(run_dir: Path, step: int, model, optimizer, py_rng: random.Random, extra: dict, keep: int = 2) -> Path:
+    """Write ``run_dir/checkpoint-<step>`` atomically; keep the newest ``keep`` checkpoints."""
+    run_dir = Path(run_dir)
+    final = run_dir / f"{PREFIX}{step}"
+    tmp = run_dir / f".tmp-{PREFIX}{step}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    save_model(model, str(tmp / "model.safetensors"))
+    opt_tensors, opt_meta = _optimizer_to_flat(optimizer)
+    save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+    rng = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            rng[f"torch_cuda_{i}"] = s
+    save_file(rng, str(tmp / "rng.safetensors"))
+    version, internal, gauss = py_rng.getstate()
+    _write_json(tmp / "state.json", {
+        "step": step,
+        "optimizer": opt_meta,
+        "python_rng": [version, list(internal), gauss],
+        **extra,
+    })
+    for f in tmp.iterdir():  # safetensors does not fsync; do it before the rename makes it visible
+        with open(f, "rb+") as handle:
+            os.fsync(handle.fileno())
+    _fsync_dir(tmp)
+    if final.exists():  # re-saving a step (e.g. after resuming onto it): replace whole
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    _fsync_dir(run_dir)
+    for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in run_dir.glob(f".tmp-{PREFIX}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    found = []
+    for path in Path(run_dir).glob(f"{PREFIX}*"):
+        suffix = path.name[len(PREFIX):]
+        if path.is_dir() and suffix.isdigit() and (path / "state.json").exists():
+            found.append((int(suffix), path))
+    return [p for _, p in sorted(found)]
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory, or the newest complete checkpoint of a run directory."""
+    path = Path(path)
+    if (path / "state.json").exists():
+        return path
+    if not path.is_dir():
+        raise FileNotFoundError(f"--resume {path}: no such directory")
+    pickles = [p.name for p in path.glob("*") if p.suffix in {".pt", ".pth", ".bin", ".pkl", ".ckpt"}]
+    checkpoints = list_checkpoints(path)
+    if not checkpoints:
+        hint = f" (found pickle files {pickles}: conspo never loads pickles)" if pickles else ""
+        raise FileNotFoundError(f"--resume {path}: no complete checkpoint-<step> directory in it{hint}")
+    return checkpoints[-1]
+
+
+def load_checkpoint(checkpoint: Path, model, optimizer, py_rng: random.Random) -> dict:
+    """Restore model, optimizer and RNG states in place; return the JSON state."""
+    checkpoint = Path(checkpoint)
+    for required in ("model.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json"):
+        if not (checkpoint / required).exists():
+            raise FileNotFoundError(f"checkpoint {checkpoint} is missing {required}")
+    with open(checkpoint / "state.json") as f:
+        state = json.load(f)
+    missing, unexpected = load_model(model, str(checkpoint / "model.safetensors"), strict=False)
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {checkpoint} does not fit the model: missing {missing}, unexpected {unexpected}")
+    device = next(model.parameters()).device
+    opt_tensors = {k: v.to(device) if not k.endswith(".step") else v for k, v in load_file(str(checkpoint / "optimizer.safetensors")).items()}
+    _optimizer_from_flat(optimizer, opt_tensors, state["optimizer"])
+    rng = load_file(str(checkpoint / "rng.safetensors"))
+    torch.set_rng_state(rng["torch_cpu"])
+    if torch.cuda.is_available():
+        cuda_states = [rng[k] for k in sorted(k for k in rng if k.startswith("torch_cuda_"))]
+        if cuda_states:
+            torch.cuda.set_rng_state_all(cuda_states)
+    version, internal, gauss = state["python_rng"]
+    py_rng.setstate((version, tuple(internal), gauss))
+    return state

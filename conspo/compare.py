@@ -1,0 +1,109 @@
+"""``conspo compare``: the same task and budget for several objectives and seeds.
+
+Each (objective, seed) is a full ``train`` run in ``<output_dir>/<objective>-seed<seed>``;
+the table reports final held-out accuracy (mean +- sample std over seeds), steps to a
+target accuracy and wall time, and one plot shows each objective's curve with its spread.
+Results are what they are: nothing here favours any objective.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+
+from conspo.reporting import read_metrics
+from conspo.train import TrainConfig, train
+
+
+def compare(base: TrainConfig, *, objectives: list[str], seeds: int, target_accuracy: float | None = None, log=print) -> dict:
+    from tqdm.auto import tqdm
+
+    if seeds < 1:
+        raise ValueError("--seeds must be >= 1")
+    root = Path(base.output_dir or f"runs/compare-{datetime.now():%Y%m%d-%H%M%S}")
+    for name in objectives:  # fail before hours of training, not after
+        replace(base, objective=name).validate()
+    runs: dict[str, list[dict]] = {}
+    for name in objectives:
+        for seed in range(seeds):
+            cfg = replace(base, objective=name, seed=seed, output_dir=str(root / f"{name}-seed{seed}"), resume="")
+            summary = train(cfg, log=tqdm.write)
+            curve = [(m["step"], m["heldout/accuracy"]) for m in read_metrics(Path(cfg.output_dir) / "metrics.jsonl")
+                     if "heldout/accuracy" in m]
+            runs.setdefault(name, []).append({**summary, "curve": curve})
+    if target_accuracy is None:
+        befores = [r["heldout_accuracy_before"] for rs in runs.values() for r in rs]
+        target_accuracy = round(statistics.mean(befores) + 0.10, 3)
+    table = summarise(runs, target_accuracy)
+    text = format_table(table, target_accuracy, base.steps)
+    plot_comparison(runs, root / "compare.png", target_accuracy)
+    with open(root / "compare.json", "w") as f:
+        json.dump({"target_accuracy": target_accuracy, "table": table, "runs": runs}, f, indent=1)
+    log(text + f"\n\nplot: {root / 'compare.png'}  data: {root / 'compare.json'}")
+    return {"table": table, "runs": runs, "target_accuracy": target_accuracy}
+
+
+def steps_to_target(curve: list[tuple[int, float]], target: float) -> int | None:
+    """First evaluated step whose held-out accuracy is >= target (None if never)."""
+    return next((step for step, acc in curve if acc >= target), None)
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarise(runs: dict[str, list[dict]], target: float) -> list[dict]:
+    rows = []
+    for name, rs in runs.items():
+        after_mean, after_std = _mean_std([r["heldout_accuracy_after"] for r in rs])
+        gain_mean, gain_std = _mean_std([r["heldout_accuracy_after"] - r["heldout_accuracy_before"] for r in rs])
+        reached = [s for s in (steps_to_target(r["curve"], target) for r in rs) if s is not None]
+        rows.append({
+            "objective": name,
+            "seeds": len(rs),
+            "accuracy_after_mean": after_mean,
+            "accuracy_after_std": after_std,
+            "gain_mean": gain_mean,
+            "gain_std": gain_std,
+            "reached_target": len(reached),
+            "steps_to_target_median": statistics.median(reached) if reached else None,
+            "wall_seconds_mean": statistics.mean(r["wall_seconds"] for r in rs),
+        })
+    return rows
+
+
+def format_table(rows: list[dict], target: float, steps: int) -> str:
+    lines = [f"| objective | seeds | held-out accuracy after | change (points) | steps to {target:.0%} (median, reached/seeds) | wall s/run |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        reach = "never" if r["steps_to_target_median"] is None else f"{r['steps_to_target_median']:.0f}"
+        lines.append(f"| {r['objective']} | {r['seeds']} | {r['accuracy_after_mean']:.1%} +- {r['accuracy_after_std']:.1%} | "
+                     f"{r['gain_mean'] * 100:+.1f} +- {r['gain_std'] * 100:.1f} | {reach} ({r['reached_target']}/{r['seeds']}) | "
+                     f"{r['wall_seconds_mean']:.0f} |")
+    return "\n".join(lines) + f"\n(budget: {steps} optimizer steps per run; +- is the sample std over seeds)"
+
+
+def plot_comparison(runs: dict[str, list[dict]], out_png: Path, target: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for name, rs in runs.items():
+        steps = [s for s, _ in rs[0]["curve"]]
+        accs = np.array([[a for _, a in r["curve"]] for r in rs if len(r["curve"]) == len(steps)])
+        mean = accs.mean(0)
+        ax.plot(steps, mean, marker="o", ms=3, label=f"{name} (n={len(accs)})")
+        if len(accs) > 1:
+            ax.fill_between(steps, accs.min(0), accs.max(0), alpha=0.2)
+    ax.axhline(target, ls=":", c="gray", lw=1)
+    ax.set(xlabel="optimizer step", ylabel="held-out accuracy (greedy)", title="mean over seeds; band: min-max")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=90)
+    plt.close(fig)

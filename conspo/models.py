@@ -1,0 +1,94 @@
+"""Loading policies and tokenizers, and the tiny built-in model of the default run.
+
+Every policy is a transformers ``AutoModelForCausalLM``. The default is a ~1M-parameter
+Qwen2 of the same classes as Qwen2.5, with a character tokenizer built in code, so the
+code path that trains it on a laptop is the one that trains a 1.5B model on a GPU.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+#: Marks a directory holding a model written by conspo's tiny-model code; its tokenizer
+#: is loaded with PreTrainedTokenizerFast (AutoTokenizer would pick the Qwen2 tokenizer
+#: class for a qwen2-typed config and swap the pre-tokenizer: DESIGN.md section 7).
+TINY_MARKER = "conspo_tiny.json"
+
+TINY_CHARS = "0123456789+-*=() "
+TINY_SPECIAL = ["<pad>", "<eos>"]
+
+
+def build_char_tokenizer(chars: str = TINY_CHARS):
+    """A character-level fast tokenizer: one token per character, plus <pad> and <eos>."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(TINY_SPECIAL + list(chars))}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    core.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>")
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def build_tiny_model(vocab_size: int, *, hidden: int = 128, layers: int = 4, ffn: int = 512, heads: int = 4, seed: int = 0):
+    """A small Qwen2 (tied embeddings) with the geometry from DESIGN.md section 8 (~1.05M params)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=ffn,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=None,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return Qwen2ForCausalLM(config)
+
+
+def save_pretrained(model, tokenizer, directory: str | Path, *, tiny: bool = False) -> None:
+    """Save weights as safetensors (never pickles) plus config and tokenizer files."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    if tiny:
+        (directory / TINY_MARKER).write_text(json.dumps({"tokenizer": "char", "chars": TINY_CHARS}) + "\n")
+
+
+def load_tokenizer(name_or_path: str):
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    if (Path(name_or_path) / TINY_MARKER).exists():
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(name_or_path)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    tokenizer.padding_side = "left"  # generation appends on the right of every row
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_policy(name_or_path: str, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+    """Any causal LM by local path or hub id, refusing pickled weights."""
+    from transformers import AutoModelForCausalLM
+
+    path = Path(name_or_path)
+    if path.is_dir() and not any(path.glob("*.safetensors")) and any(path.glob("*.bin")):
+        raise ValueError(
+            f"{path} holds only pickle (*.bin) weights; conspo loads safetensors only "
+            "(pickles can run code when loaded). Convert them with a trusted tool first."
+        )
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, use_safetensors=True)
+    return model.to(device)

@@ -1,0 +1,41 @@
+"""Tasks: where prompts and gold answers come from, and how completions are scored.
+
+A task gives the trainer three things: a pool of training problems to sample from, a
+fixed held-out set, and a batch scorer ``score(problems, completions) -> list[float]``.
+Built-in: ``addition`` (the CPU default, synthetic and exactly verifiable).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One prompt with its gold answer. ``prompt`` is the exact text given to the model."""
+
+    id: str
+    prompt: str
+    answer: str
+    meta: dict = field(default_factory=dict, compare=False, hash=False)
+
+
+class Task(Protocol):
+    name: str
+    max_new_tokens: int
+
+    def train_problems(self) -> list[Problem]: ...
+
+    def heldout_problems(self) -> list[Problem]: ...
+
+    def score(self, problems: list[Problem], completions: list[str]) -> list[float]: ...
+
+
+def get_task(name: str, **options) -> Task:
+    """Build a task by name. Unknown names list the valid ones."""
+    if name == "addition":
+        from conspo.tasks.arithmetic import AdditionTask
+
+        return AdditionTask(**options)
+    raise ValueError(f"unknown task {name!r}; valid tasks are: addition")

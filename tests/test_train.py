@@ -1,0 +1,222 @@
+"""Trainer: exact gradients under micro-batching, and smoke runs of the real CLI (cleanrl-style)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conspo.models import build_char_tokenizer, build_tiny_model
+from conspo.objectives import OBJECTIVES, get_objective
+from conspo.rollout import generate, token_logprobs
+from conspo.train import accumulate_gradients
+
+
+# --- exactness of the update under micro-batching ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def policy_and_batch():
+    torch.manual_seed(0)
+    tokenizer = build_char_tokenizer()
+    model = build_tiny_model(len(tokenizer), hidden=32, layers=2, ffn=64, heads=2).double()
+    G = 4
+    rollouts = generate(model, tokenizer, ["12+34=", "5+6=", "99+1=", "7+70="], num_generations=G, max_new_tokens=5)
+    rewards = torch.tensor([1, 0, 0, 1, 0, 0, 0, 0, 1, 1, 0, 1, 1, 1, 1, 1], dtype=torch.float64)  # group 1 and 3 have no contrast
+    return model, rollouts, rewards, G
+
+
+def _grad(model, **kwargs):
+    model.zero_grad(set_to_none=True)
+    metrics = accumulate_gradients(model, **kwargs)
+    return torch.cat([p.grad.flatten() for p in model.parameters()]), metrics
+
+
+def _full_batch_grad(model, name, rollouts, rewards, G, options):
+    """The reference: the objective's loss on the whole batch in one graph, autograd."""
+    model.zero_grad(set_to_none=True)
+    logps = token_logprobs(model, rollouts)
+    loss, _ = get_objective(name).loss(logps, logps.detach(), rollouts.completion_mask, rewards, G, **options)
+    loss.backward()
+    return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+
+@pytest.mark.parametrize("micro,mode", [(0, "whole"), (4, "whole"), (8, "auto"), (3, "coefficients"), (5, "auto"),
+                                        (16, "coefficients"), (1, "coefficients")])
+def test_conspo_micro_batch_gradients_equal_full_batch(policy_and_batch, micro, mode):
+    model, rollouts, rewards, G = policy_and_batch
+    options = {"margin": 0.1, "tau": 0.3, "positive_threshold": 0.5, "normalize_by_length": True}
+    reference = _full_batch_grad(model, "conspo", rollouts, rewards, G, options)
+    grad, metrics = _grad(model, objective_name="conspo", rollouts=rollouts, rewards=rewards, group_size=G,
+                          options=options, micro_batch_size=micro, group_mode=mode)
+    assert reference.abs().max() > 0
+    torch.testing.assert_close(grad, reference, rtol=1e-9, atol=1e-12)
+    assert metrics["conspo/valid_group_frac"] == 0.5
+
+
+@pytest.mark.parametrize("name", [n for n in OBJECTIVES if n != "conspo"])
+@pytest.mark.parametrize("micro", [0, 4, 8])
+def test_clipped_objectives_micro_batch_gradients_equal_full_batch(policy_and_batch, name, micro):
+    model, rollouts, rewards, G = policy_and_batch
+    options = {"max_completion_length": 5} if name == "dr_grpo" else {}
+    reference = _full_batch_grad(model, name, rollouts, rewards, G, options)
+    grad, _ = _grad(model, objective_name=name, rollouts=rollouts, rewards=rewards, group_size=G, options=options,
+                    micro_batch_size=micro, group_mode="auto")
+    torch.testing.assert_close(grad, reference, rtol=1e-9, atol=1e-12)
+
+
+def test_split_groups_refused_for_clipped_objectives(policy_and_batch):
+    model, rollouts, rewards, G = policy_and_batch
+    with pytest.raises(ValueError, match="whole groups"):
+        accumulate_gradients(model, "grpo", rollouts, rewards, G, {}, micro_batch_size=3)
+
+
+# --- the real CLI, tiny -----------------------------------------------------------------
+
+TINY = ["--sft-steps", "3", "--prompts-per-step", "4", "--group-size", "4", "--eval-size", "40",
+        "--no-progress", "--lr-warmup-steps", "2"]
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("cache"))
+
+
+def run_cli(*args, cache_dir, check=True):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, "-m", "conspo", *args, "--cache-dir", cache_dir],
+                          capture_output=True, text=True, env=env, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in open(path)]
+
+
+STABLE_NAMES = {"reward/mean", "objective/loss", "objective/grad_norm", "conspo/score_gap", "conspo/margin",
+                "gen/truncated_frac", "time/step_s", "train/lr"}
+
+
+@pytest.mark.slow
+def test_train_smoke_writes_every_output(tmp_path, cache_dir):
+    out = tmp_path / "run"
+    proc = run_cli("train", *TINY, "--steps", "4", "--eval-every", "2", "--save-every", "2", "--log-samples-every", "2",
+                   "--margin-schedule", "linear", "--margin-end", "0.2", "--output-dir", str(out), cache_dir=cache_dir)
+    assert "held-out accuracy after (greedy)" in proc.stdout + proc.stderr
+    summary = json.load(open(out / "summary.json"))
+    for key in ("objective", "steps", "heldout_accuracy_before", "heldout_accuracy_after", "wall_seconds"):
+        assert key in summary
+    assert summary["steps"] == 4
+    metrics = read_jsonl(out / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [0, 1, 2, 3, 4]
+    assert STABLE_NAMES <= set(metrics[1])
+    assert metrics[4]["conspo/margin"] == pytest.approx(0.2 * 3 / 4)  # linear ramp over 4 steps, at step index 3
+    assert yaml.safe_load(open(out / "config.yaml"))["objective"] == "conspo"
+    assert (out / "curves.png").stat().st_size > 1000
+    assert (out / "final" / "model.safetensors").exists()
+    assert len(read_jsonl(out / "samples.jsonl")) == 2 * 4
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    assert not list(out.rglob("*.bin")) and not list(out.rglob("*.pt"))
+
+
+def _comparable(metrics):
+    return [{k: v for k, v in m.items() if not k.startswith("time/")} for m in metrics]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("objective", ["conspo", "grpo"])
+def test_resume_equals_uninterrupted_run(tmp_path, cache_dir, objective):
+    common = [*TINY, "--objective", objective, "--steps", "6", "--eval-every", "3", "--save-every", "2", "--seed", "3"]
+    full, parts = tmp_path / "full", tmp_path / "parts"
+    run_cli("train", *common, "--output-dir", str(full), cache_dir=cache_dir)
+    run_cli("train", *common, "--output-dir", str(parts), "--stop-after", "3", cache_dir=cache_dir)
+    assert not (parts / "summary.json").exists()
+    # a torn, half-written line after the checkpoint must not survive the resume
+    with open(parts / "metrics.jsonl", "a") as f:
+        f.write('{"step": 4, "reward/me')
+    run_cli("train", "--resume", str(parts), cache_dir=cache_dir)
+    assert _comparable(read_jsonl(parts / "metrics.jsonl")) == _comparable(read_jsonl(full / "metrics.jsonl"))
+    from safetensors.torch import load_file
+
+    a = load_file(str(full / "final" / "model.safetensors"))
+    b = load_file(str(parts / "final" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_coefficient_mode_run_matches_whole_group_run(tmp_path, cache_dir):
+    """End to end: one step in coefficient mode with groups split gives the same weights as whole groups."""
+    common = [*TINY, "--steps", "2", "--eval-every", "0", "--save-every", "0", "--lr", "1e-3"]
+    run_cli("train", *common, "--output-dir", str(tmp_path / "whole"), "--group-mode", "whole", cache_dir=cache_dir)
+    run_cli("train", *common, "--output-dir", str(tmp_path / "coef"), "--group-mode", "coefficients",
+            "--micro-batch-size", "3", cache_dir=cache_dir)
+    from safetensors.torch import load_file
+
+    a = load_file(str(tmp_path / "whole" / "final" / "model.safetensors"))
+    b = load_file(str(tmp_path / "coef" / "final" / "model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+    ma = read_jsonl(tmp_path / "whole" / "metrics.jsonl")[1]
+    mb = read_jsonl(tmp_path / "coef" / "metrics.jsonl")[1]
+    assert ma["objective/loss"] == pytest.approx(mb["objective/loss"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_compare_smoke(tmp_path, cache_dir):
+    out = tmp_path / "cmp"
+    proc = run_cli("compare", "--objectives", "conspo,grpo", "--seeds", "2", *TINY, "--steps", "2", "--eval-every", "1",
+                   "--output-dir", str(out), cache_dir=cache_dir)
+    data = json.load(open(out / "compare.json"))
+    assert [r["objective"] for r in data["table"]] == ["conspo", "grpo"]
+    assert all(r["seeds"] == 2 for r in data["table"])
+    assert "| conspo | 2 |" in proc.stdout and (out / "compare.png").exists()
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["conspo-seed0", "conspo-seed1", "grpo-seed0", "grpo-seed1"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--steps", "0"], "steps=0"),
+    (["--objective", "ppo"], "objective='ppo'"),
+    (["--tau", "-1"], "tau=-1.0"),
+    (["--micro-batch-size", "3", "--objective", "grpo"], "micro_batch_size=3"),
+    (["--group-mode", "coefficients", "--objective", "dapo"], "group_mode"),
+    (["--margin-schedule", "exp"], "margin_schedule='exp'"),
+    (["--report-to", "mlflow"], "report_to"),
+])
+def test_bad_config_values_give_clear_errors(tmp_path, cache_dir, args, message):
+    proc = run_cli("train", *args, "--output-dir", str(tmp_path / "x"), cache_dir=cache_dir, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bad_yaml_config(tmp_path, cache_dir):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("objective: conspo\nlearning_rate: 0.1\n")
+    proc = run_cli("train", "--config", str(bad), cache_dir=cache_dir, check=False)
+    assert proc.returncode == 2 and "unknown option(s) ['learning_rate']" in proc.stderr
+    bad.write_text("steps: many\n")
+    proc = run_cli("train", "--config", str(bad), cache_dir=cache_dir, check=False)
+    assert proc.returncode == 2 and "steps='many' should be of type int" in proc.stderr
+    bad.write_text("!!python/object/apply:os.system ['echo pwned']\n")
+    proc = run_cli("train", "--config", str(bad), cache_dir=cache_dir, check=False)
+    assert proc.returncode == 2 and "not valid YAML" in proc.stderr
+
+
+def test_existing_output_dir_is_not_clobbered(tmp_path, cache_dir):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep")
+    proc = run_cli("train", "--output-dir", str(out), cache_dir=cache_dir, check=False)
+    assert proc.returncode == 2 and "--resume" in proc.stderr
+    assert (out / "precious.txt").read_text() == "keep"
+
+
+def test_help_shows_field_docs():
+    proc = subprocess.run([sys.executable, "-m", "conspo", "train", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0
+    assert "ConSPO temperature" in proc.stdout and "--group-mode" in proc.stdout
