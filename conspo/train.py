@@ -54,7 +54,17 @@ class TrainConfig:
     model: str = "tiny"
     """`tiny`: a ~1M-parameter Qwen2 warmed up on the task (built once, cached). Otherwise any transformers causal LM, local path or hub id."""
     task: str = "addition"
-    """Where prompts, held-out problems and the verifier come from: `addition` (built in)."""
+    """Where prompts, held-out problems and the verifier come from: `addition` (built in) or `math` (train_data / eval_data below, math-verify rewards)."""
+    train_data: str = "math_train"
+    """task=math: training problems, a shared set's short name (math_train, gsm8k_train, ...) or a JSONL path."""
+    eval_data: str = "math500"
+    """task=math: held-out problems, a benchmark short name (math500, aime24, ...) or a JSONL path."""
+    data_dir: str = ""
+    """task=math: folder of the shared data sets; empty: $CONSPO_DATA_DIR or ../shared/data."""
+    prompt_template: str = "qwen_math_boxed"
+    """task=math: qwen_math_boxed, r1 or plain (rendered with the tokenizer's chat template when it has one)."""
+    engine: str = "native"
+    """`native` (this file's trainer) or `trl` (the same task and options through TRL's GRPOTrainer; ConSPO via conspo.integrations.trl)."""
     seed: int = 0
     """Seed for prompt sampling, generation and initialisation."""
     output_dir: str = ""
@@ -67,7 +77,7 @@ class TrainConfig:
     """Stop after this many optimizer steps in this invocation (0: run to `steps`); continue later with --resume."""
 
     # ---- the RL loop ---------------------------------------------------------------
-    steps: int = 400
+    steps: int = 1200
     """Optimizer steps in the whole run."""
     prompts_per_step: int = 16
     """Prompts (groups) per optimizer step."""
@@ -75,8 +85,8 @@ class TrainConfig:
     """Completions sampled per prompt (G)."""
     max_new_tokens: int = 0
     """Generation limit per completion; 0: the task's default."""
-    temperature: float = 1.0
-    """Sampling temperature of the rollouts."""
+    temperature: float = 0.7
+    """Sampling temperature of the rollouts (0.7 suits the tiny default; 1.0 is common for real models)."""
     top_p: float = 1.0
     """Nucleus sampling of the rollouts (1.0: off)."""
     updates_per_batch: int = 1
@@ -137,13 +147,13 @@ class TrainConfig:
     """Where the warmed-up tiny base is cached."""
 
     # ---- evaluation, logging, checkpoints --------------------------------------------
-    eval_every: int = 50
+    eval_every: int = 100
     """Greedy held-out evaluation every N optimizer steps (and before and after training)."""
     eval_size: int = 0
     """Held-out problems per evaluation; 0: all of them."""
-    log_samples_every: int = 50
+    log_samples_every: int = 100
     """Write one group of sampled completions to samples.jsonl every N steps (0: never)."""
-    save_every: int = 100
+    save_every: int = 200
     """Checkpoint every N optimizer steps (0: only at the end)."""
     keep_checkpoints: int = 2
     """How many of the newest checkpoints to keep."""
@@ -166,6 +176,8 @@ class TrainConfig:
 
         if self.objective not in OBJECTIVES:
             bad("objective", f"must be one of {', '.join(OBJECTIVES)}")
+        if self.engine not in ("native", "trl"):
+            bad("engine", "must be native or trl")
         for name in ("steps", "prompts_per_step", "group_size", "updates_per_batch", "sft_batch_size"):
             if getattr(self, name) < 1:
                 bad(name, "must be >= 1")
@@ -372,6 +384,13 @@ def _load_model(cfg: TrainConfig, task, device, dtype, log):
     return load_policy(cfg.model, dtype=dtype, device=device), load_tokenizer(cfg.model)
 
 
+def make_task(cfg: TrainConfig):
+    if cfg.task == "math":
+        return get_task("math", train=cfg.train_data, heldout=cfg.eval_data, data_dir=cfg.data_dir or None,
+                        template=cfg.prompt_template)
+    return get_task(cfg.task)
+
+
 def _lr_at(cfg: TrainConfig, step: int) -> float:
     if cfg.lr_warmup_steps and step < cfg.lr_warmup_steps:
         return cfg.lr * (step + 1) / cfg.lr_warmup_steps
@@ -420,13 +439,19 @@ def train(cfg: TrainConfig, *, log=print, explicit: set[str] | None = None) -> d
     cfg.validate()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if cfg.engine == "trl":
+        from conspo.integrations.trl_engine import train_with_trl
+
+        return train_with_trl(cfg, log=log)
     run_dir = _prepare_run_dir(cfg)
     device, dtype = _resolve_device_dtype(cfg)
     torch.manual_seed(cfg.seed)
     py_rng = random.Random(cfg.seed)
 
-    task = get_task(cfg.task)
+    task = make_task(cfg)
     model, tokenizer = _load_model(cfg, task, device, dtype, log)
+    if hasattr(task, "set_tokenizer"):
+        task.set_tokenizer(tokenizer)
     max_new_tokens = cfg.max_new_tokens or task.max_new_tokens
     heldout = task.heldout_problems()[: cfg.eval_size or None]
     margin_fn = margin_schedule(cfg.margin_schedule, start=cfg.margin_start, end=cfg.margin_end,

@@ -2,7 +2,8 @@
 
 A task gives the trainer three things: a pool of training problems to sample from, a
 fixed held-out set, and a batch scorer ``score(problems, completions) -> list[float]``.
-Built-in: ``addition`` (the CPU default, synthetic and exactly verifiable).
+Built-in: ``addition`` (the CPU default, synthetic and exactly verifiable) and ``math``
+(a math training set and a benchmark, rewards from ``conspo.rewards.MathVerifier``).
 """
 
 from __future__ import annotations
@@ -37,5 +38,9 @@ def get_task(name: str, **options) -> Task:
     if name == "addition":
         from conspo.tasks.arithmetic import AdditionTask
 
-        return AdditionTask(**options)
-    raise ValueError(f"unknown task {name!r}; valid tasks are: addition")
+        return AdditionTask(**{k: v for k, v in options.items() if k in ("digits", "heldout_size", "seed")})
+    if name == "math":
+        from conspo.tasks.math_task import MathTask
+
+        return MathTask(**options)
+    raise ValueError(f"unknown task {name!r}; valid tasks are: addition, math")

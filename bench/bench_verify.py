@@ -1,0 +1,162 @@
+"""Throughput of the math reward (conspo.rewards.MathVerifier) on realistic completions.
+
+Completions are built from MATH-500 gold answers (../shared/data/math500/test.jsonl), five per
+problem, so the mix resembles an RL batch:
+
+  exact    long-ish reasoning ending in \\boxed{gold}                  (decided by the fast path)
+  reform   the gold rewritten (\\dfrac, "x = ", \\left( \\right), $...$)  (needs the symbolic check)
+  wrong    another problem's gold answer, boxed                      (symbolic check, mostly 0)
+  nobox    reasoning that never states a final answer                 (no answer, 0)
+  long     ~3 KB of reasoning with many $...$ and a boxed, reformatted gold
+
+Each worker count gets a fresh verifier (result cache off), started and warmed before the
+clock runs, then scores the whole batch ``--repeat`` times. Prints a markdown report.
+
+    .venv/bin/python bench/bench_verify.py                 # 200 problems, 1 and 2 workers
+    .venv/bin/python bench/bench_verify.py --n-problems 500 --workers 1 2 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import os
+import platform
+import random
+import re
+import shlex
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from conspo.rewards import MathVerifier  # noqa: E402
+from conspo.tasks.math_data import load_benchmark  # noqa: E402
+
+FILLER = (
+    "We first rewrite the condition. Let $a_n$ denote the $n$-th term, so $a_{n+1} = 2a_n + 1$ "
+    "and $a_1 = 1$. By induction $a_n = 2^n - 1$, since $2(2^n - 1) + 1 = 2^{n+1} - 1$. "
+    "Checking small cases: $a_2 = 3$, $a_3 = 7$, $a_4 = 15$, which agrees. "
+)
+
+
+def reformulate(gold: str) -> str:
+    """An equivalent spelling of a gold answer that string comparison does not catch."""
+    g = gold.replace("\\frac", "\\dfrac")
+    if re.fullmatch(r"-?\d+", g):
+        return f"{g}.0" if len(g) < 6 else f"x = {g}"
+    if g.startswith("(") and g.endswith(")"):
+        return "\\left" + g[:-1] + "\\right)"
+    return f"x = {g}" if "=" not in g and "," not in g else g + "\\,"
+
+
+def build_batch(golds: list[str], seed: int = 0) -> tuple[list[str], list[str], list[str]]:
+    rng = random.Random(seed)
+    completions, refs, kinds = [], [], []
+    n = len(golds)
+    for i, gold in enumerate(golds):
+        other = golds[(i + 1 + rng.randrange(n - 1)) % n]
+        items = {
+            "exact": FILLER + f"Therefore the answer is $\\boxed{{{gold}}}$.",
+            "reform": FILLER + f"So we get $\\boxed{{{reformulate(gold)}}}$.",
+            "wrong": FILLER + f"Hence the answer is $\\boxed{{{other}}}$.",
+            "nobox": FILLER * 3 + "\nI am not sure how to finish this computation.",
+            "long": (FILLER * 12) + f"\n\n**Final Answer**\n\\[\\boxed{{{reformulate(gold)}}}\\]",
+        }
+        for kind, text in items.items():
+            completions.append(text)
+            refs.append(gold)
+            kinds.append(kind)
+    return completions, refs, kinds
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n-problems", type=int, default=200, help="MATH-500 problems used (5 completions each)")
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts to measure")
+    ap.add_argument("--timeout", type=float, default=5.0, help="per-answer time limit, seconds")
+    ap.add_argument("--repeat", type=int, default=3, help="timed passes over the batch per worker count")
+    ap.add_argument("--data-dir", default=None, help="folder holding math500/test.jsonl (default ../shared/data)")
+    args = ap.parse_args(argv)
+
+    examples = load_benchmark("math500", args.data_dir)[: args.n_problems]
+    golds = [e.answer for e in examples]
+    completions, refs, kinds = build_batch(golds)
+    expected = {"exact": 1.0, "reform": 1.0, "wrong": 0.0, "nobox": 0.0, "long": 1.0}
+
+    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
+    rows = []
+    agreement = None
+    for workers in args.workers:
+        with MathVerifier(num_workers=workers, timeout_s=args.timeout, cache_size=0) as v:
+            v.pool.start()
+            v.score([r"\boxed{0.5}"] * workers * 2, [r"\frac12"] * workers * 2)  # workers up and warm
+            times, result = [], None
+            for _ in range(args.repeat):
+                t0 = time.perf_counter()
+                result = v.score(completions, refs)
+                times.append(time.perf_counter() - t0)
+        n_pool = len(completions) - result.fast_path - result.no_answer
+        rows.append((workers, len(completions), n_pool, times[0], min(times), result))
+        if agreement is None:
+            per_kind = {}
+            for k, s in zip(kinds, result.scores):
+                agree, total = per_kind.get(k, (0, 0))
+                per_kind[k] = (agree + (s == expected[k]), total + 1)
+            agreement = per_kind
+
+    cmd = " ".join(shlex.quote(a) for a in [sys.executable.replace(os.getcwd() + "/", ""), *sys.argv])
+    print("## Math reward verification throughput\n")
+    print(f"- date: {_dt.datetime.now().astimezone().isoformat(timespec='seconds')}")
+    print(f"- command: `{cmd}`")
+    print(f"- machine: {os.cpu_count()} cores (nproc), {cpu_model()}; Python {platform.python_version()}, "
+          f"math-verify {metadata.version('math-verify')}, sympy {metadata.version('sympy')}")
+    if load_before is not None:
+        print(f"- load average before the run (1/5/15 min): {load_before[0]:.2f} / {load_before[1]:.2f} / "
+              f"{load_before[2]:.2f} (other processes competing for the {os.cpu_count()} cores lower the figures)")
+    print(f"- batch: {args.n_problems} MATH-500 problems x 5 completions = {len(completions)} "
+          f"(exact / reform / wrong / nobox / long); per-answer limit {args.timeout:g} s; result cache off; "
+          f"best of {args.repeat} pass(es), workers started and warm before timing\n")
+    print("First pass: every gold answer is new to the workers (parsed, then cached). Best: the best of the")
+    print("passes, golds already parsed (as when problems recur across RL steps).\n")
+    print("| workers | completions | symbolic checks | first pass s | first pass completions/s | best s | best completions/s "
+          "| best symbolic checks/s | fast path | no answer | timeouts | errors |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for workers, n, n_pool, first, best, r in rows:
+        print(f"| {workers} | {n} | {n_pool} | {first:.2f} | {n / first:.0f} | {best:.2f} | {n / best:.0f} | "
+              f"{n_pool / best:.0f} | {r.fast_path} | {r.no_answer} | {r.timeouts} | {r.errors} |")
+    # Dispatch check, independent of free CPU: sleeping tasks overlap only if the workers run in parallel.
+    from conspo.rewards.pool import HardTimeoutPool
+
+    print("\nDispatch check (40 tasks of `time.sleep(0.025)`, no CPU needed): ", end="")
+    parts = []
+    for workers in args.workers:
+        with HardTimeoutPool("time:sleep", num_workers=workers, max_memory_mb=None) as pool:
+            pool.run([(0,)] * workers * 2)
+            t0 = time.perf_counter()
+            pool.run([(0.025,)] * 40)
+            parts.append(f"{workers} worker(s) {time.perf_counter() - t0:.2f} s")
+    print(", ".join(parts) + " (ideal: 1.00 s / number of workers).")
+    print("\nAgreement with how each completion was built (a sanity check, not an accuracy estimate; "
+          "a 'wrong' answer can coincide with the gold):\n")
+    print("| kind | expected score | agree |")
+    print("|---|---:|---:|")
+    for k, (agree, total) in agreement.items():
+        print(f"| {k} | {expected[k]:g} | {agree}/{total} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

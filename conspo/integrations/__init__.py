@@ -1,0 +1,1 @@
+"""Plug-ins that run conspo objectives on existing training engines."""

@@ -1,0 +1,35 @@
+"""Rewards: verifiable math answers (with hard time limits) and custom reward functions.
+
+* ``math_reward(completion, gold)`` / ``MathVerifier(...).score(completions, golds)``: 1.0 when
+  the completion's final answer is equivalent to the gold answer (conspo/rewards/math.py).
+* ``score_with(reward_fn, prompts, completions, examples)``: any ``(prompt, completion,
+  example) -> float`` reward, with bad values reported by example (conspo/rewards/base.py).
+
+Importing this package is cheap: sympy / math-verify are imported only by the processes that
+run the symbolic comparison.
+"""
+
+from conspo.rewards.base import RewardError, RewardFn, math_reward_fn, score_with
+from conspo.rewards.math import (
+    DEFAULT_TIMEOUT_S,
+    MathVerifier,
+    VerifyResult,
+    answers_match,
+    extract_answer,
+    math_reward,
+    normalize_answer,
+)
+
+__all__ = [
+    "DEFAULT_TIMEOUT_S",
+    "MathVerifier",
+    "RewardError",
+    "RewardFn",
+    "VerifyResult",
+    "answers_match",
+    "extract_answer",
+    "math_reward",
+    "math_reward_fn",
+    "normalize_answer",
+    "score_with",
+]

@@ -1,0 +1,60 @@
+"""The ``math`` task: train on a math set, evaluate on a benchmark, reward = verified answer.
+
+Problems come from ``conspo.tasks.math_data`` (JSONL / shared benchmark sets by short name),
+prompts from its templates (rendered with the tokenizer's chat template when it has one), and
+rewards from ``conspo.rewards.MathVerifier`` (math-verify with hard time limits in worker
+processes; model text is never executed).
+"""
+
+from __future__ import annotations
+
+from conspo.tasks import Problem
+
+
+class MathTask:
+    name = "math"
+
+    def __init__(self, train: str = "math_train", heldout: str = "math500", *, data_dir: str | None = None,
+                 template: str = "qwen_math_boxed", max_new_tokens: int = 1024, verify_timeout_s: float = 5.0):
+        from conspo.tasks.math_data import PROMPT_TEMPLATES, load_benchmark, load_jsonl
+
+        if template not in PROMPT_TEMPLATES:
+            raise ValueError(f"unknown prompt template {template!r}; valid: {', '.join(PROMPT_TEMPLATES)}")
+
+        def load(name):  # a short benchmark name, or a path to a JSONL file
+            return load_jsonl(name) if name.endswith(".jsonl") else load_benchmark(name, data_dir)
+
+        self._train_examples = load(train)
+        self._heldout_examples = load(heldout)
+        self.template = template
+        self.max_new_tokens = max_new_tokens
+        self.verify_timeout_s = verify_timeout_s
+        self._tokenizer = None
+        self._verifier = None
+        self._cache: dict[str, list[Problem]] = {}
+
+    def set_tokenizer(self, tokenizer) -> None:
+        """Prompts depend on the tokenizer's chat template: call before asking for problems."""
+        self._tokenizer = tokenizer
+        self._cache.clear()
+
+    def _problems(self, key: str, examples) -> list[Problem]:
+        from conspo.tasks.math_data import build_prompt
+
+        if key not in self._cache:
+            self._cache[key] = [Problem(id=e.id, prompt=build_prompt(e, self.template, self._tokenizer), answer=e.answer)
+                                for e in examples]
+        return self._cache[key]
+
+    def train_problems(self) -> list[Problem]:
+        return self._problems("train", self._train_examples)
+
+    def heldout_problems(self) -> list[Problem]:
+        return self._problems("heldout", self._heldout_examples)
+
+    def score(self, problems: list[Problem], completions: list[str]) -> list[float]:
+        from conspo.rewards import MathVerifier
+
+        if self._verifier is None:
+            self._verifier = MathVerifier(timeout_s=self.verify_timeout_s)
+        return self._verifier.score(completions, [p.answer for p in problems]).scores
