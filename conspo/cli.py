@@ -1,10 +1,11 @@
-"""Command line: ``conspo train | compare``. Options are generated from TrainConfig.
+"""Command line: ``conspo train | compare | eval``. Options are generated from TrainConfig.
 
     conspo train                                  # the default job: tiny model, addition, ConSPO
     conspo train --objective grpo --steps 200
     conspo train --config my.yaml --lr 1e-5       # YAML file, then command-line overrides
     conspo train --resume runs/conspo-seed0-...   # continue a run from its newest checkpoint
     conspo compare --objectives conspo,grpo --seeds 3
+    conspo eval --model runs/x/final --benchmarks math500,aime24 --k 8
 """
 
 from __future__ import annotations
@@ -100,10 +101,40 @@ def main(argv: list[str] | None = None) -> int:
     p_cmp.add_argument("--config", help="YAML file of training options shared by every run")
     add_config_arguments(p_cmp)
 
+    p_eval = sub.add_parser("eval", help="benchmark a model: greedy accuracy, avg@k, pass@k",
+                            description="Evaluate a model on math benchmarks the way papers report them.")
+    p_eval.add_argument("--model", required=True, help="transformers model directory or hub id (a run's final/ works)")
+    p_eval.add_argument("--benchmarks", default="math500", help="comma-separated short names (math500, aime24, aime25, "
+                        "amc23, minerva_math, olympiadbench, gsm8k) or JSONL paths (default: math500)")
+    p_eval.add_argument("--k", type=int, default=8, help="samples per problem for avg@k and pass@k (default: 8)")
+    p_eval.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (default: 0.6)")
+    p_eval.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling (default: 0.95)")
+    p_eval.add_argument("--max-new-tokens", type=int, default=3072, help="generation limit (default: 3072)")
+    p_eval.add_argument("--backend", default="auto", choices=["auto", "hf", "vllm"],
+                        help="generation backend (auto: vllm when installed with a GPU, else transformers)")
+    p_eval.add_argument("--template", default="qwen_math_boxed", help="prompt template: qwen_math_boxed, r1, plain, raw")
+    p_eval.add_argument("--data-dir", default=None, help="folder of the benchmark sets (default: $CONSPO_DATA_DIR or ../shared/data)")
+    p_eval.add_argument("--limit", type=int, default=0, help="first N problems of each benchmark (0: all)")
+    p_eval.add_argument("--batch-size", type=int, default=32, help="completions generated at once (hf backend)")
+    p_eval.add_argument("--seed", type=int, default=0)
+    p_eval.add_argument("--dtype", default="auto", help="auto, float32, bfloat16")
+    p_eval.add_argument("--output-dir", default="", help="where results.json and completions.jsonl go")
+
     args = parser.parse_args(argv)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # per-file "Loading weights" bars would bury the training bar
+    if args.command == "eval":
+        from conspo.benchmark import EvalSettings, run_eval
+
+        settings = EvalSettings(**{k: v for k, v in vars(args).items() if k not in ("command",)})
+        settings.benchmarks = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
+        try:
+            run_eval(settings)
+        except (ValueError, FileNotFoundError, RuntimeError) as e:
+            print(f"conspo eval: error: {e}", file=sys.stderr)
+            return 2
+        return 0
     try:
         cfg, explicit = config_from_args(args)
         if args.command == "train":

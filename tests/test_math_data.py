@@ -266,7 +266,7 @@ def test_chat_template_rendering():
 def test_templates_answer_format_is_understood_by_the_reward():
     from conspo.rewards import extract_answer
 
-    assert set(PROMPT_TEMPLATES) == {"qwen_math_boxed", "r1", "plain"}
+    assert set(PROMPT_TEMPLATES) == {"qwen_math_boxed", "r1", "plain", "raw"}
     assert extract_answer(r"... so the total is \boxed{2}.") == "2"  # qwen_math_boxed
     assert extract_answer(" 1+1 is two </think> <answer> 2 </answer>") == "2"  # r1 (prompt ends in <think>)
     assert extract_answer(" 2") == "2"  # plain (generation stops at the end of the line)

@@ -429,6 +429,13 @@ PROMPT_TEMPLATES: dict[str, PromptTemplate] = {
         description="The problem followed by 'Answer:', for base models and short answers; stop "
         "generation at the end of the line (a base model continues with the next question).",
     ),
+    "raw": PromptTemplate(
+        name="raw",
+        system=None,
+        user="{problem}",
+        plain="{problem}",
+        description="The problem text exactly as stored (for data sets whose problems are already prompts).",
+    ),
 }
 DEFAULT_TEMPLATE = "qwen_math_boxed"
 
