@@ -4,7 +4,7 @@ For B x T completion tokens over a vocabulary of V (default 32768), a random log
 (B, T, V) in bfloat16 and/or float32 (requires_grad) and random token ids, two variants run
 forward and backward (loss = sum(logps * w) with fixed random weights w):
 
-  ours    conspo.rollout.selective_log_softmax(logits, ids)          (chunk_rows=8, as the trainer)
+  ours    conspo.rollout.selective_log_softmax(logits, ids)          (default token chunks, as the trainer)
   naive   torch.log_softmax(logits.float(), -1).gather(-1, ids[..., None]).squeeze(-1)
 
 torch's CPU allocator keeps no peak statistics, so every measurement runs in a fresh
@@ -64,6 +64,11 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def _nproc() -> int:
+    """What `nproc` prints: the CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def _ram_gib() -> str:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -79,7 +84,7 @@ def header_line(threads: int) -> str:
 
     argv = getattr(sys, "orig_argv", [sys.executable, *sys.argv])
     load = " / ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-    return (f"date: {_dt.datetime.now().astimezone().isoformat(timespec='seconds')} | machine: {os.cpu_count()} cores "
+    return (f"date: {_dt.datetime.now().astimezone().isoformat(timespec='seconds')} | machine: {_nproc()} cores "
             f"(nproc), {_cpu_model()}, {_ram_gib()} | torch {torch.__version__} ({threads} threads), Python "
             f"{platform.python_version()} | load avg 1/5/15 min before: {load} | command: `{shlex.join(argv)}`")
 
@@ -87,7 +92,7 @@ def busy_note() -> str:
     """A warning line when other processes were using the CPU as the run started ('' if quiet)."""
     if not hasattr(os, "getloadavg"):
         return ""
-    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    load, cores = os.getloadavg()[0], _nproc()
     if load <= 0.5 * cores:
         return ""
     return (f"- WARNING: load average {load:.2f} on {cores} cores when the run started: other processes compete for "
@@ -114,10 +119,10 @@ def worker(spec: dict) -> None:
 
     torch.set_num_threads(spec["threads"])
     dtype = getattr(torch, DTYPES[spec["dtype"]])
-    batch, width, vocab, chunk_rows = spec["batch"], spec["tokens"], spec["vocab"], spec["chunk_rows"]
+    batch, width, vocab, chunk_tokens = spec["batch"], spec["tokens"], spec["vocab"], spec["chunk_tokens"]
 
     def ours(logits, ids):
-        return selective_log_softmax(logits, ids, chunk_rows=chunk_rows)
+        return selective_log_softmax(logits, ids, chunk_tokens=chunk_tokens)
 
     def naive(logits, ids):
         return torch.log_softmax(logits.float(), -1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
@@ -192,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vocab", type=int, default=32768, help="vocabulary size V (default 32768)")
     ap.add_argument("--dtypes", nargs="+", default=["bf16", "fp32"], choices=list(DTYPES),
                     help="logits dtype(s) (default: bf16 then fp32)")
-    ap.add_argument("--chunk-rows", type=int, default=8, help="selective_log_softmax chunk_rows (default 8, the trainer's)")
+    ap.add_argument("--chunk-tokens", type=int, default=None, help="selective_log_softmax chunk_tokens (default: the trainer's, 2^26 // V)")
     ap.add_argument("--repeats", type=int, default=2, help="ours/naive pairs per size, alternating (default 2)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads in each worker (default 2)")
     ap.add_argument("--max-gb", type=float, default=8.5,
@@ -226,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
                     for variant in VARIANTS:
                         path = Path(tmp) / f"{dtype}-{batch}x{width}-{variant}.pt" if rep == 0 else None
                         spec = dict(variant=variant, dtype=dtype, batch=batch, tokens=width, vocab=args.vocab,
-                                    chunk_rows=args.chunk_rows, threads=args.threads, seed=args.seed,
+                                    chunk_tokens=args.chunk_tokens, threads=args.threads, seed=args.seed,
                                     values_path=str(path) if path else "")
                         print(f"  {dtype} B={batch} T={width} {variant} (pair {rep + 1}/{args.repeats}) ...",
                               file=sys.stderr, flush=True)
@@ -242,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     print(header + "\n")
     print(busy, end="")
     print(f"- V = {args.vocab}, random logits x 3 (requires_grad), random ids; forward + backward of "
-          f"sum(logps * w); ours = `conspo.rollout.selective_log_softmax(logits, ids, chunk_rows={args.chunk_rows})`, "
+          f"sum(logps * w); ours = `conspo.rollout.selective_log_softmax(logits, ids, chunk_tokens={args.chunk_tokens})`, "
           "naive = `torch.log_softmax(logits.float(), -1).gather(-1, ids[..., None])`")
     print(f"- one fresh subprocess per measurement, ru_maxrss / RSS over the baseline after allocating the inputs; "
           f"{args.repeats} alternating ours/naive pair(s) per row, medians; MB = 2^20 bytes")

@@ -57,6 +57,11 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def _nproc() -> int:
+    """What `nproc` prints: the CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def _ram_gib() -> str:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -70,7 +75,7 @@ def _ram_gib() -> str:
 def header_line(threads: int) -> str:
     argv = getattr(sys, "orig_argv", [sys.executable, *sys.argv])
     load = " / ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-    return (f"date: {_dt.datetime.now().astimezone().isoformat(timespec='seconds')} | machine: {os.cpu_count()} cores "
+    return (f"date: {_dt.datetime.now().astimezone().isoformat(timespec='seconds')} | machine: {_nproc()} cores "
             f"(nproc), {_cpu_model()}, {_ram_gib()} | torch {torch.__version__} ({threads} threads), Python "
             f"{platform.python_version()} | load avg 1/5/15 min before: {load} | command: `{shlex.join(argv)}`")
 
@@ -78,7 +83,7 @@ def busy_note() -> str:
     """A warning line when other processes were using the CPU as the run started ('' if quiet)."""
     if not hasattr(os, "getloadavg"):
         return ""
-    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    load, cores = os.getloadavg()[0], _nproc()
     if load <= 0.5 * cores:
         return ""
     return (f"- WARNING: load average {load:.2f} on {cores} cores when the run started: other processes compete for "

@@ -99,26 +99,66 @@ def generate(
     return Rollouts(prompt_ids, prompt_mask, completion_ids, completion_mask, truncated, texts)
 
 
-def selective_log_softmax(logits: torch.Tensor, token_ids: torch.Tensor, *, chunk_rows: int = 8) -> torch.Tensor:
-    """log softmax(logits)[token_ids] without a full fp32 (B, T, V) log-softmax.
+#: fp32 elements per chunk in selective_log_softmax (16M: 64 MB of transient fp32 per chunk).
+CHUNK_ELEMENTS = 1 << 24
+
+
+class _SelectedLogProbs(torch.autograd.Function):
+    """log p(x_t) = logits[t, x_t] - logsumexp_v logits[t, v], token-chunk by token-chunk in fp32.
+
+    Saves only the logits (which exist anyway) and the (N,) log-sum-exp for backward, and writes
+    the gradient  d/dlogits = g_t * (onehot(x_t) - softmax(logits_t))  chunk by chunk into one
+    tensor of the logits' dtype. Autograd through log_softmax would instead keep a full fp32
+    (B, T, V) result (plus an fp32 copy of bf16 logits) and allocate full fp32 gradients.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, token_ids, chunk_tokens):
+        vocab = logits.shape[-1]
+        flat = logits.reshape(-1, vocab)
+        ids = token_ids.reshape(-1, 1)
+        work = torch.promote_types(logits.dtype, torch.float32)  # bf16/fp16 -> fp32; fp64 stays
+        lse = torch.empty(flat.shape[0], dtype=work, device=logits.device)
+        picked = torch.empty_like(lse)
+        for s in range(0, flat.shape[0], chunk_tokens):
+            chunk = flat[s : s + chunk_tokens].to(work)
+            lse[s : s + chunk_tokens] = torch.logsumexp(chunk, dim=-1)
+            picked[s : s + chunk_tokens] = chunk.gather(1, ids[s : s + chunk_tokens]).squeeze(1)
+        ctx.save_for_backward(logits, token_ids, lse)
+        ctx.chunk_tokens = chunk_tokens
+        return (picked - lse).view(token_ids.shape)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        logits, token_ids, lse = ctx.saved_tensors
+        vocab = logits.shape[-1]
+        flat = logits.reshape(-1, vocab)
+        ids = token_ids.reshape(-1, 1)
+        g = grad_output.reshape(-1, 1).to(lse.dtype)
+        grad = torch.empty_like(flat)
+        for s in range(0, flat.shape[0], ctx.chunk_tokens):
+            e = s + ctx.chunk_tokens
+            part = flat[s:e].to(lse.dtype, copy=True)  # one transient chunk, updated in place
+            part.sub_(lse[s:e, None]).exp_().mul_(-g[s:e])  # -g * softmax
+            part.scatter_add_(1, ids[s:e], g[s:e])  # + g at the chosen token
+            grad[s:e] = part.to(grad.dtype)
+        return grad.view_as(logits), None, None
+
+
+def selective_log_softmax(logits: torch.Tensor, token_ids: torch.Tensor, *, chunk_tokens: int | None = None) -> torch.Tensor:
+    """(B, T) log softmax(logits)[token_ids] without a full fp32 (B, T, V) log-softmax.
 
         log p(x_t) = logits[t, x_t] - logsumexp_v logits[t, v]
 
-    Computed row-chunk by row-chunk in fp32 (for stability in bf16), so the transient fp32
-    copy is (chunk_rows, T, V) and autograd keeps only (B, T) results per chunk (for fp32
-    logits; for bf16 logits each chunk's fp32 copy is kept for backward, as in TRL).
+    Computed in fp32 (fp64 stays fp64) over chunks of ``chunk_tokens`` positions (default: as
+    many as fit in CHUNK_ELEMENTS), with a hand-written backward (``_SelectedLogProbs``).
     """
-    pieces = []
-    for start in range(0, logits.shape[0], chunk_rows):
-        chunk = logits[start : start + chunk_rows]
-        chunk = chunk.to(torch.promote_types(chunk.dtype, torch.float32))  # bf16/fp16 -> fp32; fp64 stays
-        ids = token_ids[start : start + chunk_rows]
-        picked = torch.gather(chunk, -1, ids.unsqueeze(-1)).squeeze(-1)
-        pieces.append(picked - torch.logsumexp(chunk, dim=-1))
-    return torch.cat(pieces, dim=0)
+    if chunk_tokens is None:
+        chunk_tokens = max(1, CHUNK_ELEMENTS // logits.shape[-1])
+    return _SelectedLogProbs.apply(logits, token_ids, chunk_tokens)
 
 
-def token_logprobs(model, rollouts: Rollouts, *, chunk_rows: int = 8) -> torch.Tensor:
+def token_logprobs(model, rollouts: Rollouts) -> torch.Tensor:
     """(B, Tc) log pi(o_t | q, o_<t) of the completion tokens under ``model`` (with grad if enabled).
 
     Position ids are taken from the attention mask so that left-padded rows see the same
@@ -135,4 +175,4 @@ def token_logprobs(model, rollouts: Rollouts, *, chunk_rows: int = 8) -> torch.T
         logits_to_keep=n_completion + 1,
         use_cache=False,
     ).logits[:, :-1]
-    return selective_log_softmax(logits, rollouts.completion_ids, chunk_rows=chunk_rows)
+    return selective_log_softmax(logits, rollouts.completion_ids)

@@ -490,10 +490,10 @@ def train(cfg: TrainConfig, *, log=print, explicit: set[str] | None = None) -> d
     started = time.time()
     consecutive_skips, warned_truncation, accuracy = 0, False, None
     for step in range(start_step, end_step):
-        t0 = time.time()
+        t0 = time.perf_counter()
         model.train()
         problems, rollouts, rewards = _sample_batch(cfg, task, model, tokenizer, py_rng, max_new_tokens)
-        t_gen = time.time()
+        t_gen = time.perf_counter()
         metrics = _batch_metrics(rewards, rollouts, cfg.group_size)
         options = objective_options(cfg, step, margin_fn, max_new_tokens)
         old_logps = None
@@ -526,7 +526,7 @@ def train(cfg: TrainConfig, *, log=print, explicit: set[str] | None = None) -> d
         metrics.update(objective_metrics)
         metrics.update({"objective/grad_norm": grad_norm, "train/lr": _lr_at(cfg, step),
                         "train/skipped_steps": skipped_total})
-        t_train = time.time()
+        t_train = time.perf_counter()
         metrics.update({"time/generate_s": t_gen - t0, "time/train_s": t_train - t_gen, "time/step_s": t_train - t0})
 
         done = step + 1
