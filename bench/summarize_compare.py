@@ -1,0 +1,68 @@
+"""Summarise `conspo compare` outputs (compare.json under a folder) into one markdown table and a plot.
+
+    .venv/bin/python bench/summarize_compare.py runs/bench [--plot docs/compare_objectives.png]
+
+Each row: one objective in one compare folder (objectives, or an ablation of ConSPO's options),
+with the options that differ from the defaults, final held-out accuracy (mean +- sample std over
+seeds), the change from the shared base, steps to a common target and wall time per run.
+"""
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from conspo.compare import plot_comparison, steps_to_target  # noqa: E402
+from conspo.train import TrainConfig  # noqa: E402
+
+ABLATION_KEYS = ("tau", "margin_schedule", "margin_start", "margin_end", "score", "temperature", "lr")
+
+
+def options_of(run_dir: Path) -> str:
+    config = yaml.safe_load(open(run_dir / "config.yaml"))
+    default = TrainConfig()
+    changed = [f"{k}={config[k]}" for k in ABLATION_KEYS if config.get(k) != getattr(default, k)]
+    return ", ".join(changed) or "defaults"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("folder")
+    ap.add_argument("--plot", default="", help="write a plot of the objectives' curves (mean, min-max band) here")
+    ap.add_argument("--target", type=float, default=None, help="common target accuracy (default: base + 0.10)")
+    args = ap.parse_args()
+    found = sorted(Path(args.folder).glob("*/compare.json"))
+    if not found:
+        sys.exit(f"no compare.json under {args.folder}")
+    data = {p.parent.name: json.load(open(p)) for p in found}
+    befores = [r["heldout_accuracy_before"] for d in data.values() for rs in d["runs"].values() for r in rs]
+    target = args.target if args.target is not None else round(statistics.mean(befores) + 0.10, 3)
+    print(f"base held-out accuracy (greedy, 500 problems): {statistics.mean(befores):.1%} (all runs start from the same "
+          f"warmed-up base); target for 'steps to target': {target:.1%}\n")
+    print("| folder | objective | options | seeds | accuracy after | change (points) | steps to target (median; reached) | wall s/run |")
+    print("|---|---|---|---|---|---|---|---|")
+    objectives = {}
+    for folder, d in data.items():
+        for name, rs in d["runs"].items():
+            after = [r["heldout_accuracy_after"] for r in rs]
+            gain = [r["heldout_accuracy_after"] - r["heldout_accuracy_before"] for r in rs]
+            reached = [s for s in (steps_to_target(r["curve"], target) for r in rs) if s is not None]
+            sd = lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0  # noqa: E731
+            steps = f"{statistics.median(reached):.0f}" if reached else "never"
+            opts = options_of(Path(args.folder) / folder / f"{name}-seed0")
+            print(f"| {folder} | {name} | {opts} | {len(rs)} | {statistics.mean(after):.1%} +- {sd(after):.1%} | "
+                  f"{100 * statistics.mean(gain):+.1f} +- {100 * sd(gain):.1f} | {steps} ({len(reached)}/{len(rs)}) | "
+                  f"{statistics.mean(r['wall_seconds'] for r in rs):.0f} |")
+            if folder.startswith("objectives"):
+                objectives[name] = rs
+    if args.plot and objectives:
+        plot_comparison(objectives, Path(args.plot), target)
+        print(f"\nplot: {args.plot}")
+
+
+if __name__ == "__main__":
+    main()
