@@ -19,6 +19,7 @@ import json
 import os
 import random
 import shutil
+import signal
 from pathlib import Path
 
 import torch
@@ -92,6 +93,10 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, py_rng: random.R
         with open(f, "rb+") as handle:
             os.fsync(handle.fileno())
     _fsync_dir(tmp)
+    # Fault injection for tests/faults: die (SIGKILL, no clean-up) with every file written but
+    # before the rename that makes the checkpoint visible.
+    if os.environ.get("CONSPO_FAULT_KILL_BEFORE_RENAME") == str(step):
+        os.kill(os.getpid(), signal.SIGKILL)
     if final.exists():  # re-saving a step (e.g. after resuming onto it): replace whole
         shutil.rmtree(final)
     os.rename(tmp, final)
