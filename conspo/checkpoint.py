@@ -74,6 +74,27 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, py_rng: random.R
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
+    try:
+        _write_checkpoint_files(tmp, step, model, optimizer, py_rng, extra)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # e.g. disk full: leave no partial directory behind
+        raise
+    # Fault injection for tests/faults: die (SIGKILL, no clean-up) with every file written but
+    # before the rename that makes the checkpoint visible.
+    if os.environ.get("CONSPO_FAULT_KILL_BEFORE_RENAME") == str(step):
+        os.kill(os.getpid(), signal.SIGKILL)
+    if final.exists():  # re-saving a step (e.g. after resuming onto it): replace whole
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    _fsync_dir(run_dir)
+    for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in run_dir.glob(f".tmp-{PREFIX}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def _write_checkpoint_files(tmp: Path, step: int, model, optimizer, py_rng: random.Random, extra: dict) -> None:
     save_model(model, str(tmp / "model.safetensors"))
     opt_tensors, opt_meta = _optimizer_to_flat(optimizer)
     save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
@@ -93,19 +114,6 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, py_rng: random.R
         with open(f, "rb+") as handle:
             os.fsync(handle.fileno())
     _fsync_dir(tmp)
-    # Fault injection for tests/faults: die (SIGKILL, no clean-up) with every file written but
-    # before the rename that makes the checkpoint visible.
-    if os.environ.get("CONSPO_FAULT_KILL_BEFORE_RENAME") == str(step):
-        os.kill(os.getpid(), signal.SIGKILL)
-    if final.exists():  # re-saving a step (e.g. after resuming onto it): replace whole
-        shutil.rmtree(final)
-    os.rename(tmp, final)
-    _fsync_dir(run_dir)
-    for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
-    for stale in run_dir.glob(f".tmp-{PREFIX}*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    return final
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:

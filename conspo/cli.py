@@ -17,7 +17,7 @@ from dataclasses import MISSING, fields
 
 import yaml
 
-from conspo.train import ConfigError, TrainConfig, field_help, train
+from conspo.train import ConfigError, RunError, TrainConfig, field_help, train
 
 
 def _parse_optional_float(text: str) -> float | None:
@@ -149,4 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"conspo {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except RunError as e:
+        print(f"conspo {args.command}: stopped: {e}", file=sys.stderr)
+        return 1
     return 0

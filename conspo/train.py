@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from conspo.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from conspo.checkpoint import find_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from conspo.evaluate import evaluate_greedy
 from conspo.objectives import OBJECTIVES, conspo_coefficients, conspo_loss, get_objective, kl_k3, sequence_scores
 from conspo.reporting import REPORTERS, MetricsWriter, plot_run, read_metrics
@@ -521,7 +521,7 @@ def train(cfg: TrainConfig, *, log=print, explicit: set[str] | None = None) -> d
                 log(f"step {step + 1}: non-finite loss or gradient (loss={objective_metrics['objective/loss']}, "
                     f"grad norm={grad_norm}); step skipped ({consecutive_skips} in a row)")
                 if consecutive_skips >= cfg.max_consecutive_skips:
-                    raise RuntimeError(f"{consecutive_skips} consecutive non-finite steps: stopping. Lower the learning "
+                    raise RunError(f"{consecutive_skips} consecutive non-finite steps: stopping. Lower the learning "
                                        f"rate or check the rewards; the last checkpoint in {run_dir} is intact.")
         metrics.update(objective_metrics)
         metrics.update({"objective/grad_norm": grad_norm, "train/lr": _lr_at(cfg, step),
@@ -614,10 +614,19 @@ def _grad_norm(model, max_norm: float) -> float:
     return float(torch.linalg.vector_norm(torch.stack([p.grad.detach().norm() for p in params])))
 
 
+class RunError(RuntimeError):
+    """The run cannot go on (disk full, repeated non-finite steps, ...); the message says what is intact."""
+
+
 def _save(run_dir, step, model, optimizer, py_rng, cfg, accuracy_before, wall, skipped_total):
-    save_checkpoint(run_dir, step, model, optimizer, py_rng, keep=cfg.keep_checkpoints, extra={
-        "config": asdict(cfg), "heldout_accuracy_before": accuracy_before, "wall_seconds": wall,
-        "skipped_steps": skipped_total})
+    try:
+        save_checkpoint(run_dir, step, model, optimizer, py_rng, keep=cfg.keep_checkpoints, extra={
+            "config": asdict(cfg), "heldout_accuracy_before": accuracy_before, "wall_seconds": wall,
+            "skipped_steps": skipped_total})
+    except OSError as e:
+        kept = [p.name for p in list_checkpoints(run_dir)]
+        raise RunError(f"could not write checkpoint-{step} in {run_dir}: {e}. Earlier checkpoints are intact "
+                       f"({', '.join(kept) or 'none yet'}); free space and continue with --resume {run_dir}") from e
 
 
 def _write_samples(run_dir: Path, step: int, problem, rollouts: Rollouts, rewards, group_size: int) -> None:

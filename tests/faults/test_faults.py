@@ -156,3 +156,30 @@ def test_answer_extraction_never_raises(text):
     answer = extract_answer(text)
     if answer is not None:
         normalize_answer(answer)
+
+
+def test_disk_full_while_checkpointing_stops_cleanly_and_keeps_earlier_checkpoints(tmp_path, monkeypatch):
+    import errno
+
+    import conspo.checkpoint as checkpoint
+    from conspo.train import RunError, TrainConfig, train
+
+    real = checkpoint.save_file
+
+    def full_disk(tensors, path, *args, **kwargs):
+        if "checkpoint-4" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        return real(tensors, path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "save_file", full_disk)
+    run = tmp_path / "run"
+    cfg = TrainConfig(steps=6, sft_steps=3, prompts_per_step=4, group_size=4, eval_size=20, eval_every=0, save_every=2,
+                      output_dir=str(run), cache_dir=str(tmp_path / "cache"), progress=False)
+    with pytest.raises(RunError, match="No space left on device.*Earlier checkpoints are intact \\(checkpoint-2\\)"):
+        train(cfg, log=lambda *a: None)
+    assert (run / "checkpoint-2" / "state.json").exists()
+    assert not list(run.glob(".tmp-*")) and not (run / "checkpoint-4").exists()
+    monkeypatch.setattr(checkpoint, "save_file", real)  # space freed: the run continues from step 2
+    summary = train(TrainConfig(resume=str(run), progress=False, cache_dir=str(tmp_path / "cache")),
+                    log=lambda *a: None, explicit={"cache_dir"})
+    assert summary["steps"] == 6
