@@ -326,8 +326,10 @@ def accumulate_gradients(
         old = logps.detach() if old_token_logps is None else old_token_logps[sl]
         part = objective.normalizer(mask[sl], rewards[sl], group_size, **options)
         if part > 0:
-            loss, _ = objective.loss(logps, old, mask[sl], rewards[sl], group_size, **options)
+            loss, metrics = objective.loss(logps, old, mask[sl], rewards[sl], group_size, **options)
             (loss * (part / total) + kl_term(sl, logps)).backward()
+            if len(slices) == 1:
+                return metrics  # the whole batch in one piece: these are the batch's metrics
         elif beta:
             kl_term(sl, logps).backward()
         all_logps.append(logps.detach())
