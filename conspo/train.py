@@ -603,7 +603,8 @@ def format_summary(s: dict, run_dir: Path) -> str:
     width = max(len(k) for k, _ in rows)
     lines = [f"| {'':<{width}} | result |", f"|{'-' * (width + 2)}|--------|"]
     lines += [f"| {k:<{width}} | {v} |" for k, v in rows]
-    lines.append(f"\noutputs in {run_dir}: metrics.jsonl, samples.jsonl, curves.png, summary.json, final/ (model)")
+    outputs = [n for n in ("metrics.jsonl", "samples.jsonl", "curves.png", "summary.json") if (run_dir / n).exists()]
+    lines.append(f"\noutputs in {run_dir}: {', '.join(outputs)}, final/ (model)")
     return "\n".join(lines)
 
 
