@@ -343,6 +343,13 @@ def _clip_metrics(low: torch.Tensor, high: torch.Tensor, mask: torch.Tensor) -> 
     }
 
 
+def _token_surrogate(token_logps, old_token_logps, mask, rewards, group_size, eps_low, eps_high, scale_by_std=True):
+    """Per-token clipped surrogate with group advantages: the shared core of GRPO, Dr.GRPO and DAPO."""
+    _check_layout(mask, rewards, group_size)
+    advantages = group_advantages(_as_float(rewards, token_logps), group_size, scale_by_std=scale_by_std)
+    return _clipped_surrogate(token_logps - old_token_logps, advantages[:, None], eps_low, eps_high)
+
+
 def _as_float(rewards: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Rewards in the log-probs' dtype, but never below fp32 (advantages in bf16 lose ~3 digits)."""
     return rewards.to(torch.promote_types(like.dtype, torch.float32))
@@ -371,9 +378,7 @@ def grpo_loss(
 
     Zero-length rows count in B with a zero term (as TRL does).
     """
-    _check_layout(mask, rewards, group_size)
-    advantages = group_advantages(_as_float(rewards, token_logps), group_size)
-    per_token, low, high = _clipped_surrogate(token_logps - old_token_logps, advantages[:, None], eps_low, eps_high)
+    per_token, low, high = _token_surrogate(token_logps, old_token_logps, mask, rewards, group_size, eps_low, eps_high)
     loss = _seq_mean_token_mean(per_token, mask)
     return loss, {"objective/loss": float(loss.detach()), **_clip_metrics(low, high, mask)}
 
@@ -397,9 +402,8 @@ def dr_grpo_loss(
     L_max = ``max_completion_length`` (default: T, the padded width of the batch; pass the
     generation limit to match TRL exactly when batches are padded shorter than it).
     """
-    _check_layout(mask, rewards, group_size)
-    advantages = group_advantages(_as_float(rewards, token_logps), group_size, scale_by_std=False)
-    per_token, low, high = _clipped_surrogate(token_logps - old_token_logps, advantages[:, None], eps_low, eps_high)
+    per_token, low, high = _token_surrogate(token_logps, old_token_logps, mask, rewards, group_size, eps_low, eps_high,
+                                            scale_by_std=False)
     width = mask.shape[1] if max_completion_length is None else max_completion_length
     loss = _masked_sum(per_token, mask).sum() / (mask.shape[0] * width)
     return loss, {"objective/loss": float(loss.detach()), **_clip_metrics(low, high, mask)}
@@ -423,9 +427,7 @@ def dapo_loss(
     DAPO's dynamic sampling (drop groups without signal and refill) is a trainer option,
     not part of the loss.
     """
-    _check_layout(mask, rewards, group_size)
-    advantages = group_advantages(_as_float(rewards, token_logps), group_size)
-    per_token, low, high = _clipped_surrogate(token_logps - old_token_logps, advantages[:, None], eps_low, eps_high)
+    per_token, low, high = _token_surrogate(token_logps, old_token_logps, mask, rewards, group_size, eps_low, eps_high)
     n_tokens = mask.bool().sum().clamp(min=1).to(token_logps.dtype)
     loss = _masked_sum(per_token, mask).sum() / n_tokens
     return loss, {"objective/loss": float(loss.detach()), **_clip_metrics(low, high, mask)}
