@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from conspo.rewards import MathVerifier  # noqa: E402
 from conspo.tasks.math_data import load_benchmark  # noqa: E402
+from machine import cpu_model  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 FILLER = (
     "We first rewrite the condition. Let $a_n$ denote the $n$-th term, so $a_{n+1} = 2a_n + 1$ "
@@ -70,16 +71,6 @@ def build_batch(golds: list[str], seed: int = 0) -> tuple[list[str], list[str], 
             refs.append(gold)
             kinds.append(kind)
     return completions, refs, kinds
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:

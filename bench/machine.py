@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -39,7 +39,7 @@ def header_line(threads: int) -> str:
     argv = getattr(sys, "orig_argv", [sys.executable, *sys.argv])
     load = " / ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     return (f"date: {_dt.datetime.now().astimezone().isoformat(timespec='seconds')} | machine: {_nproc()} cores "
-            f"(nproc), {_cpu_model()}, {_ram_gib()} | torch {torch.__version__} ({threads} threads), Python "
+            f"(nproc), {cpu_model()}, {_ram_gib()} | torch {torch.__version__} ({threads} threads), Python "
             f"{platform.python_version()} | load avg 1/5/15 min before: {load} | command: `{shlex.join(argv)}`")
 
 def busy_note() -> str:
