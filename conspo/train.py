@@ -536,14 +536,17 @@ def train(cfg: TrainConfig, *, log=print, explicit: set[str] | None = None) -> d
             result, _ = heldout_eval()
             accuracy = result.accuracy
             metrics.update({"heldout/accuracy": accuracy, "heldout/truncated_frac": result.truncated_frac})
-        if cfg.log_samples_every and done % cfg.log_samples_every == 0:
-            _write_samples(run_dir, done, problems[0], rollouts, rewards, cfg.group_size)
+        try:
+            if cfg.log_samples_every and done % cfg.log_samples_every == 0:
+                _write_samples(run_dir, done, problems[0], rollouts, rewards, cfg.group_size)
+            writer.write(done, metrics)
+        except OSError as e:  # e.g. disk full: say what is intact instead of a bare traceback
+            raise RunError(f"could not write the logs of step {done} in {run_dir}: {e}. {_what_is_intact(run_dir)}") from e
         if not warned_truncation and metrics["gen/truncated_frac"] > 0.5 and done >= 5:
             warned_truncation = True
             log(f"WARNING step {done}: {metrics['gen/truncated_frac']:.0%} of completions hit max_new_tokens="
                 f"{max_new_tokens} without EOS. Truncated completions usually score 0 and the run may learn "
                 "nothing: raise --max-new-tokens or check the prompt template.")
-        writer.write(done, metrics)
         bar.set_postfix(reward=f"{metrics['reward/mean']:.2f}",
                         acc="-" if accuracy is None else f"{accuracy:.2f}", refresh=False)
         bar.update(1)
@@ -627,9 +630,13 @@ def _save(run_dir, step, model, optimizer, py_rng, cfg, accuracy_before, wall, s
             "config": asdict(cfg), "heldout_accuracy_before": accuracy_before, "wall_seconds": wall,
             "skipped_steps": skipped_total})
     except OSError as e:
-        kept = [p.name for p in list_checkpoints(run_dir)]
-        raise RunError(f"could not write checkpoint-{step} in {run_dir}: {e}. Earlier checkpoints are intact "
-                       f"({', '.join(kept) or 'none yet'}); free space and continue with --resume {run_dir}") from e
+        raise RunError(f"could not write checkpoint-{step} in {run_dir}: {e}. {_what_is_intact(run_dir)}") from e
+
+
+def _what_is_intact(run_dir: Path) -> str:
+    kept = [p.name for p in list_checkpoints(run_dir)]
+    return (f"Earlier checkpoints are intact ({', '.join(kept) or 'none yet'}); free space and continue with "
+            f"--resume {run_dir}")
 
 
 def _write_samples(run_dir: Path, step: int, problem, rollouts: Rollouts, rewards, group_size: int) -> None:

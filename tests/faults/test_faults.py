@@ -183,3 +183,23 @@ def test_disk_full_while_checkpointing_stops_cleanly_and_keeps_earlier_checkpoin
     summary = train(TrainConfig(resume=str(run), progress=False, cache_dir=str(tmp_path / "cache")),
                     log=lambda *a: None, explicit={"cache_dir"})
     assert summary["steps"] == 6
+
+
+def test_disk_full_while_logging_stops_cleanly(tmp_path, monkeypatch):
+    import errno
+
+    import conspo.reporting as reporting
+    from conspo.train import RunError, TrainConfig, train
+
+    real = reporting.MetricsWriter.write
+
+    def full_disk(self, step, metrics):
+        if step == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, step, metrics)
+
+    monkeypatch.setattr(reporting.MetricsWriter, "write", full_disk)
+    cfg = TrainConfig(steps=6, sft_steps=3, prompts_per_step=4, group_size=4, eval_size=20, eval_every=0, save_every=2,
+                      output_dir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"), progress=False)
+    with pytest.raises(RunError, match="logs of step 3.*No space left.*intact \\(checkpoint-2\\)"):
+        train(cfg, log=lambda *a: None)
