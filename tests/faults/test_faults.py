@@ -38,20 +38,25 @@ def _same_run(a, b):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+KILL_COMMON = [*TINY, "--steps", "30", "--eval-every", "10", "--save-every", "4", "--seed", "6"]
+
+
 @pytest.mark.slow
-def test_kill_9_mid_run_then_resume_equals_uninterrupted(tmp_path, cache_dir, uninterrupted):
+def test_kill_9_mid_run_then_resume_equals_uninterrupted(tmp_path, cache_dir):
+    full = tmp_path / "full"
+    run_cli("train", *KILL_COMMON, "--output-dir", str(full), cache_dir=cache_dir)
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "conspo", "train", *COMMON, "--output-dir", str(out), "--cache-dir", cache_dir]
+    cmd = [sys.executable, "-m", "conspo", "train", *KILL_COMMON, "--output-dir", str(out), "--cache-dir", cache_dir]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while time.time() < deadline and not (out / "checkpoint-4").exists():
+    while time.time() < deadline and not (out / "checkpoint-8").exists():
         time.sleep(0.01)
-    time.sleep(random.uniform(0.0, 0.2))  # somewhere in steps 5-6: mid-step, mid-write of a metrics line
+    time.sleep(random.uniform(0.0, 0.3))  # somewhere in steps 9-11: mid-step, mid-write of a metrics line
     proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed: the test would prove nothing"
-    assert not (out / "summary.json").exists()
+    assert proc.wait() == -signal.SIGKILL
+    assert not (out / "summary.json").exists(), "the run finished before it was killed: the test would prove nothing"
     run_cli("train", "--resume", str(out), cache_dir=cache_dir)
-    _same_run(out, uninterrupted)
+    _same_run(out, full)
 
 
 @pytest.mark.slow
