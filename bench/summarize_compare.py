@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conspo.compare import plot_comparison, steps_to_target  # noqa: E402
+from conspo.compare import plot_comparison, summarise  # noqa: E402
 from conspo.train import TrainConfig  # noqa: E402
 
 ABLATION_KEYS = ("tau", "margin_schedule", "margin_start", "margin_end", "score", "temperature", "lr")
@@ -47,18 +47,15 @@ def main():
     print("|---|---|---|---|---|---|---|---|")
     objectives = {}
     for folder, d in data.items():
-        for name, rs in d["runs"].items():
-            after = [r["heldout_accuracy_after"] for r in rs]
-            gain = [r["heldout_accuracy_after"] - r["heldout_accuracy_before"] for r in rs]
-            reached = [s for s in (steps_to_target(r["curve"], target) for r in rs) if s is not None]
-            sd = lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0  # noqa: E731
-            steps = f"{statistics.median(reached):.0f}" if reached else "never"
+        for row in summarise(d["runs"], target):  # the same aggregation `conspo compare` prints
+            name = row["objective"]
+            steps = "never" if row["steps_to_target_median"] is None else f"{row['steps_to_target_median']:.0f}"
             opts = options_of(Path(args.folder) / folder / f"{name}-seed0")
-            print(f"| {folder} | {name} | {opts} | {len(rs)} | {statistics.mean(after):.1%} +- {sd(after):.1%} | "
-                  f"{100 * statistics.mean(gain):+.1f} +- {100 * sd(gain):.1f} | {steps} ({len(reached)}/{len(rs)}) | "
-                  f"{statistics.mean(r['wall_seconds'] for r in rs):.0f} |")
+            print(f"| {folder} | {name} | {opts} | {row['seeds']} | {row['accuracy_after_mean']:.1%} +- "
+                  f"{row['accuracy_after_std']:.1%} | {100 * row['gain_mean']:+.1f} +- {100 * row['gain_std']:.1f} | "
+                  f"{steps} ({row['reached_target']}/{row['seeds']}) | {row['wall_seconds_mean']:.0f} |")
             if folder.startswith("objectives"):
-                objectives[name] = rs
+                objectives[name] = d["runs"][name]
     if args.plot and objectives:
         plot_comparison(objectives, Path(args.plot), target)
         print(f"\nplot: {args.plot}")

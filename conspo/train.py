@@ -466,8 +466,7 @@ def train(cfg: TrainConfig, *, log=print, explicit: set[str] | None = None) -> d
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
 
     def heldout_eval():
-        result, completions = evaluate_greedy(model, tokenizer, task, heldout, max_new_tokens=max_new_tokens)
-        return result, completions
+        return evaluate_greedy(model, tokenizer, task, heldout, max_new_tokens=max_new_tokens)[0]
 
     start_step, wall_before, skipped_total = 0, 0.0, 0
     if cfg.resume:
@@ -477,7 +476,7 @@ def train(cfg: TrainConfig, *, log=print, explicit: set[str] | None = None) -> d
         accuracy_before, skipped_total = state["heldout_accuracy_before"], state["skipped_steps"]
         log(f"resumed from {checkpoint} at step {start_step}")
     else:
-        result, _ = heldout_eval()
+        result = heldout_eval()
         accuracy_before = result.accuracy
     with open(run_dir / "config.yaml", "w") as f:
         yaml.safe_dump(asdict(cfg), f, sort_keys=False)
@@ -533,7 +532,7 @@ def train(cfg: TrainConfig, *, log=print, explicit: set[str] | None = None) -> d
 
         done = step + 1
         if cfg.eval_every and done % cfg.eval_every == 0 or done == cfg.steps:
-            result, _ = heldout_eval()
+            result = heldout_eval()
             accuracy = result.accuracy
             metrics.update({"heldout/accuracy": accuracy, "heldout/truncated_frac": result.truncated_frac})
         try:
