@@ -62,7 +62,7 @@ from machine import busy_note, header_line  # noqa: E402  (bench/ is on sys.path
 
 
 def make_config(spec: dict):
-    from conspo.train import TrainConfig
+    from conspo.config import TrainConfig
 
     engine, objective = RUNS[spec["run"]]
     return TrainConfig(
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     from conspo.tasks import get_task
-    from conspo.train import TrainConfig
+    from conspo.config import TrainConfig
     from conspo.warmup import tiny_base
 
     hf_logging.disable_progress_bar()

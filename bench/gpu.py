@@ -7,10 +7,10 @@ completions of 1024 random tokens (every token counted; --ragged draws lengths i
 binary rewards with at least one correct and one wrong rollout per group.
 
 One step = exactly the trainer's update path without generation:
-``conspo.train.accumulate_gradients`` (per micro-batch of whole groups: ``token_logprobs``
+``conspo.update.accumulate_gradients`` (per micro-batch of whole groups: ``token_logprobs``
 forward with ``selective_log_softmax``, the objective from ``conspo.objectives``, backward),
-then the trainer's gradient clipping (``_grad_norm``, max norm 1) and ``optimizer.step()``.
-Objective options are the trainer's defaults (``objective_options(TrainConfig(objective=...))``).
+then the trainer's gradient clipping (``conspo.update.grad_norm``, max norm 1) and ``optimizer.step()``.
+Objective options are the trainer's defaults (``Objective.options(TrainConfig(objective=...).objective_settings(...))``).
 
 Timing: warm-up steps for every objective first, then timed steps interleaved conspo, grpo,
 grpo, conspo, ... (torch.cuda.synchronize around each, time.perf_counter); peak memory is
@@ -91,18 +91,19 @@ def sync(device: torch.device) -> None:
 
 def train_step(model, optimizer, name: str, rollouts, rewards, args) -> dict:
     """The trainer's update on one batch: accumulate_gradients, clip, optimizer.step()."""
-    from conspo.schedules import margin_schedule
-    from conspo.train import TrainConfig, _grad_norm, accumulate_gradients, objective_options
+    from conspo.config import TrainConfig
+    from conspo.objectives import get_objective
+    from conspo.update import accumulate_gradients, grad_norm
 
     cfg = TrainConfig(objective=name, group_size=args.group_size, micro_batch_size=args.micro_batch)
-    margin_fn = margin_schedule(cfg.margin_schedule, start=cfg.margin_start, end=cfg.margin_end, horizon=cfg.steps)
-    options = objective_options(cfg, 0, margin_fn, args.completion_len)
+    options = get_objective(name).options(cfg.objective_settings(margin=cfg.margin_start,
+                                                                 max_new_tokens=args.completion_len))
     optimizer.zero_grad(set_to_none=True)
     metrics = accumulate_gradients(model, name, rollouts, rewards, args.group_size, options,
                                    micro_batch_size=cfg.micro_batch_size, group_mode=cfg.group_mode)
-    grad_norm = _grad_norm(model, cfg.max_grad_norm)
+    norm = grad_norm(model, cfg.max_grad_norm)
     optimizer.step()
-    return {"loss": metrics["objective/loss"], "grad_norm": grad_norm}
+    return {"loss": metrics["objective/loss"], "grad_norm": norm}
 
 
 def measure(args, device: torch.device, dtype: torch.dtype, shape: dict, deadline: float) -> tuple[dict, dict]:
@@ -216,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"- batch: {args.groups} groups x G={args.group_size} = {args.groups * args.group_size} rollouts, prompts "
           f"{args.prompt_len} + completions {args.completion_len} tokens{' (ragged)' if args.ragged else ''}; "
           f"{info['completion_tokens']:,} completion tokens per step; micro-batch {args.micro_batch} rows")
-    print(f"- step: conspo.train.accumulate_gradients + trainer clipping + optimizer.step(); {args.warmup} warm-up "
+    print(f"- step: conspo.update.accumulate_gradients + trainer clipping + optimizer.step(); {args.warmup} warm-up "
           f"step(s) per objective, then up to {args.steps} timed, interleaved"
           + (" (stopped early by --max-seconds)" if info["stopped_early"] else ""))
     print()

@@ -17,7 +17,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conspo.compare import plot_comparison, summarise  # noqa: E402
-from conspo.train import TrainConfig  # noqa: E402
+from conspo.config import TrainConfig  # noqa: E402
 
 ABLATION_KEYS = ("tau", "margin_schedule", "margin_start", "margin_end", "score", "temperature", "lr")
 

@@ -2,7 +2,8 @@
 
 A checkpoint is a directory ``checkpoint-<step>/`` holding
 
-* ``model.safetensors``      the policy weights (``safetensors.torch.save_model``: tied weights ok)
+* ``model.safetensors``      the policy weights (``safetensors.torch.save_model``: tied weights ok);
+                             for a LoRA run ``adapter.safetensors`` (the adapter only) instead
 * ``optimizer.safetensors``  every tensor of the optimizer state, keys ``state.<param>.<name>``
 * ``state.json``             step, optimizer param groups and scalar state, Python RNG state,
                              and anything else the trainer passes as ``extra``
@@ -19,13 +20,22 @@ import json
 import os
 import random
 import shutil
-import signal
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
+from conspo.models import is_lora
+
 PREFIX = "checkpoint-"
+ADAPTER_FILE = "adapter.safetensors"  # LoRA runs: the adapter's weights instead of model.safetensors
+
+
+def before_publish(tmp_dir: Path, step: int) -> None:
+    """Called with every file of a checkpoint written, just before the rename makes it visible.
+
+    Does nothing; a seam that tests replace to crash at the worst moment (tests/faults).
+    """
 
 
 def _fsync_dir(path: Path) -> None:
@@ -79,10 +89,7 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, py_rng: random.R
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # e.g. disk full: leave no partial directory behind
         raise
-    # Fault injection for tests/faults: die (SIGKILL, no clean-up) with every file written but
-    # before the rename that makes the checkpoint visible.
-    if os.environ.get("CONSPO_FAULT_KILL_BEFORE_RENAME") == str(step):
-        os.kill(os.getpid(), signal.SIGKILL)
+    before_publish(tmp, step)
     if final.exists():  # re-saving a step (e.g. after resuming onto it): replace whole
         shutil.rmtree(final)
     os.rename(tmp, final)
@@ -95,7 +102,13 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, py_rng: random.R
 
 
 def _write_checkpoint_files(tmp: Path, step: int, model, optimizer, py_rng: random.Random, extra: dict) -> None:
-    save_model(model, str(tmp / "model.safetensors"))
+    if is_lora(model):  # the base weights never change: keep only the adapter
+        from peft import get_peft_model_state_dict
+
+        adapter = {k: v.detach().contiguous().cpu() for k, v in get_peft_model_state_dict(model).items()}
+        save_file(adapter, str(tmp / ADAPTER_FILE))
+    else:
+        save_model(model, str(tmp / "model.safetensors"))
     opt_tensors, opt_meta = _optimizer_to_flat(optimizer)
     save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
     rng = {"torch_cpu": torch.get_rng_state()}
@@ -144,12 +157,19 @@ def find_checkpoint(path: str | Path) -> Path:
 def load_checkpoint(checkpoint: Path, model, optimizer, py_rng: random.Random) -> dict:
     """Restore model, optimizer and RNG states in place; return the JSON state."""
     checkpoint = Path(checkpoint)
-    for required in ("model.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json"):
+    weights = ADAPTER_FILE if is_lora(model) else "model.safetensors"
+    for required in (weights, "optimizer.safetensors", "rng.safetensors", "state.json"):
         if not (checkpoint / required).exists():
             raise FileNotFoundError(f"checkpoint {checkpoint} is missing {required}")
     with open(checkpoint / "state.json") as f:
         state = json.load(f)
-    missing, unexpected = load_model(model, str(checkpoint / "model.safetensors"), strict=False)
+    if is_lora(model):
+        from peft import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(model, load_file(str(checkpoint / ADAPTER_FILE)))
+        missing, unexpected = [], list(result.unexpected_keys)
+    else:
+        missing, unexpected = load_model(model, str(checkpoint / "model.safetensors"), strict=False)
     if missing or unexpected:
         raise ValueError(f"checkpoint {checkpoint} does not fit the model: missing {missing}, unexpected {unexpected}")
     device = next(model.parameters()).device

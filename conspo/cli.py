@@ -17,7 +17,8 @@ from dataclasses import MISSING, fields
 
 import yaml
 
-from conspo.train import ConfigError, RunError, TrainConfig, field_help, train
+from conspo.config import HELP_SECTIONS, TrainConfig, field_help
+from conspo.errors import ConfigError, RunError
 
 
 def _parse_optional_float(text: str) -> float | None:
@@ -27,20 +28,28 @@ def _parse_optional_float(text: str) -> float | None:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One --option per TrainConfig field, its help from the field's docstring."""
+    """One --option per TrainConfig field, its help from the field's docstring, grouped by section."""
     helps = field_help()
     hints = typing.get_type_hints(TrainConfig)
+    starts = dict((first, title) for title, first in HELP_SECTIONS)
+    group = parser
     for f in fields(TrainConfig):
+        if f.name in starts:
+            group = parser.add_argument_group(starts[f.name])
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not MISSING else None
-        text = f"{helps.get(f.name, '')} (default: {default!r})"
+        text = f"{helps.get(f.name, '')} (default: {default!r})".replace("%", "%%")  # argparse formats help with %
         hint = hints[f.name]
         if hint is bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
+        elif typing.get_origin(hint) is typing.Literal:
+            # choices shown, checked by TrainConfig.validate so the error is the same one line as from YAML
+            group.add_argument(flag, dest=f.name, type=str, default=argparse.SUPPRESS, help=text,
+                               metavar="{" + ",".join(typing.get_args(hint)) + "}")
         elif hint in (int, float, str):
-            parser.add_argument(flag, dest=f.name, type=hint, default=argparse.SUPPRESS, help=text, metavar=hint.__name__.upper())
+            group.add_argument(flag, dest=f.name, type=hint, default=argparse.SUPPRESS, help=text, metavar=hint.__name__.upper())
         else:  # float | None
-            parser.add_argument(flag, dest=f.name, type=_parse_optional_float, default=argparse.SUPPRESS, help=text, metavar="FLOAT|none")
+            group.add_argument(flag, dest=f.name, type=_parse_optional_float, default=argparse.SUPPRESS, help=text, metavar="FLOAT|none")
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, set[str]]:
@@ -113,19 +122,27 @@ def main(argv: list[str] | None = None) -> int:
     p_eval.add_argument("--backend", default="auto", choices=["auto", "hf", "vllm"],
                         help="generation backend (auto: vllm when installed with a GPU, else transformers)")
     p_eval.add_argument("--template", default="qwen_math_boxed", help="prompt template: qwen_math_boxed, r1, plain, raw")
-    p_eval.add_argument("--data-dir", default=None, help="folder of the benchmark sets (default: $CONSPO_DATA_DIR or ../shared/data)")
+    p_eval.add_argument("--data-dir", default=None, help="folder of the benchmark sets (default: $CONSPO_DATA_DIR, else ../shared/data beside a development checkout)")
     p_eval.add_argument("--limit", type=int, default=0, help="first N problems of each benchmark (0: all)")
     p_eval.add_argument("--batch-size", type=int, default=32, help="completions generated at once (hf backend)")
     p_eval.add_argument("--seed", type=int, default=0)
     p_eval.add_argument("--dtype", default="auto", help="auto, float32, bfloat16")
     p_eval.add_argument("--output-dir", default="", help="where results.json and completions.jsonl go")
 
+    sub.add_parser("audit-rewards", add_help=False, help="why each completion of a run or eval scored what it did "
+                   "(conspo audit-rewards --help)")
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["audit-rewards"]:  # its own parser (conspo/audit.py)
+        from conspo.audit import main as audit_main
+
+        return audit_main(argv[1:])
     args = parser.parse_args(argv)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # per-file "Loading weights" bars would bury the training bar
     if args.command == "eval":
-        from conspo.benchmark import EvalSettings, run_eval
+        from conspo.benchmark_eval import EvalSettings, run_eval
 
         settings = EvalSettings(**{k: v for k, v in vars(args).items() if k not in ("command",)})
         settings.benchmarks = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
@@ -140,12 +157,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             from tqdm.auto import tqdm
 
-            train(cfg, log=tqdm.write, explicit=explicit)
+            run_training(cfg, log=tqdm.write, explicit=explicit)
         else:
             from conspo.compare import compare
 
             compare(cfg, objectives=[o.strip() for o in args.objectives.split(",") if o.strip()], seeds=args.seeds,
-                    target_accuracy=args.target_accuracy)
+                    target_accuracy=args.target_accuracy, train_fn=run_training)
     except ConfigError as e:
         print(f"conspo {args.command}: error: {e}", file=sys.stderr)
         return 2
@@ -153,3 +170,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"conspo {args.command}: stopped: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def run_training(cfg: TrainConfig, *, log=print, explicit: set[str] | None = None) -> dict:
+    """Merge a resumed run's saved config, validate, set threads, and train with the chosen engine."""
+    import torch
+
+    from conspo.run import merge_resumed_config
+
+    if cfg.resume:
+        cfg = merge_resumed_config(cfg, explicit or set())
+    cfg.validate()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.engine == "trl":
+        from conspo.integrations.trl_engine import train_with_trl
+
+        return train_with_trl(cfg, log=log)
+    from conspo.train import train
+
+    return train(cfg, log=log)

@@ -15,12 +15,16 @@ from datetime import datetime
 from pathlib import Path
 
 from conspo.reporting import read_metrics
-from conspo.train import TrainConfig, train
+from conspo.config import TrainConfig
 
 
-def compare(base: TrainConfig, *, objectives: list[str], seeds: int, target_accuracy: float | None = None, log=print) -> dict:
+def compare(base: TrainConfig, *, objectives: list[str], seeds: int, target_accuracy: float | None = None, log=print,
+            train_fn=None) -> dict:
+    """Train every (objective, seed) with ``train_fn(cfg, log=...)`` (default: the native trainer); table and plot."""
     from tqdm.auto import tqdm
 
+    if train_fn is None:
+        from conspo.train import train as train_fn
     if seeds < 1:
         raise ValueError("--seeds must be >= 1")
     root = Path(base.output_dir or f"runs/compare-{datetime.now():%Y%m%d-%H%M%S}")
@@ -30,7 +34,7 @@ def compare(base: TrainConfig, *, objectives: list[str], seeds: int, target_accu
     for name in objectives:
         for seed in range(seeds):
             cfg = replace(base, objective=name, seed=seed, output_dir=str(root / f"{name}-seed{seed}"), resume="")
-            summary = train(cfg, log=tqdm.write)
+            summary = train_fn(cfg, log=tqdm.write)
             curve = [(m["step"], m["heldout/accuracy"]) for m in read_metrics(Path(cfg.output_dir) / "metrics.jsonl")
                      if "heldout/accuracy" in m]
             runs.setdefault(name, []).append({**summary, "curve": curve})

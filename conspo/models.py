@@ -14,7 +14,7 @@ import torch
 
 #: Marks a directory holding a model written by conspo's tiny-model code; its tokenizer
 #: is loaded with PreTrainedTokenizerFast (AutoTokenizer would pick the Qwen2 tokenizer
-#: class for a qwen2-typed config and swap the pre-tokenizer: DESIGN.md section 7).
+#: class for a qwen2-typed config and swap the pre-tokenizer: docs/design.md section 7).
 TINY_MARKER = "conspo_tiny.json"
 
 TINY_CHARS = "0123456789+-*=() "
@@ -36,7 +36,7 @@ def build_char_tokenizer(chars: str = TINY_CHARS):
 
 
 def build_tiny_model(vocab_size: int, *, hidden: int = 128, layers: int = 4, ffn: int = 512, heads: int = 4, seed: int = 0):
-    """A small Qwen2 (tied embeddings) with the geometry from DESIGN.md section 8 (~1.05M params)."""
+    """A small Qwen2 (tied embeddings) with the geometry from docs/design.md section 8 (~1.05M params)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     config = Qwen2Config(
@@ -92,3 +92,33 @@ def load_policy(name_or_path: str, *, dtype: torch.dtype = torch.float32, device
         )
     model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, use_safetensors=True)
     return model.to(device)
+
+
+def lora_config(*, r: int, alpha: int, dropout: float, target_modules: str):
+    """A peft ``LoraConfig`` for a causal LM (``target_modules``: comma-separated names or ``all-linear``)."""
+    try:
+        from peft import LoraConfig
+    except ImportError as e:
+        from conspo.errors import ConfigError
+
+        raise ConfigError("LoRA (--lora-r > 0) needs peft: pip install 'conspo[lora]'") from e
+    targets = target_modules if target_modules == "all-linear" else [t.strip() for t in target_modules.split(",") if t.strip()]
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM")
+
+
+def is_lora(model) -> bool:
+    """True for a peft model (the trainable weights are an adapter on a frozen base)."""
+    return hasattr(model, "peft_config") and hasattr(model, "disable_adapter")
+
+
+def save_final(model, tokenizer, directory: str | Path, *, tiny: bool = False, lora_save: str = "merged") -> None:
+    """The run's final model: a plain transformers directory, or for LoRA the adapter alone
+    (``lora_save="adapter"``, peft format) or merged into the base weights (``"merged"``)."""
+    if is_lora(model):
+        if lora_save == "adapter":
+            directory = Path(directory)
+            model.save_pretrained(directory, safe_serialization=True)  # adapter_model.safetensors + adapter_config.json
+            tokenizer.save_pretrained(directory)
+            return
+        model = model.merge_and_unload()  # the run is over: merging in place is fine
+    save_pretrained(model, tokenizer, directory, tiny=tiny)

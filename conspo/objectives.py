@@ -18,7 +18,7 @@ Each loss returns ``(loss, metrics)``: a scalar tensor and a dict of plain float
 stable names. All functions are vectorised over groups (no Python loop over rows) and
 work in any floating dtype.
 
-References: ConSPO, arXiv 2605.12969 (only the abstract is public; see DESIGN.md, the
+References: ConSPO, arXiv 2605.12969 (only the abstract is public; see docs/design.md, the
 ConSPO loss below is our reconstruction); GRPO, arXiv 2402.03300; Dr.GRPO, arXiv
 2503.20783; DAPO, arXiv 2503.14476; GSPO, arXiv 2507.18071. The GRPO-family
 normalisations follow TRL 1.16 ``GRPOTrainer`` (tested against it in tests/test_trl_oracle.py).
@@ -26,6 +26,7 @@ normalisations follow TRL 1.16 ``GRPOTrainer`` (tested against it in tests/test_
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Callable
 
@@ -137,6 +138,25 @@ class _ContrastiveGroups:
     log_negative_mass: torch.Tensor  # (n,) log sum_{j in N_g} exp(s_j/tau), 0 for invalid groups
 
 
+def contrastive_sets(
+    rewards: torch.Tensor, present: torch.Tensor, group_size: int, positive_threshold: float = 0.5
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ConSPO group rule, written once: (positive, negative, valid) for each group.
+
+        P_g = {i in g : r_i >= threshold, |o_i| > 0},   N_g = {j in g : r_j < threshold, |o_j| > 0}
+        valid g  <=>  P_g and N_g both non-empty
+
+    Returns ``positive`` and ``negative`` as bool (n_groups, G), restricted to valid groups,
+    and ``valid`` as bool (n_groups,). ``present`` (B,) marks rows with a non-empty completion.
+    """
+    shape = (-1, group_size)
+    present = present.bool().view(shape)
+    is_positive = (rewards.view(shape) >= positive_threshold) & present
+    is_negative = (rewards.view(shape) < positive_threshold) & present
+    valid = is_positive.any(dim=1) & is_negative.any(dim=1)
+    return is_positive & valid[:, None], is_negative & valid[:, None], valid
+
+
 def _contrastive_groups(
     scores: torch.Tensor,
     rewards: torch.Tensor,
@@ -148,14 +168,8 @@ def _contrastive_groups(
 ) -> _ContrastiveGroups:
     if not tau > 0:
         raise ValueError(f"tau must be > 0, got {tau!r}")
-    shape = (-1, group_size)
-    s = scores.view(shape)
-    present = present.view(shape)
-    is_positive = (rewards.view(shape) >= positive_threshold) & present
-    is_negative = (rewards.view(shape) < positive_threshold) & present
-    valid = is_positive.any(dim=1) & is_negative.any(dim=1)
-    positive = is_positive & valid[:, None]
-    negative = is_negative & valid[:, None]
+    s = scores.view(-1, group_size)
+    positive, negative, valid = contrastive_sets(rewards, present, group_size, positive_threshold)
 
     positive_logit = (s - margin) / tau
     negative_logit = s / tau
@@ -175,6 +189,12 @@ def _contrastive_groups(
         negative_logit=negative_logit,
         log_negative_mass=log_negative_mass,
     )
+
+
+def count_valid_groups(mask: torch.Tensor, rewards: torch.Tensor, group_size: int, *,
+                       positive_threshold: float = 0.5, **_) -> float:
+    """|V|: groups with at least one positive and one negative non-empty completion (ConSPO's normaliser)."""
+    return float(contrastive_sets(rewards, mask.bool().any(-1), group_size, positive_threshold)[2].sum())
 
 
 def conspo_loss(
@@ -198,7 +218,7 @@ def conspo_loss(
         L   = (1/|V|) * sum_{g in V} (1/|P_g|) * sum_{i in P_g} l_i          (L = 0 if V is empty)
 
     ``margin`` m handicaps each positive (a larger m demands a wider separation);
-    ``tau`` is the temperature. Defaults are ours (DESIGN.md section 2), chosen on the
+    ``tau`` is the temperature. Defaults are ours (docs/design.md section 2), chosen on the
     default task; the paper's values are not public.
     Zero-length completions are excluded. If no group is valid, the loss is 0 with a zero
     (not NaN) gradient.
@@ -209,17 +229,39 @@ def conspo_loss(
     every negative of their group), ``conspo/pos_softmax_share`` (mean over positives of
     exp((s_i-m)/tau)/Z_i), ``conspo/margin``, ``conspo/tau``.
     """
-    n_groups = _check_layout(mask, rewards, group_size)
+    _check_layout(mask, rewards, group_size)
     scores = sequence_scores(token_logps, mask, normalize_by_length=normalize_by_length)
-    present = mask.bool().any(dim=-1)
-    groups = _contrastive_groups(scores, rewards, present, group_size, margin, tau, positive_threshold)
+    return conspo_loss_from_scores(scores, mask.bool().any(dim=-1), rewards, group_size, margin=margin, tau=tau,
+                                   positive_threshold=positive_threshold)
 
+
+def conspo_loss_from_scores(
+    scores: torch.Tensor,
+    present: torch.Tensor,
+    rewards: torch.Tensor,
+    group_size: int,
+    *,
+    margin: float = 0.0,
+    tau: float = 0.3,
+    positive_threshold: float = 0.5,
+) -> tuple[torch.Tensor, Metrics]:
+    """The ConSPO loss and metrics of ``conspo_loss`` from (B,) sequence scores already computed.
+
+    ``present`` (B,) marks rows with a non-empty completion (others are excluded). Used where
+    scores come from elsewhere: the coefficient route (no-grad scores gathered over micro-batches
+    or processes) reports the batch's loss and metrics with it.
+    """
+    if scores.dim() != 1 or rewards.shape != scores.shape or present.shape != scores.shape:
+        raise ValueError(f"scores, present and rewards must all be (B,), got {tuple(scores.shape)}, "
+                         f"{tuple(present.shape)} and {tuple(rewards.shape)}")
+    if scores.shape[0] % group_size:
+        raise ValueError(f"{scores.shape[0]} rows is not a whole number of groups of {group_size}")
+    groups = _contrastive_groups(scores, rewards, present, group_size, margin, tau, positive_threshold)
     per_positive = F.softplus(groups.log_negative_mass[:, None] - groups.positive_logit)
     per_positive = torch.where(groups.positive, per_positive, torch.zeros_like(per_positive))
     per_group = per_positive.sum(dim=1) / groups.n_positive
     loss = per_group.sum() / groups.n_valid
-
-    metrics = _conspo_metrics(scores.detach(), groups, n_groups, loss.detach(), margin, tau)
+    metrics = _conspo_metrics(scores.detach(), groups, scores.shape[0] // group_size, loss.detach(), margin, tau)
     return loss, metrics
 
 
@@ -287,7 +329,7 @@ def conspo_coefficients(
     so that grad_theta L = sum_i c_i * grad_theta s_i. The coefficients depend only on the
     (detached) scores of each group, which is what lets a group be split across
     micro-batches or processes: compute every score without gradient, gather, call this,
-    then back-propagate the surrogate sum_i c_i * s_i(theta) piece by piece (DESIGN.md s.4).
+    then back-propagate the surrogate sum_i c_i * s_i(theta) piece by piece (docs/design.md section 4).
 
     ``present`` (bool, (B,)) marks rows with a non-empty completion; rows not present are
     excluded like in ``conspo_loss``. Default: all rows present.
@@ -310,6 +352,64 @@ def conspo_coefficients(
     pairwise = torch.exp(groups.negative_logit[:, None, :] - log_z_pos[:, :, None]).sum(dim=1)
     c_neg = torch.where(groups.negative, pairwise * scale[:, None], zeros)
     return (c_pos + c_neg).reshape(-1)
+
+
+@torch.no_grad()
+def conspo_coefficients_and_metrics(
+    scores: torch.Tensor,
+    rewards: torch.Tensor,
+    group_size: int,
+    *,
+    present: torch.Tensor,
+    margin: float,
+    tau: float,
+    positive_threshold: float = 0.5,
+) -> tuple[torch.Tensor, Metrics]:
+    """The coefficient route in one call: c = dL/ds (``conspo_coefficients``) and the batch's metrics.
+
+    Every engine (native trainer, TRL, verl) calls this on the no-grad scores of the WHOLE
+    optimizer batch, then back-propagates ``coefficient_surrogate(c, s(theta))`` piece by piece.
+    """
+    options = dict(margin=margin, tau=tau, positive_threshold=positive_threshold)
+    coefficients = conspo_coefficients(scores, rewards, group_size, present=present, **options)
+    _, metrics = conspo_loss_from_scores(scores, present, rewards, group_size, **options)
+    return coefficients, metrics
+
+
+def coefficient_surrogate(coefficients: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """sum_i c_i * s_i(theta): its gradient is the ConSPO gradient when c = dL/ds at the current scores.
+
+    The value is not the loss (report the loss from ``conspo_coefficients_and_metrics``).
+    """
+    return (coefficients.to(scores.dtype) * scores).sum()
+
+
+GROUP_MODES = ("auto", "whole", "coefficients")
+
+
+def resolve_group_mode(mode: str, *, couples_group: bool, rows_per_micro_batch: int, group_size: int,
+                       token_budget: bool = False) -> str:
+    """How an objective stays exact when a batch is split into micro-batches of ``rows_per_micro_batch``
+    rows (0: unsplit), or by a token budget (``token_budget``).
+
+    ``whole``: every micro-batch holds whole groups (needs rows % group_size == 0);
+    ``coefficients``: ConSPO's closed-form route, any split; ``auto``: coefficients for a group-coupled
+    objective whose micro-batches split groups or are packed by a token budget (rows then pack
+    freely), else whole. Raises ValueError naming the fix when the combination cannot be exact.
+    """
+    if mode not in GROUP_MODES:
+        raise ValueError(f"group_mode must be one of {', '.join(GROUP_MODES)}, got {mode!r}")
+    splits_groups = bool(rows_per_micro_batch) and rows_per_micro_batch % group_size != 0
+    if mode == "coefficients" and not couples_group:
+        raise ValueError("group_mode=coefficients exists for conspo only")
+    if mode == "auto":
+        mode = "coefficients" if couples_group and (splits_groups or token_budget) else "whole"
+    if mode == "whole" and splits_groups:
+        why = ("group_mode=whole" if couples_group else "this objective (advantages are computed per group)")
+        fix = ", or group_mode=coefficients (or auto) to split groups exactly" if couples_group else ""
+        raise ValueError(f"micro-batches of {rows_per_micro_batch} rows would split groups of {group_size}, but {why} "
+                         f"needs whole groups per micro-batch: use a multiple of {group_size}{fix}")
+    return mode
 
 
 # ---------------------------------------------------------------------------------------
@@ -460,7 +560,7 @@ def gspo_loss(
 
 
 # ---------------------------------------------------------------------------------------
-# GRPO as a score difference (DESIGN.md section 1)
+# GRPO as a score difference (docs/design.md section 1)
 # ---------------------------------------------------------------------------------------
 
 
@@ -537,7 +637,7 @@ def grpo_score_gap(
 # ---------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Objective:
     """A named objective with a uniform call signature.
 
@@ -558,6 +658,20 @@ class Objective:
     uses_old_logps: bool
     normalizer: Callable[..., float]
 
+    @property
+    def option_defaults(self) -> dict[str, object]:
+        """The loss's keyword options and their defaults, read from its signature (the one place they live)."""
+        return {name: p.default for name, p in inspect.signature(self.loss).parameters.items()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+    def options(self, settings: dict) -> dict:
+        """The keyword options of this loss taken from ``settings``; a value of None keeps the default.
+
+        Lets a trainer pass every setting it has (tau, margin, eps_low, ...) without switching on
+        the objective's name; settings this loss does not take are left out.
+        """
+        return {k: v for k, v in settings.items() if k in self.option_defaults and v is not None}
+
 
 def _count_rows(mask, rewards, group_size, **_):
     return float(mask.shape[0])
@@ -567,25 +681,22 @@ def _count_tokens(mask, rewards, group_size, **_):
     return float(mask.bool().sum())
 
 
-def _count_valid_groups(mask, rewards, group_size, *, positive_threshold=0.5, **_):
-    present = mask.bool().any(-1).view(-1, group_size)
-    r = rewards.view(-1, group_size)
-    has_pos = ((r >= positive_threshold) & present).any(1)
-    has_neg = ((r < positive_threshold) & present).any(1)
-    return float((has_pos & has_neg).sum())
-
-
-def _conspo_uniform(token_logps, old_token_logps, mask, rewards, group_size, **options):
+def _conspo_uniform(token_logps, old_token_logps, mask, rewards, group_size, *, margin: float = 0.0, tau: float = 0.3,
+                    positive_threshold: float = 0.5, normalize_by_length: bool = True):
     del old_token_logps  # ConSPO scores the current policy only
-    return conspo_loss(token_logps, mask, rewards, group_size, **options)
+    return conspo_loss(token_logps, mask, rewards, group_size, margin=margin, tau=tau,
+                       positive_threshold=positive_threshold, normalize_by_length=normalize_by_length)
 
 
 OBJECTIVES: dict[str, Objective] = {
-    "conspo": Objective("conspo", _conspo_uniform, True, False, _count_valid_groups),
-    "grpo": Objective("grpo", grpo_loss, False, True, _count_rows),
-    "dr_grpo": Objective("dr_grpo", dr_grpo_loss, False, True, _count_rows),  # B * L_max, L_max fixed
-    "dapo": Objective("dapo", dapo_loss, False, True, _count_tokens),
-    "gspo": Objective("gspo", gspo_loss, False, True, _count_rows),
+    "conspo": Objective(name="conspo", loss=_conspo_uniform, couples_group=True, uses_old_logps=False,
+                        normalizer=count_valid_groups),
+    "grpo": Objective(name="grpo", loss=grpo_loss, couples_group=False, uses_old_logps=True, normalizer=_count_rows),
+    # Dr.GRPO divides by B * L_max with L_max fixed: per micro-batch the share is its rows.
+    "dr_grpo": Objective(name="dr_grpo", loss=dr_grpo_loss, couples_group=False, uses_old_logps=True,
+                         normalizer=_count_rows),
+    "dapo": Objective(name="dapo", loss=dapo_loss, couples_group=False, uses_old_logps=True, normalizer=_count_tokens),
+    "gspo": Objective(name="gspo", loss=gspo_loss, couples_group=False, uses_old_logps=True, normalizer=_count_rows),
 }
 
 

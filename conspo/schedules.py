@@ -12,7 +12,8 @@
                 of the horizon, end from then on).
 
 The paper states that the margin follows a curriculum; its shape and values are not public,
-so all of these are options (DESIGN.md section 2).
+so all of these are options (docs/design.md section 2). Both engines build theirs with
+``margin_curriculum``.
 """
 
 from __future__ import annotations
@@ -70,3 +71,11 @@ def _check_step(step: int) -> int:
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise ValueError(f"schedule step must be a non-negative int, got {step!r}")
     return step
+
+
+def margin_curriculum(kind: str, *, start: float, end: float, horizon: int, total_steps: int) -> Callable[[int], float]:
+    """The run's margin schedule from its options: ``horizon`` 0 means the whole run (``total_steps``),
+    and ``constant`` ignores ``end``. Shared by the native trainer and the TRL plug-in."""
+    if kind == "constant":
+        return margin_schedule(kind, start=start)
+    return margin_schedule(kind, start=start, end=end, horizon=horizon or max(int(total_steps), 1))

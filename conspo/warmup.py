@@ -4,7 +4,7 @@ RL needs a base that sometimes succeeds: from scratch, rewards are almost all ze
 objective learns anything in minutes. The base is trained on the task's training problems
 only (never on held-out ones) with teacher forcing on the answer tokens, and cached as
 safetensors under ``cache_dir/<key>`` where the key hashes every setting that affects it.
-DESIGN.md section 8: accuracy jumps from ~5% to ~60% within seconds of training, so the
+docs/design.md section 8: accuracy jumps from ~5% to ~60% within seconds of training, so the
 number of steps decides where the base lands; the default aims below 50% held-out.
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -38,8 +39,16 @@ def tiny_base(task: Task, *, steps: int, lr: float, batch_size: int, seed: int, 
     supervised_warmup(model, tokenizer, task, steps=steps, lr=lr, batch_size=batch_size, seed=seed)
     log(f"tiny base: warm-up took {time.time() - started:.1f}s")
     tmp = path.with_name(path.name + f".tmp{random.randrange(1 << 30)}")
-    save_pretrained(model, tokenizer, tmp, tiny=True)
-    tmp.rename(path) if not path.exists() else None  # another process may have won the race
+    try:
+        save_pretrained(model, tokenizer, tmp, tiny=True)
+        if path.exists() and not (path / TINY_MARKER).exists():  # an incomplete earlier attempt: replace it
+            shutil.rmtree(path)
+        tmp.rename(path)
+    except OSError:
+        if not (path / TINY_MARKER).exists():  # not a lost race with another process: a real failure
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # never leave the temporary directory behind
     return load_policy(str(path)), load_tokenizer(str(path)), path
 
 

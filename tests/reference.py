@@ -1,5 +1,5 @@
 """Loop reference implementations: one rollout and one token at a time, written from the
-formulas in DESIGN.md (not from conspo.objectives), to check the vectorised code against.
+formulas in docs/design.md (not from conspo.objectives), to check the vectorised code against.
 
 Slow by design; only for tests on small batches. Scalars are torch tensors so that
 autograd works through them too.
@@ -48,7 +48,7 @@ def conspo_loss_loop(token_logps, mask, rewards, G, margin, tau, threshold=0.5, 
 
 
 def conspo_coefficients_loop(scores, rewards, G, margin, tau, threshold=0.5):
-    """dL/ds from the closed form of DESIGN.md section 2, one element at a time."""
+    """dL/ds from the closed form of docs/design.md section 2, one element at a time."""
     B = len(scores)
     s = [float(x) for x in scores]
     c = [0.0] * B
@@ -116,7 +116,7 @@ def clipped_loss_loop(kind, token_logps, old, mask, rewards, G, eps_low, eps_hig
 
 
 def grpo_score_gap_loop(token_logps, old, mask, rewards, G, eps_low, eps_high):
-    """DESIGN.md section 1, written out: -(1/B) sum_g w_g (mean S+ - mean S-)."""
+    """docs/design.md section 1, written out: -(1/B) sum_g w_g (mean S+ - mean S-)."""
     B, T = token_logps.shape
     total = 0.0
     for g in range(B // G):

@@ -2,15 +2,13 @@
 
 import json
 import math
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from conspo.benchmark import summarise_benchmark
-from conspo.evaluate import pass_at_k
+from conspo.benchmark_eval import summarise_benchmark
+from conspo.benchmark_eval import pass_at_k
 
 
 def brute_force_pass_at_k(n, c, k):
@@ -42,7 +40,6 @@ def test_summarise_benchmark():
     assert r["mean_length"] == 2.75 and r["truncated_frac"] == 1 / 8
 
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 @pytest.mark.slow
@@ -50,7 +47,9 @@ def test_eval_cli_end_to_end_matches_hand_count(tmp_path):
     from conspo.tasks import get_task
     from conspo.warmup import tiny_base
 
-    if not SHARED.exists() and not os.environ.get("CONSPO_DATA_DIR"):
+    from conspo.tasks.math_data import default_data_dir
+
+    if default_data_dir() is None:
         pytest.skip("shared benchmark data not available")
     task = get_task("addition")
     _, _, base = tiny_base(task, steps=200, lr=1.5e-3, batch_size=128, seed=0, cache_dir=tmp_path / "cache",
@@ -89,6 +88,8 @@ def test_eval_cli_end_to_end_matches_hand_count(tmp_path):
             assert reported["pass@k"][str(k)] == pytest.approx(expected)
         samples = [r for r in mine if r["sample"] != "greedy"]
         assert reported["truncated_frac"] == pytest.approx(sum(r["truncated"] for r in samples) / len(samples))
+        assert reported["no_answer_frac"] == pytest.approx(sum(r["status"] == "no_answer" for r in mine) / len(mine))
+        assert all((r["status"] == "correct") == (r["score"] == 1.0) for r in mine)
     add = results["benchmarks"][str(addition)]
     assert 0 < add["greedy_accuracy"] < 1, "the base should be partly competent: the hand count is not vacuous"
     assert "| aime24 |" in proc.stdout

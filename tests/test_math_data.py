@@ -22,7 +22,7 @@ from conspo.tasks.math_data import (
 )
 
 DATA = Path(__file__).parent / "data"
-SHARED = default_data_dir()
+SHARED = default_data_dir() or Path("/nonexistent")
 needs_shared = pytest.mark.skipif(not (SHARED / "math500" / "test.jsonl").is_file(),
                                   reason=f"shared benchmark data not found at {SHARED}")
 
@@ -79,7 +79,17 @@ def test_data_dir_from_environment(tmp_path, monkeypatch):
     examples = load_benchmark("amc23")
     assert [(e.id, e.answer, e.source) for e in examples] == [("a", "2", "amc23")]
     monkeypatch.delenv("CONSPO_DATA_DIR")
-    assert default_data_dir() == Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    beside_checkout = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    assert default_data_dir() == (beside_checkout if beside_checkout.is_dir() else None)
+
+
+def test_installed_copy_without_data_dir_names_both_ways_to_set_it(monkeypatch):
+    import conspo.tasks.math_data as math_data
+
+    monkeypatch.delenv("CONSPO_DATA_DIR", raising=False)
+    monkeypatch.setattr(math_data, "development_data_dir", lambda: None)  # as in site-packages
+    with pytest.raises(FileNotFoundError, match=r"no data directory given.*--data-dir PATH.*CONSPO_DATA_DIR=PATH"):
+        load_benchmark("math500")
 
 
 # ------------------------------------------------------------------------------------------
@@ -273,7 +283,8 @@ def test_templates_answer_format_is_understood_by_the_reward():
 
 
 def test_math_task_builds_prompts_and_scores(tmp_path):
-    from conspo.train import TrainConfig, make_task
+    from conspo.config import TrainConfig
+    from conspo.run import make_task
 
     try:
         task = make_task(TrainConfig(task="math", train_data="amc23", eval_data="aime24"))

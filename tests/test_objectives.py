@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conspo import objectives as obj
-from conftest import make_batch
+from helpers import make_batch
 from reference import (
     clipped_loss_loop,
     conspo_coefficients_loop,

@@ -1,7 +1,6 @@
 """Trainer: exact gradients under micro-batching, and smoke runs of the real CLI (cleanrl-style)."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -12,7 +11,8 @@ import yaml
 from conspo.models import build_char_tokenizer, build_tiny_model
 from conspo.objectives import OBJECTIVES, get_objective
 from conspo.rollout import generate, token_logprobs
-from conspo.train import accumulate_gradients
+from conspo.update import accumulate_gradients
+from helpers import TINY, comparable, read_jsonl, run_cli
 
 
 # --- exactness of the update under micro-batching ------------------------------------
@@ -68,6 +68,65 @@ def test_clipped_objectives_micro_batch_gradients_equal_full_batch(policy_and_ba
     torch.testing.assert_close(grad, reference, rtol=1e-9, atol=1e-12)
 
 
+def _full_batch_grad_with(model, name, rollouts, rewards, G, options, old, beta, ref_model):
+    """Reference with old log-probs and a KL term, in one graph."""
+    from conspo.objectives import kl_k3
+
+    model.zero_grad(set_to_none=True)
+    logps = token_logprobs(model, rollouts)
+    mask = rollouts.completion_mask
+    loss, _ = get_objective(name).loss(logps, old, mask, rewards, G, **options)
+    if beta:
+        with torch.no_grad():
+            ref = token_logprobs(ref_model, rollouts)
+        loss = loss + beta * kl_k3(logps, ref, mask)
+    loss.backward()
+    return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+
+@pytest.mark.parametrize("name", list(OBJECTIVES))
+@pytest.mark.parametrize("budget", [1, 40, 90, 10_000])
+def test_token_budget_micro_batches_give_the_full_batch_gradient(policy_and_batch, name, budget):
+    """Micro-batches by token budget, each trimmed to its own padding, with old log-probs and a KL term."""
+    import copy
+
+    model, rollouts, rewards, G = policy_and_batch
+    options = {"conspo": {"margin": 0.1, "tau": 0.3}, "dr_grpo": {"max_completion_length": 5}}.get(name, {})
+    gen = torch.Generator().manual_seed(1)
+    old = (token_logprobs(model, rollouts).detach()
+           + 0.05 * torch.randn(rollouts.completion_mask.shape, generator=gen, dtype=torch.float64))
+    ref_model = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in ref_model.parameters():
+            p.add_(0.01 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    reference = _full_batch_grad_with(model, name, rollouts, rewards, G, options, old, 0.05, ref_model)
+    grad, _ = _grad(model, objective_name=name, rollouts=rollouts, rewards=rewards, group_size=G, options=options,
+                    max_tokens_per_micro_batch=budget, old_token_logps=old, beta=0.05,
+                    ref_logprobs=lambda part: token_logprobs(ref_model, part))
+    assert reference.abs().max() > 0
+    torch.testing.assert_close(grad, reference, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("split_groups", [False, True])
+@pytest.mark.parametrize("budget", [1, 30, 64, 200])
+def test_token_budget_batches_cover_every_row_once_within_budget(policy_and_batch, split_groups, budget):
+    from conspo.update import row_lengths, token_budget_batches, without_padding
+
+    _, rollouts, _, G = policy_and_batch
+    batches = token_budget_batches(rollouts, G, budget, split_groups=split_groups)
+    assert sorted(torch.cat(batches).tolist()) == list(range(len(rollouts)))
+    unit = 1 if split_groups else G
+    for rows in batches:
+        part = without_padding(rollouts.rows(rows))
+        padded = len(rows) * (part.prompt_ids.shape[1] + part.completion_ids.shape[1])
+        assert padded <= budget or len(rows) == unit, "only a unit too large on its own may exceed the budget"
+        assert part.prompt_mask[:, 0].any() and part.completion_mask[:, -1].any(), "trimmed to its own padding"
+        if not split_groups:
+            assert rows.view(-1, G).eq(rows.view(-1, G)[:, :1] + torch.arange(G)).all(), "whole groups in order"
+            assert (rows.view(-1, G)[:, 0] % G == 0).all()
+    assert max(row_lengths(rollouts)) > min(row_lengths(rollouts)), "the batch must have ragged rows to mean anything"
+
+
 def test_split_groups_refused_for_clipped_objectives(policy_and_batch):
     model, rollouts, rewards, G = policy_and_batch
     with pytest.raises(ValueError, match="whole groups"):
@@ -76,26 +135,9 @@ def test_split_groups_refused_for_clipped_objectives(policy_and_batch):
 
 # --- the real CLI, tiny -----------------------------------------------------------------
 
-TINY = ["--sft-steps", "3", "--prompts-per-step", "4", "--group-size", "4", "--eval-size", "40",
-        "--no-progress", "--lr-warmup-steps", "2"]
-
-
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
     return str(tmp_path_factory.mktemp("cache"))
-
-
-def run_cli(*args, cache_dir, check=True):
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, "-m", "conspo", *args, "--cache-dir", cache_dir],
-                          capture_output=True, text=True, env=env, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
-    return proc
-
-
-def read_jsonl(path):
-    return [json.loads(line) for line in open(path)]
 
 
 STABLE_NAMES = {"reward/mean", "objective/loss", "objective/grad_norm", "conspo/score_gap", "conspo/margin",
@@ -124,8 +166,7 @@ def test_train_smoke_writes_every_output(tmp_path, cache_dir):
     assert not list(out.rglob("*.bin")) and not list(out.rglob("*.pt"))
 
 
-def _comparable(metrics):
-    return [{k: v for k, v in m.items() if not k.startswith("time/")} for m in metrics]
+
 
 
 @pytest.mark.slow
@@ -140,7 +181,7 @@ def test_resume_equals_uninterrupted_run(tmp_path, cache_dir, objective):
     with open(parts / "metrics.jsonl", "a") as f:
         f.write('{"step": 4, "reward/me')
     run_cli("train", "--resume", str(parts), cache_dir=cache_dir)
-    assert _comparable(read_jsonl(parts / "metrics.jsonl")) == _comparable(read_jsonl(full / "metrics.jsonl"))
+    assert comparable(read_jsonl(parts / "metrics.jsonl")) == comparable(read_jsonl(full / "metrics.jsonl"))
     from safetensors.torch import load_file
 
     a = load_file(str(full / "final" / "model.safetensors"))
@@ -219,3 +260,17 @@ def test_help_shows_field_docs():
     proc = subprocess.run([sys.executable, "-m", "conspo", "train", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0
     assert "ConSPO temperature" in proc.stdout and "--group-mode" in proc.stdout
+
+
+def test_tiny_base_replaces_an_incomplete_cache_and_leaves_no_temporary_directory(tmp_path):
+    from conspo.models import TINY_MARKER
+    from conspo.tasks import get_task
+    from conspo.warmup import tiny_base
+
+    task = get_task("addition")
+    tiny_base(task, steps=2, lr=1e-3, batch_size=8, seed=0, cache_dir=tmp_path, log=lambda *a: None)
+    [cached] = list(tmp_path.iterdir())
+    (cached / TINY_MARKER).unlink()  # as if a crash had interrupted the first build
+    tiny_base(task, steps=2, lr=1e-3, batch_size=8, seed=0, cache_dir=tmp_path, log=lambda *a: None)
+    assert [p.name for p in tmp_path.iterdir()] == [cached.name], "no .tmp* directory may be left behind"
+    assert (cached / TINY_MARKER).exists()

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import make_batch
+from helpers import make_batch
 from conspo import objectives as obj
 
 trl_grpo = pytest.importorskip("trl.trainer.grpo_trainer")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 pytest.importorskip("trl")
-from trl_helpers import make_trainer, reference_gradient  # noqa: E402
+from helpers import make_trainer, reference_gradient  # noqa: E402
 
 
 @pytest.mark.slow

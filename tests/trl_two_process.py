@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
-from trl_helpers import make_trainer, reference_gradient
+from helpers import make_trainer, reference_gradient
 
 out, mode, per_device = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 G = 4

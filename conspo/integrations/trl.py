@@ -6,7 +6,7 @@
 Why a subclass is needed at all: out of the box TRL shuffles completions before splitting a
 generation batch into gradient-accumulation micro-batches, lets a group straddle processes,
 and hands the loss neither group ids nor rewards. ConSPO's loss of one completion depends on
-its whole group, so this subclass keeps it exact in one of two ways (DESIGN.md section 4):
+its whole group, so this subclass keeps it exact in one of two ways (docs/design.md section 4):
 
 * ``group_mode="whole"``: after TRL generates and shuffles, the local generation batch is
   re-ordered by whole groups (groups in random order, rows of a group together) and split
@@ -40,8 +40,15 @@ try:
 except ImportError as e:  # pragma: no cover - exercised only without trl
     raise ImportError("conspo.integrations.trl needs TRL: pip install 'conspo[trl]' (trl==1.16.0)") from e
 
-from conspo.objectives import conspo_coefficients, conspo_loss, get_objective, sequence_scores
-from conspo.schedules import MARGIN_SCHEDULES, margin_schedule
+from conspo.objectives import (
+    coefficient_surrogate,
+    conspo_coefficients_and_metrics,
+    conspo_loss,
+    count_valid_groups,
+    resolve_group_mode,
+    sequence_scores,
+)
+from conspo.schedules import MARGIN_SCHEDULES, margin_curriculum
 
 SUPPORTED_TRL_VERSIONS = ("1.16.",)
 if not trl.__version__.startswith(SUPPORTED_TRL_VERSIONS):
@@ -50,8 +57,6 @@ if not trl.__version__.startswith(SUPPORTED_TRL_VERSIONS):
         f"{trl.__version__}. It overrides private GRPOTrainer methods whose behaviour changes between releases: "
         "pip install trl==1.16.0"
     )
-
-GROUP_MODES = ("auto", "whole", "coefficients")
 
 
 @dataclass
@@ -72,20 +77,22 @@ class ConSPOConfig(GRPOConfig):
         super().__post_init__()
         if not self.tau > 0:
             raise ValueError(f"ConSPOConfig.tau must be > 0, got {self.tau}")
-        if self.group_mode not in GROUP_MODES:
-            raise ValueError(f"ConSPOConfig.group_mode must be one of {GROUP_MODES}, got {self.group_mode!r}")
         if self.margin_schedule not in MARGIN_SCHEDULES:
             raise ValueError(f"ConSPOConfig.margin_schedule must be one of {MARGIN_SCHEDULES}, got {self.margin_schedule!r}")
         if self.beta != 0.0:
             raise ValueError("ConSPOTrainer does not add GRPO's KL term; set beta=0.0")
         per_device, G = self.per_device_train_batch_size, self.num_generations
-        if self.group_mode == "whole" and G and per_device % G:
+        try:
+            resolve_group_mode(self.group_mode, couples_group=True, rows_per_micro_batch=per_device, group_size=G or 1)
+        except ValueError as e:
+            if self.group_mode != "whole":
+                raise ValueError(f"ConSPOConfig.group_mode: {e}") from None
             raise ValueError(
                 f"group_mode='whole' keeps each group of num_generations={G} completions inside one micro-batch, so "
                 f"per_device_train_batch_size ({per_device}) must be a multiple of {G}: set it to "
                 f"{max(G, per_device - per_device % G)} or {per_device + G - per_device % G}, or use "
                 "group_mode='coefficients' (exact for any layout when each generation batch gets one optimizer step)."
-            )
+            ) from None
 
 
 class ConSPOTrainer(GRPOTrainer):
@@ -98,10 +105,9 @@ class ConSPOTrainer(GRPOTrainer):
         G = self.num_generations
         if G < 2:
             raise ValueError("ConSPO contrasts completions of the same prompt: num_generations must be >= 2")
-        mode = self.args.group_mode
-        if mode == "auto":
-            mode = "whole" if self.args.per_device_train_batch_size % G == 0 else "coefficients"
-        self.conspo_group_mode = mode
+        self.conspo_group_mode = mode = resolve_group_mode(
+            self.args.group_mode, couples_group=True, rows_per_micro_batch=self.args.per_device_train_batch_size,
+            group_size=G)
         generate_every = self.args.steps_per_generation * self.num_iterations
         self._conspo_exact_coefficients = self.args.gradient_accumulation_steps == generate_every
         if mode == "coefficients" and not self._conspo_exact_coefficients:
@@ -120,9 +126,8 @@ class ConSPOTrainer(GRPOTrainer):
 
     def conspo_margin(self) -> float:
         args = self.args
-        horizon = args.margin_horizon or max(self.state.max_steps, 1)
-        schedule = margin_schedule(args.margin_schedule, start=args.margin_start,
-                                   end=args.margin_end if args.margin_schedule != "constant" else None, horizon=horizon)
+        schedule = margin_curriculum(args.margin_schedule, start=args.margin_start, end=args.margin_end,
+                                     horizon=args.margin_horizon, total_steps=self.state.max_steps)
         return schedule(int(self.state.global_step))
 
     # ---- rewards and group ids reach the loss --------------------------------------------
@@ -166,9 +171,9 @@ class ConSPOTrainer(GRPOTrainer):
         all_scores = self.accelerator.gather(scores)
         all_present = self.accelerator.gather(mask.bool().any(dim=1))
         rewards = torch.nan_to_num(all_rewards, nan=0.0).to(all_scores.dtype)
-        kwargs = dict(margin=self.conspo_margin(), tau=self.args.tau, positive_threshold=self.args.positive_threshold)
-        coefficients = conspo_coefficients(all_scores, rewards, self.num_generations, present=all_present, **kwargs)
-        _, metrics = conspo_loss(all_scores[:, None], all_present[:, None], rewards, self.num_generations, **kwargs)
+        coefficients, metrics = conspo_coefficients_and_metrics(
+            all_scores, rewards, self.num_generations, present=all_present, margin=self.conspo_margin(),
+            tau=self.args.tau, positive_threshold=self.args.positive_threshold)
         for name, value in metrics.items():
             self._metrics["train"][name].append(value)
         self._conspo_scored_step = self.state.global_step
@@ -207,10 +212,9 @@ class ConSPOTrainer(GRPOTrainer):
             elif isinstance(value, list):
                 merged[key] = [value[i] for i in order.tolist()]
         regrouped = split_tensor_dict(merged, self.args.steps_per_generation)
-        objective = get_objective("conspo")
         counts = torch.tensor(
-            [objective.normalizer(self._loss_mask(s), torch.nan_to_num(s["conspo_rewards"]), G,
-                                  positive_threshold=self.args.positive_threshold) for s in regrouped],
+            [count_valid_groups(self._loss_mask(s), torch.nan_to_num(s["conspo_rewards"]), G,
+                                positive_threshold=self.args.positive_threshold) for s in regrouped],
             device=merged["conspo_row"].device, dtype=torch.float32)
         self._conspo_valid_counts = self.accelerator.reduce(counts, reduction="sum")
         return regrouped
@@ -230,7 +234,7 @@ class ConSPOTrainer(GRPOTrainer):
             scores = sequence_scores(logps, mask, normalize_by_length=self.args.length_normalized_score)
             staleness = self.state.global_step - self._conspo_scored_step
             self._metrics[mode]["conspo/coef_staleness_steps"].append(float(staleness))
-            return (inputs["conspo_coef"].to(scores.dtype) * scores).sum() * world
+            return coefficient_surrogate(inputs["conspo_coef"], scores) * world
         rewards = torch.nan_to_num(inputs["conspo_rewards"]).to(logps.dtype)
         if rewards.shape[0] % self.num_generations:  # eval batches are not regrouped: report, do not train
             return logps.sum() * 0.0
@@ -245,6 +249,5 @@ class ConSPOTrainer(GRPOTrainer):
         spg, gas = self.args.steps_per_generation, self.current_gradient_accumulation_steps
         k = self._step % spg
         window = self._conspo_valid_counts[(k // gas) * gas : (k // gas) * gas + gas].sum()
-        local = get_objective("conspo").normalizer(mask, rewards, self.num_generations,
-                                                    positive_threshold=self.args.positive_threshold)
+        local = count_valid_groups(mask, rewards, self.num_generations, positive_threshold=self.args.positive_threshold)
         return loss * (local * world / window.clamp(min=1.0))

@@ -13,41 +13,89 @@ for row.
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 
-import yaml
+from conspo.config import TrainConfig
+from conspo.errors import ConfigError
+from conspo.heldout import evaluate_greedy
+from conspo.objectives import get_objective
+from conspo.reporting import MetricsWriter
+from conspo.run import finish_run, load_model, make_task, prepare_run_dir, resolve_device_dtype, write_config
 
 
-def train_with_trl(cfg, *, log=print) -> dict:
+#: TRL's loss_type and options for each baseline objective; clip ranges come from the objective's own
+#: defaults in conspo.objectives (one place), overridden by --eps-low / --eps-high.
+TRL_LOSS_OPTIONS = {
+    "grpo": dict(loss_type="grpo"),
+    "dr_grpo": dict(loss_type="dr_grpo", scale_rewards="none"),
+    "dapo": dict(loss_type="dapo"),
+    "gspo": dict(loss_type="grpo", importance_sampling_level="sequence"),
+}
+
+
+def trl_arguments(cfg: TrainConfig, *, max_new_tokens: int, output_dir: str, use_cpu: bool, bf16: bool) -> dict:
+    """Keyword arguments of ``ConSPOConfig`` (conspo) or ``GRPOConfig`` (baselines) for this run.
+
+    One generation batch = one optimizer step: ``prompts_per_step * group_size`` rows per device,
+    no gradient accumulation, as in the native trainer.
+    """
+    args = dict(
+        output_dir=output_dir, per_device_train_batch_size=cfg.prompts_per_step * cfg.group_size,
+        gradient_accumulation_steps=1, num_generations=cfg.group_size, max_completion_length=max_new_tokens,
+        max_steps=cfg.steps, learning_rate=cfg.lr, warmup_steps=cfg.lr_warmup_steps,
+        lr_scheduler_type="constant_with_warmup", weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
+        temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed, logging_steps=1, save_strategy="no",
+        report_to=cfg.reporters() or [], use_cpu=use_cpu, bf16=bf16 or cfg.mixed_precision == "bf16",
+        gradient_checkpointing=cfg.gradient_checkpointing, disable_tqdm=not cfg.progress,
+        num_iterations=cfg.updates_per_batch,
+    )
+    if cfg.objective == "conspo":
+        return {**args, "beta": 0.0, "tau": cfg.tau, "margin_schedule": cfg.margin_schedule,
+                "margin_start": cfg.margin_start, "margin_end": cfg.margin_end, "margin_horizon": cfg.margin_horizon,
+                "positive_threshold": cfg.positive_threshold, "length_normalized_score": cfg.score == "mean",
+                "group_mode": cfg.group_mode}
+    clip = get_objective(cfg.objective).option_defaults
+    return {**args, "beta": cfg.beta, **TRL_LOSS_OPTIONS[cfg.objective],
+            "epsilon": clip["eps_low"] if cfg.eps_low is None else cfg.eps_low,
+            "epsilon_high": clip["eps_high"] if cfg.eps_high is None else cfg.eps_high}
+
+
+def trl_peft_config(cfg: TrainConfig):
+    """The peft LoraConfig TRL applies to the policy (``--lora-r`` > 0), else None."""
+    if not cfg.lora_r:
+        return None
+    from conspo.models import lora_config
+
+    return lora_config(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                       target_modules=cfg.lora_target_modules)
+
+
+def train_with_trl(cfg: TrainConfig, *, log=print) -> dict:
+    """Run ``cfg`` (validated; engine=trl) through TRL; return the summary dict."""
     from dataclasses import asdict
 
     import torch
-    from datasets import Dataset
-    from transformers import TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
 
-    from conspo.evaluate import evaluate_greedy
-    from conspo.integrations.trl import ConSPOConfig, ConSPOTrainer
-    from conspo.models import save_pretrained
-    from conspo.reporting import MetricsWriter, plot_run, read_metrics
-    from conspo.train import _load_model, _prepare_run_dir, _resolve_device_dtype, format_summary, make_task
+    try:
+        from datasets import Dataset
+        from transformers import TrainerCallback
+        from trl import GRPOConfig, GRPOTrainer
 
-    if cfg.resume:
-        raise NotImplementedError("--resume with --engine trl: use TRL's own resume_from_checkpoint for now")
-    run_dir = _prepare_run_dir(cfg)
-    device, dtype = _resolve_device_dtype(cfg)
+        from conspo.integrations.trl import ConSPOConfig, ConSPOTrainer
+    except ImportError as e:
+        raise ConfigError(f"--engine trl needs TRL and datasets ({e}): pip install 'conspo[trl]'") from e
+
+    run_dir = prepare_run_dir(cfg)
+    device, dtype = resolve_device_dtype(cfg)
     torch.manual_seed(cfg.seed)
     task = make_task(cfg)
-    model, tokenizer = _load_model(cfg, task, torch.device("cpu"), dtype, log)
+    model, tokenizer = load_model(cfg, task, torch.device("cpu"), dtype, log)
     if hasattr(task, "set_tokenizer"):
         task.set_tokenizer(tokenizer)
     max_new_tokens = cfg.max_new_tokens or task.max_new_tokens
     heldout = task.heldout_problems()[: cfg.eval_size or None]
     before, _ = evaluate_greedy(model, tokenizer, task, heldout, max_new_tokens=max_new_tokens)
-    with open(run_dir / "config.yaml", "w") as f:
-        yaml.safe_dump(asdict(cfg), f, sort_keys=False)
+    write_config(run_dir, cfg)
 
     problems = {p.prompt: p for p in task.train_problems()}
     dataset = Dataset.from_dict({"prompt": list(problems)})
@@ -55,32 +103,10 @@ def train_with_trl(cfg, *, log=print) -> dict:
     def task_reward(prompts, completions, **kwargs):
         return task.score([problems[p] for p in prompts], completions)
 
-    common = dict(
-        output_dir=str(run_dir / "trl"), per_device_train_batch_size=cfg.prompts_per_step * cfg.group_size,
-        gradient_accumulation_steps=1, num_generations=cfg.group_size, max_completion_length=max_new_tokens,
-        max_steps=cfg.steps, learning_rate=cfg.lr, warmup_steps=cfg.lr_warmup_steps,
-        lr_scheduler_type="constant_with_warmup", weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
-        temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed, logging_steps=1, save_strategy="no",
-        report_to=cfg.reporters() or [], use_cpu=device.type == "cpu", bf16=dtype == torch.bfloat16,
-        gradient_checkpointing=False, disable_tqdm=not cfg.progress, num_iterations=cfg.updates_per_batch,
-    )
-    if cfg.objective == "conspo":
-        args = ConSPOConfig(**common, beta=0.0, tau=cfg.tau, margin_schedule=cfg.margin_schedule,
-                            margin_start=cfg.margin_start, margin_end=cfg.margin_end, margin_horizon=cfg.margin_horizon,
-                            positive_threshold=cfg.positive_threshold, length_normalized_score=cfg.score == "mean",
-                            group_mode=cfg.group_mode)
-        trainer_class = ConSPOTrainer
-    else:
-        loss = {"grpo": dict(loss_type="grpo"), "dr_grpo": dict(loss_type="dr_grpo", scale_rewards="none"),
-                "dapo": dict(loss_type="dapo", epsilon_high=0.28),
-                "gspo": dict(loss_type="grpo", importance_sampling_level="sequence", epsilon=3e-4, epsilon_high=4e-4)}
-        options = loss[cfg.objective]
-        if cfg.eps_low is not None:
-            options["epsilon"] = cfg.eps_low
-        if cfg.eps_high is not None:
-            options["epsilon_high"] = cfg.eps_high
-        args = GRPOConfig(**common, beta=cfg.beta, **options)
-        trainer_class = GRPOTrainer
+    kwargs = trl_arguments(cfg, max_new_tokens=max_new_tokens, output_dir=str(run_dir / "trl"),
+                           use_cpu=device.type == "cpu", bf16=dtype == torch.bfloat16)
+    args, trainer_class = ((ConSPOConfig(**kwargs), ConSPOTrainer) if cfg.objective == "conspo" else
+                           (GRPOConfig(**kwargs), GRPOTrainer))
 
     writer = MetricsWriter(run_dir, [], asdict(cfg))
     writer.write(0, {"heldout/accuracy": before.accuracy})
@@ -102,22 +128,10 @@ def train_with_trl(cfg, *, log=print) -> dict:
             writer.write(step, metrics)
 
     trainer = trainer_class(model=model, reward_funcs=task_reward, args=args, processing_class=tokenizer,
-                            train_dataset=dataset, callbacks=[Mirror()])
+                            train_dataset=dataset, callbacks=[Mirror()], peft_config=trl_peft_config(cfg))
     started = time.time()
     trainer.train()
     wall = time.time() - started
     writer.close()
-    metrics = read_metrics(run_dir / "metrics.jsonl")
-    accuracy_after = [m["heldout/accuracy"] for m in metrics if "heldout/accuracy" in m][-1]
-    rewards = [m["reward/mean"] for m in metrics if "reward/mean" in m]
-    tail = max(len(rewards) // 10, 1)
-    summary = {"objective": cfg.objective, "engine": "trl", "model": cfg.model, "task": cfg.task, "seed": cfg.seed,
-               "steps": cfg.steps, "heldout_accuracy_before": before.accuracy, "heldout_accuracy_after": accuracy_after,
-               "reward_mean_first_10pct": sum(rewards[:tail]) / tail, "reward_mean_last_10pct": sum(rewards[-tail:]) / tail,
-               "skipped_steps": 0, "wall_seconds": round(wall, 1)}
-    save_pretrained(trainer.model, tokenizer, run_dir / "final", tiny=cfg.model == "tiny")
-    with open(run_dir / "summary.json", "w") as f:
-        json.dump(summary, f, indent=1)
-    plot_run(metrics, Path(run_dir) / "curves.png", f"{cfg.objective} on {cfg.task} via TRL (seed {cfg.seed})")
-    log(format_summary(summary, run_dir))
-    return summary
+    return finish_run(cfg, run_dir, trainer.model, tokenizer, accuracy_before=before.accuracy, wall=wall,
+                      skipped_steps=0, engine="trl", log=log)

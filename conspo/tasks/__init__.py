@@ -2,6 +2,8 @@
 
 A task gives the trainer three things: a pool of training problems to sample from, a
 fixed held-out set, and a batch scorer ``score(problems, completions) -> list[float]``.
+A task may also offer ``last_score_metrics() -> dict`` (the math task: ``reward/no_answer_frac``,
+``reward/timeout_frac``, ...), which the trainer logs with each step.
 Built-in: ``addition`` (the CPU default, synthetic and exactly verifiable) and ``math``
 (a math training set and a benchmark, rewards from ``conspo.rewards.MathVerifier``).
 """

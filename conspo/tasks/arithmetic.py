@@ -1,6 +1,6 @@
 """Zero-padded two-number addition, the default task: ``"07+45="`` -> ``"52"``.
 
-Exactly verifiable, learnable by a ~1M-parameter model on a CPU in minutes (DESIGN.md
+Exactly verifiable, learnable by a ~1M-parameter model on a CPU in minutes (docs/design.md
 section 8: 3-digit addition was too slow to learn from scratch, 2-digit worked).
 Answers are written without padding; the completion must equal the sum exactly, with
 anything after the end-of-sequence token ignored.

@@ -5,9 +5,10 @@ whole input up front, so that a malformed row fails at load time with its file, 
 field, not hours into a run. With ``on_error="skip"`` bad rows are skipped and counted
 (``result.report``).
 
-The shared benchmark files (``../shared/data`` next to the repository, or ``CONSPO_DATA_DIR``,
-or ``data_dir=``) are described in that folder's README.md; their ``answer`` fields are final
-answers (gsm8k: the number after ``####`` with thousands commas removed).
+The shared benchmark files are found through ``data_dir=`` (``--data-dir``), else
+``$CONSPO_DATA_DIR``, else ``../shared/data`` beside a development checkout (``default_data_dir``);
+otherwise loading one by name fails naming both settings. Their ``answer`` fields are final answers
+(gsm8k: the number after ``####`` with thousands commas removed).
 
 Prompt templates (``PROMPT_TEMPLATES``): "qwen_math_boxed" (default; the Qwen2.5-Math CoT
 system prompt, answers in ``\\boxed{}``), "r1" (DeepSeek-R1-Zero style: reasoning in
@@ -36,6 +37,7 @@ __all__ = [
     "PromptTemplate",
     "build_prompt",
     "default_data_dir",
+    "development_data_dir",
     "gsm8k_final_answer",
     "load_benchmark",
     "load_hf_dataset",
@@ -46,7 +48,7 @@ __all__ = [
 #: and a runaway line usually means a broken file (a missing newline, binary data).
 MAX_ROW_BYTES = 1 << 20  # 1 MiB
 
-#: Benchmark name -> file under the data directory (see ../shared/data/README.md).
+#: Benchmark name -> file under the data directory (the layout of the shared data folder; docs/design.md section 6).
 BENCHMARKS: dict[str, str] = {
     "math500": "math500/test.jsonl",
     "aime24": "aime24/test.jsonl",
@@ -270,12 +272,27 @@ def load_jsonl(
     return LoadedExamples(examples, report)
 
 
-def default_data_dir() -> Path:
-    """``$CONSPO_DATA_DIR`` if set, else ``../shared/data`` next to the repository root."""
+def development_data_dir() -> Path | None:
+    """``../shared/data`` beside a development checkout of this repository, if that is what is running.
+
+    Only a source checkout (``pyproject.toml`` next to the package) has this layout; an installed
+    copy lives in site-packages, where a path derived from the source file means nothing.
+    """
+    root = Path(__file__).resolve().parents[2]
+    candidate = root.parent / "shared" / "data"
+    return candidate if (root / "pyproject.toml").is_file() and candidate.is_dir() else None
+
+
+def default_data_dir() -> Path | None:
+    """Where the shared benchmark sets are when no ``--data-dir`` is given.
+
+    ``$CONSPO_DATA_DIR`` if set; else ``development_data_dir()`` (a development checkout's
+    ``../shared/data``); else None, and loading a benchmark by name then fails naming both ways to set it.
+    """
     env = os.environ.get(_DATA_DIR_ENV)
     if env:
         return Path(env).expanduser()
-    return Path(__file__).resolve().parents[2].parent / "shared" / "data"
+    return development_data_dir()
 
 
 def load_benchmark(name: str, data_dir: str | os.PathLike | None = None, *, on_error: str = "raise") -> LoadedExamples:
@@ -286,15 +303,18 @@ def load_benchmark(name: str, data_dir: str | os.PathLike | None = None, *, on_e
     if name not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {name!r}; valid names are: {', '.join(BENCHMARKS)}")
     root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+    how_to_set = (f"Pass --data-dir PATH (or set {_DATA_DIR_ENV}=PATH) pointing at the folder that holds "
+                  f"{BENCHMARKS[name]}")
+    if root is None:
+        raise FileNotFoundError(f"benchmark {name!r}: no data directory given. {how_to_set}.")
     path = root / BENCHMARKS[name]
     if not path.is_file():
         how = "the data_dir argument" if data_dir is not None else (
-            f"${_DATA_DIR_ENV}" if os.environ.get(_DATA_DIR_ENV) else "the default ../shared/data next to the repository"
+            f"${_DATA_DIR_ENV}" if os.environ.get(_DATA_DIR_ENV) else "the development checkout's ../shared/data"
         )
         raise FileNotFoundError(
             f"benchmark {name!r} not found: {path} does not exist (data directory {root}, from {how}). "
-            f"Pass --data-dir PATH (or set {_DATA_DIR_ENV}=PATH) pointing at the folder that holds "
-            f"{BENCHMARKS[name]}; the expected layout is described in shared/data/README.md."
+            f"{how_to_set}; one JSONL per set with id, problem and answer fields (see docs/design.md section 6)."
         )
     return load_jsonl(path, on_error=on_error, source=name)
 

@@ -57,4 +57,12 @@ class MathTask:
 
         if self._verifier is None:
             self._verifier = MathVerifier(timeout_s=self.verify_timeout_s)
-        return self._verifier.score(completions, [p.answer for p in problems]).scores
+        result = self._verifier.score(completions, [p.answer for p in problems])
+        self._last_metrics = {"reward/no_answer_frac": result.fraction("no_answer"),
+                              "reward/timeout_frac": result.fraction("timeout"),
+                              "reward/gold_unparsable_frac": result.fraction("gold_unparsable")}
+        return result.scores
+
+    def last_score_metrics(self) -> dict[str, float]:
+        """Why the last ``score`` call's completions scored what they did (fractions of the batch)."""
+        return dict(getattr(self, "_last_metrics", {}))

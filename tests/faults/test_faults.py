@@ -1,6 +1,5 @@
 """Faults and bad input: nothing lost, nothing silent, nothing executed."""
 
-import json
 import os
 import random
 import signal
@@ -13,7 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from test_train import TINY, _comparable, read_jsonl, run_cli
+from helpers import TINY, comparable, read_jsonl, run_cli
 
 COMMON = [*TINY, "--steps", "8", "--eval-every", "4", "--save-every", "2", "--seed", "5"]
 
@@ -31,7 +30,7 @@ def uninterrupted(tmp_path_factory, cache_dir):
 
 
 def _same_run(a, b):
-    assert _comparable(read_jsonl(a / "metrics.jsonl")) == _comparable(read_jsonl(b / "metrics.jsonl"))
+    assert comparable(read_jsonl(a / "metrics.jsonl")) == comparable(read_jsonl(b / "metrics.jsonl"))
     from safetensors.torch import load_file
 
     wa, wb = load_file(str(a / "final" / "model.safetensors")), load_file(str(b / "final" / "model.safetensors"))
@@ -62,9 +61,12 @@ def test_kill_9_mid_run_then_resume_equals_uninterrupted(tmp_path, cache_dir):
 @pytest.mark.slow
 def test_crash_while_writing_a_checkpoint_never_loads_the_half_written_one(tmp_path, cache_dir, uninterrupted):
     out = tmp_path / "run"
-    env = {**os.environ, "CONSPO_FAULT_KILL_BEFORE_RENAME": "4"}
-    proc = subprocess.run([sys.executable, "-m", "conspo", "train", *COMMON, "--output-dir", str(out),
-                           "--cache-dir", cache_dir], env=env, capture_output=True, text=True, timeout=600)
+    # The CLI in a child process whose checkpoint seam dies (SIGKILL) with checkpoint-4 written but not renamed.
+    crash_at_4 = ("import os, signal, sys\nimport conspo.checkpoint as c\nfrom conspo.cli import main\n"
+                  "c.before_publish = lambda tmp, step: step == 4 and os.kill(os.getpid(), signal.SIGKILL)\n"
+                  "sys.exit(main(sys.argv[1:]))")
+    proc = subprocess.run([sys.executable, "-c", crash_at_4, "train", *COMMON, "--output-dir", str(out),
+                           "--cache-dir", cache_dir], capture_output=True, text=True, timeout=600)
     assert proc.returncode == -signal.SIGKILL
     assert (out / "checkpoint-2").exists() and not (out / "checkpoint-4").exists()
     assert list(out.glob(".tmp-checkpoint-4-*")), "the half-written checkpoint should be left as a temp dir"
@@ -76,7 +78,8 @@ def test_crash_while_writing_a_checkpoint_never_loads_the_half_written_one(tmp_p
 def test_non_finite_steps_are_skipped_then_the_run_stops(tmp_path, monkeypatch):
     """Weights and optimizer state stay untouched on a non-finite step; N in a row stop the run."""
     import conspo.train as train_module
-    from conspo.train import TrainConfig, train
+    from conspo.config import TrainConfig
+    from conspo.train import train
 
     real = train_module.accumulate_gradients
     calls = {"n": 0}
@@ -167,7 +170,10 @@ def test_disk_full_while_checkpointing_stops_cleanly_and_keeps_earlier_checkpoin
     import errno
 
     import conspo.checkpoint as checkpoint
-    from conspo.train import RunError, TrainConfig, train
+    from conspo.cli import run_training
+    from conspo.config import TrainConfig
+    from conspo.errors import RunError
+    from conspo.train import train
 
     real = checkpoint.save_file
 
@@ -185,7 +191,7 @@ def test_disk_full_while_checkpointing_stops_cleanly_and_keeps_earlier_checkpoin
     assert (run / "checkpoint-2" / "state.json").exists()
     assert not list(run.glob(".tmp-*")) and not (run / "checkpoint-4").exists()
     monkeypatch.setattr(checkpoint, "save_file", real)  # space freed: the run continues from step 2
-    summary = train(TrainConfig(resume=str(run), progress=False, cache_dir=str(tmp_path / "cache")),
+    summary = run_training(TrainConfig(resume=str(run), progress=False, cache_dir=str(tmp_path / "cache")),
                     log=lambda *a: None, explicit={"cache_dir"})
     assert summary["steps"] == 6
 
@@ -194,7 +200,9 @@ def test_disk_full_while_logging_stops_cleanly(tmp_path, monkeypatch):
     import errno
 
     import conspo.reporting as reporting
-    from conspo.train import RunError, TrainConfig, train
+    from conspo.config import TrainConfig
+    from conspo.errors import RunError
+    from conspo.train import train
 
     real = reporting.MetricsWriter.write
 

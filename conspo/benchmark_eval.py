@@ -17,7 +17,19 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from conspo.evaluate import pass_at_k
+import numpy as np
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples with c correct (Chen et al. 2021, "Evaluating LLMs trained on code"):
+
+        pass@k = 1 - C(n - c, k) / C(n, k) = 1 - prod_{i = n-c+1}^{n} (1 - k / i)
+    """
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
 
 
 @dataclass
@@ -150,15 +162,20 @@ def run_eval(settings: EvalSettings, *, log=print) -> dict:
             for i, e in enumerate(examples):
                 dump.write(json.dumps({"benchmark": name, "id": e.id, "sample": "greedy", "answer": e.answer,
                                        "completion": greedy.texts[i], "score": g_scores.scores[i],
+                                       "status": g_scores.statuses[i],
                                        "length": greedy.lengths[i], "truncated": greedy.truncated[i]}) + "\n")
                 for j in range(settings.k):
                     r = i * settings.k + j
                     dump.write(json.dumps({"benchmark": name, "id": e.id, "sample": j, "answer": e.answer,
                                            "completion": sampled.texts[r], "score": s_scores.scores[r],
+                                           "status": s_scores.statuses[r],
                                            "length": sampled.lengths[r], "truncated": sampled.truncated[r]}) + "\n")
             results["benchmarks"][name] = summarise_benchmark(g_scores.scores, s_scores.scores, settings.k,
                                                               sampled.lengths, sampled.truncated)
+            statuses = g_scores.statuses + s_scores.statuses
             results["benchmarks"][name].update({"verify_timeouts": g_scores.timeouts + s_scores.timeouts,
+                                                "no_answer_frac": statuses.count("no_answer") / max(len(statuses), 1),
+                                                "timeout_frac": statuses.count("timeout") / max(len(statuses), 1),
                                                 "seconds": round(time.time() - started, 1)})
     with open(out_dir / "results.json", "w") as f:
         json.dump(results, f, indent=1)
@@ -184,12 +201,12 @@ def summarise_benchmark(greedy_scores: list[float], sample_scores: list[float], 
 def format_results(results: dict) -> str:
     k = results["settings"]["k"]
     shown = sorted({1, k} | {2**i for i in range(1, 10) if 2**i < k})
-    head = ["benchmark", "n", "greedy", f"avg@{k}"] + [f"pass@{kk}" for kk in shown] + ["mean len", "truncated"]
+    head = ["benchmark", "n", "greedy", f"avg@{k}"] + [f"pass@{kk}" for kk in shown] + ["mean len", "truncated", "no answer"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in results["benchmarks"].items():
         row = [name, str(r["n"]), f"{r['greedy_accuracy']:.1%}", f"{r[f'avg@{k}']:.1%}"]
         row += [f"{r['pass@k'][str(kk)]:.1%}" for kk in shown]
-        row += [f"{r['mean_length']:.0f}", f"{r['truncated_frac']:.1%}"]
+        row += [f"{r['mean_length']:.0f}", f"{r['truncated_frac']:.1%}", f"{r.get('no_answer_frac', 0.0):.1%}"]
         lines.append("| " + " | ".join(row) + " |")
     s = results["settings"]
     lines.append(f"\nmodel {s['model']} | template {s['template']} | T={s['temperature']} top_p={s['top_p']} "

@@ -1,30 +1,17 @@
-"""Held-out evaluation: greedy accuracy, avg@k and unbiased pass@k.
+"""Held-out evaluation during training: greedy accuracy on the task's held-out problems.
 
-The trainer's periodic held-out evaluation calls ``evaluate_greedy``; benchmark
-evaluation uses the same generation code (``conspo.rollout.generate``).
+Both engines call ``evaluate_greedy`` before, during and after training; ``conspo eval``
+(conspo/benchmark_eval.py) uses the same generation code (``conspo.rollout.generate``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from conspo.rollout import generate
 from conspo.tasks import Problem, Task
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from n samples with c correct (Chen et al. 2021, "Evaluating LLMs trained on code"):
-
-        pass@k = 1 - C(n - c, k) / C(n, k) = 1 - prod_{i = n-c+1}^{n} (1 - k / i)
-    """
-    if not 0 <= c <= n or not 1 <= k <= n:
-        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
-    if n - c < k:
-        return 1.0
-    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
 
 
 @dataclass

@@ -1,0 +1,297 @@
+"""The run's options: ``TrainConfig`` (one documented field per option), its validation, and
+which engine honours which option.
+
+``--help`` text is each field's docstring (``field_help``); the CLI groups fields under the
+section comments below (``HELP_SECTIONS``). ``ENGINE_SUPPORT`` says which engines honour each
+field: ``validate()`` refuses a field set away from its default for an engine that would ignore
+it, so a native-vs-TRL comparison can never quietly run two different experiments.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import math
+from dataclasses import dataclass, fields
+from typing import Literal, get_args, get_type_hints
+
+from conspo.errors import ConfigError
+
+
+
+@dataclass
+class TrainConfig:
+    # ---- what to train -------------------------------------------------------------
+    objective: Literal["conspo", "grpo", "dr_grpo", "dapo", "gspo"] = "conspo"
+    """Policy objective: conspo, grpo, dr_grpo, dapo or gspo (all in conspo.objectives)."""
+    model: str = "tiny"
+    """`tiny`: a ~1M-parameter Qwen2 warmed up on the task (built once, cached). Otherwise any transformers causal LM, local path or hub id."""
+    task: Literal["addition", "math"] = "addition"
+    """Where prompts, held-out problems and the verifier come from: `addition` (built in) or `math` (train_data / eval_data below, math-verify rewards)."""
+    train_data: str = "math_train"
+    """task=math: training problems, a shared set's short name (math_train, gsm8k_train, ...) or a JSONL path."""
+    eval_data: str = "math500"
+    """task=math: held-out problems, a benchmark short name (math500, aime24, ...) or a JSONL path."""
+    data_dir: str = ""
+    """task=math: folder of the shared data sets; empty: $CONSPO_DATA_DIR, else ../shared/data next to a development checkout, else an error naming both."""
+    prompt_template: str = "qwen_math_boxed"
+    """task=math: qwen_math_boxed, r1 or plain (rendered with the tokenizer's chat template when it has one)."""
+    engine: Literal["native", "trl"] = "native"
+    """`native` (conspo/train.py) or `trl` (the same task and options through TRL's GRPOTrainer; ConSPO via conspo.integrations.trl)."""
+    seed: int = 0
+    """Seed for prompt sampling, generation and initialisation."""
+    output_dir: str = ""
+    """Run directory. Empty: runs/<objective>-seed<seed>-<date-time>."""
+    overwrite: bool = False
+    """Allow writing into an existing non-empty output_dir (its old files are replaced)."""
+    resume: str = ""
+    """Continue a run from its directory (newest complete checkpoint) or a checkpoint-<step> directory. Its saved config is used; options given on the command line override it."""
+    stop_after: int = 0
+    """Stop after this many optimizer steps in this invocation (0: run to `steps`); continue later with --resume."""
+
+    # ---- the RL loop ---------------------------------------------------------------
+    steps: int = 1200
+    """Optimizer steps in the whole run."""
+    prompts_per_step: int = 16
+    """Prompts (groups) per optimizer step."""
+    group_size: int = 8
+    """Completions sampled per prompt (G)."""
+    max_new_tokens: int = 0
+    """Generation limit per completion; 0: the task's default."""
+    temperature: float = 0.7
+    """Sampling temperature of the rollouts (0.7 suits the tiny default; 1.0 is common for real models)."""
+    top_p: float = 1.0
+    """Nucleus sampling of the rollouts (1.0: off)."""
+    updates_per_batch: int = 1
+    """Optimizer steps on each generated batch. >1 reuses samples off-policy: clipped objectives use importance ratios; ConSPO recomputes its scores."""
+    micro_batch_size: int = 0
+    """Rows per forward/backward pass; 0: the whole batch. Gradients are accumulated so the update equals the full-batch one."""
+    max_tokens_per_micro_batch: int = 0
+    """Form micro-batches by real length instead: as many rows as fit this many padded tokens (rows x longest prompt+completion among them), each padded only to its own longest row; 0: off. The update stays the full-batch gradient."""
+    group_mode: Literal["auto", "whole", "coefficients"] = "auto"
+    """How ConSPO stays exact when micro-batches are used: `whole` (each micro-batch holds whole groups, loss in-graph), `coefficients` (no-grad scores of the batch, closed-form dL/ds, per-row surrogate: any split), `auto` (whole when micro_batch_size is a multiple of group_size; coefficients under a token budget)."""
+    dynamic_sampling: bool = False
+    """DAPO's dynamic sampling: generate prompts_per_step * dynamic_oversample groups and train on up to prompts_per_step groups whose rewards differ."""
+    dynamic_oversample: float = 2.0
+    """With dynamic_sampling: how many times more prompts to sample than are trained on."""
+
+    # ---- optimisation --------------------------------------------------------------
+    lr: float = 3e-5
+    """AdamW learning rate after warm-up (the tiny base is fragile: 1e-4 and above wreck it, docs/design.md section 8)."""
+    lr_warmup_steps: int = 30
+    """Linear learning-rate warm-up from 0, in optimizer steps."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Clip the global gradient norm to this value (0: no clipping; the norm is logged either way)."""
+    max_consecutive_skips: int = 5
+    """A step with a non-finite loss or gradient is skipped (weights and optimizer untouched); this many in a row stop the run."""
+
+    # ---- objective options -----------------------------------------------------------
+    tau: float = 0.3
+    """ConSPO temperature (ours; the paper's value is not public)."""
+    margin_schedule: Literal["constant", "linear", "cosine", "step"] = "constant"
+    """ConSPO margin curriculum: constant, linear, cosine or step (conspo.schedules)."""
+    margin_start: float = 0.0
+    """Margin at step 0."""
+    margin_end: float = 0.0
+    """Margin reached at margin_horizon (ignored by `constant`)."""
+    margin_horizon: int = 0
+    """Optimizer steps to reach margin_end; 0: the whole run."""
+    positive_threshold: float = 0.5
+    """A completion is positive (correct) when its reward is >= this."""
+    score: Literal["mean", "sum"] = "mean"
+    """ConSPO's sequence score: `mean` token log-prob (length-normalised, the paper's) or `sum` (ablation)."""
+    eps_low: float | None = None
+    """Lower clip range of the clipped objectives; None: the objective's default (0.2; GSPO 3e-4)."""
+    eps_high: float | None = None
+    """Upper clip range; None: the objective's default (0.2; DAPO 0.28; GSPO 4e-4)."""
+    beta: float = 0.0
+    """Coefficient of a k3 KL penalty to the initial policy; 0: off (no reference model kept; with LoRA the reference is the base with the adapter off)."""
+
+    # ---- memory, precision, LoRA -------------------------------------------------------
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass instead of storing them (less memory, ~30% more compute)."""
+    mixed_precision: Literal["no", "bf16"] = "no"
+    """bf16: forward and backward run in bfloat16 under torch.autocast while weights, gradients and AdamW state stay float32, so small updates are not rounded away (TRL's bf16=True). Use with dtype float32 or auto."""
+    lora_r: int = 0
+    """LoRA rank (peft); 0: train all weights. Checkpoints then hold only the adapter."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator (the update is scaled by lora_alpha / lora_r)."""
+    lora_dropout: float = 0.0
+    """Dropout on the LoRA input."""
+    lora_target_modules: str = "all-linear"
+    """Comma-separated module names to adapt, or `all-linear` (every linear layer but the output head)."""
+    lora_save: Literal["merged", "adapter"] = "merged"
+    """final/: the adapter merged into the base weights (a plain transformers model), or the adapter alone (peft format)."""
+
+    # ---- the tiny default base -------------------------------------------------------
+    sft_steps: int = 200
+    """Supervised warm-up steps that make the tiny base partly competent (tiny model only)."""
+    sft_seed: int = 0
+    """Seed of the tiny base, separate from `seed` so that runs with different seeds start from the same base."""
+    sft_lr: float = 1.5e-3
+    """Learning rate of the supervised warm-up."""
+    sft_batch_size: int = 128
+    """Batch size of the supervised warm-up."""
+    cache_dir: str = "~/.cache/conspo"
+    """Where the warmed-up tiny base is cached."""
+
+    # ---- evaluation, logging, checkpoints --------------------------------------------
+    eval_every: int = 100
+    """Greedy held-out evaluation every N optimizer steps (and before and after training)."""
+    eval_size: int = 0
+    """Held-out problems per evaluation; 0: all of them."""
+    log_samples_every: int = 100
+    """Write one group of sampled completions to samples.jsonl every N steps (0: never)."""
+    save_every: int = 200
+    """Checkpoint every N optimizer steps (0: only at the end)."""
+    keep_checkpoints: int = 2
+    """How many of the newest checkpoints to keep."""
+    report_to: str = "none"
+    """Also send metrics to: none, tensorboard, wandb (comma-separated)."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Parameter dtype: float32, bfloat16 or auto (bfloat16 on a GPU that supports it, else float32)."""
+    device: str = "auto"
+    """cpu, cuda, cuda:N or auto."""
+    threads: int = 0
+    """torch CPU threads; 0: torch's default."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first invalid field."""
+
+        def bad(name, why):
+            raise ConfigError(f"invalid config: {name}={getattr(self, name)!r}: {why}")
+
+        from conspo.objectives import get_objective, resolve_group_mode  # here: `conspo --help` needs no torch
+
+        hints = get_type_hints(TrainConfig)
+        for f in fields(self):
+            choices = get_args(hints[f.name]) if getattr(hints[f.name], "__origin__", None) is Literal else ()
+            if choices and getattr(self, f.name) not in choices:
+                bad(f.name, f"must be one of {', '.join(choices)}")
+        for name in ("steps", "prompts_per_step", "group_size", "updates_per_batch", "sft_batch_size"):
+            if getattr(self, name) < 1:
+                bad(name, "must be >= 1")
+        for name in ("max_new_tokens", "micro_batch_size", "max_tokens_per_micro_batch", "lora_r", "lr_warmup_steps", "eval_every", "eval_size",
+                     "log_samples_every", "save_every", "margin_horizon", "stop_after", "sft_steps", "threads",
+                     "keep_checkpoints", "max_consecutive_skips"):
+            if getattr(self, name) < 0:
+                bad(name, "must be >= 0")
+        if get_objective(self.objective).couples_group and self.group_size < 2:
+            bad("group_size", "ConSPO contrasts completions of the same prompt: needs >= 2")
+        for name in ("lr", "tau", "temperature", "dynamic_oversample"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                bad(name, "must be a finite number > 0")
+        if not 0 < self.top_p <= 1:
+            bad("top_p", "must be in (0, 1]")
+        for name in ("weight_decay", "max_grad_norm", "beta", "sft_lr", "lora_dropout"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                bad(name, "must be a finite number >= 0")
+        for name in ("eps_low", "eps_high"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                bad(name, "must be None or a finite number >= 0")
+        from conspo.reporting import REPORTERS  # here, not at import: keeps `conspo --help` light
+
+        unknown = [r for r in self.reporters() if r not in REPORTERS]
+        if unknown:
+            bad("report_to", f"unknown reporter(s) {unknown}; valid: {', '.join(REPORTERS)}")
+        if self.micro_batch_size and self.max_tokens_per_micro_batch:
+            bad("max_tokens_per_micro_batch", "set either micro_batch_size or max_tokens_per_micro_batch, not both")
+        if self.lora_r and self.lora_alpha < 1:
+            bad("lora_alpha", "must be >= 1")
+        if self.mixed_precision == "bf16" and self.dtype in ("bfloat16", "float16"):
+            bad("mixed_precision", f"keeps float32 weights under bf16 autocast; with dtype={self.dtype} the weights "
+                "are already half precision: use dtype float32 (or auto) with it")
+        try:
+            resolve_group_mode(self.group_mode, couples_group=get_objective(self.objective).couples_group,
+                               rows_per_micro_batch=self.micro_batch_size, group_size=self.group_size,
+                               token_budget=bool(self.max_tokens_per_micro_batch))
+        except ValueError as e:
+            bad("micro_batch_size" if self.micro_batch_size else "group_mode", str(e))
+        self._validate_engine()
+
+    def _validate_engine(self) -> None:
+        defaults = TrainConfig()
+        for name, engines in ENGINE_SUPPORT.items():
+            if self.engine not in engines and getattr(self, name) != getattr(defaults, name):
+                raise ConfigError(f"invalid config: {name}={getattr(self, name)!r} is not supported by --engine "
+                                  f"{self.engine} (only by {', '.join(engines)}): {ENGINE_HINTS[name]}")
+        if self.engine == "trl":
+            if self.dtype == "float16":
+                raise ConfigError("invalid config: dtype='float16' is not supported by --engine trl (TRL trains in "
+                                  "float32 or bfloat16): use --dtype bfloat16 or float32")
+            if self.objective == "conspo" and self.beta:
+                raise ConfigError(f"invalid config: beta={self.beta!r}: ConSPO on TRL has no KL term; use --beta 0 "
+                                  "or --engine native")
+
+    def objective_settings(self, *, margin: float, max_new_tokens: int) -> dict:
+        """Every objective option this config sets; ``Objective.options`` keeps those its loss takes."""
+        return dict(margin=margin, tau=self.tau, positive_threshold=self.positive_threshold,
+                    normalize_by_length=self.score == "mean", eps_low=self.eps_low, eps_high=self.eps_high,
+                    max_completion_length=max_new_tokens)  # Dr.GRPO's L_max is the generation limit, as in TRL
+
+    def reporters(self) -> list[str]:
+        return [r.strip() for r in self.report_to.split(",") if r.strip() and r.strip() != "none"]
+
+
+#: Which engines honour each option (every TrainConfig field is listed; tests/test_config.py checks it).
+_BOTH = ("native", "trl")
+_NATIVE = ("native",)
+ENGINE_SUPPORT: dict[str, tuple[str, ...]] = {
+    **{f: _BOTH for f in (
+        "objective", "model", "task", "train_data", "eval_data", "data_dir", "prompt_template", "engine", "seed",
+        "output_dir", "overwrite", "steps", "prompts_per_step", "group_size", "max_new_tokens", "temperature",
+        "top_p", "updates_per_batch", "group_mode", "lr", "lr_warmup_steps", "weight_decay", "max_grad_norm",
+        "tau", "margin_schedule", "margin_start", "margin_end", "margin_horizon", "positive_threshold", "score",
+        "eps_low", "eps_high", "beta", "gradient_checkpointing", "mixed_precision", "lora_r", "lora_alpha",
+        "lora_dropout", "lora_target_modules", "lora_save", "sft_steps", "sft_seed", "sft_lr", "sft_batch_size", "cache_dir",
+        "eval_every", "eval_size", "report_to", "dtype", "device", "threads", "progress")},
+    **{f: _NATIVE for f in (
+        "resume", "stop_after", "micro_batch_size", "max_tokens_per_micro_batch", "dynamic_sampling", "dynamic_oversample", "max_consecutive_skips",
+        "log_samples_every", "save_every", "keep_checkpoints")},
+}
+
+#: What to do instead, for each option an engine does not honour.
+ENGINE_HINTS: dict[str, str] = {
+    "resume": "resume a TRL run with TRL's own resume_from_checkpoint (examples/trl/), or train with --engine native",
+    "stop_after": "set --steps to the budget you want",
+    "micro_batch_size": "the TRL engine runs one generation batch per optimizer step; use examples/trl/ with "
+                        "gradient_accumulation_steps for micro-batches",
+    "max_tokens_per_micro_batch": "TRL forms micro-batches by row count (per_device_train_batch_size); use "
+                                  "--engine native for token-budget micro-batches",
+    "dynamic_sampling": "not available through --engine trl; use --engine native",
+    "dynamic_oversample": "only used with --dynamic-sampling (native engine)",
+    "max_consecutive_skips": "TRL does not skip non-finite steps; use --engine native",
+    "log_samples_every": "TRL logs completions through its own log_completions option (examples/trl/)",
+    "save_every": "--engine trl saves no intermediate checkpoints yet (final/ only); use --engine native",
+    "keep_checkpoints": "--engine trl saves no intermediate checkpoints yet (final/ only); use --engine native",
+}
+
+
+#: --help groups: (title, first field of the group), in field order.
+HELP_SECTIONS = (
+    ("what to train", "objective"),
+    ("the RL loop", "steps"),
+    ("optimisation", "lr"),
+    ("objective options", "tau"),
+    ("memory, precision, LoRA", "gradient_checkpointing"),
+    ("the tiny default base", "sft_steps"),
+    ("evaluation, logging, checkpoints, hardware", "eval_every"),
+)
+
+
+def field_help() -> dict[str, str]:
+    """The docstring under each TrainConfig field (for --help), read from this module's source."""
+    tree = ast.parse(inspect.getsource(TrainConfig))
+    body = tree.body[0].body
+    helps = {}
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            helps[node.target.id] = " ".join(str(nxt.value.value).split())
+    return helps

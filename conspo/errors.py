@@ -1,0 +1,9 @@
+"""The two errors a user sees as one line (no traceback): bad input, and a run that cannot go on."""
+
+
+class ConfigError(ValueError):
+    """A configuration value or input is invalid; the message names the field/file and the value. Exit code 2."""
+
+
+class RunError(RuntimeError):
+    """The run cannot go on (disk full, repeated non-finite steps, ...); the message says what is intact. Exit code 1."""
