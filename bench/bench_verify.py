@@ -1,4 +1,5 @@
-"""Throughput of the math reward (conspo.rewards.MathVerifier) on realistic completions.
+"""Throughput of the math reward (conspo.rewards.MathVerifier) on realistic completions, side by side
+with the reward code of an earlier revision (default: before issue 11) in the same run.
 
 Completions are built from MATH-500 gold answers (../shared/data/math500/test.jsonl), five per
 problem, so the mix resembles an RL batch:
@@ -6,14 +7,17 @@ problem, so the mix resembles an RL batch:
   exact    long-ish reasoning ending in \\boxed{gold}                  (decided by the fast path)
   reform   the gold rewritten (\\dfrac, "x = ", \\left( \\right), $...$)  (needs the symbolic check)
   wrong    another problem's gold answer, boxed                      (symbolic check, mostly 0)
-  nobox    reasoning that never states a final answer                 (no answer, 0)
+  nobox    reasoning that never states a final answer                 (no answer, 0; with lenient
+           extraction its last number is read and checked: a symbolic check or the number path)
   long     ~3 KB of reasoning with many $...$ and a boxed, reformatted gold
 
-Each worker count gets a fresh verifier (result cache off), started and warmed before the
-clock runs, then scores the whole batch ``--repeat`` times. Prints a markdown report.
+For each worker count, every implementation gets a fresh verifier (result cache off, normalised
+predictions forgotten before every pass), started and warmed before the clock runs; then the passes alternate between the implementations (before, now,
+before, now, ...) so that load from other processes on the machine hits both alike. Prints a
+markdown report.
 
-    .venv/bin/python bench/bench_verify.py                 # 200 problems, 1 and 2 workers
-    .venv/bin/python bench/bench_verify.py --n-problems 500 --workers 1 2 4
+    .venv/bin/python bench/bench_verify.py                 # 200 problems, 1 and 2 workers, before vs now
+    .venv/bin/python bench/bench_verify.py --n-problems 500 --workers 1 2 4 --no-baseline
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conspo.rewards import MathVerifier  # noqa: E402
 from conspo.tasks.math_data import load_benchmark  # noqa: E402
 from machine import cpu_model  # noqa: E402  (bench/ is on sys.path when run as a script)
+from verify_baseline import DEFAULT_BASELINE_REV, load_baseline  # noqa: E402
 
 FILLER = (
     "We first rewrite the condition. Let $a_n$ denote the $n$-th term, so $a_{n+1} = 2a_n + 1$ "
@@ -73,6 +78,13 @@ def build_batch(golds: list[str], seed: int = 0) -> tuple[list[str], list[str], 
     return completions, refs, kinds
 
 
+def clear_prediction_caches() -> None:
+    """Forget normalised predictions (a pass must do its work again; gold caches stay, as in RL)."""
+    for name, mod in list(sys.modules.items()):
+        if name.endswith("rewards.math") and hasattr(mod, "_normalize_cached"):
+            mod._normalize_cached.cache_clear()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n-problems", type=int, default=200, help="MATH-500 problems used (5 completions each)")
@@ -80,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=5.0, help="per-answer time limit, seconds")
     ap.add_argument("--repeat", type=int, default=3, help="timed passes over the batch per worker count")
     ap.add_argument("--data-dir", default=None, help="folder holding math500/test.jsonl (default ../shared/data)")
+    ap.add_argument("--baseline-rev", default=DEFAULT_BASELINE_REV,
+                    help="git revision of conspo/rewards measured next to the current code")
+    ap.add_argument("--no-baseline", action="store_true", help="measure the current code only")
+    ap.add_argument("--strict", action="store_true", help="also measure the current code with lenient=False")
     args = ap.parse_args(argv)
 
     examples = load_benchmark("math500", args.data_dir)[: args.n_problems]
@@ -87,26 +103,50 @@ def main(argv: list[str] | None = None) -> int:
     completions, refs, kinds = build_batch(golds)
     expected = {"exact": 1.0, "reform": 1.0, "wrong": 0.0, "nobox": 0.0, "long": 1.0}
 
+    impls: list[tuple[str, object]] = []
+    baseline_note = ""
+    if not args.no_baseline:
+        mod, why = load_baseline(args.baseline_rev)
+        if mod is None:
+            baseline_note = f"(no 'before' rows: {why})"
+        else:
+            impls.append((f"before ({args.baseline_rev})", lambda w: mod.MathVerifier(
+                num_workers=w, timeout_s=args.timeout, cache_size=0)))
+    impls.append(("now", lambda w: MathVerifier(num_workers=w, timeout_s=args.timeout, cache_size=0)))
+    if args.strict:
+        impls.append(("now, strict", lambda w: MathVerifier(num_workers=w, timeout_s=args.timeout, cache_size=0,
+                                                           lenient=False)))
+
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     rows = []
-    agreement = None
+    agreement: dict[str, dict] = {}
     for workers in args.workers:
-        with MathVerifier(num_workers=workers, timeout_s=args.timeout, cache_size=0) as v:
-            v.pool.start()
-            v.score([r"\boxed{0.5}"] * workers * 2, [r"\frac12"] * workers * 2)  # workers up and warm
-            times, result = [], None
+        verifiers = [(name, make(workers)) for name, make in impls]
+        try:
+            for _, v in verifiers:
+                v.pool.start()
+                v.score([r"\boxed{0.5}"] * workers * 2, [r"\frac12"] * workers * 2)  # workers up and warm
+            times: dict[str, list[float]] = {name: [] for name, _ in verifiers}
+            results: dict[str, object] = {}
             for _ in range(args.repeat):
-                t0 = time.perf_counter()
-                result = v.score(completions, refs)
-                times.append(time.perf_counter() - t0)
-        n_pool = len(completions) - result.fast_path - result.no_answer
-        rows.append((workers, len(completions), n_pool, times[0], min(times), result))
-        if agreement is None:
-            per_kind = {}
-            for k, s in zip(kinds, result.scores):
-                agree, total = per_kind.get(k, (0, 0))
-                per_kind[k] = (agree + (s == expected[k]), total + 1)
-            agreement = per_kind
+                for name, v in verifiers:  # alternate: contention from other jobs hits every row alike
+                    clear_prediction_caches()
+                    t0 = time.perf_counter()
+                    results[name] = v.score(completions, refs)
+                    times[name].append(time.perf_counter() - t0)
+        finally:
+            for _, v in verifiers:
+                v.close()
+        for name, _ in verifiers:
+            r = results[name]
+            n_pool = len(completions) - r.fast_path - r.no_answer
+            rows.append((name, workers, len(completions), n_pool, times[name][0], min(times[name]), r))
+            if name not in agreement:
+                per_kind = {}
+                for k, sc in zip(kinds, r.scores):
+                    agree, total = per_kind.get(k, (0, 0))
+                    per_kind[k] = (agree + (sc == expected[k]), total + 1)
+                agreement[name] = per_kind
 
     cmd = " ".join(shlex.quote(a) for a in [sys.executable.replace(os.getcwd() + "/", ""), *sys.argv])
     print("## Math reward verification throughput\n")
@@ -119,15 +159,17 @@ def main(argv: list[str] | None = None) -> int:
               f"{load_before[2]:.2f} (other processes competing for the {os.cpu_count()} cores lower the figures)")
     print(f"- batch: {args.n_problems} MATH-500 problems x 5 completions = {len(completions)} "
           f"(exact / reform / wrong / nobox / long); per-answer limit {args.timeout:g} s; result cache off; "
-          f"best of {args.repeat} pass(es), workers started and warm before timing\n")
+          f"best of {args.repeat} pass(es), workers started and warm before timing; passes alternate "
+          f"between the implementations {baseline_note}\n")
     print("First pass: every gold answer is new to the workers (parsed, then cached). Best: the best of the")
-    print("passes, golds already parsed (as when problems recur across RL steps).\n")
-    print("| workers | completions | symbolic checks | first pass s | first pass completions/s | best s | best completions/s "
-          "| best symbolic checks/s | fast path | no answer | timeouts | errors |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for workers, n, n_pool, first, best, r in rows:
-        print(f"| {workers} | {n} | {n_pool} | {first:.2f} | {n / first:.0f} | {best:.2f} | {n / best:.0f} | "
-              f"{n_pool / best:.0f} | {r.fast_path} | {r.no_answer} | {r.timeouts} | {r.errors} |")
+    print("passes, golds already parsed (as when problems recur across RL steps). 'worker checks': completions")
+    print("sent to a worker (neither decided in the trainer process nor without an answer).\n")
+    print("| code | workers | completions | worker checks | first pass s | first pass completions/s | best s "
+          "| best completions/s | fast path | no answer | timeouts | errors |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, workers, n, n_pool, first, best, r in rows:
+        print(f"| {name} | {workers} | {n} | {n_pool} | {first:.2f} | {n / first:.0f} | {best:.2f} | {n / best:.0f} | "
+              f"{r.fast_path} | {r.no_answer} | {r.timeouts} | {r.errors} |")
     # Dispatch check, independent of free CPU: sleeping tasks overlap only if the workers run in parallel.
     from conspo.rewards.pool import HardTimeoutPool
 
@@ -142,10 +184,12 @@ def main(argv: list[str] | None = None) -> int:
     print(", ".join(parts) + " (ideal: 1.00 s / number of workers).")
     print("\nAgreement with how each completion was built (a sanity check, not an accuracy estimate; "
           "a 'wrong' answer can coincide with the gold):\n")
-    print("| kind | expected score | agree |")
-    print("|---|---:|---:|")
-    for k, (agree, total) in agreement.items():
-        print(f"| {k} | {expected[k]:g} | {agree}/{total} |")
+    names = list(agreement)
+    print("| kind | expected score | " + " | ".join(names) + " |")
+    print("|---|---:|" + "---:|" * len(names))
+    for k in expected:
+        cells = [f"{agreement[n][k][0]}/{agreement[n][k][1]}" for n in names]
+        print(f"| {k} | {expected[k]:g} | " + " | ".join(cells) + " |")
     return 0
 
 

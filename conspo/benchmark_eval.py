@@ -48,6 +48,7 @@ class EvalSettings:
     seed: int = 0
     output_dir: str = ""
     verify_timeout_s: float = 5.0
+    answer_extraction: str = "lenient"
     dtype: str = "auto"
     extra: dict = field(default_factory=dict)
 
@@ -146,9 +147,10 @@ def run_eval(settings: EvalSettings, *, log=print) -> dict:
         generate = lambda prompts, **kw: _hf_generate(model, tokenizer, prompts, settings=settings, **kw)  # noqa: E731
 
     results: dict = {"settings": {k: v for k, v in vars(settings).items() if k != "extra"}, "backend": backend,
-                     "grader": f"conspo.rewards.MathVerifier(timeout_s={settings.verify_timeout_s})",
+                     "grader": f"conspo.rewards.MathVerifier(timeout_s={settings.verify_timeout_s}, "
+                               f"lenient={settings.answer_extraction == 'lenient'})",
                      "versions": _versions(), "date": datetime.now().isoformat(timespec="seconds"), "benchmarks": {}}
-    with MathVerifier(timeout_s=settings.verify_timeout_s) as verifier, open(out_dir / "completions.jsonl", "w") as dump:
+    with MathVerifier(timeout_s=settings.verify_timeout_s, lenient=settings.answer_extraction == "lenient") as verifier, open(out_dir / "completions.jsonl", "w") as dump:
         for name in settings.benchmarks:
             examples = load_jsonl(name) if name.endswith(".jsonl") else load_benchmark(name, settings.data_dir)
             examples = examples[: settings.limit or None]

@@ -121,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     p_eval.add_argument("--max-new-tokens", type=int, default=3072, help="generation limit (default: 3072)")
     p_eval.add_argument("--backend", default="auto", choices=["auto", "hf", "vllm"],
                         help="generation backend (auto: vllm when installed with a GPU, else transformers)")
+    p_eval.add_argument("--answer-extraction", default="lenient", choices=["lenient", "strict"],
+                        help="a completion without an answer marker is judged by its last math expression "
+                        "(lenient, as published graders do) or scores 0 (strict) (default: lenient)")
     p_eval.add_argument("--template", default="qwen_math_boxed", help="prompt template: qwen_math_boxed, r1, plain, raw")
     p_eval.add_argument("--data-dir", default=None, help="folder of the benchmark sets (default: $CONSPO_DATA_DIR, else ../shared/data beside a development checkout)")
     p_eval.add_argument("--limit", type=int, default=0, help="first N problems of each benchmark (0: all)")

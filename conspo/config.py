@@ -36,6 +36,8 @@ class TrainConfig:
     """task=math: folder of the shared data sets; empty: $CONSPO_DATA_DIR, else ../shared/data next to a development checkout, else an error naming both."""
     prompt_template: str = "qwen_math_boxed"
     """task=math: qwen_math_boxed, r1 or plain (rendered with the tokenizer's chat template when it has one)."""
+    answer_extraction: Literal["lenient", "strict"] = "lenient"
+    """task=math: a completion with no answer marker (box, "Answer:", ...) is judged by its last math expression (lenient, as published graders do) or scores 0 (strict: also teaches the model to mark its answer)."""
     engine: Literal["native", "trl"] = "native"
     """`native` (conspo/train.py) or `trl` (the same task and options through TRL's GRPOTrainer; ConSPO via conspo.integrations.trl)."""
     seed: int = 0
@@ -245,7 +247,7 @@ _BOTH = ("native", "trl")
 _NATIVE = ("native",)
 ENGINE_SUPPORT: dict[str, tuple[str, ...]] = {
     **{f: _BOTH for f in (
-        "objective", "model", "task", "train_data", "eval_data", "data_dir", "prompt_template", "engine", "seed",
+        "objective", "model", "task", "train_data", "eval_data", "data_dir", "prompt_template", "answer_extraction", "engine", "seed",
         "output_dir", "overwrite", "steps", "prompts_per_step", "group_size", "max_new_tokens", "temperature",
         "top_p", "updates_per_batch", "group_mode", "lr", "lr_warmup_steps", "weight_decay", "max_grad_norm",
         "tau", "margin_schedule", "margin_start", "margin_end", "margin_horizon", "positive_threshold", "score",

@@ -56,7 +56,7 @@ def make_task(cfg: TrainConfig):
 
     if cfg.task == "math":
         return get_task("math", train=cfg.train_data, heldout=cfg.eval_data, data_dir=cfg.data_dir or None,
-                        template=cfg.prompt_template)
+                        template=cfg.prompt_template, answer_extraction=cfg.answer_extraction)
     return get_task(cfg.task)
 
 

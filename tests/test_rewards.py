@@ -135,10 +135,10 @@ EQUIVALENCE_CASES: list[tuple[str, str, int]] = [
     ("$k=1$", "$1$", 1),
     (r"$y=-\frac{1}{2}x+\frac{3}{4}$", "$2x+4y-3=0$", 1),
     ("$x^2/16 + y^2/12 = 1/4$", "$x^2/4 + y^2/3 = 1$", 1),
-    # Deliberate divergence: Math-Verify expects 1 for these two (it keeps the exact value
-    # left of \approx); our policy judges "a \approx b" by b, as the brief for this project says.
-    (r"$x = 5+5+1 = 1/3 \approx 11$", "$x = 1/3$", 0),
-    (r"$x=1/3\approx1.3$", "$1/3$", 0),
+    # An approximation chain is judged by its exact part (issue 11; these two rows expected 0
+    # before, when "a \approx b" was judged by b).
+    (r"$x = 5+5+1 = 1/3 \approx 11$", "$x = 1/3$", 1),
+    (r"$x=1/3\approx1.3$", "$1/3$", 1),
     # --- Math-Verify tests/test_all.py :: test_matrix_extraction --------------------------------
     (r"The identity matrix is $ \begin{pmatrix}1 & 0 \\ 0 & 1\end{pmatrix} $.",
      r"$\begin{pmatrix}1 & 0 \\ 0 & 1\end{pmatrix}$", 1),
@@ -189,10 +189,10 @@ EQUIVALENCE_CASES: list[tuple[str, str, int]] = [
      r"$(\tfrac{27}{8},\tfrac{15}{8})$", 0),
     (r"the domain is $\boxed{[-3, 2]}$. ... Therefore, the domain is $\boxed{(-\infty, -3] \cup [2, \infty)}$.",
      "$[-3,2]$", 0),
-    # Deliberate divergence: Math-Verify expects 1 (it takes the last number of any text); we
-    # require an explicit final-answer marker, so reasoning without one scores 0.
+    # Lenient extraction (the default since issue 11): with no answer marker the last number of
+    # the text counts, as in Math-Verify (this row expected 0 under the old strict rule).
     ("Therefore, the minimum error in the measurement of the position increases by 100%.\n"
-     "This follows from the uncertainty principle applied to both measurements.", "$100%$", 0),
+     "This follows from the uncertainty principle applied to both measurements.", "$100%$", 1),
     # --- huggingface/Math-Verify issues #14, #37, #41, #60 (user reports) ------------------------
     (r"$\frac{1}{2006!}$", r"$\frac{1}{2004!}$", 0),  # #14: tiny values compared as floats
     (r"$\frac{1}{2^{98}}$", r"$\frac{1}{2^{99}}$", 0),  # #14
@@ -333,7 +333,10 @@ KNOWN_FAILURES: list[tuple[str, str]] = []
 
 @pytest.fixture(scope="module")
 def verifier():
-    v = MathVerifier(num_workers=2, timeout_s=5.0)
+    # A generous limit: the table checks verdicts, and the slowest symbolic rows (sums, simplify)
+    # take ~2 s of CPU, which a busy shared machine can stretch past 5 s. Time limits have their
+    # own tests below.
+    v = MathVerifier(num_workers=2, timeout_s=20.0)
     yield v
     v.close()
 
@@ -374,7 +377,7 @@ def test_equivalence_table(verifier):
         ("<think>2+2=4, \\boxed{3}?</think> <answer>4</answer>", "4"),
         ("<think>work</think>\nSo the answer is $\\frac{1}{2}$.", r"\frac{1}{2}"),
         ("The answer is \\boxed{7}<|im_end|><|im_start|>user\nNext: \\boxed{9}", "7"),
-        ("A long derivation.\nIt never states a final answer, only $x = 3$ along the way.\nDone.", None),
+        ("A long derivation.\nIt never states a final answer, only $x = 3$ along the way.\nDone.", "x = 3"),
     ],
 )
 def test_extract_answer(text, expected):
@@ -393,10 +396,21 @@ def test_extraction_is_fast_on_adversarial_text():
     assert time.perf_counter() - t0 < 3.0
 
 
-def test_extract_answer_lenient():
+def test_extract_answer_lenient_and_strict():
+    """Lenient (default): no marker -> the last math expression or number; strict: no answer."""
     text = "A long derivation.\nWe get $x = 3$ along the way.\nSo it is 4 apples"
-    assert extract_answer(text) is None
-    assert extract_answer(text, lenient=True) == "x = 3"
+    assert extract_answer(text) == "4"
+    assert extract_answer(text, lenient=False) is None
+    assert extract_answer("A long derivation.\nWe get $x = 3$.\nDone.", lenient=True) == "x = 3"
+    # math is read from well-formed environments only; the prose's numbers otherwise
+    assert extract_answer("We get $x = 3$.\nShe pays $12 and $15 more,\nso 27 in total") == "27"
+    assert extract_answer("Answer $ \n 9 \n $") is None  # inline math does not span lines
+    # a value the text goes on to reject is not the answer
+    assert extract_answer("Solving gives $x = 4$, but then a denominator vanishes,\nso there are no solutions.") is None
+    # markers beat the fallback in both modes
+    for lenient in (True, False):
+        assert extract_answer("Work: 3 + 4 = 7.\nThe answer is 12.\nCheck: 12 - 5 = 7.", lenient=lenient) == "12"
+        assert extract_answer("Work: 3 + 4 = 7.\n#### 12", lenient=lenient) == "12"
 
 
 @pytest.mark.parametrize(
@@ -418,26 +432,124 @@ def test_extract_answer_lenient():
         (r"x \in [-2,7]", "[-2,7]"),
         ("x = 2+3 = 5", "x = 5"),
         (r"12\text{ and }13", "12,13"),
+        # issue 11: spacing inside numbers, approximation chains, malformed LaTeX
+        (r"24,\! 310", "24310"),
+        (r"3\,628\,800", "3628800"),
+        (r"40\;320", "40320"),
+        ("1 000 000", "1000000"),
+        ("15, 625", "15, 625"),  # a comma and a space: a list
+        ("0,125", "0,125"),  # not a thousands number (decided against the other answer)
+        (r"\frac{1}{29,322,216}", r"\frac{1}{29322216}"),
+        (r"\frac{1}{3} \approx 0.33", r"\frac{1}{3} \approx 0.33"),  # kept: the exact part decides
+        (r"x = \frac{1}{3} \approx 0.33", r"x = \frac{1}{3} \approx 0.33"),
+        (r"\approx 0.43", "0.43"),
+        ("y ≈ 2.5", "2.5"),
+        ("42\\\\", "42"),  # a trailing LaTeX line break
+        ("17\\", "17"),
+        (r"\begin{pmatrix} 1 & 2 \\ 3 & 4 \end{pmatrix}", r"\begin{pmatrix} 1 & 2 \\ 3 & 4 \end{pmatrix}"),
+        (r"2007 + \frac\pi 2", r"2007 + \frac{\pi}{2}"),
+        (r"\frac{a}2", r"\frac{a}{2}"),
+        (r"1 & \phantom -1", "1 & 1"),
+        (r"\boxed{1}, \boxed{2}", "1, 2"),
     ],
 )
 def test_normalize_answer(raw, norm):
     assert normalize_answer(raw) == norm
 
 
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        # several boxes form one answer when only layout or "and"/"or"/"," separate them
+        (r"so $x = \boxed{2}$ and $x = \boxed{-3}$.", "2, -3"),
+        (r"$\boxed{3}\boxed{7}$", "3, 7"),
+        ("\\[ \\boxed{-1} \\quad \\text{and} \\quad \\boxed{4}. \\]", "-1, 4"),
+        ("- $\\boxed{2}$\n- $\\boxed{3}$", "2, 3"),
+        (r"the answer is \boxed{5}. To check: \boxed{5}", "5"),  # a repeat counts once
+        (r"we get $\boxed{7}$ for part one, and after the rest of the long computation the answer is $\boxed{9}$.", "9"),
+        # a "final answer" sentence after the last box wins
+        ("first $\\boxed{200}$, then more work.\nFinal Answer: The final answer is $10,455$. I hope it is correct.",
+         "10,455"),
+        ("Soucis : 2,74 $ a..", "2,74"),  # a stray dollar sign is currency, not math
+        ("She pays 9 dollars.\n#### 9", "9"),
+    ],
+)
+def test_extract_answer_issue11(text, expected):
+    assert extract_answer(text) == expected
+
+
+@pytest.mark.parametrize(
+    "completion,gold,expected",
+    [
+        # decimal commas: a prediction's "2,74" is 2.74 against a decimal gold; a gold "3,5" is a pair
+        (r"\boxed{2,74}", "2.74", 1),
+        (r"\boxed{1000,99}", "1000.99", 1),
+        (r"\boxed{0,125}", "0.125", 1),
+        (r"\boxed{2,74}", "274", 0),
+        (r"\boxed{0, 1}", "0.1", 0),
+        (r"\boxed{3.5}", "3,5", 0),
+        (r"\boxed{3, 5}", "3,5", 1),
+        # approximations: the exact part decides; a decimal counts when correctly rounded (2+ digits)
+        (r"\boxed{\frac{1}{3} \approx 0.33}", r"\frac13", 1),
+        (r"\boxed{\frac{1}{4} \approx 0.33}", r"\frac13", 0),
+        (r"\boxed{\frac{\sqrt3}{3} \approx 0.577}", r"\frac{\sqrt{3}}{3}", 1),
+        (r"The answer is $\frac{70}{9} \approx 7.78$.", "7.78", 1),
+        (r"\boxed{0.3333}", r"\frac{1}{3}", 1),
+        (r"\boxed{0.33}", r"\frac{1}{3}", 1),
+        (r"\boxed{0.3}", r"\frac{1}{3}", 0),
+        (r"\boxed{0.34}", r"\frac{1}{3}", 0),
+        (r"\boxed{7.8}", "7.78", 0),
+        (r"\boxed{\begin{pmatrix} 0.33 \\ 0.25 \end{pmatrix}}", r"\begin{pmatrix} \frac13 \\ \frac14 \end{pmatrix}", 1),
+        (r"\boxed{(0.4, 1.6667]}", r"\left(\frac25, \frac53\right]", 1),
+        # matrices: environments are interchangeable, rows are rows
+        (r"\boxed{\begin{bmatrix} 1 & 2 \\ 3 & 4 \end{bmatrix}}", r"\begin{pmatrix} 1 & 2 \\ 3 & 4 \end{pmatrix}", 1),
+        (r"\boxed{\begin{bmatrix} 1 & 2 \\ 3 & 4 \end{bmatrix}}", r"\begin{pmatrix} 1 & 3 \\ 2 & 4 \end{pmatrix}", 0),
+        # a gold that is a worked solution is reduced to its final answer like a prediction
+        (r"\boxed{26}", "He has 3*12 = <<3*12=36>>36 pens and gives away 10.\n#### 26", 1),
+        (r"\boxed{36}", "He has 3*12 = <<3*12=36>>36 pens and gives away 10.\n#### 26", 0),
+        (r"$\boxed{4}$", r"We have $2x = 8$, so $x = \boxed{4}$.", 1),
+        # several boxes against a set
+        (r"The roots are $\boxed{3}$ and $\boxed{-3}$.", r"\pm 3", 1),
+        (r"The answer is \boxed{3} or \boxed{4}.", "3", 0),
+        # numbers decided without a worker
+        (r"\boxed{023}", "23", 1),
+        (r"\boxed{\frac{2}{4}}", "0.5", 1),
+        (r"\boxed{\frac{1}{2^{99}}}", r"\frac{1}{2^{98}}", 0),
+        (r"\boxed{2x + c}", "c + 2x", 1),  # math-verify's unit stripping would eat the "c"
+    ],
+)
+def test_issue11_rules(verifier, completion, gold, expected):
+    assert verifier.score([completion], [gold]).scores == [float(expected)]
+
+
+def test_lenient_and_strict_verifiers():
+    text = "Adding the equations gives\n$a + b = 7$, so we are done.\nThe sum is 7."
+    with MathVerifier(num_workers=1) as lenient, MathVerifier(num_workers=1, lenient=False) as strict:
+        assert lenient.score([text], ["7"]).statuses == ["correct"]
+        assert strict.score([text], ["7"]).statuses == ["no_answer"]
+        assert lenient.score([text + "\nThe answer is 8."], ["7"]).statuses == ["wrong"]
+
+
+def test_gold_may_be_a_number(verifier):
+    assert verifier.score([r"\boxed{27}", r"\boxed{0}"], [27.0, 0]).scores == [1.0, 1.0]
+
+
 def test_fast_path_needs_no_workers():
     v = MathVerifier(num_workers=1)
     try:
-        r = v.score([r"\boxed{\dfrac{1}{2}}", r"The answer is $1{,}000$.", "no answer at all here..."],
-                    [r"\frac{1}{2}", "1000", "5"])
-        assert r.scores == [1.0, 1.0, 0.0]
-        assert r.fast_path == 2 and r.no_answer == 1
+        r = v.score([r"\boxed{\dfrac{1}{2}}", r"The answer is $1{,}000$.", "no answer at all here...",
+                     r"\boxed{0.5}", r"\boxed{17}", r"\boxed{0.75}"],
+                    [r"\frac{1}{2}", "1000", "5", r"\frac{1}{2}", "18", "0.7"])
+        assert r.scores == [1.0, 1.0, 0.0, 1.0, 0.0, 0.0]
+        assert r.statuses == ["correct", "correct", "no_answer", "correct", "wrong", "wrong"]
+        assert r.fast_path == 5 and r.no_answer == 1
         assert v.pool._workers == []  # nothing was started
     finally:
         v.close()
 
 
 def test_batch_counts_dedup_and_cache(verifier):
-    completions = [r"\boxed{0.5}"] * 5 + [r"\boxed{3}"] * 3
+    completions = [r"\boxed{\sqrt{1/4}}"] * 5 + [r"\boxed{\sqrt{3}}"] * 3  # symbolic: checked by a worker
     r = verifier.score(completions, [r"\frac{1}{2}"] * 8)
     assert r.scores == [1.0] * 5 + [0.0] * 3
     again = verifier.score(completions, [r"\frac{1}{2}"] * 8)
@@ -495,7 +607,7 @@ def test_injected_code_is_never_executed(verifier, monkeypatch):
     r = verifier.score(INJECTIONS, ["0"] * len(INJECTIONS))
     assert r.scores == [0.0] * len(INJECTIONS)
     # In this process too, with eval/exec on strings turned into a test failure.
-    answers_match("1", "1/1")  # import math-verify before patching
+    answers_match("x+1", "1+x")  # import math-verify before patching (plain numbers would not need it)
     calls = []
     real_eval, real_exec = builtins.eval, builtins.exec
 

@@ -6,7 +6,7 @@ re-execute a module that is already imported. See ``conspo.rewards.pool``.
 
 import sys
 
-from conspo.rewards.pool import _worker_main
+from conspo.rewards.pool import worker_main
 
 if __name__ == "__main__":
-    _worker_main(sys.argv[1:])
+    worker_main(sys.argv[1:])

@@ -17,6 +17,12 @@ never re-import the caller's ``__main__``: a script without an ``if __name__ == 
 guard works, and a trainer's torch import is not repeated in every worker. POSIX only (the
 pipes are plain file descriptors).
 
+Why not ``pebble`` (a process pool with per-task timeouts, considered for issue 11): its
+workers come from ``multiprocessing`` (fork, or spawn/forkserver). Fork is unsafe in a
+multi-threaded trainer, and spawn/forkserver re-import the caller's ``__main__`` in every
+worker, which loses two guarantees this module keeps (no ``__main__`` guard needed, no torch
+import per worker). It would also add a dependency for about the same amount of code here.
+
 The task function is named by import path ("package.module:function") and receives plain
 picklable arguments. Workers ignore SIGINT so that Ctrl-C in the parent does not print one
 traceback per worker; the parent kills them on ``close()``.
@@ -78,7 +84,7 @@ def _function_path(fn: Callable | str) -> str:
     return f"{module}:{qualname}"
 
 
-def _worker_main(argv: list[str]) -> None:
+def worker_main(argv: list[str]) -> None:
     """Body of a worker process (``python -m conspo.rewards._worker FN INITIALIZER MAX_MEMORY_MB``)."""
     fn_path, init_path, max_memory_mb = argv
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -15,7 +15,8 @@ class MathTask:
     name = "math"
 
     def __init__(self, train: str = "math_train", heldout: str = "math500", *, data_dir: str | None = None,
-                 template: str = "qwen_math_boxed", max_new_tokens: int = 1024, verify_timeout_s: float = 5.0):
+                 template: str = "qwen_math_boxed", max_new_tokens: int = 1024, verify_timeout_s: float = 5.0,
+                 answer_extraction: str = "lenient"):
         from conspo.tasks.math_data import PROMPT_TEMPLATES, load_benchmark, load_jsonl
 
         if template not in PROMPT_TEMPLATES:
@@ -29,6 +30,9 @@ class MathTask:
         self.template = template
         self.max_new_tokens = max_new_tokens
         self.verify_timeout_s = verify_timeout_s
+        if answer_extraction not in ("lenient", "strict"):
+            raise ValueError(f"answer_extraction must be lenient or strict, got {answer_extraction!r}")
+        self.lenient = answer_extraction == "lenient"
         self._tokenizer = None
         self._verifier = None
         self._cache: dict[str, list[Problem]] = {}
@@ -56,7 +60,7 @@ class MathTask:
         from conspo.rewards import MathVerifier
 
         if self._verifier is None:
-            self._verifier = MathVerifier(timeout_s=self.verify_timeout_s)
+            self._verifier = MathVerifier(timeout_s=self.verify_timeout_s, lenient=self.lenient)
         result = self._verifier.score(completions, [p.answer for p in problems])
         self._last_metrics = {"reward/no_answer_frac": result.fraction("no_answer"),
                               "reward/timeout_frac": result.fraction("timeout"),

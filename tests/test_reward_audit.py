@@ -1,0 +1,115 @@
+"""Reward audit: per-completion statuses (conspo.rewards) and `conspo audit-rewards` (conspo/audit.py),
+on a small synthetic training-run directory and `conspo eval` directory."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conspo.audit import audit, main
+from conspo.rewards import STATUSES, MathVerifier
+
+
+def _write_jsonl(path, rows):
+    with open(path, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+
+
+@pytest.fixture(scope="module")
+def verifier():
+    v = MathVerifier(num_workers=1, timeout_s=5.0)
+    yield v
+    v.close()
+
+
+def test_statuses_per_completion(verifier):
+    completions = [
+        r"So the answer is $\boxed{\frac{1}{2}}$.",  # correct (symbolic)
+        r"\boxed{0.5}",  # correct (fast path would not catch it)
+        r"\boxed{3}",  # wrong
+        "I am not sure.\nLet me think about it more.",  # no_answer (no marker, no number)
+        r"\boxed{5}",  # gold cannot be parsed
+    ]
+    golds = [r"\frac12", r"\frac{1}{2}", "4", "4", "np.arcsin(10/13)"]
+    r = verifier.score(completions, golds)
+    assert r.statuses == ["correct", "correct", "wrong", "no_answer", "gold_unparsable"]
+    assert r.scores == [1.0, 1.0, 0.0, 0.0, 0.0]
+    assert r.answers[0] == r"\frac{1}{2}" and r.answers[3] is None
+    assert (r.no_answer, r.gold_unparsable, r.timeouts, r.errors) == (1, 1, 0, 0)
+    counts = r.status_counts()
+    assert set(counts) == set(STATUSES) and sum(counts.values()) == 5
+    assert r.fraction("no_answer") == pytest.approx(0.2)
+    again = verifier.score(completions, golds)  # from the cache: same statuses
+    assert again.statuses == r.statuses
+
+
+def test_timeout_status():
+    with MathVerifier(num_workers=1, timeout_s=1.0) as v:
+        v.score([r"\boxed{0.5}"], [r"\frac{1}{3}"])  # start the worker
+        r = v.score([r"\boxed{9^{9^{9^{9}}}}", r"\boxed{2}"], ["5", "2"])
+    assert r.statuses == ["timeout", "correct"] and r.timeouts == 1
+    assert r.fraction("timeout") == 0.5
+
+
+@pytest.fixture()
+def run_dir(tmp_path):
+    d = tmp_path / "run"
+    d.mkdir()
+    _write_jsonl(d / "samples.jsonl", [
+        {"step": 10, "prompt": "p", "answer": "12", "completion": r"so $\boxed{12}$", "reward": 1.0},
+        {"step": 10, "prompt": "p", "answer": "12", "completion": r"so $\boxed{13}$", "reward": 0.0},
+        # the gold is in the text but the box says otherwise: shown first among the wrong ones
+        {"step": 10, "prompt": "p", "answer": "12", "completion": "It could be 12.\nSo $\\boxed{21}$", "reward": 0.0},
+        {"step": 20, "prompt": "p", "answer": "7", "completion": "no idea\nreally", "reward": 0.0},
+        # recorded as wrong by an older verifier, correct now
+        {"step": 20, "prompt": "p", "answer": r"\frac{1}{3}", "completion": r"$\boxed{0.3333}$", "reward": 0.0},
+        {"step": 20, "prompt": "p", "answer": "np.arcsin(10/13)", "completion": r"\boxed{1}", "reward": 0.0},
+    ])
+    return d
+
+
+def test_audit_run_dir(run_dir, capsys):
+    summary = audit(run_dir, workers=1, samples=2)
+    out = capsys.readouterr().out
+    assert summary["n"] == 6
+    assert summary["counts"] == {"correct": 2, "wrong": 2, "no_answer": 1, "gold_unparsable": 1}
+    assert summary["changed"] == 1 and summary["gold_near_end"] == 1
+    assert "samples.jsonl" in out and "training samples" in out
+    for status in STATUSES:
+        assert f"| {status} |" in out
+    assert "== wrong: 2 of 2" in out and "[gold near the end]" in out
+    assert "== no_answer: 1 of 1" in out and "extracted: (none)" in out
+    assert "== gold_unparsable: 1 of 1" in out and "np.arcsin" in out
+    assert "recorded scores this check does not reproduce: 1 of 6" in out
+    assert "step 20: recorded 0, now 1 (correct)" in out
+
+
+def test_audit_eval_dir_cli(tmp_path, capsys):
+    d = tmp_path / "eval"
+    d.mkdir()
+    rows = []
+    for bench, gold, texts in [("math500", r"\frac{3}{4}", [r"\boxed{0.75}", r"\boxed{3/4}", "nothing\nhere"]),
+                               ("gsm8k", "18", ["She earns 9 * 2 = 18 dollars.\n#### 18", "#### 20"])]:
+        for j, text in enumerate(texts):
+            rows.append({"benchmark": bench, "id": f"{bench}-0", "sample": j, "answer": gold, "completion": text,
+                         "score": 1.0 if j == 0 else 0.0, "length": 10, "truncated": False})
+    _write_jsonl(d / "completions.jsonl", rows)
+    out_file = tmp_path / "statuses.jsonl"
+    assert main([str(d), "--workers", "1", "--samples", "1", "--out", str(out_file)]) == 0
+    out = capsys.readouterr().out
+    assert "completions.jsonl" in out and "evaluation completions" in out
+    assert "| math500 | 3 |" in out and "| gsm8k | 2 |" in out
+    assert "math500 math500-0 sample" in out or "gsm8k gsm8k-0 sample" in out
+    statuses = [json.loads(line)["status"] for line in out_file.read_text().splitlines()]
+    assert statuses == ["correct", "correct", "no_answer", "correct", "wrong"]
+    # one benchmark only, strict extraction: the unmarked completion has no answer either way
+    assert main([str(d), "--workers", "1", "--benchmark", "gsm8k", "--strict", "--samples", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "strict extraction" in out and "(2 evaluation completions" in out
+
+
+def test_audit_missing_files(tmp_path, capsys):
+    assert main([str(tmp_path)]) == 2
+    assert "no completions.jsonl or samples.jsonl" in capsys.readouterr().err
