@@ -24,3 +24,21 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+# `make test-verl`: the verl plug-in's tests, in their own venv (verl 0.9.1 pins a transformers
+# older than requirements.txt's), created from requirements-verl.txt on first use.
+VERL_VENV  ?= .venv-verl
+VERL_PY     = $(VERL_VENV)/bin/python
+VERL_STAMP  = $(VERL_VENV)/.installed
+
+.PHONY: test-verl
+
+$(VERL_STAMP): requirements-verl.txt pyproject.toml
+	test -x $(VERL_PY) || $(PYTHON) -m venv $(VERL_VENV)
+	$(VERL_PY) -m pip install --quiet --upgrade pip
+	$(VERL_PY) -m pip install --quiet -r requirements-verl.txt
+	$(VERL_PY) -m pip install --quiet --no-deps -e .
+	touch $(VERL_STAMP)
+
+test-verl: $(VERL_STAMP)
+	$(VERL_PY) -m pytest -q tests_verl $(PYTEST_ARGS)
