@@ -23,7 +23,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(VERL_VENV) .pytest_cache  # never runs/: results are not build output
 
 # `make test-verl`: the verl plug-in's tests, in their own venv (verl 0.9.1 pins a transformers
 # older than requirements.txt's), created from requirements-verl.txt on first use.
