@@ -3,11 +3,14 @@
 ``generate`` samples G completions per prompt with the model's KV cache (transformers
 ``generate``), left-padded prompts, EOS handling and a truncation flag per row.
 ``token_logprobs`` recomputes log pi(o_t | q, o_<t) for the completion tokens with
-gradient, without materialising a full-vocabulary fp32 log-softmax for the batch.
+gradient from the backbone's hidden states through the LM head in token chunks
+(``conspo.logprobs``), so no (B, T, V) logits tensor exists in forward or backward;
+``token_logprobs_no_grad`` is the same pass for old-policy and reference log-probs.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -104,16 +107,16 @@ CHUNK_ELEMENTS = 1 << 24
 
 
 class _SelectedLogProbs(torch.autograd.Function):
-    """log p(x_t) = logits[t, x_t] - logsumexp_v logits[t, v], token-chunk by token-chunk in fp32.
+    """log p(x_t) = z[t, x_t] - logsumexp_v z[t, v] with z = logits / T, token-chunk by token-chunk in fp32.
 
     Saves only the logits (which exist anyway) and the (N,) log-sum-exp for backward, and writes
-    the gradient  d/dlogits = g_t * (onehot(x_t) - softmax(logits_t))  chunk by chunk into one
+    the gradient  d/dlogits = g_t * (onehot(x_t) - softmax(z_t)) / T  chunk by chunk into one
     tensor of the logits' dtype. Autograd through log_softmax would instead keep a full fp32
     (B, T, V) result (plus an fp32 copy of bf16 logits) and allocate full fp32 gradients.
     """
 
     @staticmethod
-    def forward(ctx, logits, token_ids, chunk_tokens):
+    def forward(ctx, logits, token_ids, chunk_tokens, temperature):
         vocab = logits.shape[-1]
         flat = logits.reshape(-1, vocab)
         ids = token_ids.reshape(-1, 1)
@@ -122,10 +125,13 @@ class _SelectedLogProbs(torch.autograd.Function):
         picked = torch.empty_like(lse)
         for s in range(0, flat.shape[0], chunk_tokens):
             chunk = flat[s : s + chunk_tokens].to(work)
+            if temperature != 1.0:
+                chunk = chunk / temperature
             lse[s : s + chunk_tokens] = torch.logsumexp(chunk, dim=-1)
             picked[s : s + chunk_tokens] = chunk.gather(1, ids[s : s + chunk_tokens]).squeeze(1)
         ctx.save_for_backward(logits, token_ids, lse)
         ctx.chunk_tokens = chunk_tokens
+        ctx.temperature = temperature
         return (picked - lse).view(token_ids.shape)
 
     @staticmethod
@@ -134,39 +140,57 @@ class _SelectedLogProbs(torch.autograd.Function):
         vocab = logits.shape[-1]
         flat = logits.reshape(-1, vocab)
         ids = token_ids.reshape(-1, 1)
+        inv_t = 1.0 / ctx.temperature
         g = grad_output.reshape(-1, 1).to(lse.dtype)
         grad = torch.empty_like(flat)
         for s in range(0, flat.shape[0], ctx.chunk_tokens):
             e = s + ctx.chunk_tokens
             part = flat[s:e].to(lse.dtype, copy=True)  # one transient chunk, updated in place
+            if inv_t != 1.0:
+                part.mul_(inv_t)
             part.sub_(lse[s:e, None]).exp_().mul_(-g[s:e])  # -g * softmax
             part.scatter_add_(1, ids[s:e], g[s:e])  # + g at the chosen token
+            if inv_t != 1.0:
+                part.mul_(inv_t)
             grad[s:e] = part.to(grad.dtype)
-        return grad.view_as(logits), None, None
+        return grad.view_as(logits), None, None, None
 
 
-def selective_log_softmax(logits: torch.Tensor, token_ids: torch.Tensor, *, chunk_tokens: int | None = None) -> torch.Tensor:
-    """(B, T) log softmax(logits)[token_ids] without a full fp32 (B, T, V) log-softmax.
+def selective_log_softmax(logits: torch.Tensor, token_ids: torch.Tensor, *, chunk_tokens: int | None = None,
+                          temperature: float = 1.0) -> torch.Tensor:
+    """(B, T) log softmax(logits / T)[token_ids] without a full fp32 (B, T, V) log-softmax.
 
-        log p(x_t) = logits[t, x_t] - logsumexp_v logits[t, v]
+        log p(x_t) = z[t, x_t] - logsumexp_v z[t, v],    z = logits / temperature
 
     Computed in fp32 (fp64 stays fp64) over chunks of ``chunk_tokens`` positions (default: as
     many as fit in CHUNK_ELEMENTS), with a hand-written backward (``_SelectedLogProbs``).
     """
     if chunk_tokens is None:
         chunk_tokens = max(1, CHUNK_ELEMENTS // logits.shape[-1])
-    return _SelectedLogProbs.apply(logits, token_ids, chunk_tokens)
+    return _SelectedLogProbs.apply(logits, token_ids, chunk_tokens, float(temperature))
 
 
-def token_logprobs(model, rollouts: Rollouts) -> torch.Tensor:
-    """(B, Tc) log pi(o_t | q, o_<t) of the completion tokens under ``model`` (with grad if enabled).
+_WARNED_FALLBACK: set[str] = set()
 
-    Position ids are taken from the attention mask so that left-padded rows see the same
-    positions as during ``generate``.
-    """
+
+def _model_inputs(rollouts: Rollouts) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if rollouts.prompt_ids.shape[1] == 0:
+        raise ValueError("token_logprobs needs at least one prompt token per row (the first completion token is "
+                         "predicted from the last prompt position)")
     input_ids = torch.cat([rollouts.prompt_ids, rollouts.completion_ids], dim=1)
     attention_mask = torch.cat([rollouts.prompt_mask, torch.ones_like(rollouts.completion_mask)], dim=1)
+    # Left-padded prompts: positions count real tokens only, as during generate.
     position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+    return input_ids, attention_mask, position_ids
+
+
+def full_logits_logprobs(model, rollouts: Rollouts, *, temperature: float = 1.0) -> torch.Tensor:
+    """The fallback path: the model's own (B, Tc, V) logits, then ``selective_log_softmax``.
+
+    Same values as ``token_logprobs`` (zeros outside ``completion_mask``); it holds the logits
+    and their gradient, so it needs far more memory at a real vocabulary.
+    """
+    input_ids, attention_mask, position_ids = _model_inputs(rollouts)
     n_completion = rollouts.completion_ids.shape[1]
     logits = model(
         input_ids=input_ids,
@@ -175,4 +199,57 @@ def token_logprobs(model, rollouts: Rollouts) -> torch.Tensor:
         logits_to_keep=n_completion + 1,
         use_cache=False,
     ).logits[:, :-1]
-    return selective_log_softmax(logits, rollouts.completion_ids)
+    logps = selective_log_softmax(logits, rollouts.completion_ids, temperature=temperature)
+    return logps.masked_fill(~rollouts.completion_mask.bool(), 0.0)
+
+
+def token_logprobs(model, rollouts: Rollouts, *, temperature: float = 1.0, chunk_tokens: int | None = None) -> torch.Tensor:
+    """(B, Tc) log pi(o_t | q, o_<t) of the completion tokens under ``model`` (with grad if enabled).
+
+        log pi(o_t) = z_t[o_t] - logsumexp_v z_t[v],   z_t = f(s * (W h_t + b)) / temperature
+
+    h_t is the backbone's final hidden state at the position before o_t, W, b the LM head, s and
+    f the model's logit scale and soft-cap (``conspo.logprobs``). Only positions inside
+    ``completion_mask`` are scored; the others are 0. The backbone runs once; the head runs in
+    token chunks with a backward that recomputes each chunk's logits, so no (B, Tc, V) tensor
+    exists in forward or backward. ``temperature`` divides the logits (1: the model's own
+    distribution; the sampling temperature: the distribution the rollouts were drawn from).
+
+    Position ids are taken from the attention mask so that left-padded rows see the same
+    positions as during ``generate``. Models whose head cannot be identified safely (not a
+    plain ``nn.Linear``, an unknown logit transform, ...) take ``full_logits_logprobs``, with a
+    one-time warning per model class.
+    """
+    from conspo.logprobs import chunked_head_logprobs, head_spec
+
+    input_ids, attention_mask, position_ids = _model_inputs(rollouts)
+    spec, reason = head_spec(model, input_ids)
+    if spec is None:
+        name = type(model).__name__
+        if name not in _WARNED_FALLBACK:
+            _WARNED_FALLBACK.add(name)
+            warnings.warn(f"conspo.rollout.token_logprobs: {name} is scored through its full (B, T, V) logits "
+                          f"(much more memory): {reason}.", RuntimeWarning, stacklevel=2)
+        return full_logits_logprobs(model, rollouts, temperature=temperature)
+    n_prompt = rollouts.prompt_ids.shape[1]
+    n_completion = rollouts.completion_ids.shape[1]
+    mask = rollouts.completion_mask.bool()
+    out = spec.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+    hidden = out.last_hidden_state[:, n_prompt - 1 : n_prompt - 1 + n_completion]  # position t-1 predicts token t
+    weight, bias = spec.head.weight, spec.head.bias
+    logps = chunked_head_logprobs(hidden[mask].to(weight.device), weight, bias,
+                                  rollouts.completion_ids[mask].to(weight.device), temperature=temperature,
+                                  logit_scale=spec.logit_scale, softcap=spec.softcap, chunk_tokens=chunk_tokens)
+    return logps.new_zeros(mask.shape).masked_scatter(mask.to(logps.device), logps)
+
+
+@torch.no_grad()
+def token_logprobs_no_grad(model, rollouts: Rollouts, *, temperature: float = 1.0, micro_batch_size: int = 0,
+                           chunk_tokens: int | None = None) -> torch.Tensor:
+    """``token_logprobs`` without autograd, ``micro_batch_size`` rows per pass (0: all): the
+    old-policy log-probs for importance ratios and the reference policy's for the KL term, through
+    the same chunked head and formula as the training pass."""
+    step = micro_batch_size or len(rollouts)
+    parts = [token_logprobs(model, rollouts.rows(slice(i, i + step)), temperature=temperature, chunk_tokens=chunk_tokens)
+             for i in range(0, len(rollouts), step)]
+    return torch.cat(parts) if parts else torch.zeros_like(rollouts.completion_mask, dtype=torch.float32)
