@@ -25,6 +25,26 @@ seed) are compared (max abs diff). Target stated in the issue: ours <= 0.3x naiv
     .venv/bin/python bench/bench_logprob_memory.py           # B x T = 8x512, 8x1024, 16x1024; bf16 and fp32
                                                              # (fp32 16x1024 skipped: ~9 GB; --max-gb 10 adds it)
     .venv/bin/python bench/bench_logprob_memory.py --quick   # smoke check, < 30 s
+
+--model: the whole token log-prob pass of a model instead (issue 10's measurement). A random
+2-layer Qwen2 with the Qwen2.5 vocabulary (V = 151,936, hidden 256, intermediate 1024, 4 heads,
+2 KV heads, tied embeddings, float32), B completions x T tokens after a 16-token prompt, forward
++ backward of sum(logps * w) through the model's parameters:
+
+  ours    conspo.rollout.token_logprobs (backbone + chunked LM head, conspo.logprobs)
+  trl     TRL's fused LM head as GRPOTrainer uses it: trl.trainer.utils.add_fused_lm_head(model,
+          outputs=("log_probs", "entropy")), then model(..., labels=..., fused_lm_head=True) with
+          prompt and padding labels -100, exactly as GRPOTrainer._get_per_token_logps_and_entropies
+  old     conspo.rollout.full_logits_logprobs: the model's (B, T, V) logits + selective_log_softmax
+          (our pre-issue-10 path, now the fallback)
+  naive   the model's logits + torch.log_softmax(fp32) + gather (~10 GB at 8x512: not run by default)
+
+Peak = VmHWM over the RSS after the model is built and a one-row warm-up has run (the kernel's
+peak-RSS counter is reset there: /proc/self/clear_refs); it includes the parameters' gradients
+(~155 MB for the tied embedding). Target stated in the issue: ours <= 0.25x trl.
+
+    .venv/bin/python bench/bench_logprob_memory.py --model            # 8x512; ours, trl, old (~6 min)
+    .venv/bin/python bench/bench_logprob_memory.py --model --quick    # 2x64, < 1 min
 """
 
 from __future__ import annotations
@@ -136,10 +156,188 @@ def estimate_gb(batch: int, width: int, vocab: int, dtype: str) -> float:
     return (n * item + 3 * n * 4) / 1e9 + 0.4
 
 
+# ---- --model: the whole log-prob pass of a model, one measurement per process -------------------
+
+MODEL_VARIANTS = ("ours", "trl", "old", "naive")
+MODEL_TARGET = 0.25  # ours / trl peak
+
+
+def _hwm_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def _reset_hwm() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets the peak-RSS counter (Linux >= 4.0)
+        return True
+    except OSError:
+        return False
+
+
+def model_worker(spec: dict) -> None:
+    import gc
+
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from conspo.rollout import Rollouts, full_logits_logprobs, token_logprobs
+
+    torch.set_num_threads(spec["threads"])
+    vocab, batch, width, n_prompt = spec["vocab"], spec["batch"], spec["tokens"], spec["prompt"]
+    config = Qwen2Config(vocab_size=vocab, hidden_size=spec["hidden"], intermediate_size=4 * spec["hidden"],
+                         num_hidden_layers=spec["layers"], num_attention_heads=4, num_key_value_heads=2,
+                         tie_word_embeddings=True, max_position_embeddings=max(4096, n_prompt + width + 1),
+                         pad_token_id=0, eos_token_id=1, bos_token_id=None)
+    torch.manual_seed(spec["seed"])
+    model = Qwen2ForCausalLM(config)
+    gen = torch.Generator().manual_seed(spec["seed"] + 1)
+    prompt_mask = torch.ones(batch, n_prompt, dtype=torch.long)
+    rollouts = Rollouts(torch.randint(2, vocab, (batch, n_prompt), generator=gen), prompt_mask,
+                        torch.randint(2, vocab, (batch, width), generator=gen), torch.ones(batch, width, dtype=torch.long),
+                        torch.zeros(batch, dtype=torch.bool), [""] * batch)
+    weights = torch.randn(batch, width, generator=gen)
+
+    if spec["variant"] == "trl":
+        from trl.trainer.utils import add_fused_lm_head
+
+        add_fused_lm_head(model, temperature=1.0, outputs=("log_probs", "entropy"))  # as GRPOTrainer.__init__
+
+        def fn(r):  # GRPOTrainer._get_per_token_logps_and_entropies, one batch
+            input_ids = torch.cat([r.prompt_ids, r.completion_ids], 1)
+            attention = torch.cat([r.prompt_mask, r.completion_mask], 1)
+            keep = r.completion_ids.shape[1]
+            labels = input_ids.masked_fill(attention == 0, -100)
+            labels[:, :-keep] = -100
+            out = model(input_ids=input_ids, attention_mask=attention, labels=labels, fused_lm_head=True)
+            return out.log_probs[:, -keep:]
+    elif spec["variant"] == "ours":
+        def fn(r):
+            return token_logprobs(model, r, chunk_tokens=spec["chunk_tokens"])
+    elif spec["variant"] == "old":
+        def fn(r):
+            return full_logits_logprobs(model, r)
+    else:
+        def fn(r):
+            input_ids = torch.cat([r.prompt_ids, r.completion_ids], 1)
+            attention = torch.cat([r.prompt_mask, r.completion_mask], 1)
+            logits = model(input_ids=input_ids, attention_mask=attention, logits_to_keep=r.completion_ids.shape[1] + 1,
+                           use_cache=False).logits[:, :-1]
+            return torch.log_softmax(logits.float(), -1).gather(-1, r.completion_ids.unsqueeze(-1)).squeeze(-1)
+
+    fn(rollouts.rows(slice(0, 1))).sum().backward()  # lazily allocated runtime state, before the baseline
+    model.zero_grad(set_to_none=True)
+    gc.collect()
+    base_rss = _rss_bytes()
+    if not _reset_hwm():
+        raise RuntimeError("cannot reset the peak-RSS counter (/proc/self/clear_refs); this measurement needs it")
+    t0 = time.perf_counter()
+    logps = fn(rollouts)
+    t1 = time.perf_counter()
+    fwd_peak, held = _hwm_bytes(), _rss_bytes()
+    (logps.float() * weights).sum().backward()
+    t2 = time.perf_counter()
+    peak = _hwm_bytes()
+    grads = sum(p.grad.numel() * p.grad.element_size() for p in model.parameters() if p.grad is not None)
+    result = {**spec, "fwd_peak_mb": (fwd_peak - base_rss) / 2**20, "held_mb": (held - base_rss) / 2**20,
+              "peak_mb": (peak - base_rss) / 2**20, "param_grads_mb": grads / 2**20,
+              "logits_mb": batch * width * vocab * 4 / 2**20, "fwd_s": t1 - t0, "bwd_s": t2 - t1}
+    if spec.get("values_path"):
+        torch.save({"logps": logps.detach().float(), "embed_grad": model.model.embed_tokens.weight.grad[:2048].clone()},
+                   spec["values_path"])
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def run_model_worker(spec: dict, timeout: float) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "MKL_NUM_THREADS": str(spec["threads"]),
+           "TRANSFORMERS_VERBOSITY": "error", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--_model_worker", json.dumps(spec)],
+                          capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    raise RuntimeError(f"worker {spec} failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+
+
+def model_main(args) -> int:
+    import torch
+
+    sizes = [tuple(int(x) for x in text.lower().split("x")) for text in (args.sizes or ["8x512"])]
+    variants = args.variants or ["ours", "trl", "old"]
+    header, busy = header_line(args.threads), busy_note()
+    started = time.perf_counter()
+    results, diffs = [], {}
+    with tempfile.TemporaryDirectory(prefix="conspo-bench-logprob-model-") as tmp:
+        for batch, width in sizes:
+            for rep in range(args.repeats):
+                for variant in variants:
+                    path = Path(tmp) / f"{batch}x{width}-{variant}.pt" if rep == 0 else None
+                    spec = dict(variant=variant, batch=batch, tokens=width, prompt=16, vocab=args.vocab, hidden=256,
+                                layers=2, chunk_tokens=args.chunk_tokens, threads=args.threads, seed=args.seed,
+                                values_path=str(path) if path else "")
+                    print(f"  B={batch} T={width} {variant} (round {rep + 1}/{args.repeats}) ...", file=sys.stderr,
+                          flush=True)
+                    results.append(run_model_worker(spec, args.timeout))
+            saved = {v: torch.load(Path(tmp) / f"{batch}x{width}-{v}.pt") for v in variants}
+            if "ours" in saved:
+                for v in variants:
+                    if v != "ours":
+                        diffs[(batch, width, v)] = (
+                            float((saved["ours"]["logps"] - saved[v]["logps"]).abs().max()),
+                            float((saved["ours"]["embed_grad"] - saved[v]["embed_grad"]).abs().max()
+                                  / saved[v]["embed_grad"].abs().max()))
+
+    print("## Token log-prob pass of a model: ours (chunked LM head) vs TRL's fused LM head vs full logits\n")
+    print(header + "\n")
+    print(busy, end="")
+    print(f"- random 2-layer Qwen2, V = {args.vocab}, hidden 256, intermediate 1024, tied embeddings, float32; "
+          "B completions x T tokens after a 16-token prompt; forward + backward of sum(logps * w) to the parameters")
+    print("- ours = `conspo.rollout.token_logprobs`; trl = TRL "
+          "`add_fused_lm_head(outputs=(log_probs, entropy))` + `model(..., fused_lm_head=True)` as GRPOTrainer; "
+          "old = `conspo.rollout.full_logits_logprobs` (model logits + selective_log_softmax); "
+          "naive = model logits + fp32 log_softmax")
+    print("- one fresh process per measurement; peak = VmHWM - RSS after model build and a one-row warm-up "
+          "(peak counter reset there), so it includes the parameter gradients; MB = 2^20 bytes; "
+          f"{args.repeats} round(s), medians")
+    print(f"- target: ours <= {MODEL_TARGET}x trl (peak)\n")
+    head = ["B", "T", "variant", "peak MB", "x trl", "held after fwd MB", "param grads MB", "fwd s", "bwd s",
+            "max abs diff logps vs ours", "max rel diff embed grad vs ours"]
+    print("| " + " | ".join(head) + " |")
+    print("|---:|---:|---|" + "---:|" * (len(head) - 3))
+    for batch, width in sizes:
+        def med(variant, key):
+            values = [r[key] for r in results if r["batch"] == batch and r["tokens"] == width and r["variant"] == variant]
+            return statistics.median(values) if values else None
+
+        trl_peak = med("trl", "peak_mb")
+        for variant in variants:
+            peak = med(variant, "peak_mb")
+            d = diffs.get((batch, width, variant))
+            cells = [str(batch), str(width), variant, f"{peak:.0f}", f"{peak / trl_peak:.3f}" if trl_peak else "-",
+                     f"{med(variant, 'held_mb'):.0f}", f"{med(variant, 'param_grads_mb'):.0f}",
+                     f"{med(variant, 'fwd_s'):.1f}", f"{med(variant, 'bwd_s'):.1f}",
+                     f"{d[0]:.1e}" if d else "-", f"{d[1]:.1e}" if d else "-"]
+            print("| " + " | ".join(cells) + " |")
+        ours, trl = med("ours", "peak_mb"), trl_peak
+        if ours is not None and trl:
+            print(f"\nB={batch} T={width}: ours/trl peak = {ours / trl:.3f} (target <= {MODEL_TARGET}: "
+                  f"{'met' if ours / trl <= MODEL_TARGET else 'NOT met'})")
+    print(f"\nWall time {time.perf_counter() - started:.0f} s.")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is None and len(sys.argv) > 2 and sys.argv[1] == "--_worker":
         sys.path.insert(0, str(ROOT))
         worker(json.loads(sys.argv[2]))
+        return 0
+    if argv is None and len(sys.argv) > 2 and sys.argv[1] == "--_model_worker":
+        sys.path.insert(0, str(ROOT))
+        model_worker(json.loads(sys.argv[2]))
         return 0
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny sizes (B=4 T=64, B=8 T=128), one pair each, < 30 s")
@@ -156,7 +354,21 @@ def main(argv: list[str] | None = None) -> int:
                          "fp32 16x1024 needs ~9.0: pass --max-gb 10 to include it)")
     ap.add_argument("--timeout", type=float, default=300, help="seconds per worker process (default 300)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--model", action="store_true",
+                    help="measure the whole log-prob pass of a 2-layer Qwen2 with the Qwen2.5 vocabulary: ours vs TRL's "
+                         "fused LM head vs full logits (--vocab defaults to 151936, --sizes to 8x512, --repeats to 1)")
+    ap.add_argument("--variants", nargs="+", choices=MODEL_VARIANTS, default=None,
+                    help="--model: variants to run (default: ours trl old; naive needs ~10 GB at 8x512)")
     args = ap.parse_args(argv)
+    if args.model:
+        if args.vocab == 32768:
+            args.vocab = 151936
+        if args.quick:
+            args.sizes = args.sizes or ["2x64"]
+            args.repeats = 1
+        elif "--repeats" not in (argv if argv is not None else sys.argv):
+            args.repeats = 1
+        return model_main(args)
     if args.quick:
         args.sizes = args.sizes or ["4x64", "8x128"]
         args.repeats = 1
