@@ -38,8 +38,8 @@ def test_lora_checkpointing_bf16_token_budget_run_resumes_exactly(tmp_path, cach
     a, b = load_file(str(full / "final" / "model.safetensors")), load_file(str(part / "final" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not any("lora" in k for k in a), "final/ is merged by default: a plain transformers model"
-    metrics = read_jsonl(full / "metrics.jsonl")
-    assert any(m.get("objective/grad_norm", 0) > 0 for m in metrics[1:]), "the adapter receives gradient"
+    # (that the adapter receives the exact gradient is test_lora_update_equals_the_in_graph_gradient_of_the_adapter:
+    # this toy base, warmed up 3 steps, gets every answer wrong, so its steps have no valid group)
 
 
 @pytest.mark.slow
