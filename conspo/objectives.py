@@ -138,21 +138,46 @@ class _ContrastiveGroups:
     log_negative_mass: torch.Tensor  # (n,) log sum_{j in N_g} exp(s_j/tau), 0 for invalid groups
 
 
+#: How the positives of a group are chosen (``contrastive_sets``); ``threshold`` is the default.
+POSITIVE_RULES = ("threshold", "group_mean")
+
+
 def contrastive_sets(
-    rewards: torch.Tensor, present: torch.Tensor, group_size: int, positive_threshold: float = 0.5
+    rewards: torch.Tensor, present: torch.Tensor, group_size: int, positive_threshold: float = 0.5,
+    positive_rule: str = "threshold",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The ConSPO group rule, written once: (positive, negative, valid) for each group.
 
-        P_g = {i in g : r_i >= threshold, |o_i| > 0},   N_g = {j in g : r_j < threshold, |o_j| > 0}
-        valid g  <=>  P_g and N_g both non-empty
+    Only rows with a non-empty completion (``present``) take part. The positives are chosen by
+    ``positive_rule``:
+
+        threshold:   P_g = {i in g : |o_i| > 0, r_i >= positive_threshold}
+        group_mean:  P_g = {i in g : |o_i| > 0, r_i > rbar_g},   rbar_g = mean of r_j over j in g with |o_j| > 0
+
+    and in both cases N_g = {j in g : |o_j| > 0, j not in P_g}; g is valid when P_g and N_g are
+    both non-empty. ``group_mean`` is for graded (non-binary) rewards, where no fixed threshold
+    splits every group: a completion is positive when it beats its own group's average, so a group
+    whose rewards are all equal has no positive (and no signal). ``positive_threshold`` is not used
+    by ``group_mean``. With 0/1 rewards both rules give the same sets for any threshold in (0, 1].
 
     Returns ``positive`` and ``negative`` as bool (n_groups, G), restricted to valid groups,
     and ``valid`` as bool (n_groups,). ``present`` (B,) marks rows with a non-empty completion.
     """
     shape = (-1, group_size)
     present = present.bool().view(shape)
-    is_positive = (rewards.view(shape) >= positive_threshold) & present
-    is_negative = (rewards.view(shape) < positive_threshold) & present
+    r = rewards.view(shape)
+    if positive_rule == "threshold":
+        above = r >= positive_threshold
+    elif positive_rule == "group_mean":
+        # Mean over the rows that take part only: an empty or unscorable row must not move the bar.
+        zeros = torch.zeros_like(r)
+        count = present.sum(dim=1, keepdim=True).clamp(min=1).to(r.dtype)
+        group_mean = torch.where(present, r, zeros).sum(dim=1, keepdim=True) / count
+        above = r > group_mean
+    else:
+        raise ValueError(f"positive_rule must be one of {', '.join(POSITIVE_RULES)}, got {positive_rule!r}")
+    is_positive = above & present
+    is_negative = ~above & present
     valid = is_positive.any(dim=1) & is_negative.any(dim=1)
     return is_positive & valid[:, None], is_negative & valid[:, None], valid
 
@@ -165,11 +190,12 @@ def _contrastive_groups(
     margin: float,
     tau: float,
     positive_threshold: float,
+    positive_rule: str,
 ) -> _ContrastiveGroups:
     if not tau > 0:
         raise ValueError(f"tau must be > 0, got {tau!r}")
     s = scores.view(-1, group_size)
-    positive, negative, valid = contrastive_sets(rewards, present, group_size, positive_threshold)
+    positive, negative, valid = contrastive_sets(rewards, present, group_size, positive_threshold, positive_rule)
 
     positive_logit = (s - margin) / tau
     negative_logit = s / tau
@@ -192,9 +218,10 @@ def _contrastive_groups(
 
 
 def count_valid_groups(mask: torch.Tensor, rewards: torch.Tensor, group_size: int, *,
-                       positive_threshold: float = 0.5, **_) -> float:
+                       positive_threshold: float = 0.5, positive_rule: str = "threshold", **_) -> float:
     """|V|: groups with at least one positive and one negative non-empty completion (ConSPO's normaliser)."""
-    return float(contrastive_sets(rewards, mask.bool().any(-1), group_size, positive_threshold)[2].sum())
+    return float(contrastive_sets(rewards, mask.bool().any(-1), group_size, positive_threshold,
+                                  positive_rule)[2].sum())
 
 
 def conspo_loss(
@@ -206,12 +233,15 @@ def conspo_loss(
     margin: float = 0.0,
     tau: float = 0.3,
     positive_threshold: float = 0.5,
+    positive_rule: str = "threshold",
     normalize_by_length: bool = True,
 ) -> tuple[torch.Tensor, Metrics]:
     """ConSPO: group-wise InfoNCE over length-normalised sequence log-probabilities.
 
-    With s_i = sequence_scores(token_logps, mask), P_g = {i in g : r_i >= threshold, |o_i| > 0},
-    N_g = {j in g : r_j < threshold, |o_j| > 0}, V = groups with P_g and N_g non-empty:
+    With s_i = sequence_scores(token_logps, mask), P_g and N_g the positive and negative non-empty
+    completions of group g (``contrastive_sets``: by default P_g = {i in g : r_i >= threshold,
+    |o_i| > 0}; ``positive_rule="group_mean"``: r_i above the group's mean reward) and V the groups
+    with P_g and N_g non-empty:
 
         l_i = -log( exp((s_i - m)/tau) / (exp((s_i - m)/tau) + sum_{j in N_g} exp(s_j/tau)) )
             = softplus( logsumexp_{j in N_g}(s_j/tau) - (s_i - m)/tau )
@@ -232,7 +262,7 @@ def conspo_loss(
     _check_layout(mask, rewards, group_size)
     scores = sequence_scores(token_logps, mask, normalize_by_length=normalize_by_length)
     return conspo_loss_from_scores(scores, mask.bool().any(dim=-1), rewards, group_size, margin=margin, tau=tau,
-                                   positive_threshold=positive_threshold)
+                                   positive_threshold=positive_threshold, positive_rule=positive_rule)
 
 
 def conspo_loss_from_scores(
@@ -244,6 +274,7 @@ def conspo_loss_from_scores(
     margin: float = 0.0,
     tau: float = 0.3,
     positive_threshold: float = 0.5,
+    positive_rule: str = "threshold",
 ) -> tuple[torch.Tensor, Metrics]:
     """The ConSPO loss and metrics of ``conspo_loss`` from (B,) sequence scores already computed.
 
@@ -256,7 +287,7 @@ def conspo_loss_from_scores(
                          f"{tuple(present.shape)} and {tuple(rewards.shape)}")
     if scores.shape[0] % group_size:
         raise ValueError(f"{scores.shape[0]} rows is not a whole number of groups of {group_size}")
-    groups = _contrastive_groups(scores, rewards, present, group_size, margin, tau, positive_threshold)
+    groups = _contrastive_groups(scores, rewards, present, group_size, margin, tau, positive_threshold, positive_rule)
     per_positive = F.softplus(groups.log_negative_mass[:, None] - groups.positive_logit)
     per_positive = torch.where(groups.positive, per_positive, torch.zeros_like(per_positive))
     per_group = per_positive.sum(dim=1) / groups.n_positive
@@ -318,6 +349,7 @@ def conspo_coefficients(
     margin: float,
     tau: float,
     positive_threshold: float = 0.5,
+    positive_rule: str = "threshold",
     present: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """dL/ds_i of the ConSPO loss in closed form, (B,); zero outside valid groups.
@@ -332,7 +364,8 @@ def conspo_coefficients(
     then back-propagate the surrogate sum_i c_i * s_i(theta) piece by piece (docs/design.md section 4).
 
     ``present`` (bool, (B,)) marks rows with a non-empty completion; rows not present are
-    excluded like in ``conspo_loss``. Default: all rows present.
+    excluded like in ``conspo_loss``. Default: all rows present. ``positive_threshold`` and
+    ``positive_rule`` choose P_g and N_g as in ``contrastive_sets``.
     """
     if scores.dim() != 1 or rewards.shape != scores.shape:
         raise ValueError(f"scores and rewards must both be (B,), got {tuple(scores.shape)} and {tuple(rewards.shape)}")
@@ -340,7 +373,8 @@ def conspo_coefficients(
         raise ValueError(f"{scores.shape[0]} rows is not a whole number of groups of {group_size}")
     if present is None:
         present = torch.ones_like(scores, dtype=torch.bool)
-    groups = _contrastive_groups(scores, rewards, present.bool(), group_size, margin, tau, positive_threshold)
+    groups = _contrastive_groups(scores, rewards, present.bool(), group_size, margin, tau, positive_threshold,
+                                 positive_rule)
     scale = 1.0 / (tau * groups.n_valid * groups.n_positive)  # (n,)
     # log Z_i for each positive i: logaddexp of its own logit and the negatives' mass.
     log_z = torch.logaddexp(groups.positive_logit, groups.log_negative_mass[:, None])  # (n, G)
@@ -364,13 +398,14 @@ def conspo_coefficients_and_metrics(
     margin: float,
     tau: float,
     positive_threshold: float = 0.5,
+    positive_rule: str = "threshold",
 ) -> tuple[torch.Tensor, Metrics]:
     """The coefficient route in one call: c = dL/ds (``conspo_coefficients``) and the batch's metrics.
 
     Every engine (native trainer, TRL, verl) calls this on the no-grad scores of the WHOLE
     optimizer batch, then back-propagates ``coefficient_surrogate(c, s(theta))`` piece by piece.
     """
-    options = dict(margin=margin, tau=tau, positive_threshold=positive_threshold)
+    options = dict(margin=margin, tau=tau, positive_threshold=positive_threshold, positive_rule=positive_rule)
     coefficients = conspo_coefficients(scores, rewards, group_size, present=present, **options)
     _, metrics = conspo_loss_from_scores(scores, present, rewards, group_size, **options)
     return coefficients, metrics
@@ -682,10 +717,12 @@ def _count_tokens(mask, rewards, group_size, **_):
 
 
 def _conspo_uniform(token_logps, old_token_logps, mask, rewards, group_size, *, margin: float = 0.0, tau: float = 0.3,
-                    positive_threshold: float = 0.5, normalize_by_length: bool = True):
+                    positive_threshold: float = 0.5, positive_rule: str = "threshold",
+                    normalize_by_length: bool = True):
     del old_token_logps  # ConSPO scores the current policy only
     return conspo_loss(token_logps, mask, rewards, group_size, margin=margin, tau=tau,
-                       positive_threshold=positive_threshold, normalize_by_length=normalize_by_length)
+                       positive_threshold=positive_threshold, positive_rule=positive_rule,
+                       normalize_by_length=normalize_by_length)
 
 
 OBJECTIVES: dict[str, Objective] = {

@@ -83,8 +83,11 @@ class GradCapture(TrainerCallback):
             self.grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def make_trainer(tmp_dir, *, per_device, G, gas, seed=0, **config):
-    """A ConSPOTrainer on a tiny policy that records every generation batch and the gradient of step 1."""
+def make_trainer(tmp_dir, *, per_device, G, gas, seed=0, model=None, reward_funcs=parity_reward, eval_prompts=None,
+                 peft_config=None, **config):
+    """A ConSPOTrainer on a tiny policy (or ``model``; with ``peft_config`` TRL wraps it in a LoRA adapter) that
+    records every generation batch (``recorded``), the inputs of every compute_loss call (``loss_inputs``) and the
+    gradient of step 1."""
     from datasets import Dataset
 
     from conspo.integrations.trl import ConSPOConfig, ConSPOTrainer
@@ -95,22 +98,33 @@ def make_trainer(tmp_dir, *, per_device, G, gas, seed=0, **config):
             self.recorded = getattr(self, "recorded", []) + [{k: v for k, v in output.items() if torch.is_tensor(v)}]
             return output
 
+        def compute_loss(self, model, inputs, *args, **kwargs):
+            self.loss_inputs = getattr(self, "loss_inputs", []) + [{k: v for k, v in inputs.items()
+                                                                    if torch.is_tensor(v)}]
+            return super().compute_loss(model, inputs, *args, **kwargs)
+
     torch.manual_seed(seed)
     tokenizer = build_char_tokenizer()
-    model = build_tiny_model(len(tokenizer), hidden=32, layers=2, ffn=64, heads=2, seed=seed)
+    if model is None:
+        model = build_tiny_model(len(tokenizer), hidden=32, layers=2, ffn=64, heads=2, seed=seed)
     initial = copy.deepcopy(model)
-    args = ConSPOConfig(
-        output_dir=str(tmp_dir), per_device_train_batch_size=per_device, num_generations=G,
-        gradient_accumulation_steps=gas, max_completion_length=5, max_steps=1, learning_rate=1e-3,
-        use_cpu=True, bf16=False, report_to=[], logging_steps=1, save_strategy="no", seed=seed,
-        max_grad_norm=0.0, temperature=1.0, beta=0.0, tau=0.5, margin_start=0.1, **config)
+    args = ConSPOConfig(**{
+        **dict(output_dir=str(tmp_dir), per_device_train_batch_size=per_device, num_generations=G,
+               gradient_accumulation_steps=gas, max_completion_length=5, max_steps=1, learning_rate=1e-3,
+               use_cpu=True, bf16=False, report_to=[], logging_steps=1, save_strategy="no", seed=seed,
+               max_grad_norm=0.0, temperature=1.0, beta=0.0, tau=0.5, margin_start=0.1),
+        **config})
     capture = GradCapture()
-    trainer = RecordingTrainer(model=model, reward_funcs=parity_reward, args=args, processing_class=tokenizer,
-                               train_dataset=Dataset.from_dict({"prompt": PROMPTS}), callbacks=[capture])
+    eval_dataset = None if eval_prompts is None else Dataset.from_dict({"prompt": eval_prompts})
+    trainer = RecordingTrainer(model=model, reward_funcs=reward_funcs, args=args, processing_class=tokenizer,
+                               train_dataset=Dataset.from_dict({"prompt": PROMPTS}), eval_dataset=eval_dataset,
+                               callbacks=[capture], peft_config=peft_config)
+    if peft_config is not None:  # the adapter is created (and initialised) by the trainer: start from its weights
+        initial = copy.deepcopy(trainer.model)
     return trainer, capture, initial
 
 
-def reference_gradient(trainer, initial, batch, G, *, tau=0.5, margin=0.1):
+def reference_gradient(trainer, initial, batch, G, *, tau=0.5, margin=0.1, **loss_options):
     """Gradient of conspo_loss on the whole recorded generation batch, in one graph, at the initial weights.
 
     The trainer's own model object is reset to the initial weights (TRL patches its forward to return
@@ -124,6 +138,6 @@ def reference_gradient(trainer, initial, batch, G, *, tau=0.5, margin=0.1):
     logps, _, _ = trainer._get_per_token_logps_and_entropies(model, input_ids, attention, batch["completion_ids"].size(1))
     order = torch.argsort(batch["conspo_row"])  # global group layout
     loss, metrics = conspo_loss(logps[order], batch["completion_mask"][order], batch["conspo_rewards"][order], G,
-                                margin=margin, tau=tau)
+                                margin=margin, tau=tau, **loss_options)
     loss.backward()
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}, metrics

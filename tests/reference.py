@@ -21,7 +21,17 @@ def _score(logps_row, mask_row, normalize=True):
     return (total / count if normalize else total), count
 
 
-def conspo_loss_loop(token_logps, mask, rewards, G, margin, tau, threshold=0.5, normalize=True):
+def _is_positive(reward, taking_part, threshold, rule):
+    """docs/design.md section 2: reward >= threshold, or (group_mean) strictly above the mean reward of
+    the completions of the group that take part (non-empty ones)."""
+    if rule == "threshold":
+        return reward >= threshold
+    assert rule == "group_mean", rule
+    mean = math.fsum(taking_part) / len(taking_part)
+    return reward > mean
+
+
+def conspo_loss_loop(token_logps, mask, rewards, G, margin, tau, threshold=0.5, normalize=True, rule="threshold"):
     B = token_logps.shape[0]
     group_losses = []
     for g in range(B // G):
@@ -31,7 +41,9 @@ def conspo_loss_loop(token_logps, mask, rewards, G, margin, tau, threshold=0.5, 
             if n == 0:
                 continue
             scores[i] = s
-            (pos if float(rewards[i]) >= threshold else neg).append(i)
+        taking_part = [float(rewards[i]) for i in scores]
+        for i in scores:
+            (pos if _is_positive(float(rewards[i]), taking_part, threshold, rule) else neg).append(i)
         if not pos or not neg:
             continue
         terms = []
@@ -47,16 +59,17 @@ def conspo_loss_loop(token_logps, mask, rewards, G, margin, tau, threshold=0.5, 
     return sum(group_losses) / len(group_losses)
 
 
-def conspo_coefficients_loop(scores, rewards, G, margin, tau, threshold=0.5):
-    """dL/ds from the closed form of docs/design.md section 2, one element at a time."""
+def conspo_coefficients_loop(scores, rewards, G, margin, tau, threshold=0.5, rule="threshold"):
+    """dL/ds from the closed form of docs/design.md section 2, one element at a time (every row non-empty)."""
     B = len(scores)
     s = [float(x) for x in scores]
     c = [0.0] * B
     valid_groups = []
     for g in range(B // G):
         rows = range(g * G, (g + 1) * G)
-        pos = [i for i in rows if float(rewards[i]) >= threshold]
-        neg = [j for j in rows if float(rewards[j]) < threshold]
+        taking_part = [float(rewards[i]) for i in rows]
+        pos = [i for i in rows if _is_positive(float(rewards[i]), taking_part, threshold, rule)]
+        neg = [j for j in rows if j not in pos]
         if pos and neg:
             valid_groups.append((pos, neg))
     V = len(valid_groups)

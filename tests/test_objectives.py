@@ -154,6 +154,82 @@ def test_conspo_metrics():
     assert m["conspo/margin"] == 0.1 and m["conspo/tau"] == 0.5
 
 
+# --- positive_rule="group_mean" (graded rewards) ----------------------------------------
+
+
+def _graded_batch(n_groups, G, T, *, seed, binary, zero_rows):
+    """make_batch with one group of all-equal rewards (no positive under group_mean) and one with ties."""
+    logps, _, mask, rewards = make_batch(n_groups, G, T, seed=seed, binary=binary, zero_length_rows=zero_rows)
+    rewards = rewards.clone()
+    rewards[G:2 * G] = 0.7
+    if G >= 3:
+        rewards[2 * G:3 * G] = torch.tensor([0.2, 0.6, 0.6, 0.9, 0.1, 0.4, 0.3, 0.8][:G], dtype=rewards.dtype)
+    return logps, mask, rewards
+
+
+@pytest.mark.parametrize("G,binary,zero_rows", CASES)
+@pytest.mark.parametrize("margin,tau", [(0.0, 0.3), (0.25, 1.0)])
+def test_group_mean_rule_loss_and_token_gradient_match_loop_reference(G, binary, zero_rows, margin, tau):
+    logps, mask, rewards = _graded_batch(6, G, 7, seed=3 * G + zero_rows, binary=binary, zero_rows=zero_rows)
+    a = logps.clone().requires_grad_(True)
+    b = logps.clone().requires_grad_(True)
+    loss, _ = obj.conspo_loss(a, mask, rewards, G, margin=margin, tau=tau, positive_rule="group_mean")
+    ref = conspo_loss_loop(b, mask, rewards, G, margin, tau, rule="group_mean")
+    torch.testing.assert_close(loss, ref, rtol=1e-10, atol=1e-12)
+    loss.backward()
+    if ref.requires_grad:
+        ref.backward()
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-12)
+    else:  # no valid group: the reference is a constant and our gradient must be exactly zero
+        assert torch.count_nonzero(a.grad) == 0
+
+
+@pytest.mark.parametrize("G,binary,zero_rows", CASES)
+def test_group_mean_coefficients_equal_autograd_and_closed_form_loop(G, binary, zero_rows):
+    logps, mask, rewards = _graded_batch(6, G, 6, seed=5 * G + zero_rows, binary=binary, zero_rows=zero_rows)
+    present = mask.bool().any(-1)
+    scores = obj.sequence_scores(logps, mask).requires_grad_(True)
+    tokens = scores[:, None].expand_as(logps)  # token log-probs equal to the score: s_i is unchanged
+    loss, _ = obj.conspo_loss(tokens, mask, rewards, G, margin=0.2, tau=0.5, positive_rule="group_mean")
+    (grad,) = torch.autograd.grad(loss, scores) if loss.requires_grad else (torch.zeros_like(scores),)
+    coeffs = obj.conspo_coefficients(scores.detach(), rewards, G, margin=0.2, tau=0.5, positive_rule="group_mean",
+                                     present=present)
+    torch.testing.assert_close(coeffs, grad, rtol=1e-10, atol=1e-13)
+    if zero_rows == 0:
+        loop = conspo_coefficients_loop(scores.detach(), rewards, G, 0.2, 0.5, rule="group_mean")
+        torch.testing.assert_close(coeffs, loop, rtol=1e-10, atol=1e-13)
+    assert torch.count_nonzero(coeffs[~present]) == 0
+
+
+def test_group_mean_rule_sets():
+    rewards = torch.tensor([0.2, 0.5, 0.8, 0.5,     # mean 0.5: only 0.8 is above it (0.5 is not strictly above)
+                            0.7, 0.7, 0.7, 0.7,     # all equal: no positive, group not valid
+                            9.0, 0.1, 0.3, 0.2],    # row 8 empty: left out of the mean (0.2), so 0.3 is positive
+                           dtype=torch.float64)
+    present = torch.ones(12, dtype=torch.bool)
+    present[8] = False
+    pos, neg, valid = obj.contrastive_sets(rewards, present, 4, positive_rule="group_mean")
+    assert valid.tolist() == [True, False, True]
+    assert pos.reshape(-1).nonzero().flatten().tolist() == [2, 10]
+    assert neg.reshape(-1).nonzero().flatten().tolist() == [0, 1, 3, 9, 11]
+    binary = torch.tensor([1.0, 0, 0, 1, 0, 0, 0, 0, 1, 1, 1, 0])  # 0/1 rewards: the same sets as the threshold rule
+    for a, b in zip(obj.contrastive_sets(binary, present, 4, positive_rule="group_mean"),
+                    obj.contrastive_sets(binary, present, 4, positive_threshold=0.5)):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="positive_rule must be one of threshold, group_mean, got 'median'"):
+        obj.contrastive_sets(binary, present, 4, positive_rule="median")
+
+
+def test_group_mean_rule_reaches_the_objective_registry_and_normalizer():
+    logps, mask, rewards = _graded_batch(4, 4, 5, seed=2, binary=False, zero_rows=0)
+    conspo = obj.get_objective("conspo")
+    options = conspo.options({"positive_rule": "group_mean", "tau": 0.5, "eps_low": 0.2})
+    assert options == {"positive_rule": "group_mean", "tau": 0.5}
+    loss, metrics = conspo.loss(logps, logps, mask, rewards, 4, **options)
+    torch.testing.assert_close(loss, conspo_loss_loop(logps, mask, rewards, 4, 0.0, 0.5, rule="group_mean"))
+    assert conspo.normalizer(mask, rewards, 4, **options) == metrics["conspo/valid_group_frac"] * 4 == 3.0
+
+
 # --- degenerate and extreme batches ----------------------------------------------------
 
 

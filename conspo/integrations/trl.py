@@ -24,26 +24,36 @@ its whole group, so this subclass keeps it exact in one of two ways (docs/design
 The margin follows ``self.state.global_step``, so it survives checkpoint resume. All math is
 imported from ``conspo.objectives``; this file only moves tensors to where they are needed.
 Only the methods below are overridden, each wrapping ``super()``.
+
+Drop-in rules (docs/design.md section 4): every GRPOConfig option either works as in
+``GRPOTrainer`` (generation, vLLM, rewards and ``reward_weights``, ``num_iterations``,
+``mask_truncated_completions`` (a truncated completion then takes part in nothing), the MoE
+load-balancing loss, ``num_generations_eval``, ...) or, when it only shapes GRPO's own loss, is
+refused by ``ConSPOConfig`` when set away from its default (``GRPO_ONLY_OPTIONS``).
 """
 
 from __future__ import annotations
 
+import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 
 try:
     import trl
     from trl import GRPOConfig, GRPOTrainer
-    from trl.trainer.utils import split_tensor_dict
+    from trl.trainer.utils import get_config_model_id, split_tensor_dict
 except ImportError as e:  # pragma: no cover - exercised only without trl
     raise ImportError("conspo.integrations.trl needs TRL: pip install 'conspo[trl]' (trl==1.16.0)") from e
 
 from conspo.objectives import (
+    POSITIVE_RULES,
     coefficient_surrogate,
     conspo_coefficients_and_metrics,
     conspo_loss,
+    conspo_loss_from_scores,
+    contrastive_sets,
     count_valid_groups,
     resolve_group_mode,
     sequence_scores,
@@ -58,29 +68,109 @@ if not trl.__version__.startswith(SUPPORTED_TRL_VERSIONS):
         "pip install trl==1.16.0"
     )
 
+_NO_RATIO = "ConSPO scores the current policy directly: it has no importance ratio and no clipping"
+_NO_ADVANTAGE = "ConSPO uses no advantages, only which completions of a group are positive (positive_rule)"
+_NO_KL = "ConSPOTrainer adds no KL term and keeps no reference model (the native trainer's --beta adds a k3 penalty)"
+_LOSS_TYPE_ONLY = "a parameter of one of GRPO's loss_type variants, which ConSPO replaces"
+# Why the entropy bonus is refused rather than added: docs/design.md section 4.
+_NO_ENTROPY = ("it sets TRL's entropy bonus, which ConSPOTrainer does not add: ConSPO's loss and gradient are on "
+               "another scale than GRPO's (docs/design.md section 8), so a coefficient tuned for GRPO would not mean "
+               "the same regularisation, and the combination is untested")
+_NO_VLLM_IS = ("reweights GRPO's per-token loss for the vLLM sampler/trainer mismatch; ConSPO's sequence-level "
+               "contrast has no per-token loss to reweight")
+
+#: GRPOConfig options that only shape GRPO's own loss, and why ConSPOTrainer does not honour them. The one table of
+#: the rule: ``ConSPOConfig.__post_init__`` refuses each option set away from its ConSPOConfig default (every
+#: default here is the "off" value). Every other GRPOConfig option works as in GRPOTrainer.
+GRPO_ONLY_OPTIONS: dict[str, str] = {
+    "beta": _NO_KL,
+    "use_bias_correction_kl": "weights GRPO's KL term; " + _NO_KL,
+    "sync_ref_model": "updates the reference model of the KL term; " + _NO_KL,
+    "ref_model_mixup_alpha": "used by sync_ref_model; " + _NO_KL,
+    "ref_model_sync_steps": "used by sync_ref_model; " + _NO_KL,
+    "loss_type": "selects GRPO's policy loss and its aggregation; ConSPO's loss is the group-wise contrast "
+                 "(mean over valid groups of the mean over positives)",
+    "scale_rewards": "scales GRPO's advantages; " + _NO_ADVANTAGE,
+    "multi_objective_aggregation": "normalises rewards into GRPO's advantages; ConSPO sums the weighted rewards "
+                                   "(reward_weights) and splits each group by positive_rule",
+    "off_policy_mask_threshold": "drops negative-advantage sequences far from the sampler; " + _NO_ADVANTAGE,
+    "epsilon": "clip range of GRPO's importance ratio; " + _NO_RATIO,
+    "epsilon_high": "clip range of GRPO's importance ratio; " + _NO_RATIO,
+    "delta": "two-sided clip of GRPO's importance ratio; " + _NO_RATIO,
+    "importance_sampling_level": "level of GRPO's importance ratio; " + _NO_RATIO,
+    "top_entropy_quantile": "keeps only high-entropy tokens in GRPO's per-token loss; ConSPO's loss is per "
+                            "sequence (a score over all completion tokens)",
+    "sapo_temperature_neg": _LOSS_TYPE_ONLY + " (sapo)",
+    "sapo_temperature_pos": _LOSS_TYPE_ONLY + " (sapo)",
+    "vespo_k_pos": _LOSS_TYPE_ONLY + " (vespo)",
+    "vespo_lambda_pos": _LOSS_TYPE_ONLY + " (vespo)",
+    "vespo_k_neg": _LOSS_TYPE_ONLY + " (vespo)",
+    "vespo_lambda_neg": _LOSS_TYPE_ONLY + " (vespo)",
+    "entropy_coef": _NO_ENTROPY,
+    "use_adaptive_entropy": _NO_ENTROPY,
+    "entropy_coef_min": "used by the entropy bonus; " + _NO_ENTROPY,
+    "entropy_coef_max": "used by the entropy bonus; " + _NO_ENTROPY,
+    "entropy_coef_delta": "used by the entropy bonus; " + _NO_ENTROPY,
+    "entropy_target": "used by the entropy bonus; " + _NO_ENTROPY,
+    "vllm_importance_sampling_correction": _NO_VLLM_IS + " (ConSPOConfig's default is False)",
+    # the deprecated cap is copied into clip_max by GRPOConfig: checked first so the message names what was set
+    "vllm_importance_sampling_cap": "used by vllm_importance_sampling_correction, which " + _NO_VLLM_IS,
+    "vllm_importance_sampling_mode": "used by vllm_importance_sampling_correction, which " + _NO_VLLM_IS,
+    "vllm_importance_sampling_clip_max": "used by vllm_importance_sampling_correction, which " + _NO_VLLM_IS,
+    "vllm_importance_sampling_clip_min": "used by vllm_importance_sampling_correction, which " + _NO_VLLM_IS,
+}
+
 
 @dataclass
 class ConSPOConfig(GRPOConfig):
-    """``GRPOConfig`` plus ConSPO's options (see ``conspo.objectives.conspo_loss``)."""
+    """``GRPOConfig`` plus ConSPO's options (see ``conspo.objectives.conspo_loss``).
 
+    GRPO-only options (``GRPO_ONLY_OPTIONS``) must keep their defaults: they would be silently ignored.
+    """
+
+    # GRPOConfig defaults this to True, which would make TRL compute an extra no-grad forward pass for ratios that
+    # ConSPO never uses; off here, and refused when on (GRPO_ONLY_OPTIONS).
+    vllm_importance_sampling_correction: bool = field(
+        default=False, metadata={"help": "Not supported by ConSPO (GRPO's vLLM importance-sampling correction)."})
     tau: float = field(default=0.3, metadata={"help": "ConSPO temperature."})
     margin_schedule: str = field(default="constant", metadata={"help": f"Margin curriculum: {', '.join(MARGIN_SCHEDULES)}."})
     margin_start: float = field(default=0.0, metadata={"help": "Margin at step 0."})
     margin_end: float = field(default=0.0, metadata={"help": "Margin reached at margin_horizon."})
     margin_horizon: int = field(default=0, metadata={"help": "Optimizer steps to reach margin_end; 0: max_steps."})
-    positive_threshold: float = field(default=0.5, metadata={"help": "Reward >= this is a positive completion."})
+    positive_threshold: float = field(default=0.5, metadata={"help": "positive_rule='threshold': reward >= this is "
+                                                                    "a positive completion."})
+    positive_rule: str = field(default="threshold", metadata={
+        "help": "How a group's positives are chosen: 'threshold' (reward at least positive_threshold) or "
+                "'group_mean' (reward strictly above the group's mean reward; for graded rewards)."})
     length_normalized_score: bool = field(default=True, metadata={"help": "Score = mean token log-prob (else sum)."})
     group_mode: str = field(default="auto", metadata={"help": "whole, coefficients, or auto (whole when "
                                                               "per_device_train_batch_size % num_generations == 0)."})
+    no_valid_group_warn_steps: int = field(default=10, metadata={
+        "help": "Warn when no group has had both a positive and a negative completion (so the loss and its "
+                "gradient are zero) for this many consecutive optimizer steps; 0: never."})
 
     def __post_init__(self):
         super().__post_init__()
-        if not self.tau > 0:
-            raise ValueError(f"ConSPOConfig.tau must be > 0, got {self.tau}")
+        defaults = {f.name: f.default for f in fields(ConSPOConfig) if f.name in GRPO_ONLY_OPTIONS}
+        for name, why in GRPO_ONLY_OPTIONS.items():
+            value = getattr(self, name)
+            if value != defaults[name]:
+                raise ValueError(f"ConSPOConfig.{name}={value!r} is not supported by ConSPOTrainer: {why}. Leave it "
+                                 f"at its default ({defaults[name]!r}), or train with GRPOTrainer.")
+        if not (math.isfinite(self.tau) and self.tau > 0):
+            raise ValueError(f"ConSPOConfig.tau must be a finite number > 0, got {self.tau}")
         if self.margin_schedule not in MARGIN_SCHEDULES:
             raise ValueError(f"ConSPOConfig.margin_schedule must be one of {MARGIN_SCHEDULES}, got {self.margin_schedule!r}")
-        if self.beta != 0.0:
-            raise ValueError("ConSPOTrainer does not add GRPO's KL term; set beta=0.0")
+        if self.positive_rule not in POSITIVE_RULES:
+            raise ValueError(f"ConSPOConfig.positive_rule must be one of {POSITIVE_RULES}, got {self.positive_rule!r}")
+        default_threshold = ConSPOConfig.positive_threshold
+        if self.positive_rule != "threshold" and self.positive_threshold != default_threshold:
+            raise ValueError(f"ConSPOConfig.positive_threshold={self.positive_threshold!r} is only used by "
+                             f"positive_rule='threshold'; positive_rule={self.positive_rule!r} picks positives by "
+                             f"the group's mean reward: leave positive_threshold at its default ({default_threshold})")
+        if self.no_valid_group_warn_steps < 0:
+            raise ValueError(f"ConSPOConfig.no_valid_group_warn_steps must be >= 0 (0: never warn), got "
+                             f"{self.no_valid_group_warn_steps}")
         per_device, G = self.per_device_train_batch_size, self.num_generations
         try:
             resolve_group_mode(self.group_mode, couples_group=True, rows_per_micro_batch=per_device, group_size=G or 1)
@@ -96,12 +186,24 @@ class ConSPOConfig(GRPOConfig):
 
 
 class ConSPOTrainer(GRPOTrainer):
-    """``GRPOTrainer`` whose policy loss is ConSPO, exact across micro-batches and processes."""
+    """``GRPOTrainer`` whose policy loss is ConSPO, exact across micro-batches and processes.
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        if not isinstance(self.args, ConSPOConfig):
-            raise TypeError("ConSPOTrainer needs args=ConSPOConfig(...)")
+    Same constructor as ``GRPOTrainer``. ``args=None`` builds a default ``ConSPOConfig`` (as GRPOTrainer builds a
+    default GRPOConfig); a plain ``GRPOConfig`` is refused, since its GRPO-only options would be silently ignored.
+    """
+
+    def __init__(self, model, reward_funcs=None, args=None, *more, **kwargs):
+        if args is None:
+            name = model if isinstance(model, str) else get_config_model_id(model.config)
+            args = ConSPOConfig(f"{name.split('/')[-1]}-ConSPO")
+        elif not isinstance(args, ConSPOConfig):
+            # Refused before anything is built. Not converted: a GRPOConfig carries GRPO-only settings (loss_type,
+            # epsilon, ...) that would either be refused field by field or silently mean nothing.
+            raise TypeError(
+                f"ConSPOTrainer needs args=ConSPOConfig(...), got {type(args).__name__}. ConSPOConfig takes every "
+                "GRPOConfig option plus ConSPO's (tau, margin_*, positive_rule, group_mode, ...): build it with the "
+                "same keyword arguments, e.g. ConSPOConfig(output_dir=..., num_generations=8, tau=0.3).")
+        super().__init__(model, reward_funcs, args, *more, **kwargs)
         G = self.num_generations
         if G < 2:
             raise ValueError("ConSPO contrasts completions of the same prompt: num_generations must be >= 2")
@@ -121,6 +223,7 @@ class ConSPOTrainer(GRPOTrainer):
         self._conspo_regrouped = None
         self._conspo_valid_counts = None
         self._conspo_scored_step = 0
+        self._conspo_no_signal = _NoSignalWatch(self.args)
 
     # ---- margin --------------------------------------------------------------------------
 
@@ -129,6 +232,9 @@ class ConSPOTrainer(GRPOTrainer):
         schedule = margin_curriculum(args.margin_schedule, start=args.margin_start, end=args.margin_end,
                                      horizon=args.margin_horizon, total_steps=self.state.max_steps)
         return schedule(int(self.state.global_step))
+
+    def _group_rule(self) -> dict:
+        return dict(positive_threshold=self.args.positive_threshold, positive_rule=self.args.positive_rule)
 
     # ---- rewards and group ids reach the loss --------------------------------------------
 
@@ -146,19 +252,34 @@ class ConSPOTrainer(GRPOTrainer):
         start = self.accelerator.process_index * n_local
         rows = torch.arange(start, start + n_local, device=rewards.device)
         output["conspo_rewards"] = rewards[rows]
-        output["conspo_row"] = rows  # global row; group id = row // num_generations
-        if self.model.training and self.conspo_group_mode == "coefficients":
-            output["conspo_coef"] = self._global_coefficients(output, rewards, rows)
+        output["conspo_row"] = rows  # global row; group id = row // group size (num_generations[_eval])
+        if self.model.training:
+            all_present = self.accelerator.gather(self._loss_mask(output).bool().any(dim=1))
+            self._watch_for_no_signal(rewards, all_present)
+            if self.conspo_group_mode == "coefficients":
+                output["conspo_coef"] = self._global_coefficients(output, rewards, rows, all_present)
         return output
 
     def _loss_mask(self, inputs) -> torch.Tensor:
+        # completion_mask is already zero for truncated completions under mask_truncated_completions (TRL), so such
+        # a completion is empty here and takes part in nothing, as the option asks.
         mask = inputs["completion_mask"]
         if "tool_mask" in inputs:
             mask = mask * inputs["tool_mask"]
         return mask * torch.isfinite(inputs["conspo_rewards"]).unsqueeze(1).to(mask.dtype)
 
+    def _watch_for_no_signal(self, all_rewards, all_present) -> None:
+        """Count optimizer steps in a row whose generation batch had no valid group, and warn after the limit."""
+        valid = contrastive_sets(torch.nan_to_num(all_rewards), all_present, self.num_generations,
+                                 **self._group_rule())[2]
+        generate_every = self.args.steps_per_generation * self.num_iterations
+        steps = max(1, generate_every // self.args.gradient_accumulation_steps)  # optimizer steps this batch feeds
+        message = self._conspo_no_signal.update(bool(valid.any()), all_rewards, steps)
+        if message and self.accelerator.is_main_process:  # every process sees the same global batch: warn once
+            warnings.warn(message, stacklevel=2)
+
     @torch.no_grad()
-    def _global_coefficients(self, output, all_rewards, rows) -> torch.Tensor:
+    def _global_coefficients(self, output, all_rewards, rows, all_present) -> torch.Tensor:
         logps = output.get("old_per_token_logps")
         if logps is None:
             input_ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
@@ -166,14 +287,13 @@ class ConSPOTrainer(GRPOTrainer):
             logps, _, _ = self._get_per_token_logps_and_entropies(
                 self.model, input_ids, attention, output["completion_ids"].size(1),
                 batch_size=self.args.per_device_train_batch_size)
-        mask = self._loss_mask({**output, "conspo_rewards": all_rewards[rows]})
+        mask = self._loss_mask(output)
         scores = sequence_scores(logps, mask, normalize_by_length=self.args.length_normalized_score)
         all_scores = self.accelerator.gather(scores)
-        all_present = self.accelerator.gather(mask.bool().any(dim=1))
         rewards = torch.nan_to_num(all_rewards, nan=0.0).to(all_scores.dtype)
         coefficients, metrics = conspo_coefficients_and_metrics(
             all_scores, rewards, self.num_generations, present=all_present, margin=self.conspo_margin(),
-            tau=self.args.tau, positive_threshold=self.args.positive_threshold)
+            tau=self.args.tau, **self._group_rule())
         for name, value in metrics.items():
             self._metrics["train"][name].append(value)
         self._conspo_scored_step = self.state.global_step
@@ -213,8 +333,8 @@ class ConSPOTrainer(GRPOTrainer):
                 merged[key] = [value[i] for i in order.tolist()]
         regrouped = split_tensor_dict(merged, self.args.steps_per_generation)
         counts = torch.tensor(
-            [count_valid_groups(self._loss_mask(s), torch.nan_to_num(s["conspo_rewards"]), G,
-                                positive_threshold=self.args.positive_threshold) for s in regrouped],
+            [count_valid_groups(self._loss_mask(s), torch.nan_to_num(s["conspo_rewards"]), G, **self._group_rule())
+             for s in regrouped],
             device=merged["conspo_row"].device, dtype=torch.float32)
         self._conspo_valid_counts = self.accelerator.reduce(counts, reduction="sum")
         return regrouped
@@ -222,32 +342,106 @@ class ConSPOTrainer(GRPOTrainer):
     # ---- the loss --------------------------------------------------------------------------
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """ConSPO's loss of this micro-batch (training: weighted so the optimizer step sums to the full-batch loss),
+        plus ``router_aux_loss_coef * aux_loss`` for MoE models exactly as GRPOTrainer adds it."""
         if return_outputs:
             raise ValueError("ConSPOTrainer does not support returning outputs")
         input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
         attention = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
-        logps, _, _ = self._get_per_token_logps_and_entropies(model, input_ids, attention, inputs["completion_ids"].size(1))
+        # aux_loss_enabled / router_aux_loss_coef are resolved by GRPOTrainer from the model and router_aux_loss_coef
+        logps, _, aux_loss = self._get_per_token_logps_and_entropies(
+            model, input_ids, attention, inputs["completion_ids"].size(1), compute_aux_loss=self.aux_loss_enabled)
         mask = self._loss_mask(inputs)
         mode = "train" if self.model.training else "eval"
+        loss = self._train_loss(logps, mask, inputs) if mode == "train" else self._eval_loss(logps, mask, inputs)
+        if self.aux_loss_enabled:
+            # The loss returned here is already scaled for gradient accumulation (GRPOTrainer.loss_is_scaled_for_ga),
+            # so the load-balancing term is divided by the accumulation steps, as GRPOTrainer does: over an optimizer
+            # step it adds coef * (mean aux loss of its micro-batches). Eval has no accumulation.
+            accumulation = self.current_gradient_accumulation_steps if mode == "train" else 1.0
+            loss = loss + self.router_aux_loss_coef * aux_loss / accumulation
+            self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(aux_loss).mean().item())
+        return loss
+
+    def _train_loss(self, logps, mask, inputs) -> torch.Tensor:
         world = self.accelerator.num_processes  # DDP / ZeRO / FSDP average gradients over processes
-        if mode == "train" and self.conspo_group_mode == "coefficients":
+        if self.conspo_group_mode == "coefficients":
             scores = sequence_scores(logps, mask, normalize_by_length=self.args.length_normalized_score)
             staleness = self.state.global_step - self._conspo_scored_step
-            self._metrics[mode]["conspo/coef_staleness_steps"].append(float(staleness))
+            self._metrics["train"]["conspo/coef_staleness_steps"].append(float(staleness))
             return coefficient_surrogate(inputs["conspo_coef"], scores) * world
         rewards = torch.nan_to_num(inputs["conspo_rewards"]).to(logps.dtype)
-        if rewards.shape[0] % self.num_generations:  # eval batches are not regrouped: report, do not train
-            return logps.sum() * 0.0
         loss, metrics = conspo_loss(logps, mask, rewards, self.num_generations, margin=self.conspo_margin(),
-                                    tau=self.args.tau, positive_threshold=self.args.positive_threshold,
-                                    normalize_by_length=self.args.length_normalized_score)
+                                    tau=self.args.tau, normalize_by_length=self.args.length_normalized_score,
+                                    **self._group_rule())
         for name, value in metrics.items():
-            self._metrics[mode][name].append(value)
-        if mode != "train":
-            return loss
+            self._metrics["train"][name].append(value)
         # weight = this slice's valid groups / all valid groups of the optimizer step (every process)
         spg, gas = self.args.steps_per_generation, self.current_gradient_accumulation_steps
         k = self._step % spg
         window = self._conspo_valid_counts[(k // gas) * gas : (k // gas) * gas + gas].sum()
-        local = count_valid_groups(mask, rewards, self.num_generations, positive_threshold=self.args.positive_threshold)
+        local = count_valid_groups(mask, rewards, self.num_generations, **self._group_rule())
         return loss * (local * world / window.clamp(min=1.0))
+
+    def _eval_loss(self, logps, mask, inputs) -> torch.Tensor:
+        """ConSPO loss of the whole eval batch, its groups of ``num_generations_eval`` completions.
+
+        TRL does not shuffle eval batches but may split a group across processes, and nothing is back-propagated, so
+        the scores of all processes are gathered and every process reports the loss of the global batch.
+        """
+        G = self.num_generations_eval
+        scores = sequence_scores(logps, mask, normalize_by_length=self.args.length_normalized_score)
+        all_rows = self.accelerator.gather(inputs["conspo_row"])
+        order = torch.argsort(all_rows)  # global row order: groups contiguous
+        all_scores = self.accelerator.gather(scores)[order]
+        all_present = self.accelerator.gather(mask.bool().any(dim=1))[order]
+        all_rewards = self.accelerator.gather(torch.nan_to_num(inputs["conspo_rewards"]))[order]
+        if all_scores.shape[0] % G:
+            warnings.warn(f"eval batch of {all_scores.shape[0]} completions is not a whole number of groups of "
+                          f"num_generations_eval={G}; its ConSPO loss is reported as 0 (make the eval batch size a "
+                          "multiple of num_generations_eval)", stacklevel=2)
+            return logps.sum() * 0.0
+        loss, metrics = conspo_loss_from_scores(all_scores, all_present, all_rewards.to(all_scores.dtype), G,
+                                                margin=self.conspo_margin(), tau=self.args.tau, **self._group_rule())
+        for name, value in metrics.items():
+            self._metrics["eval"][name].append(value)
+        return loss
+
+
+class _NoSignalWatch:
+    """Counts consecutive optimizer steps without a valid group; returns a warning once per such streak."""
+
+    def __init__(self, args: ConSPOConfig):
+        self.args = args
+        self.steps = 0
+        self.low = math.inf
+        self.high = -math.inf
+        self.warned = False
+
+    def update(self, any_valid: bool, rewards: torch.Tensor, steps: int) -> str | None:
+        if any_valid:
+            self.steps, self.low, self.high, self.warned = 0, math.inf, -math.inf, False
+            return None
+        self.steps += steps
+        finite = rewards[torch.isfinite(rewards)]
+        if finite.numel():
+            self.low, self.high = min(self.low, float(finite.min())), max(self.high, float(finite.max()))
+        limit = self.args.no_valid_group_warn_steps
+        if not limit or self.warned or self.steps < limit:
+            return None
+        self.warned = True
+        seen = f"{self.low:.4g}..{self.high:.4g}" if self.low <= self.high else "none (no completion could be scored)"
+        threshold = self.args.positive_threshold
+        rule = self.args.positive_rule
+        if rule == "threshold" and not self.low < threshold <= self.high:
+            fix = (f"with positive_rule='threshold' a completion is positive when its reward is at least "
+                   f"positive_threshold={threshold:g}, which no reward seen crosses: set positive_threshold inside "
+                   "the range of your rewards, or use positive_rule='group_mean' for graded rewards")
+        else:
+            fix = (f"under positive_rule={rule!r} every group's completions were all positive or all negative: sample "
+                   "more diverse completions (num_generations, temperature), or use a reward that separates them"
+                   + (" (positive_rule='group_mean' for graded rewards)" if rule == "threshold" else ""))
+        steps = f"{self.steps} consecutive optimizer step" + ("s" if self.steps != 1 else "")
+        return (f"ConSPO: no group has had both a positive and a negative completion for {steps}, so the loss and "
+                f"its gradient are zero. Rewards seen in these steps: {seen}; {fix}. (This warning: "
+                "no_valid_group_warn_steps.)")
