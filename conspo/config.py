@@ -45,7 +45,7 @@ class TrainConfig:
     output_dir: str = ""
     """Run directory. Empty: runs/<objective>-seed<seed>-<date-time>."""
     overwrite: bool = False
-    """Allow writing into an existing non-empty output_dir (its old files are replaced)."""
+    """Start over in an existing output_dir: the run there (its checkpoints, final/, metrics, samples, summary, plots) is deleted first; other files are left alone."""
     resume: str = ""
     """Continue a run from its directory (newest complete checkpoint) or a checkpoint-<step> directory. Its saved config is used; options given on the command line override it."""
     stop_after: int = 0
@@ -101,7 +101,9 @@ class TrainConfig:
     margin_horizon: int = 0
     """Optimizer steps to reach margin_end; 0: the whole run."""
     positive_threshold: float = 0.5
-    """A completion is positive (correct) when its reward is >= this."""
+    """A completion is positive (correct) when its reward is >= this (positive_rule `threshold`)."""
+    positive_rule: Literal["threshold", "group_mean"] = "threshold"
+    """How ConSPO picks a group's positives: `threshold` (reward at least positive_threshold) or `group_mean` (reward strictly above the mean reward of its group: for graded rewards; a group whose rewards are all equal has no positive)."""
     score: Literal["mean", "sum"] = "mean"
     """ConSPO's sequence score: `mean` token log-prob (length-normalised, the paper's) or `sum` (ablation)."""
     eps_low: float | None = None
@@ -126,6 +128,18 @@ class TrainConfig:
     """Comma-separated module names to adapt, or `all-linear` (every linear layer but the output head)."""
     lora_save: Literal["merged", "adapter"] = "merged"
     """final/: the adapter merged into the base weights (a plain transformers model), or the adapter alone (peft format)."""
+
+    # ---- generation with vLLM (--engine trl) -------------------------------------------
+    vllm_mode: Literal["none", "colocate", "server"] = "none"
+    """--engine trl: generate rollouts with vLLM (needs the vllm package and a CUDA GPU): `colocate` (inside each training process, sharing its GPU), `server` (a separate `trl vllm-serve` process), `none` (transformers generate)."""
+    vllm_gpu_memory_utilization: float = 0.3
+    """vllm_mode=colocate: fraction of each GPU's memory vLLM may take (default as in TRL; a server takes `trl vllm-serve --gpu_memory_utilization`)."""
+    vllm_tensor_parallel_size: int = 1
+    """vllm_mode=colocate: GPUs one vLLM engine spans (must divide the number of processes; a server takes `trl vllm-serve --tensor_parallel_size`)."""
+    vllm_server_host: str = "0.0.0.0"
+    """vllm_mode=server: host of the `trl vllm-serve` process."""
+    vllm_server_port: int = 8000
+    """vllm_mode=server: port of the `trl vllm-serve` process."""
 
     # ---- the tiny default base -------------------------------------------------------
     sft_steps: int = 200
@@ -157,7 +171,7 @@ class TrainConfig:
     device: str = "auto"
     """cpu, cuda, cuda:N or auto."""
     threads: int = 0
-    """torch CPU threads; 0: torch's default."""
+    """torch CPU threads; 0: 1 for the tiny model (2.5-3x faster than 2 threads when another job shares the cores, ~20% slower on an idle machine: BENCHMARKS.md section 7), torch's default (one per core) for other models."""
     progress: bool = True
     """Show a progress bar."""
 
@@ -188,6 +202,9 @@ class TrainConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 bad(name, "must be a finite number > 0")
+        if self.positive_rule != "threshold" and self.positive_threshold != TrainConfig.positive_threshold:
+            bad("positive_threshold", f"is only used by positive_rule=threshold; positive_rule={self.positive_rule} "
+                "picks positives by the group's mean reward: leave positive_threshold at its default")
         if not 0 < self.top_p <= 1:
             bad("top_p", "must be in (0, 1]")
         for name in ("weight_decay", "max_grad_norm", "beta", "sft_lr", "lora_dropout"):
@@ -203,6 +220,16 @@ class TrainConfig:
         unknown = [r for r in self.reporters() if r not in REPORTERS]
         if unknown:
             bad("report_to", f"unknown reporter(s) {unknown}; valid: {', '.join(REPORTERS)}")
+        import importlib.util
+
+        for reporter in self.reporters():  # checked before any work, not after the model is built
+            if importlib.util.find_spec(reporter) is None:
+                bad("report_to", f"needs the {reporter} package: pip install {reporter}")
+        if self.model == "tiny" and self.task != "addition":
+            # its tokenizer knows 19 characters: math prompts become <pad> runs and generation blows up memory
+            bad("task", "the tiny model (a 19-character vocabulary) trains only its own task, addition; "
+                f"--task {self.task} needs --model (a transformers model directory or hub id, e.g. Qwen/Qwen2.5-0.5B-Instruct)")
+        self._validate_device()
         if self.micro_batch_size and self.max_tokens_per_micro_batch:
             bad("max_tokens_per_micro_batch", "set either micro_batch_size or max_tokens_per_micro_batch, not both")
         if self.lora_r and self.lora_alpha < 1:
@@ -218,6 +245,20 @@ class TrainConfig:
             bad("micro_batch_size" if self.micro_batch_size else "group_mode", str(e))
         self._validate_engine()
 
+    def _validate_device(self) -> None:
+        import torch
+
+        if self.device == "auto":
+            return
+        try:
+            device = torch.device(self.device)
+        except RuntimeError as e:
+            raise ConfigError(f"invalid config: device={self.device!r}: {e}; use auto, cpu, cuda or cuda:N") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}, no GPU visible"
+            raise ConfigError(f"invalid config: device={self.device!r}: CUDA is not available (torch {torch.__version__}, "
+                              f"{build}); use --device cpu or auto")
+
     def _validate_engine(self) -> None:
         defaults = TrainConfig()
         for name, engines in ENGINE_SUPPORT.items():
@@ -231,12 +272,55 @@ class TrainConfig:
             if self.objective == "conspo" and self.beta:
                 raise ConfigError(f"invalid config: beta={self.beta!r}: ConSPO on TRL has no KL term; use --beta 0 "
                                   "or --engine native")
+            self._validate_vllm()
+
+    def _validate_vllm(self) -> None:
+        """--engine trl's vLLM options: values, options the chosen mode would ignore, and vLLM's needs (checked here,
+        before the model is loaded, rather than failing inside GRPOTrainer's constructor)."""
+
+        def bad(name, why):
+            raise ConfigError(f"invalid config: {name}={getattr(self, name)!r}: {why}")
+
+        if not 0 < self.vllm_gpu_memory_utilization <= 1:
+            bad("vllm_gpu_memory_utilization", "must be in (0, 1]")
+        if self.vllm_tensor_parallel_size < 1:
+            bad("vllm_tensor_parallel_size", "must be >= 1")
+        if not 0 < self.vllm_server_port < 65536:
+            bad("vllm_server_port", "must be a TCP port (1-65535)")
+        defaults = TrainConfig()
+        # TRL silently ignores each of these outside its mode; refused so a run never differs from what was asked
+        for name, mode, elsewhere in (
+                ("vllm_gpu_memory_utilization", "colocate", "the server takes `trl vllm-serve --gpu_memory_utilization`"),
+                ("vllm_tensor_parallel_size", "colocate", "the server takes `trl vllm-serve --tensor_parallel_size`"),
+                ("vllm_server_host", "server", "colocate mode runs vLLM inside each training process"),
+                ("vllm_server_port", "server", "colocate mode runs vLLM inside each training process")):
+            if self.vllm_mode != mode and getattr(self, name) != getattr(defaults, name):
+                bad(name, f"is only used with --vllm-mode {mode}, not {self.vllm_mode}: "
+                    + (f"add --vllm-mode {mode}" if self.vllm_mode == "none" else elsewhere))
+        if self.vllm_mode == "none":
+            return
+        import importlib.util
+
+        import torch
+
+        if self.device == "cpu" or not torch.cuda.is_available():
+            why = "device='cpu'" if self.device == "cpu" else f"no CUDA GPU is visible to torch {torch.__version__}"
+            bad("vllm_mode", f"vLLM generates on CUDA GPUs and {why}: run on a GPU machine with --device auto or "
+                "cuda, or use --vllm-mode none")
+        if importlib.util.find_spec("vllm") is None:
+            bad("vllm_mode", "needs the vllm package, which is not installed: pip install 'vllm>=0.22,<=0.31' "
+                "(the versions TRL 1.16 supports), or use --vllm-mode none")
 
     def objective_settings(self, *, margin: float, max_new_tokens: int) -> dict:
         """Every objective option this config sets; ``Objective.options`` keeps those its loss takes."""
         return dict(margin=margin, tau=self.tau, positive_threshold=self.positive_threshold,
-                    normalize_by_length=self.score == "mean", eps_low=self.eps_low, eps_high=self.eps_high,
+                    positive_rule=self.positive_rule, normalize_by_length=self.score == "mean",
+                    eps_low=self.eps_low, eps_high=self.eps_high,
                     max_completion_length=max_new_tokens)  # Dr.GRPO's L_max is the generation limit, as in TRL
+
+    def cpu_threads(self) -> int:
+        """torch CPU threads for this run (``threads``; 0 picks per model, see its help), 0: leave torch's default."""
+        return self.threads or (1 if self.model == "tiny" else 0)
 
     def reporters(self) -> list[str]:
         return [r.strip() for r in self.report_to.split(",") if r.strip() and r.strip() != "none"]
@@ -245,18 +329,22 @@ class TrainConfig:
 #: Which engines honour each option (every TrainConfig field is listed; tests/test_config.py checks it).
 _BOTH = ("native", "trl")
 _NATIVE = ("native",)
+_TRL = ("trl",)
 ENGINE_SUPPORT: dict[str, tuple[str, ...]] = {
     **{f: _BOTH for f in (
         "objective", "model", "task", "train_data", "eval_data", "data_dir", "prompt_template", "answer_extraction", "engine", "seed",
         "output_dir", "overwrite", "steps", "prompts_per_step", "group_size", "max_new_tokens", "temperature",
         "top_p", "updates_per_batch", "group_mode", "lr", "lr_warmup_steps", "weight_decay", "max_grad_norm",
-        "tau", "margin_schedule", "margin_start", "margin_end", "margin_horizon", "positive_threshold", "score",
+        "tau", "margin_schedule", "margin_start", "margin_end", "margin_horizon", "positive_threshold",
+        "positive_rule", "score",
         "eps_low", "eps_high", "beta", "gradient_checkpointing", "mixed_precision", "lora_r", "lora_alpha",
         "lora_dropout", "lora_target_modules", "lora_save", "sft_steps", "sft_seed", "sft_lr", "sft_batch_size", "cache_dir",
         "eval_every", "eval_size", "report_to", "dtype", "device", "threads", "progress")},
     **{f: _NATIVE for f in (
         "resume", "stop_after", "micro_batch_size", "max_tokens_per_micro_batch", "dynamic_sampling", "dynamic_oversample", "max_consecutive_skips",
         "log_samples_every", "save_every", "keep_checkpoints")},
+    **{f: _TRL for f in (
+        "vllm_mode", "vllm_gpu_memory_utilization", "vllm_tensor_parallel_size", "vllm_server_host", "vllm_server_port")},
 }
 
 #: What to do instead, for each option an engine does not honour.
@@ -273,6 +361,9 @@ ENGINE_HINTS: dict[str, str] = {
     "log_samples_every": "TRL logs completions through its own log_completions option (examples/trl/)",
     "save_every": "--engine trl saves no intermediate checkpoints yet (final/ only); use --engine native",
     "keep_checkpoints": "--engine trl saves no intermediate checkpoints yet (final/ only); use --engine native",
+    **{f: "vLLM generation goes through TRL: use --engine trl (the native trainer generates with transformers)"
+       for f in ("vllm_mode", "vllm_gpu_memory_utilization", "vllm_tensor_parallel_size", "vllm_server_host",
+                 "vllm_server_port")},
 }
 
 
@@ -283,6 +374,7 @@ HELP_SECTIONS = (
     ("optimisation", "lr"),
     ("objective options", "tau"),
     ("memory, precision, LoRA", "gradient_checkpointing"),
+    ("generation with vLLM (--engine trl)", "vllm_mode"),
     ("the tiny default base", "sft_steps"),
     ("evaluation, logging, checkpoints, hardware", "eval_every"),
 )

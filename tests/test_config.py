@@ -6,11 +6,12 @@ import pathlib
 import typing
 
 import pytest
+import torch
 
 from conspo.config import ENGINE_HINTS, ENGINE_SUPPORT, TrainConfig
 from conspo.errors import ConfigError
 from conspo.integrations.trl_engine import trl_arguments
-from conspo.objectives import GROUP_MODES, OBJECTIVES, get_objective
+from conspo.objectives import GROUP_MODES, OBJECTIVES, POSITIVE_RULES, get_objective
 from conspo.schedules import MARGIN_SCHEDULES
 
 FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]
@@ -38,21 +39,30 @@ def _other_value(name):
 def test_every_field_is_classified_for_both_engines():
     assert sorted(ENGINE_SUPPORT) == sorted(FIELDS), "a new TrainConfig field must say which engines honour it"
     for name, engines in ENGINE_SUPPORT.items():
-        assert "native" in engines, f"{name}: the native engine honours every option"
-        if "trl" not in engines:
-            assert ENGINE_HINTS.get(name), f"{name}: say what to do instead with --engine trl"
+        assert engines, f"{name}: no engine honours it"
+        for engine in {"native", "trl"} - set(engines):
+            assert ENGINE_HINTS.get(name), f"{name}: say what to do instead with --engine {engine}"
 
 
 @pytest.mark.parametrize("name", FIELDS)
-def test_option_is_honoured_or_refused_by_each_engine(name):
+def test_option_is_honoured_or_refused_by_each_engine(name, monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec  # reporters' packages, vLLM and a GPU need not be here for this walk
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: object() if n in ("tensorboard", "wandb", "vllm") else real_find_spec(n, *a))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     value = _other_value(name)
     for engine in ("native", "trl"):
         objective = "grpo" if name == "beta" else "conspo"
         cfg = dataclasses.replace(TrainConfig(engine=engine, objective=objective), **{name: value})
+        if name == "task":  # the tiny model trains only addition
+            cfg = dataclasses.replace(cfg, model="some/model")
         if name == "objective":
             cfg = dataclasses.replace(cfg, objective=value)
         if name == "engine":
             continue
+        if engine == "trl" and name.startswith("vllm_") and name != "vllm_mode":  # each is used in one mode only
+            cfg = dataclasses.replace(cfg, vllm_mode="server" if name.startswith("vllm_server") else "colocate")
         if engine in ENGINE_SUPPORT[name]:
             if name == "micro_batch_size" or name == "group_size":
                 cfg = dataclasses.replace(cfg, group_size=4)
@@ -67,8 +77,9 @@ def test_option_is_honoured_or_refused_by_each_engine(name):
 TRL_ARG_FIELDS = ["steps", "prompts_per_step", "group_size", "max_new_tokens", "temperature", "top_p",
                   "updates_per_batch", "lr", "lr_warmup_steps", "weight_decay", "max_grad_norm", "seed", "report_to",
                   "progress", "tau", "margin_schedule", "margin_start", "margin_end", "margin_horizon",
-                  "positive_threshold", "score", "group_mode", "objective", "gradient_checkpointing",
-                  "mixed_precision"]
+                  "positive_threshold", "positive_rule", "score", "group_mode", "objective", "gradient_checkpointing",
+                  "mixed_precision", "vllm_mode", "vllm_gpu_memory_utilization", "vllm_tensor_parallel_size",
+                  "vllm_server_host", "vllm_server_port"]
 
 
 @pytest.mark.parametrize("name", TRL_ARG_FIELDS)
@@ -113,6 +124,14 @@ def test_literal_choices_match_the_registries():
     assert typing.get_args(hints["objective"]) == tuple(OBJECTIVES)
     assert typing.get_args(hints["group_mode"]) == GROUP_MODES
     assert typing.get_args(hints["margin_schedule"]) == MARGIN_SCHEDULES
+    assert typing.get_args(hints["positive_rule"]) == POSITIVE_RULES
+
+
+def test_positive_rule_reaches_the_objective_and_a_threshold_it_ignores_is_refused():
+    settings = TrainConfig(positive_rule="group_mean").objective_settings(margin=0.0, max_new_tokens=4)
+    assert get_objective("conspo").options(settings)["positive_rule"] == "group_mean"
+    with pytest.raises(ConfigError, match="positive_threshold=0.7: is only used by positive_rule=threshold"):
+        TrainConfig(positive_rule="group_mean", positive_threshold=0.7).validate()
 
 
 def test_trl_refuses_float16_and_conspo_kl():
@@ -120,6 +139,78 @@ def test_trl_refuses_float16_and_conspo_kl():
         TrainConfig(engine="trl", dtype="float16").validate()
     with pytest.raises(ConfigError, match="beta"):
         TrainConfig(engine="trl", beta=0.1).validate()
+
+
+@pytest.mark.parametrize("objective", ["conspo", "grpo"])
+def test_vllm_options_reach_trls_config(tmp_path, objective):
+    """vLLM cannot run here: the options are checked where TRL reads them, in the built ConSPOConfig / GRPOConfig."""
+    pytest.importorskip("trl")
+    from trl import GRPOConfig
+
+    from conspo.integrations.trl import ConSPOConfig
+
+    config_class = ConSPOConfig if objective == "conspo" else GRPOConfig
+
+    def built(**options):
+        cfg = TrainConfig(engine="trl", objective=objective, **options)
+        return config_class(**trl_arguments(cfg, max_new_tokens=8, output_dir=str(tmp_path), use_cpu=True, bf16=False))
+
+    off = built()
+    assert not off.use_vllm
+    colocate = built(vllm_mode="colocate", vllm_gpu_memory_utilization=0.55, vllm_tensor_parallel_size=2)
+    assert (colocate.use_vllm, colocate.vllm_mode, colocate.vllm_gpu_memory_utilization,
+            colocate.vllm_tensor_parallel_size) == (True, "colocate", 0.55, 2)
+    server = built(vllm_mode="server", vllm_server_host="10.0.0.7", vllm_server_port=8123)
+    assert (server.use_vllm, server.vllm_mode, server.vllm_server_host, server.vllm_server_port) == (
+        True, "server", "10.0.0.7", 8123)
+    defaults = {f.name: f.default for f in dataclasses.fields(GRPOConfig)}  # ours are TRL's defaults
+    for name in ("vllm_gpu_memory_utilization", "vllm_tensor_parallel_size", "vllm_server_host", "vllm_server_port"):
+        assert getattr(TrainConfig(), name) == defaults[name] == getattr(off, name), name
+
+
+def _vllm_error(monkeypatch, *, gpu, package, **options):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: (object() if package else None) if n == "vllm"
+                        else real_find_spec(n, *a))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    with pytest.raises(ConfigError) as error:
+        TrainConfig(engine="trl", **options).validate()
+    message = str(error.value)
+    assert "\n" not in message
+    return message
+
+
+def test_vllm_without_a_gpu_or_the_package_is_refused_with_the_fix(monkeypatch):
+    message = _vllm_error(monkeypatch, gpu=False, package=True, vllm_mode="colocate")
+    assert message.startswith("invalid config: vllm_mode='colocate': vLLM generates on CUDA GPUs and no CUDA GPU")
+    assert "--vllm-mode none" in message
+    message = _vllm_error(monkeypatch, gpu=True, package=True, vllm_mode="server", device="cpu")
+    assert "vllm_mode='server'" in message and "device='cpu'" in message
+    message = _vllm_error(monkeypatch, gpu=True, package=False, vllm_mode="server")
+    assert message.startswith("invalid config: vllm_mode='server': needs the vllm package")
+    assert "pip install 'vllm" in message and "--vllm-mode none" in message
+
+
+@pytest.mark.parametrize("options,expected", [
+    (dict(vllm_server_port=9000), "vllm_server_port=9000: is only used with --vllm-mode server, not none: add --vllm-mode server"),
+    (dict(vllm_mode="colocate", vllm_server_host="h"), "vllm_server_host='h': is only used with --vllm-mode server, not colocate"),
+    (dict(vllm_mode="server", vllm_tensor_parallel_size=2), "vllm_tensor_parallel_size=2: is only used with --vllm-mode colocate, not server: the server takes `trl vllm-serve --tensor_parallel_size`"),
+    (dict(vllm_mode="colocate", vllm_gpu_memory_utilization=1.5), "vllm_gpu_memory_utilization=1.5: must be in (0, 1]"),
+    (dict(vllm_mode="server", vllm_server_port=0), "vllm_server_port=0: must be a TCP port"),
+])
+def test_vllm_option_outside_its_mode_or_range_is_refused(monkeypatch, options, expected):
+    assert expected in _vllm_error(monkeypatch, gpu=True, package=True, **options)
+
+
+def test_the_real_environment_without_vllm_gives_the_one_line_error():
+    import importlib.util
+
+    if torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM and a GPU are here: nothing to refuse")
+    with pytest.raises(ConfigError, match=r"^invalid config: vllm_mode='colocate': .*--vllm-mode none"):
+        TrainConfig(engine="trl", vllm_mode="colocate").validate()
 
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "conspo"
@@ -134,7 +225,8 @@ def _imports(path):
 
 def test_no_module_imports_another_modules_private_names():
     offenders = [f"{p.relative_to(PACKAGE.parent)}: from {m} import {n}" for p in PACKAGE.rglob("*.py")
-                 for m, names, _ in _imports(p) for n in names if n.startswith("_")]
+                 for m, names, _ in _imports(p) for n in names
+                 if n.startswith("_") and not (n.startswith("__") and n.endswith("__"))]  # __version__ is public
     assert not offenders, offenders
 
 
@@ -165,7 +257,8 @@ def test_each_rule_is_written_once():
         return sorted(str(p.relative_to(PACKAGE)) for p, text in sources.items() if pattern in text)
 
     assert where(">= positive_threshold") == ["objectives.py"]
-    assert where("< positive_threshold") == ["objectives.py"]
+    assert where("> group_mean") == ["objectives.py"]
+    assert where("GRPO_ONLY_OPTIONS: dict") == ["integrations/trl.py"]
     assert where("% group_size != 0") == ["objectives.py"]
     assert where("eps_high: float = 0.28") == ["objectives.py"]
     assert where("epsilon_high=0.28") == [] and where("epsilon=3e-4") == []

@@ -5,22 +5,30 @@ matching ``loss_type``. One generation batch = one optimizer step (``prompts_per
 group_size`` rows per device, no gradient accumulation), as in our own trainer. Outputs use
 the same layout (metrics.jsonl with our metric names next to TRL's, summary.json, final/).
 
-Differences to keep in mind when comparing with ``--engine native``: TRL divides logits by the
-sampling temperature when it computes log-probs, so ConSPO's scores are tempered there; its
-generation and sampler RNG differ from ours, so runs are comparable in distribution, not row
-for row.
+Both engines score log-probs of logits divided by the sampling temperature (the distribution
+the rollouts were drawn from). TRL's generation and sampler RNG differ from ours, so runs are
+comparable in distribution, not row for row.
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 
 from conspo.config import TrainConfig
 from conspo.errors import ConfigError
 from conspo.heldout import evaluate_greedy
 from conspo.objectives import get_objective
 from conspo.reporting import MetricsWriter
-from conspo.run import finish_run, load_model, make_task, prepare_run_dir, resolve_device_dtype, write_config
+from conspo.run import (
+    finish_run,
+    load_model,
+    make_task,
+    prepare_run_dir,
+    remove_if_empty,
+    resolve_device_dtype,
+    write_config,
+)
 
 
 #: TRL's loss_type and options for each baseline objective; clip ranges come from the objective's own
@@ -48,11 +56,17 @@ def trl_arguments(cfg: TrainConfig, *, max_new_tokens: int, output_dir: str, use
         report_to=cfg.reporters() or [], use_cpu=use_cpu, bf16=bf16 or cfg.mixed_precision == "bf16",
         gradient_checkpointing=cfg.gradient_checkpointing, disable_tqdm=not cfg.progress,
         num_iterations=cfg.updates_per_batch,
+        # vLLM: TRL's own options under the same names; TRL reads each only in its mode (validate() refuses the rest)
+        use_vllm=cfg.vllm_mode != "none", vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+        vllm_tensor_parallel_size=cfg.vllm_tensor_parallel_size, vllm_server_host=cfg.vllm_server_host,
+        vllm_server_port=cfg.vllm_server_port,
+        **({"vllm_mode": cfg.vllm_mode} if cfg.vllm_mode != "none" else {}),
     )
     if cfg.objective == "conspo":
         return {**args, "beta": 0.0, "tau": cfg.tau, "margin_schedule": cfg.margin_schedule,
                 "margin_start": cfg.margin_start, "margin_end": cfg.margin_end, "margin_horizon": cfg.margin_horizon,
-                "positive_threshold": cfg.positive_threshold, "length_normalized_score": cfg.score == "mean",
+                "positive_threshold": cfg.positive_threshold, "positive_rule": cfg.positive_rule,
+                "length_normalized_score": cfg.score == "mean",
                 "group_mode": cfg.group_mode}
     clip = get_objective(cfg.objective).option_defaults
     return {**args, "beta": cfg.beta, **TRL_LOSS_OPTIONS[cfg.objective],
@@ -79,13 +93,14 @@ def train_with_trl(cfg: TrainConfig, *, log=print) -> dict:
     try:
         from datasets import Dataset
         from transformers import TrainerCallback
+        from transformers.trainer_callback import PrinterCallback, ProgressCallback
         from trl import GRPOConfig, GRPOTrainer
 
         from conspo.integrations.trl import ConSPOConfig, ConSPOTrainer
     except ImportError as e:
         raise ConfigError(f"--engine trl needs TRL and datasets ({e}): pip install 'conspo[trl]'") from e
 
-    run_dir = prepare_run_dir(cfg)
+    run_dir = prepare_run_dir(cfg, log=log)
     device, dtype = resolve_device_dtype(cfg)
     torch.manual_seed(cfg.seed)
     task = make_task(cfg)
@@ -127,11 +142,35 @@ def train_with_trl(cfg: TrainConfig, *, log=print) -> dict:
                 metrics["heldout/accuracy"] = result.accuracy
             writer.write(step, metrics)
 
-    trainer = trainer_class(model=model, reward_funcs=task_reward, args=args, processing_class=tokenizer,
-                            train_dataset=dataset, callbacks=[Mirror()], peft_config=trl_peft_config(cfg))
-    started = time.time()
-    trainer.train()
+    class Progress(TrainerCallback):
+        """Our progress bar (reward, held-out accuracy) instead of TRL's per-step dict of ~27 metrics."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=cfg.steps, desc=f"{cfg.objective} (trl)", unit="step", disable=not cfg.progress,
+                            dynamic_ncols=True)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "reward" in logs:
+                self.bar.set_postfix(reward=f"{logs['reward']:.2f}", refresh=False)
+                self.bar.update(state.global_step - self.bar.n)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.bar.close()
+
+    with warnings.catch_warnings():
+        # TRL/transformers deprecation notices about options this adapter sets on the user's behalf
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        trainer = trainer_class(model=model, reward_funcs=task_reward, args=args, processing_class=tokenizer,
+                                train_dataset=dataset, callbacks=[Mirror(), Progress()], peft_config=trl_peft_config(cfg))
+        for printer in (PrinterCallback, ProgressCallback):  # they print every log dict; Progress replaces them
+            trainer.remove_callback(printer)
+        started = time.time()
+        trainer.train()
     wall = time.time() - started
     writer.close()
+    remove_if_empty(run_dir / "trl")  # TRL's output_dir; nothing is saved there unless a reporter writes logs
     return finish_run(cfg, run_dir, trainer.model, tokenizer, accuracy_before=before.accuracy, wall=wall,
                       skipped_steps=0, engine="trl", log=log)
