@@ -27,22 +27,25 @@ from pathlib import Path
 
 import torch
 
-from conspo.checkpoint import find_checkpoint, load_checkpoint
+from conspo.checkpoint import load_checkpoint
 from conspo.config import TrainConfig
 from conspo.heldout import evaluate_greedy
 from conspo.objectives import get_objective
 from conspo.reporting import MetricsWriter
 from conspo.rollout import Rollouts, generate, token_logprobs
-from conspo.errors import RunError
+from conspo.errors import Interrupted, RunError
 from conspo.run import (
+    checkpoint_to_resume,
     finish_run,
     load_model,
     make_task,
     precision,
     prepare_for_training,
+    new_run_id,
     prepare_run_dir,
     resolve_device_dtype,
     save_run_checkpoint,
+    StopRequest,
     what_is_intact,
     write_config,
 )
@@ -97,7 +100,7 @@ def train(cfg: TrainConfig, *, log=print) -> dict:
     ``cfg`` is validated, and for a resumed run already merged with its saved config
     (``conspo.run.merge_resumed_config``; the CLI does both).
     """
-    run_dir = prepare_run_dir(cfg)
+    run_dir = prepare_run_dir(cfg, log=log)
     device, dtype = resolve_device_dtype(cfg)
     torch.manual_seed(cfg.seed)
     py_rng = random.Random(cfg.seed)
@@ -115,17 +118,17 @@ def train(cfg: TrainConfig, *, log=print) -> dict:
                                   horizon=cfg.margin_horizon, total_steps=cfg.steps)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    ref_logprobs = reference_policy(model, cfg.beta)
+    ref_logprobs = reference_policy(model, cfg.beta, temperature=cfg.temperature)
 
     def heldout_eval():
         with autocast:
             return evaluate_greedy(model, tokenizer, task, heldout, max_new_tokens=max_new_tokens)[0]
 
-    start_step, wall_before, skipped_total = 0, 0.0, 0
+    start_step, wall_before, skipped_total, run_id = 0, 0.0, 0, new_run_id()
     if cfg.resume:
-        checkpoint = find_checkpoint(cfg.resume)
+        checkpoint = checkpoint_to_resume(cfg.resume)
         state = load_checkpoint(checkpoint, model, optimizer, py_rng)
-        start_step, wall_before = state["step"], state["wall_seconds"]
+        start_step, wall_before, run_id = state["step"], state["wall_seconds"], state.get("run_id") or run_id
         accuracy_before, skipped_total = state["heldout_accuracy_before"], state["skipped_steps"]
         log(f"resumed from {checkpoint} at step {start_step}")
     else:
@@ -134,8 +137,8 @@ def train(cfg: TrainConfig, *, log=print) -> dict:
     write_config(run_dir, cfg)
 
     def save(step: int, wall: float) -> None:
-        save_run_checkpoint(run_dir, step, model, optimizer, py_rng, cfg, heldout_accuracy_before=accuracy_before,
-                            wall_seconds=wall, skipped_steps=skipped_total)
+        save_run_checkpoint(run_dir, step, model, optimizer, py_rng, cfg, run_id=run_id,
+                            heldout_accuracy_before=accuracy_before, wall_seconds=wall, skipped_steps=skipped_total)
     writer = MetricsWriter(run_dir, cfg.reporters(), asdict(cfg), resume_step=start_step if cfg.resume else None)
     if not cfg.resume:
         writer.write(0, {"heldout/accuracy": accuracy_before})
@@ -146,88 +149,97 @@ def train(cfg: TrainConfig, *, log=print) -> dict:
     bar = _progress(cfg, start_step, end_step)
     started = time.time()
     consecutive_skips, warned_truncation, accuracy = 0, False, None
-    for step in range(start_step, end_step):
-        t0 = time.perf_counter()
-        model.train()
-        with autocast:
-            problems, rollouts, rewards = _sample_batch(cfg, task, model, tokenizer, py_rng, max_new_tokens)
-        t_gen = time.perf_counter()
-        metrics = _batch_metrics(rewards, rollouts, cfg.group_size)
-        if hasattr(task, "last_score_metrics"):
-            metrics.update(task.last_score_metrics())
-        options = objective.options(cfg.objective_settings(margin=margin_at(step), max_new_tokens=max_new_tokens))
-        old_logps = None
-        if cfg.updates_per_batch > 1 and objective.uses_old_logps:  # the sampling policy's, for ratios on reuse
-            batches = micro_batches(rollouts, cfg.group_size, micro_batch_size=cfg.micro_batch_size,
-                                    max_tokens=cfg.max_tokens_per_micro_batch, split_groups=True)
+    with StopRequest(log) as stop:  # Ctrl-C: finish the step, checkpoint, stop
+        for step in range(start_step, end_step):
+            t0 = time.perf_counter()
+            model.train()
             with autocast:
-                old_logps = batch_token_logprobs(model, rollouts, batches)
-        for update in range(cfg.updates_per_batch):
-            for group in optimizer.param_groups:
-                group["lr"] = _lr_at(cfg, step)
-            optimizer.zero_grad(set_to_none=True)
-            with autocast:
-                objective_metrics = accumulate_gradients(
-                    model, cfg.objective, rollouts, rewards, cfg.group_size, options,
-                    micro_batch_size=cfg.micro_batch_size, max_tokens_per_micro_batch=cfg.max_tokens_per_micro_batch,
-                    group_mode=cfg.group_mode, old_token_logps=old_logps, ref_logprobs=ref_logprobs, beta=cfg.beta)
-            norm = grad_norm(model, cfg.max_grad_norm)
-            finite = math.isfinite(norm) and math.isfinite(objective_metrics["objective/loss"])
-            if finite:
-                optimizer.step()
-                consecutive_skips = 0
-            else:  # weights and optimizer state stay as they were
+                problems, rollouts, rewards = _sample_batch(cfg, task, model, tokenizer, py_rng, max_new_tokens)
+            t_gen = time.perf_counter()
+            metrics = _batch_metrics(rewards, rollouts, cfg.group_size)
+            if hasattr(task, "last_score_metrics"):
+                metrics.update(task.last_score_metrics())
+            options = objective.options(cfg.objective_settings(margin=margin_at(step), max_new_tokens=max_new_tokens))
+            old_logps = None
+            if cfg.updates_per_batch > 1 and objective.uses_old_logps:  # the sampling policy's, for ratios on reuse
+                batches = micro_batches(rollouts, cfg.group_size, micro_batch_size=cfg.micro_batch_size,
+                                        max_tokens=cfg.max_tokens_per_micro_batch, split_groups=True)
+                with autocast:
+                    old_logps = batch_token_logprobs(model, rollouts, batches, temperature=cfg.temperature)
+            for update in range(cfg.updates_per_batch):
+                for group in optimizer.param_groups:
+                    group["lr"] = _lr_at(cfg, step)
                 optimizer.zero_grad(set_to_none=True)
-                consecutive_skips += 1
-                skipped_total += 1
-                log(f"step {step + 1}: non-finite loss or gradient (loss={objective_metrics['objective/loss']}, "
-                    f"grad norm={norm}); step skipped ({consecutive_skips} in a row)")
-                if consecutive_skips >= cfg.max_consecutive_skips:
-                    raise RunError(f"{consecutive_skips} consecutive non-finite steps: stopping. Lower the learning "
-                                       f"rate or check the rewards; the last checkpoint in {run_dir} is intact.")
-        metrics.update(objective_metrics)
-        metrics.update({"objective/grad_norm": norm, "train/lr": _lr_at(cfg, step),
-                        "train/skipped_steps": skipped_total})
-        t_train = time.perf_counter()
-        metrics.update({"time/generate_s": t_gen - t0, "time/train_s": t_train - t_gen, "time/step_s": t_train - t0})
+                with autocast:
+                    objective_metrics = accumulate_gradients(
+                        model, cfg.objective, rollouts, rewards, cfg.group_size, options,
+                        micro_batch_size=cfg.micro_batch_size, max_tokens_per_micro_batch=cfg.max_tokens_per_micro_batch,
+                        group_mode=cfg.group_mode, old_token_logps=old_logps, ref_logprobs=ref_logprobs, beta=cfg.beta,
+                        temperature=cfg.temperature)  # score what was sampled: logits / T, as TRL and verl
+                norm = grad_norm(model, cfg.max_grad_norm)
+                finite = math.isfinite(norm) and math.isfinite(objective_metrics["objective/loss"])
+                if finite:
+                    optimizer.step()
+                    consecutive_skips = 0
+                else:  # weights and optimizer state stay as they were
+                    optimizer.zero_grad(set_to_none=True)
+                    consecutive_skips += 1
+                    skipped_total += 1
+                    log(f"step {step + 1}: non-finite loss or gradient (loss={objective_metrics['objective/loss']}, "
+                        f"grad norm={norm}); step skipped ({consecutive_skips} in a row)")
+                    if consecutive_skips >= cfg.max_consecutive_skips:
+                        raise RunError(f"{consecutive_skips} consecutive non-finite steps: stopping. Lower the learning "
+                                           f"rate or check the rewards; the last checkpoint in {run_dir} is intact.")
+            metrics.update(objective_metrics)
+            metrics.update({"objective/grad_norm": norm, "train/lr": _lr_at(cfg, step),
+                            "train/skipped_steps": skipped_total})
+            t_train = time.perf_counter()
+            metrics.update({"time/generate_s": t_gen - t0, "time/train_s": t_train - t_gen, "time/step_s": t_train - t0})
 
-        done = step + 1
-        if cfg.eval_every and done % cfg.eval_every == 0 or done == cfg.steps:
-            result = heldout_eval()
-            accuracy = result.accuracy
-            metrics.update({"heldout/accuracy": accuracy, "heldout/truncated_frac": result.truncated_frac})
-        try:
-            if cfg.log_samples_every and done % cfg.log_samples_every == 0:
-                _write_samples(run_dir, done, problems[0], rollouts, rewards, cfg.group_size)
-            writer.write(done, metrics)
-        except OSError as e:  # e.g. disk full: say what is intact instead of a bare traceback
-            raise RunError(f"could not write the logs of step {done} in {run_dir}: {e}. {what_is_intact(run_dir)}") from e
-        if not warned_truncation and metrics["gen/truncated_frac"] > 0.5 and done >= 5:
-            warned_truncation = True
-            log(f"WARNING step {done}: {metrics['gen/truncated_frac']:.0%} of completions hit max_new_tokens="
-                f"{max_new_tokens} without EOS. Truncated completions usually score 0 and the run may learn "
-                "nothing: raise --max-new-tokens or check the prompt template.")
-        bar.set_postfix(reward=f"{metrics['reward/mean']:.2f}",
-                        acc="-" if accuracy is None else f"{accuracy:.2f}", refresh=False)
-        bar.update(1)
-        if cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps:
-            save(done, wall_before + time.time() - started)
+            done = step + 1
+            if cfg.eval_every and done % cfg.eval_every == 0 or done == cfg.steps:
+                result = heldout_eval()
+                accuracy = result.accuracy
+                metrics.update({"heldout/accuracy": accuracy, "heldout/truncated_frac": result.truncated_frac})
+            try:
+                if cfg.log_samples_every and done % cfg.log_samples_every == 0:
+                    _write_samples(run_dir, done, problems[0], rollouts, rewards, cfg.group_size)
+                writer.write(done, metrics)
+            except OSError as e:  # e.g. disk full: say what is intact instead of a bare traceback
+                raise RunError(f"could not write the logs of step {done} in {run_dir}: {e}. {what_is_intact(run_dir)}") from e
+            if not warned_truncation and metrics["gen/truncated_frac"] > 0.5 and done >= 5:
+                warned_truncation = True
+                log(f"WARNING step {done}: {metrics['gen/truncated_frac']:.0%} of completions hit max_new_tokens="
+                    f"{max_new_tokens} without EOS. Truncated completions usually score 0 and the run may learn "
+                    "nothing: raise --max-new-tokens or check the prompt template.")
+            bar.set_postfix(reward=f"{metrics['reward/mean']:.2f}",
+                            acc="-" if accuracy is None else f"{accuracy:.2f}", refresh=False)
+            bar.update(1)
+            if cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps:
+                save(done, wall_before + time.time() - started)
+            if stop.requested:
+                end_step = done
+                break
     bar.close()
     writer.close()
     wall = wall_before + time.time() - started
-    if end_step < cfg.steps:  # stopped early on purpose: checkpoint so --resume continues from here
+    if end_step < cfg.steps:  # stopped early (--stop-after or Ctrl-C): checkpoint so --resume continues from here
         save(end_step, wall)
-        log(f"stopped after step {end_step} of {cfg.steps}; continue with: conspo train --resume {run_dir}")
+        where = f"step {end_step} of {cfg.steps}; checkpoint-{end_step} saved; continue with: conspo train --resume {run_dir}"
+        if stop.requested:
+            raise Interrupted(f"interrupted after {where}")
+        log(f"stopped after {where}")
         return {"objective": cfg.objective, "steps": end_step, "stopped_early": True}
     save(cfg.steps, wall)
     return finish_run(cfg, run_dir, model, tokenizer, accuracy_before=accuracy_before, wall=wall,
-                      skipped_steps=skipped_total, engine="native", log=log)
+                      skipped_steps=skipped_total, engine="native", log=log, run_id=run_id)
 
 
 
 
-def reference_policy(model, beta: float):
-    """``rollouts -> token log-probs`` of the KL reference (the initial policy), or None when beta is 0.
+def reference_policy(model, beta: float, *, temperature: float = 1.0):
+    """``rollouts -> token log-probs`` (logits / temperature) of the KL reference (the initial policy),
+    or None when beta is 0.
 
     LoRA: the base with the adapter switched off (no second copy of the model); otherwise a frozen copy.
     """
@@ -238,13 +250,13 @@ def reference_policy(model, beta: float):
     if is_lora(model):
         def adapter_off(rollouts):
             with model.disable_adapter():
-                return token_logprobs(model, rollouts)
+                return token_logprobs(model, rollouts, temperature=temperature)
 
         return adapter_off
     import copy
 
     frozen = copy.deepcopy(model).eval().requires_grad_(False)
-    return lambda rollouts: token_logprobs(frozen, rollouts)
+    return lambda rollouts: token_logprobs(frozen, rollouts, temperature=temperature)
 
 
 def _write_samples(run_dir: Path, step: int, problem, rollouts: Rollouts, rewards, group_size: int) -> None:

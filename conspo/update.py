@@ -87,12 +87,12 @@ def micro_batches(rollouts: Rollouts, group_size: int, *, micro_batch_size: int 
 
 
 @torch.no_grad()
-def batch_token_logprobs(model, rollouts: Rollouts, batches: list[torch.Tensor]) -> torch.Tensor:
-    """(B, Tc) token log-probs of every row without gradient, micro-batch by micro-batch (for the
-    sampling policy's log-probs when a batch is reused); columns past a row's completion are 0."""
+def batch_token_logprobs(model, rollouts: Rollouts, batches: list[torch.Tensor], *, temperature: float = 1.0) -> torch.Tensor:
+    """(B, Tc) token log-probs (logits / ``temperature``) of every row without gradient, micro-batch by
+    micro-batch (the sampling policy's log-probs when a batch is reused); columns past a row's completion are 0."""
     out = torch.zeros(rollouts.completion_mask.shape, dtype=torch.float32)
     for rows in batches:
-        logps = token_logprobs(model, without_padding(rollouts.rows(rows)))
+        logps = token_logprobs(model, without_padding(rollouts.rows(rows)), temperature=temperature)
         out = out.to(torch.promote_types(out.dtype, logps.dtype))
         out[rows, : logps.shape[1]] = logps.to(out.dtype)
     return out
@@ -112,6 +112,7 @@ def accumulate_gradients(
     old_token_logps: torch.Tensor | None = None,
     ref_logprobs=None,
     beta: float = 0.0,
+    temperature: float = 1.0,
 ) -> dict:
     """Back-propagate the objective's full-batch loss (``.grad`` accumulates); return its metrics.
 
@@ -119,7 +120,8 @@ def accumulate_gradients(
     ``micro_batch_size`` rows, or as many rows as fit ``max_tokens_per_micro_batch`` padded
     tokens (each padded only to its own longest row). With ``beta > 0`` a k3 KL penalty to the
     reference policy (``ref_logprobs(rollouts) -> (b, T)`` log-probs) is added, weighted per
-    micro-batch by its share of the rows.
+    micro-batch by its share of the rows. Log-probs are of ``logits / temperature``: pass the
+    sampling temperature to score the distribution the rollouts were drawn from (as TRL and verl do).
     """
     objective = get_objective(objective_name)
     mask = rollouts.completion_mask
@@ -134,7 +136,7 @@ def accumulate_gradients(
     def forward(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Rollouts]:
         """(logps, mask) of these rows, computed on their own padding only."""
         part = without_padding(rollouts.rows(rows))
-        return token_logprobs(model, part), part.completion_mask, part
+        return token_logprobs(model, part, temperature=temperature), part.completion_mask, part
 
     def kl_term(part: Rollouts, logps: torch.Tensor) -> torch.Tensor:
         if not beta:
@@ -155,7 +157,8 @@ def accumulate_gradients(
         scores = scores.to(logps.dtype)
         coefficients, metrics = conspo_coefficients_and_metrics(
             scores, rewards.to(scores.dtype), group_size, present=mask.bool().any(-1), margin=options["margin"],
-            tau=options["tau"], positive_threshold=options["positive_threshold"])
+            tau=options["tau"], positive_threshold=options["positive_threshold"],
+            positive_rule=options["positive_rule"])
         for rows in batches:
             logps, part_mask, part = forward(rows)
             s = sequence_scores(logps, part_mask, normalize_by_length=normalize)
