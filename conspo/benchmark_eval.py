@@ -32,14 +32,19 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
 
 
+#: Built-in tasks ``conspo eval`` can score (their held-out split, prompts and verifier).
+BUILTIN_TASKS = ("addition",)
+MATH_MAX_NEW_TOKENS = 3072  # the math benchmarks' default generation limit
+
+
 @dataclass
 class EvalSettings:
     model: str
-    benchmarks: list[str]
+    benchmarks: list[str] = field(default_factory=list)  # empty: the model's own task (tiny model) or math500
     k: int = 8
     temperature: float = 0.6
     top_p: float = 0.95
-    max_new_tokens: int = 3072
+    max_new_tokens: int = 0  # 0: the task's own limit (built-in tasks), else MATH_MAX_NEW_TOKENS
     backend: str = "auto"
     template: str = "qwen_math_boxed"
     data_dir: str | None = None
@@ -50,7 +55,53 @@ class EvalSettings:
     verify_timeout_s: float = 5.0
     answer_extraction: str = "lenient"
     dtype: str = "auto"
+    overwrite: bool = False
     extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class Benchmark:
+    """What one benchmark gives the evaluation: problems (ids, prompts, gold answers) and a scorer."""
+
+    name: str
+    ids: list[str]
+    prompts: list[str]
+    answers: list[str]
+    max_new_tokens: int
+    score: object  # (completions, index of each completion's problem) -> (scores, statuses, timeouts)
+
+
+def _builtin_benchmark(name: str, settings: EvalSettings) -> Benchmark:
+    from conspo.tasks import get_task
+
+    task = get_task(name)
+    problems = task.heldout_problems()[: settings.limit or None]
+
+    def score(texts, which):
+        scores = task.score([problems[i] for i in which], texts)
+        return scores, ["correct" if s >= 0.5 else "wrong" for s in scores], 0
+
+    return Benchmark(name, [p.id for p in problems], [p.prompt for p in problems], [p.answer for p in problems],
+                     settings.max_new_tokens or task.max_new_tokens, score)
+
+
+def _math_benchmark(name: str, settings: EvalSettings, tokenizer, verifier) -> Benchmark:
+    from conspo.tasks.math_data import build_prompt, load_benchmark, load_jsonl
+
+    examples = load_jsonl(name) if name.endswith(".jsonl") else load_benchmark(name, settings.data_dir)
+    examples = examples[: settings.limit or None]
+
+    def score(texts, which):
+        result = verifier.score(texts, [examples[i].answer for i in which])
+        return result.scores, result.statuses, result.timeouts
+
+    return Benchmark(name, [e.id for e in examples], [build_prompt(e, settings.template, tokenizer) for e in examples],
+                     [e.answer for e in examples], settings.max_new_tokens or MATH_MAX_NEW_TOKENS, score)
+
+
+def resolve_model_dir(model: str) -> str:
+    """A run directory stands for its ``final/`` model."""
+    return str(Path(model) / "final") if (Path(model) / "final" / "config.json").exists() else model
 
 
 @dataclass
@@ -60,14 +111,15 @@ class Generation:
     truncated: list[bool]
 
 
-def _hf_generate(model, tokenizer, prompts: list[str], *, n: int, greedy: bool, settings: EvalSettings, progress) -> Generation:
+def _hf_generate(model, tokenizer, prompts: list[str], *, n: int, greedy: bool, settings: EvalSettings, progress,
+                 max_new_tokens: int) -> Generation:
     from conspo.rollout import generate
 
     out = Generation([], [], [])
     step = max(settings.batch_size // max(n, 1), 1)
     for start in range(0, len(prompts), step):
         rollouts = generate(model, tokenizer, prompts[start : start + step], num_generations=n,
-                            max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
+                            max_new_tokens=max_new_tokens, temperature=settings.temperature,
                             top_p=settings.top_p, greedy=greedy)
         out.texts += rollouts.texts
         out.lengths += rollouts.completion_mask.sum(1).tolist()
@@ -76,11 +128,12 @@ def _hf_generate(model, tokenizer, prompts: list[str], *, n: int, greedy: bool, 
     return out
 
 
-def _vllm_generate(llm, prompts: list[str], *, n: int, greedy: bool, settings: EvalSettings, progress) -> Generation:
+def _vllm_generate(llm, prompts: list[str], *, n: int, greedy: bool, settings: EvalSettings, progress,
+                   max_new_tokens: int) -> Generation:
     from vllm import SamplingParams
 
     params = SamplingParams(n=n, temperature=0.0 if greedy else settings.temperature,
-                            top_p=1.0 if greedy else settings.top_p, max_tokens=settings.max_new_tokens,
+                            top_p=1.0 if greedy else settings.top_p, max_tokens=max_new_tokens,
                             seed=settings.seed)
     out = Generation([], [], [])
     for request in llm.generate(prompts, params, use_tqdm=False):
@@ -101,7 +154,9 @@ def _pick_backend(requested: str) -> str:
     if requested == "auto":
         return "vllm" if has_vllm else "hf"
     if requested == "vllm" and not has_vllm:
-        raise RuntimeError("--backend vllm needs the vllm package and a CUDA GPU; use --backend hf")
+        from conspo.errors import ConfigError
+
+        raise ConfigError("--backend vllm needs the vllm package and a CUDA GPU; use --backend hf")
     if requested not in ("hf", "vllm"):
         raise ValueError(f"--backend must be hf, vllm or auto, got {requested!r}")
     return requested
@@ -120,69 +175,103 @@ def _versions() -> dict:
 
 
 def run_eval(settings: EvalSettings, *, log=print) -> dict:
+    """Evaluate ``settings.model`` on each benchmark; write results.json and completions.jsonl.
+
+    Everything that can be checked is checked before the model is loaded (the output folder,
+    the k, the data files), and nothing is written until generation starts.
+    """
     import torch
     from tqdm.auto import tqdm
 
-    from conspo.models import load_policy, load_tokenizer
+    from conspo.errors import ConfigError
+    from conspo.models import TINY_MARKER, load_policy, load_tokenizer, unknown_token_fraction
     from conspo.rewards import MathVerifier
-    from conspo.tasks.math_data import build_prompt, load_benchmark, load_jsonl
 
     if settings.k < 1:
-        raise ValueError(f"--k must be >= 1, got {settings.k}")
+        raise ConfigError(f"--k must be >= 1, got {settings.k}")
     backend = _pick_backend(settings.backend)
+    settings.model = resolve_model_dir(settings.model)
+    tiny = (Path(settings.model) / TINY_MARKER).exists()
+    if not settings.benchmarks:  # the tiny model can only read its own task's prompts
+        settings.benchmarks = ["addition"] if tiny else ["math500"]
     out_dir = Path(settings.output_dir or f"runs/eval-{datetime.now():%Y%m%d-%H%M%S}")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--output-dir {out_dir} is a file")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not settings.overwrite:
+        raise ConfigError(f"--output-dir {out_dir} is not empty: pass --overwrite to replace its results, "
+                          "or another --output-dir")
     torch.manual_seed(settings.seed)
-    tokenizer = load_tokenizer(settings.model)
-    if backend == "vllm":
-        from vllm import LLM
+    try:
+        tokenizer = load_tokenizer(settings.model)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--model {settings.model}: could not load its tokenizer: {str(e).splitlines()[0]}") from None
+    lenient = settings.answer_extraction == "lenient"
+    with MathVerifier(timeout_s=settings.verify_timeout_s, lenient=lenient) as verifier:
+        benchmarks = [_builtin_benchmark(name, settings) if name in BUILTIN_TASKS
+                      else _math_benchmark(name, settings, tokenizer, verifier) for name in settings.benchmarks]
+        for b in benchmarks:
+            unknown = unknown_token_fraction(tokenizer, b.prompts)
+            if unknown > 0:
+                log(f"WARNING {b.name}: {unknown:.0%} of the prompt tokens are unknown to this model's tokenizer "
+                    "(mapped to its unknown token): it cannot read these prompts and its scores will mean little")
+        if backend == "hf" and not torch.cuda.is_available():
+            longest = max(b.max_new_tokens for b in benchmarks)
+            total = sum(len(b.prompts) for b in benchmarks) * (1 + settings.k)
+            if total * longest > 200_000:
+                log(f"note: {total:,} completions of up to {longest:,} tokens on the CPU can take hours; "
+                    "--limit, --k and --max-new-tokens shorten it (the progress bar shows the estimate)")
+        if backend == "vllm":
+            from vllm import LLM
 
-        engine = LLM(model=settings.model, seed=settings.seed, dtype=settings.dtype)
-        generate = lambda prompts, **kw: _vllm_generate(engine, prompts, settings=settings, **kw)  # noqa: E731
-    else:
-        cuda = torch.cuda.is_available()
-        dtype = torch.bfloat16 if settings.dtype == "auto" and cuda else (
-            torch.float32 if settings.dtype == "auto" else getattr(torch, settings.dtype))
-        model = load_policy(settings.model, dtype=dtype, device="cuda" if cuda else "cpu")
-        generate = lambda prompts, **kw: _hf_generate(model, tokenizer, prompts, settings=settings, **kw)  # noqa: E731
+            engine = LLM(model=settings.model, seed=settings.seed, dtype=settings.dtype)
+            generate = lambda prompts, **kw: _vllm_generate(engine, prompts, settings=settings, **kw)  # noqa: E731
+        else:
+            cuda = torch.cuda.is_available()
+            dtype = torch.bfloat16 if settings.dtype == "auto" and cuda else (
+                torch.float32 if settings.dtype == "auto" else getattr(torch, settings.dtype))
+            try:
+                model = load_policy(settings.model, dtype=dtype, device="cuda" if cuda else "cpu")
+            except (OSError, ValueError) as e:
+                raise ConfigError(f"--model {settings.model}: could not load it: {str(e).splitlines()[0]}") from None
+            generate = lambda prompts, **kw: _hf_generate(model, tokenizer, prompts, settings=settings, **kw)  # noqa: E731
 
-    results: dict = {"settings": {k: v for k, v in vars(settings).items() if k != "extra"}, "backend": backend,
-                     "grader": f"conspo.rewards.MathVerifier(timeout_s={settings.verify_timeout_s}, "
-                               f"lenient={settings.answer_extraction == 'lenient'})",
-                     "versions": _versions(), "date": datetime.now().isoformat(timespec="seconds"), "benchmarks": {}}
-    with MathVerifier(timeout_s=settings.verify_timeout_s, lenient=settings.answer_extraction == "lenient") as verifier, open(out_dir / "completions.jsonl", "w") as dump:
-        for name in settings.benchmarks:
-            examples = load_jsonl(name) if name.endswith(".jsonl") else load_benchmark(name, settings.data_dir)
-            examples = examples[: settings.limit or None]
-            prompts = [build_prompt(e, settings.template, tokenizer) for e in examples]
-            started = time.time()
-            with tqdm(total=2 * len(prompts), desc=f"{name} (greedy + {settings.k} samples)", unit="prompt") as bar:
-                greedy = generate(prompts, n=1, greedy=True, progress=bar)
-                sampled = generate(prompts, n=settings.k, greedy=False, progress=bar)
-            g_scores = verifier.score(greedy.texts, [e.answer for e in examples])
-            s_scores = verifier.score(sampled.texts, [e.answer for e in examples for _ in range(settings.k)])
-            for i, e in enumerate(examples):
-                dump.write(json.dumps({"benchmark": name, "id": e.id, "sample": "greedy", "answer": e.answer,
-                                       "completion": greedy.texts[i], "score": g_scores.scores[i],
-                                       "status": g_scores.statuses[i],
-                                       "length": greedy.lengths[i], "truncated": greedy.truncated[i]}) + "\n")
-                for j in range(settings.k):
-                    r = i * settings.k + j
-                    dump.write(json.dumps({"benchmark": name, "id": e.id, "sample": j, "answer": e.answer,
-                                           "completion": sampled.texts[r], "score": s_scores.scores[r],
-                                           "status": s_scores.statuses[r],
-                                           "length": sampled.lengths[r], "truncated": sampled.truncated[r]}) + "\n")
-            results["benchmarks"][name] = summarise_benchmark(g_scores.scores, s_scores.scores, settings.k,
-                                                              sampled.lengths, sampled.truncated)
-            statuses = g_scores.statuses + s_scores.statuses
-            results["benchmarks"][name].update({"verify_timeouts": g_scores.timeouts + s_scores.timeouts,
-                                                "no_answer_frac": statuses.count("no_answer") / max(len(statuses), 1),
-                                                "timeout_frac": statuses.count("timeout") / max(len(statuses), 1),
-                                                "seconds": round(time.time() - started, 1)})
+        results: dict = {"settings": {k: v for k, v in vars(settings).items() if k != "extra"}, "backend": backend,
+                         "grader": f"conspo.rewards.MathVerifier(timeout_s={settings.verify_timeout_s}, "
+                                   f"lenient={lenient}); built-in tasks: the task's own exact check",
+                         "versions": _versions(), "date": datetime.now().isoformat(timespec="seconds"), "benchmarks": {}}
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with open(out_dir / "completions.jsonl", "w") as dump:
+            for b in benchmarks:
+                results["benchmarks"][b.name] = _evaluate_one(b, generate, settings, dump, tqdm)
     with open(out_dir / "results.json", "w") as f:
         json.dump(results, f, indent=1)
     log(format_results(results) + f"\n\nresults: {out_dir / 'results.json'}  completions: {out_dir / 'completions.jsonl'}")
     return results
+
+
+def _evaluate_one(b: Benchmark, generate, settings: EvalSettings, dump, tqdm) -> dict:
+    """Greedy and k sampled completions per problem of one benchmark; rows to ``dump``; its numbers."""
+    started, k = time.time(), settings.k
+    with tqdm(total=2 * len(b.prompts), desc=f"{b.name} (greedy + {k} samples)", unit="prompt") as bar:
+        greedy = generate(b.prompts, n=1, greedy=True, progress=bar, max_new_tokens=b.max_new_tokens)
+        sampled = generate(b.prompts, n=k, greedy=False, progress=bar, max_new_tokens=b.max_new_tokens)
+    g_scores, g_statuses, g_timeouts = b.score(greedy.texts, list(range(len(b.prompts))))
+    s_scores, s_statuses, s_timeouts = b.score(sampled.texts, [i for i in range(len(b.prompts)) for _ in range(k)])
+    for i, (problem_id, answer) in enumerate(zip(b.ids, b.answers)):
+        rows = [("greedy", greedy, i, g_scores, g_statuses)] + [(j, sampled, i * k + j, s_scores, s_statuses)
+                                                               for j in range(k)]
+        for sample, gen, r, scores, statuses in rows:
+            dump.write(json.dumps({"benchmark": b.name, "id": problem_id, "sample": sample, "answer": answer,
+                                   "completion": gen.texts[r], "score": scores[r], "status": statuses[r],
+                                   "length": gen.lengths[r], "truncated": gen.truncated[r]}) + "\n")
+    dump.flush()
+    summary = summarise_benchmark(g_scores, s_scores, k, sampled.lengths, sampled.truncated)
+    statuses = g_statuses + s_statuses
+    summary.update({"max_new_tokens": b.max_new_tokens, "verify_timeouts": g_timeouts + s_timeouts,
+                    "no_answer_frac": statuses.count("no_answer") / max(len(statuses), 1),
+                    "timeout_frac": statuses.count("timeout") / max(len(statuses), 1),
+                    "seconds": round(time.time() - started, 1)})
+    return summary
 
 
 def summarise_benchmark(greedy_scores: list[float], sample_scores: list[float], k: int,
@@ -211,6 +300,7 @@ def format_results(results: dict) -> str:
         row += [f"{r['mean_length']:.0f}", f"{r['truncated_frac']:.1%}", f"{r.get('no_answer_frac', 0.0):.1%}"]
         lines.append("| " + " | ".join(row) + " |")
     s = results["settings"]
+    limits = sorted({r.get("max_new_tokens", s["max_new_tokens"]) for r in results["benchmarks"].values()})
     lines.append(f"\nmodel {s['model']} | template {s['template']} | T={s['temperature']} top_p={s['top_p']} "
-                 f"max_new_tokens={s['max_new_tokens']} | backend {results['backend']}")
+                 f"max_new_tokens={'/'.join(map(str, limits))} | backend {results['backend']}")
     return "\n".join(lines)

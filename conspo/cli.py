@@ -11,14 +11,16 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import typing
+from pathlib import Path
 from dataclasses import MISSING, fields
 
 import yaml
 
 from conspo.config import HELP_SECTIONS, TrainConfig, field_help
-from conspo.errors import ConfigError, RunError
+from conspo.errors import ConfigError, Interrupted, RunError
 
 
 def _parse_optional_float(text: str) -> float | None:
@@ -27,18 +29,21 @@ def _parse_optional_float(text: str) -> float | None:
     return float(text)
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One --option per TrainConfig field, its help from the field's docstring, grouped by section."""
+def add_config_arguments(parser: argparse.ArgumentParser, hidden: bool = False) -> None:
+    """One --option per TrainConfig field, its help from the field's docstring, grouped by section
+    (``hidden``: accepted but left out of --help, which points to ``conspo train --help`` instead)."""
     helps = field_help()
     hints = typing.get_type_hints(TrainConfig)
     starts = dict((first, title) for title, first in HELP_SECTIONS)
     group = parser
     for f in fields(TrainConfig):
-        if f.name in starts:
+        if f.name in starts and not hidden:
             group = parser.add_argument_group(starts[f.name])
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not MISSING else None
         text = f"{helps.get(f.name, '')} (default: {default!r})".replace("%", "%%")  # argparse formats help with %
+        if hidden:
+            text = argparse.SUPPRESS
         hint = hints[f.name]
         if hint is bool:
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
@@ -81,6 +86,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, set[str]]:
 def _coerce(key, value, hint, source):
     ok = {bool: lambda v: isinstance(v, bool), int: lambda v: isinstance(v, int) and not isinstance(v, bool),
           float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), str: lambda v: isinstance(v, str)}
+    if hint is float or hint not in ok:  # YAML 1.1 reads 1e-5 (no dot) as a string: accept what float() reads
+        value = _number_from_text(value)
     if hint in ok:
         if not ok[hint](value):
             raise ConfigError(f"--config {source}: {key}={value!r} should be of type {hint.__name__}")
@@ -90,8 +97,34 @@ def _coerce(key, value, hint, source):
     raise ConfigError(f"--config {source}: {key}={value!r} should be a number or null")
 
 
+def _number_from_text(value):
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
+
+
+NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
+def join_negative_numbers(argv: list[str]) -> list[str]:
+    """``--lr -1e-5`` -> ``--lr=-1e-5``: argparse takes ``-1e-5`` for an option (it only knows plain -1, -0.5)."""
+    out: list[str] = []
+    for token in argv:
+        if out and NEGATIVE_NUMBER.match(token) and out[-1].startswith("--") and "=" not in out[-1]:
+            out[-1] = f"{out[-1]}={token}"
+        else:
+            out.append(token)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
+    from conspo import __version__
+
     parser = argparse.ArgumentParser(prog="conspo", description="RL with verifiable rewards: ConSPO and GRPO-family objectives.")
+    parser.add_argument("--version", action="version", version=f"conspo {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p_train = sub.add_parser("train", help="train a policy (no options: the CPU default job)",
@@ -104,21 +137,27 @@ def main(argv: list[str] | None = None) -> int:
                            description="Train each objective with each seed on the same task and budget; "
                            "print a table of final held-out accuracy (mean +- std) and plot the curves.")
     p_cmp.add_argument("--objectives", default="conspo,grpo", help="comma-separated objectives (default: conspo,grpo)")
-    p_cmp.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per objective (default: 3)")
+    p_cmp.add_argument("--seeds", type=int, default=3, help="N runs per objective, seeds S..S+N-1 with S from --seed (default: 3)")
     p_cmp.add_argument("--target-accuracy", type=float, default=None,
                        help="report steps to reach this held-out accuracy (default: mean accuracy before + 0.10)")
     p_cmp.add_argument("--config", help="YAML file of training options shared by every run")
-    add_config_arguments(p_cmp)
+    p_cmp.add_argument_group("training options", "every option of `conspo train` (see conspo train --help) applies "
+                             "to each run, e.g. --steps 300 --task addition --lr 1e-4; --seed is the first seed")
+    add_config_arguments(p_cmp, hidden=True)
 
     p_eval = sub.add_parser("eval", help="benchmark a model: greedy accuracy, avg@k, pass@k",
-                            description="Evaluate a model on math benchmarks the way papers report them.")
-    p_eval.add_argument("--model", required=True, help="transformers model directory or hub id (a run's final/ works)")
-    p_eval.add_argument("--benchmarks", default="math500", help="comma-separated short names (math500, aime24, aime25, "
-                        "amc23, minerva_math, olympiadbench, gsm8k) or JSONL paths (default: math500)")
+                            description="Evaluate a model the way papers report it: greedy accuracy, avg@k and "
+                            "pass@k on math benchmarks, or on the built-in task's held-out split (the tiny model's default).")
+    p_eval.add_argument("--model", required=True, help="transformers model directory or hub id; a run directory "
+                        "means its final/ model")
+    p_eval.add_argument("--benchmarks", default="", help="comma-separated: the built-in task addition, math short "
+                        "names (math500, aime24, aime25, amc23, minerva_math, olympiadbench, gsm8k) or JSONL paths "
+                        "(default: addition for the tiny model, math500 otherwise)")
     p_eval.add_argument("--k", type=int, default=8, help="samples per problem for avg@k and pass@k (default: 8)")
     p_eval.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (default: 0.6)")
     p_eval.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling (default: 0.95)")
-    p_eval.add_argument("--max-new-tokens", type=int, default=3072, help="generation limit (default: 3072)")
+    p_eval.add_argument("--max-new-tokens", type=int, default=0, help="generation limit (default 0: the built-in "
+                        "task's own, 3072 for math benchmarks)")
     p_eval.add_argument("--backend", default="auto", choices=["auto", "hf", "vllm"],
                         help="generation backend (auto: vllm when installed with a GPU, else transformers)")
     p_eval.add_argument("--answer-extraction", default="lenient", choices=["lenient", "strict"],
@@ -130,7 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     p_eval.add_argument("--batch-size", type=int, default=32, help="completions generated at once (hf backend)")
     p_eval.add_argument("--seed", type=int, default=0)
     p_eval.add_argument("--dtype", default="auto", help="auto, float32, bfloat16")
-    p_eval.add_argument("--output-dir", default="", help="where results.json and completions.jsonl go")
+    p_eval.add_argument("--output-dir", default="", help="where results.json and completions.jsonl go "
+                        "(default: runs/eval-<date-time>)")
+    p_eval.add_argument("--overwrite", action="store_true", help="replace the results in a non-empty --output-dir")
 
     sub.add_parser("audit-rewards", add_help=False, help="why each completion of a run or eval scored what it did "
                    "(conspo audit-rewards --help)")
@@ -140,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         from conspo.audit import main as audit_main
 
         return audit_main(argv[1:])
-    args = parser.parse_args(argv)
+    args = parser.parse_args(join_negative_numbers(argv))
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # per-file "Loading weights" bars would bury the training bar
@@ -151,10 +192,14 @@ def main(argv: list[str] | None = None) -> int:
         settings.benchmarks = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
         try:
             run_eval(settings)
-        except (ValueError, FileNotFoundError, RuntimeError) as e:
+        except (ConfigError, ValueError, FileNotFoundError) as e:  # bad input: the loaders name file, line, field
             print(f"conspo eval: error: {e}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt:
+            print("conspo eval: interrupted (results.json is written only when every benchmark is done)", file=sys.stderr)
+            return 130
         return 0
+    cfg = None
     try:
         cfg, explicit = config_from_args(args)
         if args.command == "train":
@@ -169,27 +214,47 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"conspo {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:
+        print(f"conspo {args.command}: {e}", file=sys.stderr)
+        return 130
     except RunError as e:
         print(f"conspo {args.command}: stopped: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # before the first step, or a second Ctrl-C
+        intact = ""
+        if cfg is not None and cfg.output_dir and Path(cfg.output_dir).is_dir():
+            from conspo.run import what_is_intact
+
+            intact = f"; {what_is_intact(Path(cfg.output_dir))}"
+        print(f"conspo {args.command}: interrupted{intact}", file=sys.stderr)
+        return 130
     return 0
 
 
 def run_training(cfg: TrainConfig, *, log=print, explicit: set[str] | None = None) -> dict:
-    """Merge a resumed run's saved config, validate, set threads, and train with the chosen engine."""
+    """Merge a resumed run's saved config, validate, set threads, and train with the chosen engine.
+
+    A run that fails before writing anything leaves no empty run directory behind.
+    """
     import torch
 
-    from conspo.run import merge_resumed_config
+    from conspo.run import merge_resumed_config, remove_if_empty
 
     if cfg.resume:
         cfg = merge_resumed_config(cfg, explicit or set())
     cfg.validate()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    if cfg.engine == "trl":
-        from conspo.integrations.trl_engine import train_with_trl
+    if cfg.cpu_threads():
+        torch.set_num_threads(cfg.cpu_threads())
+    existed = bool(cfg.output_dir) and Path(cfg.output_dir).exists()
+    try:
+        if cfg.engine == "trl":
+            from conspo.integrations.trl_engine import train_with_trl
 
-        return train_with_trl(cfg, log=log)
-    from conspo.train import train
+            return train_with_trl(cfg, log=log)
+        from conspo.train import train
 
-    return train(cfg, log=log)
+        return train(cfg, log=log)
+    except BaseException:
+        if not existed and cfg.output_dir:
+            remove_if_empty(Path(cfg.output_dir))
+        raise

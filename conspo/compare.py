@@ -14,25 +14,33 @@ from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
-from conspo.reporting import read_metrics
 from conspo.config import TrainConfig
+from conspo.errors import ConfigError
+from conspo.reporting import read_metrics
 
 
 def compare(base: TrainConfig, *, objectives: list[str], seeds: int, target_accuracy: float | None = None, log=print,
             train_fn=None) -> dict:
-    """Train every (objective, seed) with ``train_fn(cfg, log=...)`` (default: the native trainer); table and plot."""
+    """Train every (objective, seed) with ``train_fn(cfg, log=...)`` (default: the native trainer); table and plot.
+
+    Seeds are ``base.seed, base.seed + 1, ..., base.seed + seeds - 1``.
+    """
     from tqdm.auto import tqdm
 
     if train_fn is None:
         from conspo.train import train as train_fn
     if seeds < 1:
-        raise ValueError("--seeds must be >= 1")
+        raise ConfigError(f"--seeds {seeds}: must be >= 1 (the number of seeds per objective)")
+    for option in ("resume", "stop_after"):  # per-run options: a comparison runs every run to its end
+        if getattr(base, option):
+            raise ConfigError(f"--{option.replace('_', '-')} is an option of conspo train, not of compare: every "
+                              "compared run trains to --steps (resume one run with conspo train --resume RUN_DIR)")
     root = Path(base.output_dir or f"runs/compare-{datetime.now():%Y%m%d-%H%M%S}")
     for name in objectives:  # fail before hours of training, not after
         replace(base, objective=name).validate()
     runs: dict[str, list[dict]] = {}
     for name in objectives:
-        for seed in range(seeds):
+        for seed in range(base.seed, base.seed + seeds):  # --seed S --seeds N: seeds S..S+N-1
             cfg = replace(base, objective=name, seed=seed, output_dir=str(root / f"{name}-seed{seed}"), resume="")
             summary = train_fn(cfg, log=tqdm.write)
             curve = [(m["step"], m["heldout/accuracy"]) for m in read_metrics(Path(cfg.output_dir) / "metrics.jsonl")

@@ -1,4 +1,4 @@
-"""The two errors a user sees as one line (no traceback): bad input, and a run that cannot go on."""
+"""The errors a user sees as one line (no traceback): bad input, a run that cannot go on, Ctrl-C."""
 
 
 class ConfigError(ValueError):
@@ -7,3 +7,7 @@ class ConfigError(ValueError):
 
 class RunError(RuntimeError):
     """The run cannot go on (disk full, repeated non-finite steps, ...); the message says what is intact. Exit code 1."""
+
+
+class Interrupted(RunError):
+    """The user pressed Ctrl-C; the message says where the run stopped and how to continue. Exit code 130."""

@@ -80,6 +80,21 @@ def load_tokenizer(name_or_path: str):
     return tokenizer
 
 
+def unknown_token_fraction(tokenizer, texts: list[str]) -> float:
+    """Share of the tokens of ``texts`` that the tokenizer maps to its unknown token.
+
+    Byte-level tokenizers (Qwen, Llama) have none; the tiny model's character tokenizer maps every
+    character outside its 17 to ``<pad>`` (its unknown token), silently, hence this check.
+    """
+    unknown = {tokenizer.unk_token_id}
+    backend_unk = getattr(getattr(getattr(tokenizer, "backend_tokenizer", None), "model", None), "unk_token", None)
+    if backend_unk is not None:
+        unknown.add(tokenizer.convert_tokens_to_ids(backend_unk))
+    unknown.discard(None)
+    ids = [i for text in texts for i in tokenizer(text, add_special_tokens=False)["input_ids"]]
+    return sum(i in unknown for i in ids) / max(len(ids), 1)
+
+
 def load_policy(name_or_path: str, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
     """Any causal LM by local path or hub id, refusing pickled weights."""
     from transformers import AutoModelForCausalLM

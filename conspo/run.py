@@ -8,6 +8,9 @@ so a run looks the same whichever engine trained it.
 from __future__ import annotations
 
 import json
+import signal
+import threading
+import warnings
 from dataclasses import asdict, fields
 from datetime import datetime
 from pathlib import Path
@@ -19,17 +22,32 @@ from conspo.config import TrainConfig
 from conspo.errors import ConfigError, RunError
 
 
-def prepare_run_dir(cfg: TrainConfig) -> Path:
-    """Create (or check) the run directory; refuse to write into another run without --overwrite/--resume."""
+# What a run writes into its directory; --overwrite deletes exactly these (and nothing else).
+RUN_FILES = ("metrics.jsonl", "samples.jsonl", "summary.json", "curves.png", "config.yaml")
+RUN_DIRS = ("final", "tensorboard", "wandb", "trl")
+
+
+def prepare_run_dir(cfg: TrainConfig, log=print) -> Path:
+    """Create (or check) the run directory: one directory holds one run.
+
+    Refuses to write into another run without --resume/--overwrite; --overwrite deletes the
+    earlier run's files first, so its checkpoints can neither outlive nor be mixed with the new run's.
+    """
     if not cfg.output_dir:
         cfg.output_dir = f"runs/{cfg.objective}-seed{cfg.seed}-{datetime.now():%Y%m%d-%H%M%S}"
     run_dir = Path(cfg.output_dir)
-    if run_dir.exists() and any(run_dir.iterdir()) and not cfg.resume and not cfg.overwrite:
-        raise ConfigError(f"output_dir {run_dir} exists and is not empty: pass --resume {run_dir} to continue it, "
-                          "--overwrite to replace it, or another --output-dir")
-    if cfg.overwrite and not cfg.resume and run_dir.exists():
-        for name in ("metrics.jsonl", "samples.jsonl", "summary.json"):
-            (run_dir / name).unlink(missing_ok=True)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"output_dir {run_dir} is a file, not a directory: choose another --output-dir")
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not cfg.resume and not cfg.overwrite:
+        if list_checkpoints(run_dir):
+            raise ConfigError(f"output_dir {run_dir} holds a run: pass --resume {run_dir} to continue it, "
+                              "--overwrite to delete it and start over, or another --output-dir")
+        raise ConfigError(f"output_dir {run_dir} is not empty and holds no checkpoint to resume (a run stopped "
+                          "before its first save?): pass --overwrite to start over there, or another --output-dir")
+    if cfg.overwrite and not cfg.resume and run_dir.is_dir():
+        removed = clear_run(run_dir)
+        if removed:
+            log(f"--overwrite: deleted the earlier run in {run_dir} ({', '.join(removed)})")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"
@@ -38,6 +56,85 @@ def prepare_run_dir(cfg: TrainConfig) -> Path:
     except OSError as e:
         raise ConfigError(f"output_dir {run_dir} is not writable: {e}") from e
     return run_dir
+
+
+def clear_run(run_dir: Path) -> list[str]:
+    """Delete what a run wrote into ``run_dir`` (checkpoints, final/, logs, summary); return the names."""
+    import shutil
+
+    doomed = [p for p in run_dir.iterdir() if p.name in RUN_FILES or p.name in RUN_DIRS
+              or p.name.startswith(("checkpoint-", ".tmp-checkpoint-"))]
+    for path in sorted(doomed):
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return sorted(p.name for p in doomed)
+
+
+def new_run_id() -> str:
+    """A fresh id for a run; every checkpoint of the run carries it (``run_id`` in state.json)."""
+    import uuid
+
+    return uuid.uuid4().hex[:12]
+
+
+def checkpoint_to_resume(path: str | Path) -> Path:
+    """The checkpoint ``--resume path`` continues from, after checking it belongs to one run.
+
+    A run directory whose checkpoints carry different run ids (copied together by hand, or
+    left by a version without run ids next to a new run) is refused rather than guessed at.
+    """
+    try:
+        checkpoint = find_checkpoint(path)
+    except FileNotFoundError as e:
+        raise ConfigError(f"{e}; a run stopped before its first checkpoint cannot be resumed: start it again "
+                          "with the same options and --overwrite") from None
+    if (Path(path) / "state.json").exists():  # a checkpoint named directly: the user chose it
+        return checkpoint
+    siblings = list_checkpoints(checkpoint.parent) if checkpoint.name.startswith("checkpoint-") else [checkpoint]
+    ids = {}
+    for sibling in siblings:
+        with open(sibling / "state.json") as f:
+            ids[sibling.name] = json.load(f).get("run_id")
+    if len(set(ids.values())) > 1:
+        listing = ", ".join(f"{name} (run {run_id})" for name, run_id in ids.items())
+        raise ConfigError(f"--resume {path}: checkpoints of different runs in {checkpoint.parent}: {listing}; "
+                          "move the other run's checkpoints away or resume a checkpoint-<step> directory directly")
+    return checkpoint
+
+
+class StopRequest:
+    """Ctrl-C during training: the first one lets the current step finish, then the trainer saves
+    a checkpoint and stops (``requested`` turns True); a second one stops at once.
+
+    Why not stop at once: SIGINT lands between any two Python operations, e.g. halfway through
+    the optimizer's update of the parameters, and a checkpoint of that state would be corrupt.
+    """
+
+    def __init__(self, log=print):
+        self.requested, self._log, self._previous = False, log, None
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+        self._log("Ctrl-C: finishing this step, then saving a checkpoint and stopping "
+                  "(Ctrl-C again stops at once and loses the steps since the last checkpoint)")
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():  # signals can only be caught there
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def remove_if_empty(run_dir: Path) -> None:
+    """Remove a run directory that a failed start left empty (0-byte files count as empty)."""
+    if not run_dir.is_dir() or any(p.is_dir() or p.stat().st_size for p in run_dir.iterdir()):
+        return
+    for p in run_dir.iterdir():
+        p.unlink()
+    run_dir.rmdir()
 
 
 def resolve_device_dtype(cfg: TrainConfig) -> tuple[torch.device, torch.dtype]:
@@ -51,17 +148,24 @@ def resolve_device_dtype(cfg: TrainConfig) -> tuple[torch.device, torch.dtype]:
 
 
 def make_task(cfg: TrainConfig):
-    """The task the config names (prompts, held-out problems, verifier)."""
+    """The task the config names (prompts, held-out problems, verifier); bad data is a ConfigError."""
     from conspo.tasks import get_task
 
     if cfg.task == "math":
-        return get_task("math", train=cfg.train_data, heldout=cfg.eval_data, data_dir=cfg.data_dir or None,
-                        template=cfg.prompt_template, answer_extraction=cfg.answer_extraction)
+        try:
+            return get_task("math", train=cfg.train_data, heldout=cfg.eval_data, data_dir=cfg.data_dir or None,
+                            template=cfg.prompt_template, answer_extraction=cfg.answer_extraction)
+        except (ValueError, OSError) as e:  # the loaders name the file, line and field
+            raise ConfigError(f"task math: {e}") from None
     return get_task(cfg.task)
 
 
 def load_model(cfg: TrainConfig, task, device, dtype, log):
-    """(model, tokenizer): the cached tiny base for ``model=tiny``, else a transformers causal LM."""
+    """(model, tokenizer): the cached tiny base for ``model=tiny``, else a transformers causal LM.
+
+    A model that cannot be found, or whose weights, gradients and AdamW state alone would not
+    fit in the device's free memory, is refused before any weight is loaded.
+    """
     from conspo.models import load_policy, load_tokenizer
     from conspo.warmup import tiny_base
 
@@ -69,7 +173,55 @@ def load_model(cfg: TrainConfig, task, device, dtype, log):
         model, tokenizer, _ = tiny_base(task, steps=cfg.sft_steps, lr=cfg.sft_lr, batch_size=cfg.sft_batch_size,
                                         seed=cfg.sft_seed, cache_dir=cfg.cache_dir, log=log)
         return model.to(device=device, dtype=dtype), tokenizer
-    return load_policy(cfg.model, dtype=dtype, device=device), load_tokenizer(cfg.model)
+    check_memory(cfg, device, dtype)
+    try:
+        return load_policy(cfg.model, dtype=dtype, device=device), load_tokenizer(cfg.model)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--model {cfg.model}: could not load it: {str(e).splitlines()[0]}") from None
+
+
+def check_memory(cfg: TrainConfig, device: torch.device, dtype: torch.dtype) -> None:
+    """Refuse a model whose weights + gradients + AdamW state exceed the device's free memory.
+
+    The floor counted (bytes): P*w for the weights (w bytes per parameter in ``dtype``), T*(w + 8)
+    for the trainable parameters' gradients and AdamW's two float32 moments (T = P, or ~0 with
+    LoRA), and P*w more for a frozen reference copy when beta > 0 without LoRA. Activations,
+    logits and the KV cache come on top, so passing this check does not promise the run fits;
+    failing it proves it cannot. P comes from the model's config on the meta device (no weights read).
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(cfg.model)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--model {cfg.model}: not a local model directory with a config.json nor a hub id "
+                          f"reachable from here: {str(e).splitlines()[0]}") from None
+    with torch.device("meta"):
+        n_params = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+    width = torch.finfo(dtype).bits // 8
+    trainable = 0 if cfg.lora_r else n_params
+    needed = n_params * width + trainable * (width + 8) + (n_params * width if cfg.beta and not cfg.lora_r else 0)
+    free = free_memory_bytes(device)
+    if free is not None and needed > free:
+        gib = 2 ** 30
+        raise ConfigError(
+            f"--model {cfg.model}: {n_params / 1e9:.2f}B parameters need at least {needed / gib:.1f} GiB for weights, "
+            f"gradients and AdamW state in {str(dtype).removeprefix('torch.')} (activations come on top), but "
+            f"{device} has {free / gib:.1f} GiB free. Use LoRA (--lora-r 16), --dtype bfloat16, a smaller model, or a GPU")
+
+
+def free_memory_bytes(device: torch.device) -> int | None:
+    """Free memory of ``device`` (CUDA: mem_get_info; CPU: MemAvailable of /proc/meminfo), None if unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def prepare_for_training(model, cfg: TrainConfig):
@@ -83,8 +235,10 @@ def prepare_for_training(model, cfg: TrainConfig):
 
         from conspo.models import lora_config
 
-        model = get_peft_model(model, lora_config(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-                                                  target_modules=cfg.lora_target_modules))
+        with warnings.catch_warnings():  # peft 0.21 calls a transformers method deprecated in 5.x: not the user's concern
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            model = get_peft_model(model, lora_config(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                                                      target_modules=cfg.lora_target_modules))
     return model
 
 
@@ -96,7 +250,7 @@ def precision(cfg: TrainConfig, device: torch.device):
 
 def merge_resumed_config(cfg: TrainConfig, explicit: set[str]) -> TrainConfig:
     """The resumed run's saved config, with the options given explicitly now on top."""
-    checkpoint = find_checkpoint(cfg.resume)
+    checkpoint = checkpoint_to_resume(cfg.resume)
     with open(checkpoint / "state.json") as f:
         saved = json.load(f)["config"]
     merged = TrainConfig(**{k: v for k, v in saved.items() if k in {f.name for f in fields(TrainConfig)}})
@@ -130,7 +284,7 @@ def write_config(run_dir: Path, cfg: TrainConfig) -> None:
 
 
 def finish_run(cfg: TrainConfig, run_dir: Path, model, tokenizer, *, accuracy_before: float, wall: float,
-               skipped_steps: int, engine: str, log) -> dict:
+               skipped_steps: int, engine: str, log, run_id: str | None = None) -> dict:
     """Write final/ (model), summary.json and curves.png from metrics.jsonl; log the summary table."""
     from conspo.models import save_final
     from conspo.reporting import plot_run, read_metrics
@@ -141,6 +295,7 @@ def finish_run(cfg: TrainConfig, run_dir: Path, model, tokenizer, *, accuracy_be
     tail = max(len(rewards) // 10, 1)
     summary = {
         "objective": cfg.objective,
+        "run_id": run_id,
         "engine": engine,
         "model": cfg.model,
         "task": cfg.task,

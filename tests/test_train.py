@@ -57,6 +57,24 @@ def test_conspo_micro_batch_gradients_equal_full_batch(policy_and_batch, micro, 
     assert metrics["conspo/valid_group_frac"] == 0.5
 
 
+@pytest.mark.parametrize("split", [dict(micro_batch_size=4, group_mode="whole"),
+                                   dict(micro_batch_size=3, group_mode="coefficients"),
+                                   dict(max_tokens_per_micro_batch=40, group_mode="auto")])
+def test_conspo_group_mean_rule_micro_batch_gradients_equal_full_batch(policy_and_batch, split):
+    """positive_rule reaches every route of the native update (in-graph per micro-batch, normaliser, coefficients)."""
+    model, rollouts, _, G = policy_and_batch
+    rewards = torch.tensor([0.2, 0.9, 0.5, 0.5, 0.3, 0.3, 0.3, 0.3, 0.1, 0.8, 0.4, 0.6, 1, 1, 1, 1],
+                           dtype=torch.float64)  # graded; groups 1 and 3 all equal: no positive under group_mean
+    options = {"margin": 0.1, "tau": 0.3, "positive_rule": "group_mean"}
+    reference = _full_batch_grad(model, "conspo", rollouts, rewards, G, options)
+    grad, metrics = _grad(model, objective_name="conspo", rollouts=rollouts, rewards=rewards, group_size=G,
+                          options=options, **split)
+    torch.testing.assert_close(grad, reference, rtol=1e-9, atol=1e-12)
+    assert metrics["conspo/valid_group_frac"] == 0.5
+    threshold = _full_batch_grad(model, "conspo", rollouts, rewards, G, {"margin": 0.1, "tau": 0.3})
+    assert (threshold - reference).abs().max() > 1e-6, "the rules pick different positives here (0.5 in group 0)"
+
+
 @pytest.mark.parametrize("name", [n for n in OBJECTIVES if n != "conspo"])
 @pytest.mark.parametrize("micro", [0, 4, 8])
 def test_clipped_objectives_micro_batch_gradients_equal_full_batch(policy_and_batch, name, micro):
@@ -252,7 +270,7 @@ def test_existing_output_dir_is_not_clobbered(tmp_path, cache_dir):
     out.mkdir()
     (out / "precious.txt").write_text("keep")
     proc = run_cli("train", "--output-dir", str(out), cache_dir=cache_dir, check=False)
-    assert proc.returncode == 2 and "--resume" in proc.stderr
+    assert proc.returncode == 2 and "--overwrite" in proc.stderr
     assert (out / "precious.txt").read_text() == "keep"
 
 

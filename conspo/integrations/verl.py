@@ -7,7 +7,7 @@ Turn it on with Hydra overrides (full launch script: ``examples/verl/``)::
         actor_rollout_ref.actor.policy_loss._target_=conspo.integrations.verl.ConSPOPolicyLossConfig \\
         actor_rollout_ref.actor.policy_loss.loss_mode=conspo +actor_rollout_ref.actor.policy_loss.tau=0.3 ...
 
-Why three pieces. ConSPO's loss of one rollout depends on its whole group (DESIGN.md section 4),
+Why three pieces. ConSPO's loss of one rollout depends on its whole group (docs/design.md section 4),
 but verl's ``PolicyLossFn`` sees the token tensors of one micro-batch, without group ids or
 rewards, and verl moves rows around: ``_balance_batch`` (Karmarkar-Karp sequence-length
 balancing across data-parallel ranks), optional shuffling inside mini-batches, and dynamic
@@ -384,7 +384,7 @@ def check_config(config) -> list[str]:
                      "bypass_mode=False for coefficients at the trained weights")
     if _get(config, "actor_rollout_ref.actor.use_kl_loss", False):
         notes.append("actor_rollout_ref.actor.use_kl_loss=True adds verl's KL term to ConSPO (loss = ConSPO + "
-                      "kl_loss_coef * KL), as DESIGN.md's optional KL extra")
+                      "kl_loss_coef * KL), as docs/design.md's optional KL extra")
     if float(_get(config, "actor_rollout_ref.actor.entropy_coeff", 0) or 0) != 0:
         notes.append("actor_rollout_ref.actor.entropy_coeff != 0 adds an entropy bonus to ConSPO's gradient")
     return notes

@@ -22,8 +22,8 @@ class MathTask:
         if template not in PROMPT_TEMPLATES:
             raise ValueError(f"unknown prompt template {template!r}; valid: {', '.join(PROMPT_TEMPLATES)}")
 
-        def load(name):  # a short benchmark name, or a path to a JSONL file
-            return load_jsonl(name) if name.endswith(".jsonl") else load_benchmark(name, data_dir)
+        def load(name):  # a short benchmark name, or a path to a JSONL file (rows numbered: ids are optional here)
+            return load_jsonl(name, id_field=None) if name.endswith(".jsonl") else load_benchmark(name, data_dir)
 
         self._train_examples = load(train)
         self._heldout_examples = load(heldout)
