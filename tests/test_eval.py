@@ -93,3 +93,60 @@ def test_eval_cli_end_to_end_matches_hand_count(tmp_path):
     add = results["benchmarks"][str(addition)]
     assert 0 < add["greedy_accuracy"] < 1, "the base should be partly competent: the hand count is not vacuous"
     assert "| aime24 |" in proc.stdout
+
+
+def test_eval_defaults_to_the_tiny_models_own_task_and_warns_on_unreadable_prompts(tmp_path):
+    """A run directory of the tiny model: the addition held-out split, its 6-token limit, the task's
+    own check (re-graded here by exact match), and a warning for prompts its tokenizer cannot read."""
+    from conspo.benchmark_eval import EvalSettings, run_eval
+    from conspo.models import save_pretrained
+    from conspo.tasks import get_task
+    from conspo.warmup import tiny_base
+
+    task = get_task("addition")
+    model, tokenizer, _ = tiny_base(task, steps=30, lr=1.5e-3, batch_size=64, seed=0, cache_dir=tmp_path / "cache",
+                                    log=lambda *a: None)
+    run = tmp_path / "run"
+    save_pretrained(model, tokenizer, run / "final", tiny=True)
+    messages = []
+    results = run_eval(EvalSettings(model=str(run), k=2, limit=12, output_dir=str(tmp_path / "eval")),
+                       log=messages.append)
+    add = results["benchmarks"]["addition"]
+    assert add["n"] == 12 and add["max_new_tokens"] == task.max_new_tokens
+    rows = [json.loads(line) for line in open(tmp_path / "eval" / "completions.jsonl")]
+    answers = {p.id: p.answer for p in task.heldout_problems()}
+    greedy = [r["completion"].strip() == answers[r["id"]] for r in rows if r["sample"] == "greedy"]
+    assert add["greedy_accuracy"] == pytest.approx(sum(greedy) / 12)
+    assert not any("WARNING" in m for m in messages)
+
+    words = tmp_path / "words.jsonl"
+    words.write_text(json.dumps({"id": "w", "problem": "What is two plus two?", "answer": "4"}) + "\n")
+    messages.clear()
+    run_eval(EvalSettings(model=str(run), benchmarks=[str(words)], k=1, max_new_tokens=2, template="raw",
+                          output_dir=str(tmp_path / "eval2")), log=messages.append)
+    assert any("unknown to this model's tokenizer" in m for m in messages), messages
+
+
+def test_compare_takes_seeds_from_seed():
+    from conspo.compare import compare
+    from conspo.config import TrainConfig
+
+    seen = []
+
+    def fake_train(cfg, log=None):
+        seen.append((cfg.objective, cfg.seed))
+        return {"heldout_accuracy_before": 0.1, "heldout_accuracy_after": 0.2, "wall_seconds": 1.0}
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        import os
+
+        for name in ("conspo", "grpo"):
+            for seed in (5, 6):
+                os.makedirs(f"{tmp}/{name}-seed{seed}")
+                with open(f"{tmp}/{name}-seed{seed}/metrics.jsonl", "w") as f:
+                    f.write('{"step": 0, "heldout/accuracy": 0.1}\n')
+        compare(TrainConfig(seed=5, output_dir=tmp), objectives=["conspo", "grpo"], seeds=2, train_fn=fake_train,
+                log=lambda *a: None)
+    assert seen == [("conspo", 5), ("conspo", 6), ("grpo", 5), ("grpo", 6)]
