@@ -119,7 +119,9 @@ class StopRequest:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def __enter__(self) -> "StopRequest":
-        if threading.current_thread() is threading.main_thread():  # signals can only be caught there
+        # only in the main thread (signals can only be caught there), and not when SIGINT is ignored
+        # (a job started with nohup or in the background of a non-interactive shell)
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
             self._previous = signal.signal(signal.SIGINT, self._handle)
         return self
 

@@ -167,6 +167,17 @@ def test_ctrl_c_finishes_the_step_saves_and_says_how_to_continue(tmp_path, cli, 
         return real(*a, **k)
 
     monkeypatch.setattr(conspo.train, "_batch_metrics", interrupt_in_step_3)
+    # as in a terminal (a background job of a non-interactive shell starts with SIGINT ignored)
+    handler_before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _check_ctrl_c_run(tmp_path, cli, monkeypatch, real)
+    finally:
+        signal.signal(signal.SIGINT, handler_before)
+
+
+def _check_ctrl_c_run(tmp_path, cli, monkeypatch, real):
+    import conspo.train
+
     out = tmp_path / "run"
     code, err = cli("train", *TINY, "--steps", "8", "--save-every", "5", "--output-dir", out,
                     "--cache-dir", tmp_path / "cache")
