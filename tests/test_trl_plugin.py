@@ -336,3 +336,21 @@ def test_engine_trl_run_is_quiet_and_leaves_no_empty_folder(tmp_path):
     rows = read_jsonl(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == [0, 1, 2] and "reward/mean" in rows[1]
     assert (out / "summary.json").exists() and (out / "final").is_dir()
+
+
+@pytest.mark.slow
+def test_engine_trl_under_torchrun_two_processes_one_run_directory(tmp_path):
+    """`torchrun --nproc_per_node 2 -m conspo train --engine trl` (gloo, CPU): both processes train, the main
+    one alone writes the run directory (one metrics line per step, one summary, final/)."""
+    from helpers import TINY, read_jsonl
+
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                           "29533", "-m", "conspo", "train", "--engine", "trl", *TINY, "--steps", "2",
+                           "--eval-every", "0", "--output-dir", str(out), "--cache-dir", str(tmp_path / "cache")],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == [0, 1, 2]
+    assert (out / "summary.json").exists() and (out / "final").is_dir() and (out / "config.yaml").exists()
+    assert proc.stdout.count("held-out accuracy before (greedy)") == 1, "one summary, from the main process"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from pathlib import Path
 
 from conspo.config import TrainConfig
 from conspo.errors import ConfigError
@@ -100,17 +101,30 @@ def train_with_trl(cfg: TrainConfig, *, log=print) -> dict:
     except ImportError as e:
         raise ConfigError(f"--engine trl needs TRL and datasets ({e}): pip install 'conspo[trl]'") from e
 
-    run_dir = prepare_run_dir(cfg, log=log)
+    # Launched by torchrun/accelerate with several processes, every process trains, and only the main one
+    # owns the run directory: it writes config, metrics, held-out evaluations, final/ and the summary.
+    from accelerate import PartialState
+
     device, dtype = resolve_device_dtype(cfg)
+    processes = PartialState(cpu=device.type == "cpu")  # the same choice as TRL's use_cpu below
+    main = processes.is_main_process
+    if processes.num_processes > 1 and not cfg.output_dir:
+        raise ConfigError(f"{processes.num_processes} processes: pass --output-dir so that all of them use the same run directory")
+    if main:
+        run_dir = prepare_run_dir(cfg, log=log)
+    processes.wait_for_everyone()
+    run_dir = Path(cfg.output_dir)
     torch.manual_seed(cfg.seed)
     task = make_task(cfg)
-    model, tokenizer = load_model(cfg, task, torch.device("cpu"), dtype, log)
+    with processes.main_process_first():  # the tiny base's one-time warm-up is built by one process only
+        model, tokenizer = load_model(cfg, task, torch.device("cpu"), dtype, log)
     if hasattr(task, "set_tokenizer"):
         task.set_tokenizer(tokenizer)
     max_new_tokens = cfg.max_new_tokens or task.max_new_tokens
     heldout = task.heldout_problems()[: cfg.eval_size or None]
-    before, _ = evaluate_greedy(model, tokenizer, task, heldout, max_new_tokens=max_new_tokens)
-    write_config(run_dir, cfg)
+    if main:
+        before, _ = evaluate_greedy(model, tokenizer, task, heldout, max_new_tokens=max_new_tokens)
+        write_config(run_dir, cfg)
 
     problems = {p.prompt: p for p in task.train_problems()}
     dataset = Dataset.from_dict({"prompt": list(problems)})
@@ -123,8 +137,9 @@ def train_with_trl(cfg: TrainConfig, *, log=print) -> dict:
     args, trainer_class = ((ConSPOConfig(**kwargs), ConSPOTrainer) if cfg.objective == "conspo" else
                            (GRPOConfig(**kwargs), GRPOTrainer))
 
-    writer = MetricsWriter(run_dir, [], asdict(cfg))
-    writer.write(0, {"heldout/accuracy": before.accuracy})
+    writer = MetricsWriter(run_dir, [], asdict(cfg)) if main else None
+    if main:
+        writer.write(0, {"heldout/accuracy": before.accuracy})
     renames = {"reward": "reward/mean", "reward_std": "reward/std", "loss": "objective/loss", "grad_norm": "objective/grad_norm",
                "step_time": "time/step_s", "learning_rate": "train/lr", "completions/clipped_ratio": "gen/truncated_frac",
                "completions/mean_length": "gen/completion_len_mean"}
@@ -133,7 +148,7 @@ def train_with_trl(cfg: TrainConfig, *, log=print) -> dict:
         """Held-out evaluation every eval_every steps, and TRL's logs into our metrics.jsonl."""
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            if not logs or "train_runtime" in logs:
+            if not main or not logs or "train_runtime" in logs:
                 return
             metrics = {renames.get(k, k): v for k, v in logs.items()}
             step = state.global_step
@@ -148,8 +163,8 @@ def train_with_trl(cfg: TrainConfig, *, log=print) -> dict:
         def on_train_begin(self, args, state, control, **kwargs):
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=cfg.steps, desc=f"{cfg.objective} (trl)", unit="step", disable=not cfg.progress,
-                            dynamic_ncols=True)
+            self.bar = tqdm(total=cfg.steps, desc=f"{cfg.objective} (trl)", unit="step",
+                            disable=not (cfg.progress and main), dynamic_ncols=True)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "reward" in logs:
@@ -170,6 +185,8 @@ def train_with_trl(cfg: TrainConfig, *, log=print) -> dict:
         started = time.time()
         trainer.train()
     wall = time.time() - started
+    if not main:
+        return {"objective": cfg.objective, "steps": cfg.steps, "main_process": False}
     writer.close()
     remove_if_empty(run_dir / "trl")  # TRL's output_dir; nothing is saved there unless a reporter writes logs
     return finish_run(cfg, run_dir, trainer.model, tokenizer, accuracy_before=before.accuracy, wall=wall,
