@@ -112,6 +112,12 @@ class TrainConfig:
     """Upper clip range; None: the objective's default (0.2; DAPO 0.28; GSPO 4e-4)."""
     beta: float = 0.0
     """Coefficient of a k3 KL penalty to the initial policy; 0: off (no reference model kept; with LoRA the reference is the base with the adapter off)."""
+    overlong_buffer: int = 0
+    """DAPO's soft overlong punishment, for any objective: a completion ending within this many tokens of the generation limit gets an added reward falling linearly from 0 to -overlong_penalty_factor at the limit (0: off; the DAPO paper: 4096 of 20480)."""
+    overlong_penalty_factor: float = 1.0
+    """Size of the overlong penalty at the generation limit (needs overlong_buffer > 0; DAPO's 1.0)."""
+    mask_truncated: bool = False
+    """Truncated completions (generation limit reached without EOS) get no gradient, for any objective: DAPO's overlong filtering, TRL's mask_truncated_completions."""
 
     # ---- memory, precision, LoRA -------------------------------------------------------
     gradient_checkpointing: bool = False
@@ -193,12 +199,12 @@ class TrainConfig:
                 bad(name, "must be >= 1")
         for name in ("max_new_tokens", "micro_batch_size", "max_tokens_per_micro_batch", "lora_r", "lr_warmup_steps", "eval_every", "eval_size",
                      "log_samples_every", "save_every", "margin_horizon", "stop_after", "sft_steps", "threads",
-                     "keep_checkpoints", "max_consecutive_skips"):
+                     "keep_checkpoints", "max_consecutive_skips", "overlong_buffer"):
             if getattr(self, name) < 0:
                 bad(name, "must be >= 0")
         if get_objective(self.objective).couples_group and self.group_size < 2:
             bad("group_size", "ConSPO contrasts completions of the same prompt: needs >= 2")
-        for name in ("lr", "tau", "temperature", "dynamic_oversample"):
+        for name in ("lr", "tau", "temperature", "dynamic_oversample", "overlong_penalty_factor"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 bad(name, "must be a finite number > 0")
@@ -207,6 +213,10 @@ class TrainConfig:
                 "picks positives by the group's mean reward: leave positive_threshold at its default")
         if not 0 < self.top_p <= 1:
             bad("top_p", "must be in (0, 1]")
+        if not self.overlong_buffer and self.overlong_penalty_factor != TrainConfig.overlong_penalty_factor:
+            bad("overlong_penalty_factor", "is only used with overlong_buffer > 0: set --overlong-buffer too")
+        if self.max_new_tokens:
+            self.check_generation_limit(self.max_new_tokens)
         for name in ("weight_decay", "max_grad_norm", "beta", "sft_lr", "lora_dropout"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
@@ -318,6 +328,12 @@ class TrainConfig:
                     eps_low=self.eps_low, eps_high=self.eps_high,
                     max_completion_length=max_new_tokens)  # Dr.GRPO's L_max is the generation limit, as in TRL
 
+    def check_generation_limit(self, max_new_tokens: int) -> None:
+        """The checks that need the generation limit (``max_new_tokens``, or the task's default when it is 0)."""
+        if self.overlong_buffer > max_new_tokens:
+            raise ConfigError(f"invalid config: overlong_buffer={self.overlong_buffer}: must be at most the generation "
+                              f"limit ({max_new_tokens} tokens): lower it or raise --max-new-tokens")
+
     def cpu_threads(self) -> int:
         """torch CPU threads for this run (``threads``; 0 picks per model, see its help), 0: leave torch's default."""
         return self.threads or (1 if self.model == "tiny" else 0)
@@ -337,7 +353,8 @@ ENGINE_SUPPORT: dict[str, tuple[str, ...]] = {
         "top_p", "updates_per_batch", "group_mode", "lr", "lr_warmup_steps", "weight_decay", "max_grad_norm",
         "tau", "margin_schedule", "margin_start", "margin_end", "margin_horizon", "positive_threshold",
         "positive_rule", "score",
-        "eps_low", "eps_high", "beta", "gradient_checkpointing", "mixed_precision", "lora_r", "lora_alpha",
+        "eps_low", "eps_high", "beta", "overlong_buffer", "overlong_penalty_factor", "mask_truncated",
+        "gradient_checkpointing", "mixed_precision", "lora_r", "lora_alpha",
         "lora_dropout", "lora_target_modules", "lora_save", "sft_steps", "sft_seed", "sft_lr", "sft_batch_size", "cache_dir",
         "eval_every", "eval_size", "report_to", "dtype", "device", "threads", "progress")},
     **{f: _NATIVE for f in (

@@ -120,6 +120,51 @@ def kl_k3(token_logps: torch.Tensor, ref_token_logps: torch.Tensor, mask: torch.
 
 
 # ---------------------------------------------------------------------------------------
+# Overlong completions (DAPO): reward shaping and row masking, for any objective
+# ---------------------------------------------------------------------------------------
+
+
+def overlong_penalty(lengths: torch.Tensor, max_length: int, buffer: int, *, factor: float = 1.0) -> torch.Tensor:
+    """DAPO's soft overlong punishment (Yu et al. 2025, arXiv 2503.14476, Eq. 13) times ``factor``, (B,) float64.
+
+    With L_max = ``max_length`` (the generation limit), L_cache = ``buffer`` and |o_i| = ``lengths[i]``
+    (completion tokens, EOS included, as TRL counts them):
+
+        R_i = 0                                     if |o_i| <= L_max - L_cache
+        R_i = (L_max - L_cache - |o_i|) / L_cache   if L_max - L_cache < |o_i| <= L_max
+        R_i = -1                                    if |o_i| > L_max
+        returned: factor * R_i   ( = factor * clamp((L_max - L_cache - |o_i|) / L_cache, -1, 0) )
+
+    It is added to the task's reward before any objective sees it. The paper generates up to
+    L_max = 20480 tokens with L_cache = 4096 (penalty from 16384 tokens on) and factor 1. Equals TRL's
+    ``trl.rewards.get_soft_overlong_punishment(L_max, L_cache)`` with reward weight ``factor``
+    (tests/test_overlong.py). ``buffer=0`` is off: all zeros.
+    """
+    if not (isinstance(buffer, int) and 0 <= buffer <= max_length):
+        raise ValueError(f"buffer must be an int in [0, max_length={max_length}], got {buffer!r}")
+    n = lengths.to(torch.float64)
+    if buffer == 0:
+        return torch.zeros_like(n)
+    # the piecewise form is one clamp: above L_max the ramp passes -1, below L_max - L_cache it is positive
+    return factor * ((max_length - buffer - n) / buffer).clamp(min=-1.0, max=0.0)
+
+
+def mask_truncated_rows(mask: torch.Tensor, truncated: torch.Tensor) -> torch.Tensor:
+    """DAPO's overlong filtering, TRL's ``mask_truncated_completions``: ``mask`` with truncated rows zeroed.
+
+        m'_{i,t} = m_{i,t} * [o_i ended with EOS]
+
+    Every objective here treats an all-zero row as an empty completion, which gets no gradient:
+    GRPO, Dr.GRPO and GSPO still count it in B and DAPO drops its tokens from the token count, as TRL
+    does; ConSPO leaves it out of P_g, N_g and the group mean. Its reward still enters its group's mean
+    and std in the GRPO family (TRL computes advantages before masking).
+    """
+    if truncated.shape != mask.shape[:1]:
+        raise ValueError(f"truncated must be (B,) = ({mask.shape[0]},), got shape {tuple(truncated.shape)}")
+    return torch.where(truncated.bool()[:, None], torch.zeros_like(mask), mask)
+
+
+# ---------------------------------------------------------------------------------------
 # ConSPO
 # ---------------------------------------------------------------------------------------
 

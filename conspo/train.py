@@ -30,7 +30,7 @@ import torch
 from conspo.checkpoint import load_checkpoint
 from conspo.config import TrainConfig
 from conspo.heldout import evaluate_greedy
-from conspo.objectives import get_objective
+from conspo.objectives import get_objective, overlong_penalty
 from conspo.reporting import MetricsWriter
 from conspo.rollout import Rollouts, generate, token_logprobs
 from conspo.errors import Interrupted, RunError
@@ -82,6 +82,18 @@ def _sample_batch(cfg, task, model, tokenizer, py_rng: random.Random, max_new_to
     return problems, rollouts, rewards
 
 
+def overlong_shaping(cfg: TrainConfig, rollouts: Rollouts, rewards: torch.Tensor, max_new_tokens: int):
+    """Rewards plus DAPO's soft overlong punishment (``overlong_penalty``), and its metric; unchanged when off.
+
+    Applied after dynamic sampling, which (as in DAPO) picks groups by the task's reward, not the shaped one.
+    """
+    if not cfg.overlong_buffer:
+        return rewards, {}
+    penalty = overlong_penalty(rollouts.completion_mask.sum(1), max_new_tokens, cfg.overlong_buffer,
+                               factor=cfg.overlong_penalty_factor)
+    return rewards + penalty.to(rewards.dtype), {"reward/overlong_penalty_mean": float(penalty.mean())}
+
+
 def _batch_metrics(rewards: torch.Tensor, rollouts: Rollouts, group_size: int) -> dict:
     grouped = rewards.view(-1, group_size)
     return {
@@ -106,6 +118,7 @@ def train(cfg: TrainConfig, *, log=print) -> dict:
     py_rng = random.Random(cfg.seed)
 
     task = make_task(cfg)
+    cfg.check_generation_limit(cfg.max_new_tokens or task.max_new_tokens)  # before the model is loaded
     model, tokenizer = load_model(cfg, task, device, dtype, log)
     model = prepare_for_training(model, cfg)  # activation checkpointing, LoRA
     autocast = precision(cfg, device)  # bf16 compute over fp32 weights, or a no-op
@@ -156,7 +169,10 @@ def train(cfg: TrainConfig, *, log=print) -> dict:
             with autocast:
                 problems, rollouts, rewards = _sample_batch(cfg, task, model, tokenizer, py_rng, max_new_tokens)
             t_gen = time.perf_counter()
-            metrics = _batch_metrics(rewards, rollouts, cfg.group_size)
+            rewards, shaping_metrics = overlong_shaping(cfg, rollouts, rewards, max_new_tokens)
+            metrics = {**_batch_metrics(rewards, rollouts, cfg.group_size), **shaping_metrics}
+            if cfg.mask_truncated:  # these rows get no gradient (accumulate_gradients below)
+                metrics["gen/masked_truncated_frac"] = metrics["gen/truncated_frac"]
             if hasattr(task, "last_score_metrics"):
                 metrics.update(task.last_score_metrics())
             options = objective.options(cfg.objective_settings(margin=margin_at(step), max_new_tokens=max_new_tokens))
@@ -175,7 +191,8 @@ def train(cfg: TrainConfig, *, log=print) -> dict:
                         model, cfg.objective, rollouts, rewards, cfg.group_size, options,
                         micro_batch_size=cfg.micro_batch_size, max_tokens_per_micro_batch=cfg.max_tokens_per_micro_batch,
                         group_mode=cfg.group_mode, old_token_logps=old_logps, ref_logprobs=ref_logprobs, beta=cfg.beta,
-                        temperature=cfg.temperature)  # score what was sampled: logits / T, as TRL and verl
+                        temperature=cfg.temperature,  # score what was sampled: logits / T, as TRL and verl
+                        mask_truncated=cfg.mask_truncated)
                 norm = grad_norm(model, cfg.max_grad_norm)
                 finite = math.isfinite(norm) and math.isfinite(objective_metrics["objective/loss"])
                 if finite:

@@ -13,6 +13,8 @@ back-propagates exactly the full-batch gradient (docs/design.md section 4):
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from conspo.objectives import (
@@ -20,6 +22,7 @@ from conspo.objectives import (
     conspo_coefficients_and_metrics,
     get_objective,
     kl_k3,
+    mask_truncated_rows,
     resolve_group_mode,
     sequence_scores,
 )
@@ -113,6 +116,7 @@ def accumulate_gradients(
     ref_logprobs=None,
     beta: float = 0.0,
     temperature: float = 1.0,
+    mask_truncated: bool = False,
 ) -> dict:
     """Back-propagate the objective's full-batch loss (``.grad`` accumulates); return its metrics.
 
@@ -122,8 +126,12 @@ def accumulate_gradients(
     reference policy (``ref_logprobs(rollouts) -> (b, T)`` log-probs) is added, weighted per
     micro-batch by its share of the rows. Log-probs are of ``logits / temperature``: pass the
     sampling temperature to score the distribution the rollouts were drawn from (as TRL and verl do).
+    ``mask_truncated``: rows with ``rollouts.truncated`` take part as empty completions (``mask_truncated_rows``).
     """
     objective = get_objective(objective_name)
+    if mask_truncated:  # before anything reads the mask: normalisers, group sets, KL and micro-batch widths all see it
+        rollouts = dataclasses.replace(rollouts, completion_mask=mask_truncated_rows(rollouts.completion_mask,
+                                                                                      rollouts.truncated))
     mask = rollouts.completion_mask
     n_rows, width = mask.shape
     budget = max_tokens_per_micro_batch

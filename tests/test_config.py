@@ -63,6 +63,8 @@ def test_option_is_honoured_or_refused_by_each_engine(name, monkeypatch):
             continue
         if engine == "trl" and name.startswith("vllm_") and name != "vllm_mode":  # each is used in one mode only
             cfg = dataclasses.replace(cfg, vllm_mode="server" if name.startswith("vllm_server") else "colocate")
+        if name == "overlong_penalty_factor":  # used only with the penalty on
+            cfg = dataclasses.replace(cfg, overlong_buffer=2)
         if engine in ENGINE_SUPPORT[name]:
             if name == "micro_batch_size" or name == "group_size":
                 cfg = dataclasses.replace(cfg, group_size=4)
@@ -79,12 +81,15 @@ TRL_ARG_FIELDS = ["steps", "prompts_per_step", "group_size", "max_new_tokens", "
                   "progress", "tau", "margin_schedule", "margin_start", "margin_end", "margin_horizon",
                   "positive_threshold", "positive_rule", "score", "group_mode", "objective", "gradient_checkpointing",
                   "mixed_precision", "vllm_mode", "vllm_gpu_memory_utilization", "vllm_tensor_parallel_size",
-                  "vllm_server_host", "vllm_server_port"]
+                  "vllm_server_host", "vllm_server_port", "mask_truncated", "overlong_buffer",
+                  "overlong_penalty_factor"]
 
 
 @pytest.mark.parametrize("name", TRL_ARG_FIELDS)
 def test_trl_honoured_options_reach_trls_config(name):
     base = TrainConfig(engine="trl", margin_schedule="linear")
+    if name == "overlong_penalty_factor":  # its weight reaches TRL only with the penalty on
+        base = dataclasses.replace(base, overlong_buffer=2)
     changed = dataclasses.replace(base, **{name: _other_value(name)})
     if name == "margin_schedule":
         changed = dataclasses.replace(base, margin_schedule="cosine")

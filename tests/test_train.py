@@ -145,6 +145,30 @@ def test_token_budget_batches_cover_every_row_once_within_budget(policy_and_batc
     assert max(row_lengths(rollouts)) > min(row_lengths(rollouts)), "the batch must have ragged rows to mean anything"
 
 
+@pytest.mark.parametrize("name", list(OBJECTIVES))
+@pytest.mark.parametrize("split", [dict(micro_batch_size=4), dict(max_tokens_per_micro_batch=40)])
+def test_mask_truncated_update_is_the_full_batch_gradient_of_the_masked_loss(policy_and_batch, name, split):
+    """Truncated rows as empty completions, under micro-batching (one micro-batch of whole groups is all truncated;
+    ConSPO under a token budget takes the coefficient route)."""
+    import dataclasses
+
+    from conspo.objectives import mask_truncated_rows
+
+    model, rollouts, rewards, G = policy_and_batch
+    truncated = torch.zeros(len(rollouts), dtype=torch.bool)
+    truncated[[0, 5, 10, 12, 13, 14, 15]] = True  # row 10 is group 2's only negative; group 3 entirely
+    rollouts = dataclasses.replace(rollouts, truncated=truncated)
+    options = {"conspo": {"margin": 0.1, "tau": 0.3}, "dr_grpo": {"max_completion_length": 5}}.get(name, {})
+    masked = dataclasses.replace(rollouts, completion_mask=mask_truncated_rows(rollouts.completion_mask, truncated))
+    reference = _full_batch_grad(model, name, masked, rewards, G, options)
+    grad, metrics = _grad(model, objective_name=name, rollouts=rollouts, rewards=rewards, group_size=G,
+                          options=options, mask_truncated=True, **split)
+    torch.testing.assert_close(grad, reference, rtol=1e-9, atol=1e-12)
+    assert (_full_batch_grad(model, name, rollouts, rewards, G, options) - reference).abs().max() > 1e-8
+    if name == "conspo":
+        assert metrics["conspo/valid_group_frac"] == 0.25  # group 2 lost its only negative
+
+
 def test_split_groups_refused_for_clipped_objectives(policy_and_batch):
     model, rollouts, rewards, G = policy_and_batch
     with pytest.raises(ValueError, match="whole groups"):

@@ -100,3 +100,26 @@ def test_matches_trl_grpo_trainer_loss(name, ours, trl_kwargs, G, binary, zero_r
     assert float(loss.detach()) != 0.0  # the comparison is not vacuous
     if zero_rows == 0:  # TRL averages clip flags over the same tokens (or sequences)
         assert metrics["clip/region_frac"] == pytest.approx(trl_metrics["clip_ratio/region_mean"][0])
+
+
+@pytest.mark.parametrize("name,ours,trl_kwargs", CASES, ids=[c[0] for c in CASES])
+def test_mask_truncated_matches_trls_mask_truncated_completions(name, ours, trl_kwargs):
+    """Our truncated-row mask vs TRL's: TRL 1.16 ``_generate_and_score_completions`` zeroes the completion mask of
+    truncated rows (``completion_mask * (~is_truncated).unsqueeze(1).int()``) after computing the advantages from all
+    rewards and before counting ``num_items_in_batch``; ``_trl_loss`` does both in that order."""
+    G = 4
+    logps, old, mask, rewards = make_batch(6, G, 9, seed=29)
+    if name == "gspo":
+        old = logps + 2e-3 * torch.randn(logps.shape, dtype=logps.dtype, generator=torch.Generator().manual_seed(3))
+    truncated = torch.zeros(len(rewards), dtype=torch.bool)
+    truncated[[1, 4, 5, 6, 7, 13, 22]] = True  # group 1 entirely
+    trl_mask = mask.to(logps.dtype) * (~truncated).unsqueeze(1).int()
+    ours_x = logps.clone().requires_grad_(True)
+    trl_x = logps.clone().requires_grad_(True)
+    loss, _ = ours(ours_x, old, obj.mask_truncated_rows(mask, truncated), rewards, G)
+    trl_loss, _ = _trl_loss(trl_x, old, trl_mask, rewards, G, **trl_kwargs)
+    torch.testing.assert_close(loss, trl_loss, rtol=1e-7, atol=1e-12)
+    loss.backward()
+    trl_loss.backward()
+    torch.testing.assert_close(ours_x.grad, trl_x.grad, rtol=1e-7, atol=1e-12)
+    assert torch.count_nonzero(ours_x.grad[truncated]) == 0 and torch.count_nonzero(ours_x.grad) > 0

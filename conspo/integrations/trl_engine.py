@@ -62,6 +62,9 @@ def trl_arguments(cfg: TrainConfig, *, max_new_tokens: int, output_dir: str, use
         vllm_tensor_parallel_size=cfg.vllm_tensor_parallel_size, vllm_server_host=cfg.vllm_server_host,
         vllm_server_port=cfg.vllm_server_port,
         **({"vllm_mode": cfg.vllm_mode} if cfg.vllm_mode != "none" else {}),
+        mask_truncated_completions=cfg.mask_truncated,  # the same masking as mask_truncated_rows (tested)
+        # TRL sums the reward functions of trl_reward_functions with these weights: task + factor * penalty
+        **({"reward_weights": [1.0, cfg.overlong_penalty_factor]} if cfg.overlong_buffer else {}),
     )
     if cfg.objective == "conspo":
         return {**args, "beta": 0.0, "tau": cfg.tau, "margin_schedule": cfg.margin_schedule,
@@ -73,6 +76,17 @@ def trl_arguments(cfg: TrainConfig, *, max_new_tokens: int, output_dir: str, use
     return {**args, "beta": cfg.beta, **TRL_LOSS_OPTIONS[cfg.objective],
             "epsilon": clip["eps_low"] if cfg.eps_low is None else cfg.eps_low,
             "epsilon_high": clip["eps_high"] if cfg.eps_high is None else cfg.eps_high}
+
+
+def trl_reward_functions(cfg: TrainConfig, task_reward, *, max_new_tokens: int) -> list:
+    """The reward functions TRL sums, weighted by ``trl_arguments``' ``reward_weights``: the task's verifier and,
+    with ``overlong_buffer``, TRL's own soft overlong punishment (the formula of ``overlong_penalty``, tested equal)."""
+    if not cfg.overlong_buffer:
+        return [task_reward]
+    from trl.rewards import get_soft_overlong_punishment
+
+    return [task_reward, get_soft_overlong_punishment(max_completion_len=max_new_tokens,
+                                                      soft_punish_cache=cfg.overlong_buffer)]
 
 
 def trl_peft_config(cfg: TrainConfig):
@@ -116,6 +130,7 @@ def train_with_trl(cfg: TrainConfig, *, log=print) -> dict:
     run_dir = Path(cfg.output_dir)
     torch.manual_seed(cfg.seed)
     task = make_task(cfg)
+    cfg.check_generation_limit(cfg.max_new_tokens or task.max_new_tokens)  # before the model is loaded
     with processes.main_process_first():  # the tiny base's one-time warm-up is built by one process only
         model, tokenizer = load_model(cfg, task, torch.device("cpu"), dtype, log)
     if hasattr(task, "set_tokenizer"):
@@ -132,6 +147,7 @@ def train_with_trl(cfg: TrainConfig, *, log=print) -> dict:
     def task_reward(prompts, completions, **kwargs):
         return task.score([problems[p] for p in prompts], completions)
 
+    reward_funcs = trl_reward_functions(cfg, task_reward, max_new_tokens=max_new_tokens)
     kwargs = trl_arguments(cfg, max_new_tokens=max_new_tokens, output_dir=str(run_dir / "trl"),
                            use_cpu=device.type == "cpu", bf16=dtype == torch.bfloat16)
     args, trainer_class = ((ConSPOConfig(**kwargs), ConSPOTrainer) if cfg.objective == "conspo" else
@@ -151,6 +167,12 @@ def train_with_trl(cfg: TrainConfig, *, log=print) -> dict:
             if not main or not logs or "train_runtime" in logs:
                 return
             metrics = {renames.get(k, k): v for k, v in logs.items()}
+            if cfg.overlong_buffer:  # TRL logs the unweighted penalty; ours is the amount added to the reward
+                penalty = logs.get(f"rewards/{reward_funcs[1].__name__}/mean")
+                if penalty is not None:
+                    metrics["reward/overlong_penalty_mean"] = penalty * cfg.overlong_penalty_factor
+            if cfg.mask_truncated and "gen/truncated_frac" in metrics:  # TRL masks the rows it counts as clipped
+                metrics["gen/masked_truncated_frac"] = metrics["gen/truncated_frac"]
             step = state.global_step
             if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
                 result, _ = evaluate_greedy(trainer.model, tokenizer, task, heldout, max_new_tokens=max_new_tokens)
@@ -178,7 +200,7 @@ def train_with_trl(cfg: TrainConfig, *, log=print) -> dict:
         # TRL/transformers deprecation notices about options this adapter sets on the user's behalf
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
-        trainer = trainer_class(model=model, reward_funcs=task_reward, args=args, processing_class=tokenizer,
+        trainer = trainer_class(model=model, reward_funcs=reward_funcs, args=args, processing_class=tokenizer,
                                 train_dataset=dataset, callbacks=[Mirror(), Progress()], peft_config=trl_peft_config(cfg))
         for printer in (PrinterCallback, ProgressCallback):  # they print every log dict; Progress replaces them
             trainer.remove_callback(printer)
