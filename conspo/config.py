@@ -177,7 +177,7 @@ class TrainConfig:
     device: str = "auto"
     """cpu, cuda, cuda:N or auto."""
     threads: int = 0
-    """torch CPU threads; 0: 1 for the tiny model (2.5-3x faster than 2 threads when another job shares the cores, ~20% slower on an idle machine: BENCHMARKS.md section 7), torch's default (one per core) for other models."""
+    """torch CPU threads; 0: 1 for the tiny model (2.5-3x faster than 2 threads when another job shares the cores, 1.2-1.5x slower on an idle machine: BENCHMARKS.md section 7), torch's default (one per core) for other models."""
     progress: bool = True
     """Show a progress bar."""
 
