@@ -282,14 +282,12 @@ def test_templates_answer_format_is_understood_by_the_reward():
     assert extract_answer(" 2") == "2"  # plain (generation stops at the end of the line)
 
 
+@needs_shared
 def test_math_task_builds_prompts_and_scores(tmp_path):
     from conspo.config import TrainConfig
     from conspo.run import make_task
 
-    try:
-        task = make_task(TrainConfig(task="math", train_data="amc23", eval_data="aime24"))
-    except FileNotFoundError:
-        pytest.skip("shared data not available")
+    task = make_task(TrainConfig(task="math", train_data="amc23", eval_data="aime24"))
     problems = task.heldout_problems()
     assert len(problems) == 30 and "\\boxed{}" in problems[0].prompt
     scores = task.score(problems[:2], [f"so \\boxed{{{problems[0].answer}}}", "\\boxed{nonsense}"])
