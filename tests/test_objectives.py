@@ -53,13 +53,19 @@ def test_conspo_token_gradient_matches_loop_reference(G, binary, zero_rows):
     logps, _, mask, rewards = make_batch(4, G, 5, seed=G + 100 * zero_rows, binary=binary, zero_length_rows=zero_rows)
     a = logps.clone().requires_grad_(True)
     b = logps.clone().requires_grad_(True)
-    obj.conspo_loss(a, mask, rewards, G, margin=0.2, tau=0.5)[0].backward()
-    loss_ref = conspo_loss_loop(b, mask, rewards, G, 0.2, 0.5)
-    if loss_ref.requires_grad:
-        loss_ref.backward()
-        torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-12)
-    else:  # no valid group: the reference is a constant and our gradient must be exactly zero
-        assert torch.count_nonzero(a.grad) == 0
+    loss, _ = obj.conspo_loss(a, mask, rewards, G, margin=0.2, tau=0.5)
+    assert_token_gradients_equal(loss, conspo_loss_loop(b, mask, rewards, G, 0.2, 0.5), a, b)
+
+
+def assert_token_gradients_equal(loss, ref, ours, theirs):
+    """Back-propagate both losses: equal token gradients, or, where the reference is a constant (no valid
+    group), an exactly zero gradient of ours."""
+    loss.backward()
+    if ref.requires_grad:
+        ref.backward()
+        torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-10, atol=1e-12)
+    else:
+        assert torch.count_nonzero(ours.grad) == 0
 
 
 @pytest.mark.parametrize("G,binary,zero_rows", CASES)
@@ -176,12 +182,7 @@ def test_group_mean_rule_loss_and_token_gradient_match_loop_reference(G, binary,
     loss, _ = obj.conspo_loss(a, mask, rewards, G, margin=margin, tau=tau, positive_rule="group_mean")
     ref = conspo_loss_loop(b, mask, rewards, G, margin, tau, rule="group_mean")
     torch.testing.assert_close(loss, ref, rtol=1e-10, atol=1e-12)
-    loss.backward()
-    if ref.requires_grad:
-        ref.backward()
-        torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-12)
-    else:  # no valid group: the reference is a constant and our gradient must be exactly zero
-        assert torch.count_nonzero(a.grad) == 0
+    assert_token_gradients_equal(loss, ref, a, b)
 
 
 @pytest.mark.parametrize("G,binary,zero_rows", CASES)
