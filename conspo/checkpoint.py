@@ -12,6 +12,10 @@ A checkpoint is a directory ``checkpoint-<step>/`` holding
 It is written into a hidden temporary directory, flushed, then renamed into place, so a
 ``checkpoint-<step>`` directory that exists is complete: a crash mid-write leaves only a
 ``.tmp-*`` directory, which is ignored and cleaned up by the next save.
+
+``save_optimizer_file`` / ``save_rng_file`` and their loaders are the same contents as single
+self-describing files (JSON in the safetensors header): ``--engine trl`` writes them in place
+of the pickles of transformers' Trainer (conspo/integrations/trl_engine.py).
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import shutil
 from pathlib import Path
 
 import torch
+import numpy as np
+from safetensors import safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from conspo.models import is_lora
@@ -46,14 +52,16 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_json(path: Path, data) -> None:
+def write_json(path: Path, data) -> None:
+    """Write JSON and flush it to disk before returning (a marker others rely on must not be lost)."""
     with open(path, "w") as f:
         json.dump(data, f, indent=1)
         f.flush()
         os.fsync(f.fileno())
 
 
-def _optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+def optimizer_state_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """The optimizer's state as (tensors keyed ``state.<param>.<name>``, JSON-able rest)."""
     state = optimizer.state_dict()
     tensors, scalars = {}, {}
     for param_id, param_state in state["state"].items():
@@ -65,7 +73,8 @@ def _optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
-def _optimizer_from_flat(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+def load_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """The inverse of ``optimizer_state_tensors``."""
     state: dict[int, dict] = {}
     for key, value in tensors.items():
         _, param_id, name = key.split(".", 2)
@@ -109,15 +118,11 @@ def _write_checkpoint_files(tmp: Path, step: int, model, optimizer, py_rng: rand
         save_file(adapter, str(tmp / ADAPTER_FILE))
     else:
         save_model(model, str(tmp / "model.safetensors"))
-    opt_tensors, opt_meta = _optimizer_to_flat(optimizer)
+    opt_tensors, opt_meta = optimizer_state_tensors(optimizer)
     save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-    rng = {"torch_cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            rng[f"torch_cuda_{i}"] = s
-    save_file(rng, str(tmp / "rng.safetensors"))
+    save_file(torch_rng_tensors(), str(tmp / "rng.safetensors"))
     version, internal, gauss = py_rng.getstate()
-    _write_json(tmp / "state.json", {
+    write_json(tmp / "state.json", {
         "step": step,
         "optimizer": opt_meta,
         "python_rng": [version, list(internal), gauss],
@@ -174,13 +179,66 @@ def load_checkpoint(checkpoint: Path, model, optimizer, py_rng: random.Random) -
         raise ValueError(f"checkpoint {checkpoint} does not fit the model: missing {missing}, unexpected {unexpected}")
     device = next(model.parameters()).device
     opt_tensors = {k: v.to(device) if not k.endswith(".step") else v for k, v in load_file(str(checkpoint / "optimizer.safetensors")).items()}
-    _optimizer_from_flat(optimizer, opt_tensors, state["optimizer"])
-    rng = load_file(str(checkpoint / "rng.safetensors"))
-    torch.set_rng_state(rng["torch_cpu"])
-    if torch.cuda.is_available():
-        cuda_states = [rng[k] for k in sorted(k for k in rng if k.startswith("torch_cuda_"))]
-        if cuda_states:
-            torch.cuda.set_rng_state_all(cuda_states)
+    load_optimizer_state(optimizer, opt_tensors, state["optimizer"])
+    restore_torch_rng(load_file(str(checkpoint / "rng.safetensors")))
     version, internal, gauss = state["python_rng"]
     py_rng.setstate((version, tuple(internal), gauss))
     return state
+
+
+def torch_rng_tensors() -> dict[str, torch.Tensor]:
+    """torch's CPU generator state and, with CUDA, every device's (keys ``torch_cpu``, ``torch_cuda_<i>``)."""
+    rng = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            rng[f"torch_cuda_{i}"] = state
+    return rng
+
+
+def restore_torch_rng(rng: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(rng["torch_cpu"])
+    cuda_states = [rng[k] for k in sorted((k for k in rng if k.startswith("torch_cuda_")), key=lambda k: int(k.rsplit("_", 1)[1]))]
+    if cuda_states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda_states)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as handle:
+        os.fsync(handle.fileno())
+
+
+def save_optimizer_file(optimizer: torch.optim.Optimizer, path: Path) -> None:
+    """The whole optimizer state in one safetensors file (param groups and scalars in its header)."""
+    tensors, meta = optimizer_state_tensors(optimizer)
+    save_file(tensors, str(path), metadata={"optimizer": json.dumps(meta)})
+    _fsync_file(path)
+
+
+def load_optimizer_file(optimizer: torch.optim.Optimizer, path: Path, device: torch.device | str = "cpu") -> None:
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["optimizer"])
+    tensors = {k: v if k.endswith(".step") else v.to(device) for k, v in load_file(str(path)).items()}
+    load_optimizer_state(optimizer, tensors, meta)
+
+
+def save_rng_file(path: Path, py_rng=random) -> None:
+    """One process's random states: torch (CPU, CUDA), numpy's global generator and ``py_rng``
+    (default: the ``random`` module's), as safetensors with the non-tensor parts in its header."""
+    kind, keys, position, has_gauss, cached_gauss = np.random.get_state()
+    version, internal, gauss = py_rng.getstate()
+    tensors = {**torch_rng_tensors(), "numpy_keys": torch.from_numpy(np.asarray(keys, dtype=np.int64))}
+    header = {"numpy": [kind, int(position), int(has_gauss), float(cached_gauss)], "python": [version, list(internal), gauss]}
+    save_file(tensors, str(path), metadata={"rng": json.dumps(header)})
+    _fsync_file(path)
+
+
+def load_rng_file(path: Path, py_rng=random) -> None:
+    """Restore what ``save_rng_file`` wrote."""
+    with safe_open(str(path), framework="pt") as f:
+        header = json.loads(f.metadata()["rng"])
+    tensors = load_file(str(path))
+    restore_torch_rng(tensors)
+    kind, position, has_gauss, cached_gauss = header["numpy"]
+    np.random.set_state((kind, tensors["numpy_keys"].numpy().astype(np.uint32), position, has_gauss, cached_gauss))
+    version, internal, gauss = header["python"]
+    py_rng.setstate((version, tuple(internal), gauss))

@@ -76,8 +76,9 @@ def new_run_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
-def checkpoint_to_resume(path: str | Path) -> Path:
-    """The checkpoint ``--resume path`` continues from, after checking it belongs to one run.
+def checkpoint_to_resume(path: str | Path, engine: str | None = None) -> Path:
+    """The checkpoint ``--resume path`` continues from, after checking it belongs to one run
+    (and, given ``engine``, that this engine wrote it: the two engines' checkpoints differ).
 
     A run directory whose checkpoints carry different run ids (copied together by hand, or
     left by a version without run ids next to a new run) is refused rather than guessed at.
@@ -87,6 +88,12 @@ def checkpoint_to_resume(path: str | Path) -> Path:
     except FileNotFoundError as e:
         raise ConfigError(f"{e}; a run stopped before its first checkpoint cannot be resumed: start it again "
                           "with the same options and --overwrite") from None
+    if engine is not None:
+        with open(checkpoint / "state.json") as f:
+            written_by = json.load(f).get("engine", "native")
+        if written_by != engine:
+            raise ConfigError(f"--resume {path}: {checkpoint.name} was written by --engine {written_by}; "
+                              f"resume it with --engine {written_by}")
     if (Path(path) / "state.json").exists():  # a checkpoint named directly: the user chose it
         return checkpoint
     siblings = list_checkpoints(checkpoint.parent) if checkpoint.name.startswith("checkpoint-") else [checkpoint]
@@ -310,7 +317,7 @@ def finish_run(cfg: TrainConfig, run_dir: Path, model, tokenizer, *, accuracy_be
         "skipped_steps": skipped_steps,
         "wall_seconds": round(wall, 1),
     }
-    save_final(model, tokenizer, run_dir / "final", tiny=cfg.model == "tiny", lora_save=cfg.lora_save)
+    save_final(model, tokenizer, run_dir / "final", tiny_task=cfg.task if cfg.model == "tiny" else "", lora_save=cfg.lora_save)
     with open(run_dir / "summary.json", "w") as f:
         json.dump(summary, f, indent=1)
     via = "" if engine == "native" else f" via {engine.upper()}"

@@ -139,7 +139,7 @@ def train(cfg: TrainConfig, *, log=print) -> dict:
 
     start_step, wall_before, skipped_total, run_id = 0, 0.0, 0, new_run_id()
     if cfg.resume:
-        checkpoint = checkpoint_to_resume(cfg.resume)
+        checkpoint = checkpoint_to_resume(cfg.resume, engine="native")
         state = load_checkpoint(checkpoint, model, optimizer, py_rng)
         start_step, wall_before, run_id = state["step"], state["wall_seconds"], state.get("run_id") or run_id
         accuracy_before, skipped_total = state["heldout_accuracy_before"], state["skipped_steps"]

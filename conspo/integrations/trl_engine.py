@@ -8,23 +8,38 @@ the same layout (metrics.jsonl with our metric names next to TRL's, summary.json
 Both engines score log-probs of logits divided by the sampling temperature (the distribution
 the rollouts were drawn from). TRL's generation and sampler RNG differ from ours, so runs are
 comparable in distribution, not row for row.
+
+Checkpoints are transformers' (``checkpoint-<step>/`` in the run directory, resumed by TRL's own
+``resume_from_checkpoint``, which skips the data already seen) with its pickled parts written as
+safetensors + JSON instead (``with_safetensors_checkpoints``), and a ``state.json`` written last
+that marks the checkpoint complete and carries the run's config, as the native engine's does.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import time
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 
+from transformers import TrainerCallback
+
+from conspo.checkpoint import list_checkpoints, load_optimizer_file, load_rng_file, save_optimizer_file, save_rng_file, write_json
 from conspo.config import TrainConfig
-from conspo.errors import ConfigError
+from conspo.errors import ConfigError, Interrupted
 from conspo.heldout import evaluate_greedy
 from conspo.objectives import get_objective
 from conspo.reporting import MetricsWriter
 from conspo.run import (
+    StopRequest,
+    checkpoint_to_resume,
     finish_run,
     load_model,
     make_task,
+    new_run_id,
     prepare_run_dir,
     remove_if_empty,
     resolve_device_dtype,
@@ -53,7 +68,8 @@ def trl_arguments(cfg: TrainConfig, *, max_new_tokens: int, output_dir: str, use
         gradient_accumulation_steps=1, num_generations=cfg.group_size, max_completion_length=max_new_tokens,
         max_steps=cfg.steps, learning_rate=cfg.lr, warmup_steps=cfg.lr_warmup_steps,
         lr_scheduler_type="constant_with_warmup", weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
-        temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed, logging_steps=1, save_strategy="no",
+        temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed, logging_steps=1,
+        save_strategy="no", save_total_limit=None,  # checkpoints are asked for and rotated by CheckpointCallback
         report_to=cfg.reporters() or [], use_cpu=use_cpu, bf16=bf16 or cfg.mixed_precision == "bf16",
         gradient_checkpointing=cfg.gradient_checkpointing, disable_tqdm=not cfg.progress,
         num_iterations=cfg.updates_per_batch,
@@ -99,15 +115,113 @@ def trl_peft_config(cfg: TrainConfig):
                        target_modules=cfg.lora_target_modules)
 
 
-def train_with_trl(cfg: TrainConfig, *, log=print) -> dict:
-    """Run ``cfg`` (validated; engine=trl) through TRL; return the summary dict."""
-    from dataclasses import asdict
+#: The files of one process's random states and of the optimizer in a TRL checkpoint (conspo.checkpoint formats).
+OPTIMIZER_FILE = "optimizer.safetensors"
+SCHEDULER_FILE = "scheduler.json"
 
+
+def rng_file_name(process_index: int) -> str:
+    return f"rng_state_{process_index}.safetensors"
+
+
+def with_safetensors_checkpoints(trainer_class):
+    """``trainer_class`` (GRPOTrainer or ConSPOTrainer) writing its checkpoints without pickles.
+
+    transformers' Trainer saves the optimizer, scheduler, RNG states and training arguments with
+    ``torch.save``; conspo never writes or loads pickles. These four methods are the places it does
+    so: they are replaced by the same contents as safetensors + JSON, and the rest of transformers'
+    checkpoint and resume logic (model weights in safetensors, trainer_state.json, skipping the
+    batches already trained on, restoring the RNG at the right moment) is used unchanged.
+    Under DeepSpeed or FSDP the sharded optimizer state is saved by that engine, in its own format.
+    """
+
+    class SafetensorsCheckpoints(trainer_class):
+        def _sharded(self) -> bool:
+            return bool(getattr(self, "is_deepspeed_enabled", False) or getattr(self, "is_fsdp_enabled", False))
+
+        def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+            if self._sharded():
+                return super()._save_optimizer_and_scheduler(output_dir)
+            if self.args.should_save:
+                save_optimizer_file(self.optimizer, Path(output_dir) / OPTIMIZER_FILE)
+                write_json(Path(output_dir) / SCHEDULER_FILE, self.lr_scheduler.state_dict())
+
+        def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+            if checkpoint is None or self._sharded():
+                return super()._load_optimizer_and_scheduler(checkpoint)
+            load_optimizer_file(self.optimizer, Path(checkpoint) / OPTIMIZER_FILE, device=self.args.device)
+            with open(Path(checkpoint) / SCHEDULER_FILE) as f:
+                self.lr_scheduler.load_state_dict(json.load(f))
+
+        def _save_rng_state(self, output_dir: str) -> None:
+            os.makedirs(output_dir, exist_ok=True)  # another process may not have created it yet
+            save_rng_file(Path(output_dir) / rng_file_name(self.args.process_index))
+            self.accelerator.wait_for_everyone()  # every process's file is written before the checkpoint is marked complete
+
+        def _load_rng_state(self, checkpoint: str | None) -> None:
+            if checkpoint is not None:
+                load_rng_file(Path(checkpoint) / rng_file_name(self.args.process_index))
+
+        def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+            super()._save(output_dir, state_dict)
+            # transformers also pickles the TrainingArguments next to the weights; nothing reads it back
+            # on resume, and the run's config.yaml and state.json hold the same settings as text
+            Path(output_dir or self.args.output_dir, "training_args.bin").unlink(missing_ok=True)
+
+        def create_model_card(self, *args, **kwargs) -> None:
+            """TRL writes a hub model card (README.md) into the run directory at each save: not wanted there."""
+
+    SafetensorsCheckpoints.__name__ = SafetensorsCheckpoints.__qualname__ = f"SafetensorsCheckpoints{trainer_class.__name__}"
+    return SafetensorsCheckpoints
+
+
+class CheckpointCallback(TrainerCallback):
+    """Asks TRL to save every ``save_every`` steps, at the end, at ``--stop-after`` and on Ctrl-C;
+    marks each saved checkpoint complete with a ``state.json`` written last (after fsyncing its files)
+    and keeps the newest ``keep_checkpoints``. A checkpoint without ``state.json`` (killed while being
+    written) is never resumed from and is deleted by the next save."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path, *, main: bool, start_step: int, stop: StopRequest, state: dict):
+        self.cfg, self.run_dir, self.main, self.start_step, self.stop = cfg, run_dir, main, start_step, stop
+        self.state = state  # run_id, heldout_accuracy_before, and the wall time before this invocation
+        self.started = time.time()
+        self.stopped_at: int | None = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        step, cfg = state.global_step, self.cfg
+        if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps:
+            control.should_save = True
+        if step < cfg.steps and (self.stop.requested or (cfg.stop_after and step - self.start_step >= cfg.stop_after)):
+            control.should_save = control.should_training_stop = True
+            self.stopped_at = step
+        return control
+
+    def on_save(self, args, state, control, **kwargs):
+        if not self.main:
+            return
+        checkpoint = self.run_dir / f"checkpoint-{state.global_step}"
+        for path in checkpoint.rglob("*"):  # transformers does not fsync; the marker must not outlive the files
+            if path.is_file():
+                with open(path, "rb+") as handle:
+                    os.fsync(handle.fileno())
+        wall = self.state["wall_seconds"] + time.time() - self.started
+        write_json(checkpoint / "state.json", {"step": state.global_step, "engine": "trl", "config": asdict(self.cfg),
+                                               **self.state, "wall_seconds": wall, "skipped_steps": 0})
+        complete = list_checkpoints(self.run_dir)
+        for old in complete[: -self.cfg.keep_checkpoints] if self.cfg.keep_checkpoints > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+        for partial in self.run_dir.glob("checkpoint-*"):  # killed mid-write earlier: never complete
+            if partial.is_dir() and not (partial / "state.json").exists():
+                shutil.rmtree(partial, ignore_errors=True)
+
+
+def train_with_trl(cfg: TrainConfig, *, log=print) -> dict:
+    """Run (or resume) ``cfg`` (validated; engine=trl; merged with its saved config when resumed)
+    through TRL; return the summary dict."""
     import torch
 
     try:
         from datasets import Dataset
-        from transformers import TrainerCallback
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
         from trl import GRPOConfig, GRPOTrainer
 
@@ -137,8 +251,19 @@ def train_with_trl(cfg: TrainConfig, *, log=print) -> dict:
         task.set_tokenizer(tokenizer)
     max_new_tokens = cfg.max_new_tokens or task.max_new_tokens
     heldout = task.heldout_problems()[: cfg.eval_size or None]
+    checkpoint, start_step = None, 0
+    run_state = {"run_id": new_run_id(), "heldout_accuracy_before": None, "wall_seconds": 0.0}
+    if cfg.resume:
+        checkpoint = checkpoint_to_resume(cfg.resume, engine="trl")
+        with open(checkpoint / "state.json") as f:
+            saved = json.load(f)
+        start_step = saved["step"]
+        run_state = {k: saved[k] for k in run_state}
+        log(f"resumed from {checkpoint} at step {start_step}")
+    elif main:
+        run_state["heldout_accuracy_before"] = evaluate_greedy(model, tokenizer, task, heldout,
+                                                               max_new_tokens=max_new_tokens)[0].accuracy
     if main:
-        before, _ = evaluate_greedy(model, tokenizer, task, heldout, max_new_tokens=max_new_tokens)
         write_config(run_dir, cfg)
 
     problems = {p.prompt: p for p in task.train_problems()}
@@ -148,14 +273,12 @@ def train_with_trl(cfg: TrainConfig, *, log=print) -> dict:
         return task.score([problems[p] for p in prompts], completions)
 
     reward_funcs = trl_reward_functions(cfg, task_reward, max_new_tokens=max_new_tokens)
-    kwargs = trl_arguments(cfg, max_new_tokens=max_new_tokens, output_dir=str(run_dir / "trl"),
+    kwargs = trl_arguments(cfg, max_new_tokens=max_new_tokens, output_dir=str(run_dir),
                            use_cpu=device.type == "cpu", bf16=dtype == torch.bfloat16)
-    args, trainer_class = ((ConSPOConfig(**kwargs), ConSPOTrainer) if cfg.objective == "conspo" else
-                           (GRPOConfig(**kwargs), GRPOTrainer))
 
-    writer = MetricsWriter(run_dir, [], asdict(cfg)) if main else None
-    if main:
-        writer.write(0, {"heldout/accuracy": before.accuracy})
+    writer = MetricsWriter(run_dir, [], asdict(cfg), resume_step=start_step if cfg.resume else None) if main else None
+    if main and not cfg.resume:
+        writer.write(0, {"heldout/accuracy": run_state["heldout_accuracy_before"]})
     renames = {"reward": "reward/mean", "reward_std": "reward/std", "loss": "objective/loss", "grad_norm": "objective/grad_norm",
                "step_time": "time/step_s", "learning_rate": "train/lr", "completions/clipped_ratio": "gen/truncated_frac",
                "completions/mean_length": "gen/completion_len_mean"}
@@ -200,16 +323,28 @@ def train_with_trl(cfg: TrainConfig, *, log=print) -> dict:
         # TRL/transformers deprecation notices about options this adapter sets on the user's behalf
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
-        trainer = trainer_class(model=model, reward_funcs=reward_funcs, args=args, processing_class=tokenizer,
-                                train_dataset=dataset, callbacks=[Mirror(), Progress()], peft_config=trl_peft_config(cfg))
-        for printer in (PrinterCallback, ProgressCallback):  # they print every log dict; Progress replaces them
-            trainer.remove_callback(printer)
-        started = time.time()
-        trainer.train()
-    wall = time.time() - started
+        args, trainer_class = ((ConSPOConfig(**kwargs), ConSPOTrainer) if cfg.objective == "conspo" else
+                               (GRPOConfig(**kwargs), GRPOTrainer))
+        with StopRequest(log) as stop:  # Ctrl-C: finish the step, checkpoint, stop
+            checkpoints = CheckpointCallback(cfg, run_dir, main=main, start_step=start_step, stop=stop, state=run_state)
+            trainer = with_safetensors_checkpoints(trainer_class)(
+                model=model, reward_funcs=reward_funcs, args=args, processing_class=tokenizer, train_dataset=dataset,
+                callbacks=[Mirror(), Progress(), checkpoints], peft_config=trl_peft_config(cfg))
+            for printer in (PrinterCallback, ProgressCallback):  # they print every log dict; Progress replaces them
+                trainer.remove_callback(printer)
+            trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    wall = run_state["wall_seconds"] + time.time() - checkpoints.started
+    if main:
+        writer.close()
+    if checkpoints.stopped_at is not None:
+        where = (f"step {checkpoints.stopped_at} of {cfg.steps}; checkpoint-{checkpoints.stopped_at} saved; "
+                 f"continue with: conspo train --resume {run_dir}")
+        if stop.requested:
+            raise Interrupted(f"interrupted after {where}")
+        if main:
+            log(f"stopped after {where}")
+        return {"objective": cfg.objective, "steps": checkpoints.stopped_at, "stopped_early": True}
     if not main:
         return {"objective": cfg.objective, "steps": cfg.steps, "main_process": False}
-    writer.close()
-    remove_if_empty(run_dir / "trl")  # TRL's output_dir; nothing is saved there unless a reporter writes logs
-    return finish_run(cfg, run_dir, trainer.model, tokenizer, accuracy_before=before.accuracy, wall=wall,
-                      skipped_steps=0, engine="trl", log=log)
+    return finish_run(cfg, run_dir, trainer.model, tokenizer, accuracy_before=run_state["heldout_accuracy_before"],
+                      wall=wall, skipped_steps=0, engine="trl", log=log, run_id=run_state["run_id"])
