@@ -33,7 +33,7 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 #: Built-in tasks ``conspo eval`` can score (their held-out split, prompts and verifier).
-BUILTIN_TASKS = ("addition",)
+BUILTIN_TASKS = ("addition", "chain")
 MATH_MAX_NEW_TOKENS = 3072  # the math benchmarks' default generation limit
 
 
@@ -191,9 +191,10 @@ def run_eval(settings: EvalSettings, *, log=print) -> dict:
         raise ConfigError(f"--k must be >= 1, got {settings.k}")
     backend = _pick_backend(settings.backend)
     settings.model = resolve_model_dir(settings.model)
-    tiny = (Path(settings.model) / TINY_MARKER).exists()
+    marker = Path(settings.model) / TINY_MARKER
     if not settings.benchmarks:  # the tiny model can only read its own task's prompts
-        settings.benchmarks = ["addition"] if tiny else ["math500"]
+        # (markers written before the chain task existed name no task: those models are addition's)
+        settings.benchmarks = [json.loads(marker.read_text()).get("task", "addition")] if marker.exists() else ["math500"]
     out_dir = Path(settings.output_dir or f"runs/eval-{datetime.now():%Y%m%d-%H%M%S}")
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--output-dir {out_dir} is a file")

@@ -26,8 +26,8 @@ class TrainConfig:
     """Policy objective: conspo, grpo, dr_grpo, dapo or gspo (all in conspo.objectives)."""
     model: str = "tiny"
     """`tiny`: a ~1M-parameter Qwen2 warmed up on the task (built once, cached). Otherwise any transformers causal LM, local path or hub id."""
-    task: Literal["addition", "math"] = "addition"
-    """Where prompts, held-out problems and the verifier come from: `addition` (built in) or `math` (train_data / eval_data below, math-verify rewards)."""
+    task: Literal["addition", "chain", "math"] = "addition"
+    """Where prompts, held-out problems and the verifier come from: `addition` (built in, 3-token answers), `chain` (built in: running sums written out as 17-64-token worked chains, final answer verified) or `math` (train_data / eval_data below, math-verify rewards)."""
     train_data: str = "math_train"
     """task=math: training problems, a shared set's short name (math_train, gsm8k_train, ...) or a JSONL path."""
     eval_data: str = "math500"
@@ -235,9 +235,9 @@ class TrainConfig:
         for reporter in self.reporters():  # checked before any work, not after the model is built
             if importlib.util.find_spec(reporter) is None:
                 bad("report_to", f"needs the {reporter} package: pip install {reporter}")
-        if self.model == "tiny" and self.task != "addition":
+        if self.model == "tiny" and self.task not in ("addition", "chain"):
             # its tokenizer knows 19 characters: math prompts become <pad> runs and generation blows up memory
-            bad("task", "the tiny model (a 19-character vocabulary) trains only its own task, addition; "
+            bad("task", "the tiny model (a 19-character vocabulary) trains only the built-in tasks, addition and chain; "
                 f"--task {self.task} needs --model (a transformers model directory or hub id, e.g. Qwen/Qwen2.5-0.5B-Instruct)")
         self._validate_device()
         if self.micro_batch_size and self.max_tokens_per_micro_batch:
@@ -279,6 +279,12 @@ class TrainConfig:
             if self.dtype == "float16":
                 raise ConfigError("invalid config: dtype='float16' is not supported by --engine trl (TRL trains in "
                                   "float32 or bfloat16): use --dtype bfloat16 or float32")
+            for name in ("save_every", "stop_after"):
+                if self.updates_per_batch > 1 and getattr(self, name) % self.updates_per_batch:
+                    # TRL reuses a generation batch for updates_per_batch steps and regenerates after a resume
+                    raise ConfigError(f"invalid config: {name}={getattr(self, name)} with updates_per_batch="
+                                      f"{self.updates_per_batch} on --engine trl: must be a multiple of updates_per_batch, "
+                                      "so that checkpoints fall between generation batches and a resume stays exact")
             if self.objective == "conspo" and self.beta:
                 raise ConfigError(f"invalid config: beta={self.beta!r}: ConSPO on TRL has no KL term; use --beta 0 "
                                   "or --engine native")
@@ -356,18 +362,17 @@ ENGINE_SUPPORT: dict[str, tuple[str, ...]] = {
         "eps_low", "eps_high", "beta", "overlong_buffer", "overlong_penalty_factor", "mask_truncated",
         "gradient_checkpointing", "mixed_precision", "lora_r", "lora_alpha",
         "lora_dropout", "lora_target_modules", "lora_save", "sft_steps", "sft_seed", "sft_lr", "sft_batch_size", "cache_dir",
-        "eval_every", "eval_size", "report_to", "dtype", "device", "threads", "progress")},
+        "eval_every", "eval_size", "report_to", "dtype", "device", "threads", "progress",
+        "resume", "stop_after", "save_every", "keep_checkpoints")},
     **{f: _NATIVE for f in (
-        "resume", "stop_after", "micro_batch_size", "max_tokens_per_micro_batch", "dynamic_sampling", "dynamic_oversample", "max_consecutive_skips",
-        "log_samples_every", "save_every", "keep_checkpoints")},
+        "micro_batch_size", "max_tokens_per_micro_batch", "dynamic_sampling", "dynamic_oversample", "max_consecutive_skips",
+        "log_samples_every")},
     **{f: _TRL for f in (
         "vllm_mode", "vllm_gpu_memory_utilization", "vllm_tensor_parallel_size", "vllm_server_host", "vllm_server_port")},
 }
 
 #: What to do instead, for each option an engine does not honour.
 ENGINE_HINTS: dict[str, str] = {
-    "resume": "resume a TRL run with TRL's own resume_from_checkpoint (examples/trl/), or train with --engine native",
-    "stop_after": "set --steps to the budget you want",
     "micro_batch_size": "the TRL engine runs one generation batch per optimizer step; use examples/trl/ with "
                         "gradient_accumulation_steps for micro-batches",
     "max_tokens_per_micro_batch": "TRL forms micro-batches by row count (per_device_train_batch_size); use "
@@ -376,8 +381,6 @@ ENGINE_HINTS: dict[str, str] = {
     "dynamic_oversample": "only used with --dynamic-sampling (native engine)",
     "max_consecutive_skips": "TRL does not skip non-finite steps; use --engine native",
     "log_samples_every": "TRL logs completions through its own log_completions option (examples/trl/)",
-    "save_every": "--engine trl saves no intermediate checkpoints yet (final/ only); use --engine native",
-    "keep_checkpoints": "--engine trl saves no intermediate checkpoints yet (final/ only); use --engine native",
     **{f: "vLLM generation goes through TRL: use --engine trl (the native trainer generates with transformers)"
        for f in ("vllm_mode", "vllm_gpu_memory_utilization", "vllm_tensor_parallel_size", "vllm_server_host",
                  "vllm_server_port")},

@@ -35,8 +35,13 @@ def build_char_tokenizer(chars: str = TINY_CHARS):
     return tokenizer
 
 
-def build_tiny_model(vocab_size: int, *, hidden: int = 128, layers: int = 4, ffn: int = 512, heads: int = 4, seed: int = 0):
-    """A small Qwen2 (tied embeddings) with the geometry from docs/design.md section 8 (~1.05M params)."""
+def build_tiny_model(vocab_size: int, *, hidden: int = 128, layers: int = 4, ffn: int = 512, heads: int = 4,
+                     max_positions: int = 64, seed: int = 0):
+    """A small Qwen2 (tied embeddings) with the geometry from docs/design.md section 8 (~1.05M params).
+
+    ``max_positions`` is the longest prompt + completion it is meant for (rotary positions: it
+    adds no weights).
+    """
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     config = Qwen2Config(
@@ -46,7 +51,7 @@ def build_tiny_model(vocab_size: int, *, hidden: int = 128, layers: int = 4, ffn
         num_hidden_layers=layers,
         num_attention_heads=heads,
         num_key_value_heads=heads,
-        max_position_embeddings=64,
+        max_position_embeddings=max_positions,
         tie_word_embeddings=True,
         pad_token_id=0,
         eos_token_id=1,
@@ -57,14 +62,18 @@ def build_tiny_model(vocab_size: int, *, hidden: int = 128, layers: int = 4, ffn
         return Qwen2ForCausalLM(config)
 
 
-def save_pretrained(model, tokenizer, directory: str | Path, *, tiny: bool = False) -> None:
-    """Save weights as safetensors (never pickles) plus config and tokenizer files."""
+def save_pretrained(model, tokenizer, directory: str | Path, *, tiny_task: str = "") -> None:
+    """Save weights as safetensors (never pickles) plus config and tokenizer files.
+
+    ``tiny_task``: for conspo's tiny model, the built-in task it was warmed up on, written to its
+    marker file (``conspo eval`` scores it on that task's held-out split by default).
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
-    if tiny:
-        (directory / TINY_MARKER).write_text(json.dumps({"tokenizer": "char", "chars": TINY_CHARS}) + "\n")
+    if tiny_task:
+        (directory / TINY_MARKER).write_text(json.dumps({"tokenizer": "char", "chars": TINY_CHARS, "task": tiny_task}) + "\n")
 
 
 def load_tokenizer(name_or_path: str):
@@ -126,7 +135,7 @@ def is_lora(model) -> bool:
     return hasattr(model, "peft_config") and hasattr(model, "disable_adapter")
 
 
-def save_final(model, tokenizer, directory: str | Path, *, tiny: bool = False, lora_save: str = "merged") -> None:
+def save_final(model, tokenizer, directory: str | Path, *, tiny_task: str = "", lora_save: str = "merged") -> None:
     """The run's final model: a plain transformers directory, or for LoRA the adapter alone
     (``lora_save="adapter"``, peft format) or merged into the base weights (``"merged"``)."""
     if is_lora(model):
@@ -136,4 +145,4 @@ def save_final(model, tokenizer, directory: str | Path, *, tiny: bool = False, l
             tokenizer.save_pretrained(directory)
             return
         model = model.merge_and_unload()  # the run is over: merging in place is fine
-    save_pretrained(model, tokenizer, directory, tiny=tiny)
+    save_pretrained(model, tokenizer, directory, tiny_task=tiny_task)

@@ -34,13 +34,14 @@ def tiny_base(task: Task, *, steps: int, lr: float, batch_size: int, seed: int, 
         return load_policy(str(path)), load_tokenizer(str(path)), path
     log(f"tiny base: supervised warm-up for {steps} steps (once; cached at {path})")
     tokenizer = build_char_tokenizer()
-    model = build_tiny_model(len(tokenizer), seed=seed)
+    longest = max(len(p.prompt) for p in task.train_problems()) + task.max_new_tokens
+    model = build_tiny_model(len(tokenizer), max_positions=64 if longest <= 64 else 128, seed=seed)
     started = time.time()
     supervised_warmup(model, tokenizer, task, steps=steps, lr=lr, batch_size=batch_size, seed=seed)
     log(f"tiny base: warm-up took {time.time() - started:.1f}s")
     tmp = path.with_name(path.name + f".tmp{random.randrange(1 << 30)}")
     try:
-        save_pretrained(model, tokenizer, tmp, tiny=True)
+        save_pretrained(model, tokenizer, tmp, tiny_task=task.name)
         if path.exists() and not (path / TINY_MARKER).exists():  # an incomplete earlier attempt: replace it
             shutil.rmtree(path)
         tmp.rename(path)
@@ -53,13 +54,16 @@ def tiny_base(task: Task, *, steps: int, lr: float, batch_size: int, seed: int, 
 
 
 def supervised_warmup(model, tokenizer, task: Task, *, steps: int, lr: float, batch_size: int, seed: int) -> None:
-    """Teacher-forced cross-entropy on ``prompt + answer + <eos>``, loss on the answer tokens only.
+    """Teacher-forced cross-entropy on ``prompt + solution + <eos>``, loss on the solution tokens only.
+
+    The solution is ``task.solution(problem)`` where the task has one (a worked chain), else the answer.
 
     AdamW with the learning rate decaying linearly to zero over ``steps``.
     """
     rng = random.Random(seed)
     problems = task.train_problems()
     eos = tokenizer.eos_token
+    solution = getattr(task, "solution", lambda problem: problem.answer)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     model.train()
     with torch.random.fork_rng():
@@ -67,7 +71,7 @@ def supervised_warmup(model, tokenizer, task: Task, *, steps: int, lr: float, ba
         for step in range(steps):
             batch = rng.sample(problems, batch_size)
             prompts = tokenizer([p.prompt for p in batch], add_special_tokens=False)["input_ids"]
-            answers = tokenizer([p.answer + eos for p in batch], add_special_tokens=False)["input_ids"]
+            answers = tokenizer([solution(p) + eos for p in batch], add_special_tokens=False)["input_ids"]
             width = max(len(a) + len(b) for a, b in zip(prompts, answers))
             ids = torch.full((batch_size, width), tokenizer.pad_token_id)
             labels = torch.full((batch_size, width), -100)

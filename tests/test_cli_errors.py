@@ -61,8 +61,8 @@ def test_version(capsys):
 
 
 @pytest.mark.parametrize("make_args,code,message", [
-    (lambda t: ["train", "--task", "math"], 2, "the tiny model .* trains only its own task, addition; --task math needs --model"),
-    (lambda t: ["train", "--task", "chess"], 2, "task='chess': must be one of addition, math"),
+    (lambda t: ["train", "--task", "math"], 2, "the tiny model .* trains only the built-in tasks, addition and chain; --task math needs --model"),
+    (lambda t: ["train", "--task", "chess"], 2, "task=.chess.: must be one of addition, chain, math"),
     (lambda t: ["train", "--resume", t / "nowhere"], 2, "no such directory.*--overwrite"),
     (lambda t: ["train", "--resume", t], 2, "no complete checkpoint.*stopped before its first checkpoint"),
     (lambda t: ["train", "--model", t / "no-such-model", "--output-dir", t / "run"], 2, "--model .*no-such-model: not a local model"),

@@ -107,7 +107,7 @@ def test_eval_defaults_to_the_tiny_models_own_task_and_warns_on_unreadable_promp
     model, tokenizer, _ = tiny_base(task, steps=30, lr=1.5e-3, batch_size=64, seed=0, cache_dir=tmp_path / "cache",
                                     log=lambda *a: None)
     run = tmp_path / "run"
-    save_pretrained(model, tokenizer, run / "final", tiny=True)
+    save_pretrained(model, tokenizer, run / "final", tiny_task="addition")
     messages = []
     results = run_eval(EvalSettings(model=str(run), k=2, limit=12, output_dir=str(tmp_path / "eval")),
                        log=messages.append)

@@ -4,8 +4,11 @@ A task gives the trainer three things: a pool of training problems to sample fro
 fixed held-out set, and a batch scorer ``score(problems, completions) -> list[float]``.
 A task may also offer ``last_score_metrics() -> dict`` (the math task: ``reward/no_answer_frac``,
 ``reward/timeout_frac``, ...), which the trainer logs with each step.
-Built-in: ``addition`` (the CPU default, synthetic and exactly verifiable) and ``math``
-(a math training set and a benchmark, rewards from ``conspo.rewards.MathVerifier``).
+A task that the tiny model can be warmed up on also offers ``solution(problem) -> str``, the
+completion the supervised warm-up teaches (the answer itself when absent).
+Built-in: ``addition`` (the CPU default, synthetic and exactly verifiable), ``chain`` (running
+sums written out as worked chains of 17-64 tokens, final answer verified) and ``math`` (a math
+training set and a benchmark, rewards from ``conspo.rewards.MathVerifier``).
 """
 
 from __future__ import annotations
@@ -41,8 +44,12 @@ def get_task(name: str, **options) -> Task:
         from conspo.tasks.arithmetic import AdditionTask
 
         return AdditionTask(**{k: v for k, v in options.items() if k in ("digits", "heldout_size", "seed")})
+    if name == "chain":
+        from conspo.tasks.chain import ChainTask
+
+        return ChainTask(**{k: v for k, v in options.items() if k in ("min_terms", "max_terms", "heldout_size", "seed")})
     if name == "math":
         from conspo.tasks.math_task import MathTask
 
         return MathTask(**options)
-    raise ValueError(f"unknown task {name!r}; valid tasks are: addition, math")
+    raise ValueError(f"unknown task {name!r}; valid tasks are: addition, chain, math")

@@ -1,0 +1,80 @@
+"""Running sums, the built-in task with worked chains: ``"23+45+12="`` -> ``"23+45=68 68+12=80"``.
+
+Made to test claims about long, varying completions on a CPU (issue 12; docs/design.md section 8):
+a correct completion works the sum out step by step, one ``a+b=c`` equation per added number,
+each equation starting from the previous partial sum, so its length grows with the number of
+terms (3 to 7 two-digit terms: 17 to 62 characters, one token each with the tiny model's
+character tokenizer, plus end-of-sequence). Only the final answer is verified (the number after
+the last ``=``), as with real math rewards: a chain with a slip that still ends on the right
+total scores 1, and a long chain ending on a wrong total scores 0.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+
+from conspo.tasks import Problem
+
+#: The final answer: the digits after the last "=", with nothing but spaces after them.
+FINAL_ANSWER = re.compile(r"=\s*(\d+)\s*$")
+
+
+def worked_chain(terms: list[int]) -> str:
+    """``[23, 45, 12]`` -> ``"23+45=68 68+12=80"``: one equation per added term."""
+    steps, total = [], terms[0]
+    for term in terms[1:]:
+        steps.append(f"{total}+{term}={total + term}")
+        total += term
+    return " ".join(steps)
+
+
+def final_answer(completion: str) -> int | None:
+    """The number after the completion's last ``=``, or None when it does not end on one."""
+    found = FINAL_ANSWER.search(completion)
+    return int(found.group(1)) if found else None
+
+
+class ChainTask:
+    name = "chain"
+
+    def __init__(self, min_terms: int = 3, max_terms: int = 7, train_size: int = 100_000,
+                 heldout_size: int = 500, seed: int = 4321):
+        if not 2 <= min_terms <= max_terms <= 8:
+            raise ValueError(f"chain terms must satisfy 2 <= min_terms <= max_terms <= 8, got {min_terms}..{max_terms}")
+        if heldout_size < 1 or train_size < 1:
+            raise ValueError(f"chain train_size and heldout_size must be >= 1, got {train_size}, {heldout_size}")
+        self.min_terms, self.max_terms = min_terms, max_terms
+        longest = len(worked_chain([99] * max_terms))
+        self.max_new_tokens = longest + 6  # the longest correct chain, its <eos>, and slack to fail visibly
+        # Fixed problem sets that do not depend on the training seed. Distinct term lists are drawn
+        # until both splits are full; the held-out ones are never trained on (warm-up or RL).
+        rng = random.Random(seed)
+        seen: set[tuple[int, ...]] = set()
+        problems: list[Problem] = []
+        while len(problems) < heldout_size + train_size:
+            terms = tuple(rng.randint(10, 99) for _ in range(rng.randint(min_terms, max_terms)))
+            if terms not in seen:
+                seen.add(terms)
+                problems.append(self._problem(terms))
+        self._heldout = problems[:heldout_size]
+        self._train = problems[heldout_size:]
+
+    @staticmethod
+    def _problem(terms: tuple[int, ...]) -> Problem:
+        expression = "+".join(map(str, terms))
+        return Problem(id=expression, prompt=f"{expression}=", answer=str(sum(terms)),
+                       meta={"solution": worked_chain(list(terms)), "terms": len(terms)})
+
+    def train_problems(self) -> list[Problem]:
+        return self._train
+
+    def heldout_problems(self) -> list[Problem]:
+        return self._heldout
+
+    def solution(self, problem: Problem) -> str:
+        """The worked chain the supervised warm-up teaches."""
+        return problem.meta["solution"]
+
+    def score(self, problems: list[Problem], completions: list[str]) -> list[float]:
+        return [1.0 if final_answer(c) == int(p.answer) else 0.0 for p, c in zip(problems, completions, strict=True)]

@@ -1,0 +1,106 @@
+"""The chain task: its generator, its final-answer verifier, its held-out split, and the tiny model built for it."""
+
+import json
+import re
+
+import pytest
+
+from conspo.tasks import get_task
+from conspo.tasks.chain import ChainTask, final_answer, worked_chain
+
+
+@pytest.fixture(scope="module")
+def task():
+    return get_task("chain")
+
+
+def test_problems_are_worked_chains_of_varying_length(task):
+    problems = task.train_problems() + task.heldout_problems()
+    lengths = [len(task.solution(p)) for p in problems]
+    assert min(lengths) >= 10 and max(lengths) <= 64
+    assert {p.meta["terms"] for p in problems} == {3, 4, 5, 6, 7}
+    for p in problems[:2000]:
+        terms = [int(t) for t in p.prompt.rstrip("=").split("+")]
+        assert all(10 <= t <= 99 for t in terms) and p.answer == str(sum(terms))
+        equations = task.solution(p).split(" ")
+        assert len(equations) == len(terms) - 1
+        running = terms[0]
+        for equation, term in zip(equations, terms[1:]):  # each step adds the next term to the previous total
+            a, b, c = map(int, re.fullmatch(r"(\d+)\+(\d+)=(\d+)", equation).groups())
+            assert (a, b, c) == (running, term, running + term)
+            running = c
+        assert task.score([p], [task.solution(p)]) == [1.0]
+    assert task.max_new_tokens > max(lengths)  # room for the longest chain and its end-of-sequence token
+
+
+def test_heldout_split_is_fixed_and_never_trained_on(task):
+    train = {p.prompt for p in task.train_problems()}
+    heldout = [p.prompt for p in task.heldout_problems()]
+    assert len(heldout) == len(set(heldout)) == 500 and not train & set(heldout)
+    again = ChainTask()  # another instance (another training seed, another process) gets the same split
+    assert [p.prompt for p in again.heldout_problems()] == heldout
+    assert [p.prompt for p in ChainTask(seed=1).heldout_problems()] != heldout
+
+
+def test_only_the_final_answer_is_verified(task):
+    p = task.heldout_problems()[0]
+    terms = [int(t) for t in p.prompt.rstrip("=").split("+")]
+    total = sum(terms)
+    right = worked_chain(terms)
+    slipped = right.replace(f"={terms[0] + terms[1]} ", f"={terms[0] + terms[1] + 1} ", 1)  # a wrong step ...
+    slipped = re.sub(r"=\d+$", f"={total}", slipped)  # ... that still ends on the right total
+    assert slipped != right
+    cases = {
+        right: 1.0,
+        slipped: 1.0,                                  # a wrong chain with the right final answer scores 1
+        f"{right} ": 1.0,                              # trailing spaces
+        re.sub(r"=\d+$", f"={total + 1}", right): 0.0,  # a long chain ending on a wrong total scores 0
+        f"{right}+1": 0.0,                             # does not end on an answer
+        right[:-1]: 0.0,                               # cut off mid-answer (truncated at the limit)
+        "": 0.0,
+        f"={total}": 1.0,                              # the answer alone is a (short) right answer
+        f"{total}": 0.0,                               # no "=": not an answer in this task's format
+    }
+    for completion, expected in cases.items():
+        assert task.score([p], [completion]) == [expected], completion
+    assert final_answer("1+2=3") == 3 and final_answer("1+2=03") == 3 and final_answer("1+2=") is None
+
+
+def test_constructor_refuses_bad_sizes():
+    with pytest.raises(ValueError, match="2 <= min_terms <= max_terms <= 8"):
+        ChainTask(min_terms=5, max_terms=4)
+    with pytest.raises(ValueError, match="train_size and heldout_size must be >= 1"):
+        ChainTask(heldout_size=0)
+
+
+def test_tiny_base_is_warmed_up_on_the_chains_and_eval_picks_its_task(tmp_path, task):
+    """The warm-up teaches the worked chain (not the bare answer), the model knows positions past 64,
+    and `conspo eval` on it scores the chain task's held-out split by default."""
+    from conspo.benchmark_eval import EvalSettings, run_eval
+    from conspo.models import TINY_MARKER
+    from conspo.warmup import supervised_warmup, tiny_base
+
+    model, tokenizer, path = tiny_base(task, steps=2, lr=1e-3, batch_size=8, seed=0, cache_dir=tmp_path / "cache",
+                                       log=lambda *a: None)
+    assert json.loads((path / TINY_MARKER).read_text())["task"] == "chain"
+    assert model.config.max_position_embeddings >= max(len(p.prompt) for p in task.train_problems()) + task.max_new_tokens
+
+    seen = []
+    real_tokenizer_call = type(tokenizer).__call__
+
+    def spy(self, texts, *args, **kwargs):
+        seen.extend(texts)
+        return real_tokenizer_call(self, texts, *args, **kwargs)
+
+    type(tokenizer).__call__ = spy
+    try:
+        supervised_warmup(model, tokenizer, task, steps=1, lr=1e-4, batch_size=4, seed=0)
+    finally:
+        type(tokenizer).__call__ = real_tokenizer_call
+    targets = [t for t in seen if t.endswith(tokenizer.eos_token)]
+    solutions = {task.solution(p) + tokenizer.eos_token for p in task.train_problems()}
+    assert len(targets) == 4 and set(targets) <= solutions
+
+    results = run_eval(EvalSettings(model=str(path), k=1, limit=4, output_dir=str(tmp_path / "eval")), log=lambda *a: None)
+    assert list(results["benchmarks"]) == ["chain"]
+    assert results["benchmarks"]["chain"]["max_new_tokens"] == task.max_new_tokens
