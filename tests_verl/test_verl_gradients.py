@@ -125,6 +125,24 @@ def test_sum_score_and_threshold_options_reach_both_sides(monkeypatch):
     assert_grads_equal(record.dp_average()[0], want)
 
 
+def test_group_mean_positive_rule_reaches_the_driver(monkeypatch):
+    """positive_rule=group_mean with graded rewards (no 0.5 crossing in some groups) set by Hydra."""
+    groups = [[0.3, 0.2, 0.4, 0.1], [0.7, 0.7, 0.1, 1.0], [0.3, 0.3, 0.3, 0.3], [0.05, 0.0, 0.0, 0.45],
+              [0.9, 0.2, 0.6, 0.0], [0.0, 0.0, 0.0, 0.0]]
+    rows = vs.make_rows(groups, seed=8)
+    overrides = ["+actor_rollout_ref.actor.policy_loss.positive_rule=group_mean",
+                 "+actor_rollout_ref.actor.policy_loss.margin_start=0.1"]
+    config = vs.verl_config(vs.CONSPO_OVERRIDES + overrides, prompts=PROMPTS, n=G, mini=PROMPTS, micro=3)
+    policy = vs.ToyPolicy(seed=4)
+    record, metrics, _ = vs.run_step(ConSPOTrainerSync, config, policy, rows, dp=2, monkeypatch=monkeypatch)
+    want, want_metrics = conspo_reference(policy, rows, margin=0.1, tau=0.3, positive_rule="group_mean")
+    # the groups of equal rewards have no positive; under threshold=0.5 the first and fourth would have none either
+    assert want_metrics["conspo/valid_group_frac"] == pytest.approx(4 / 6)
+    assert metrics["conspo/valid_group_frac"] == pytest.approx(4 / 6)
+    assert_scattered(record)
+    assert_grads_equal(record.dp_average()[0], want)
+
+
 def test_several_optimizer_steps_add_up_and_are_reported(monkeypatch):
     """2 mini-batches x 2 epochs: four optimizer steps whose gradients (same weights here) sum to
     two ConSPO gradients; the staleness is stated in the metrics and by check_config."""

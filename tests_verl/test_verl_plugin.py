@@ -80,6 +80,7 @@ def test_hydra_overrides_reach_the_actor_config_the_workers_build():
     ("tau=0", "tau must be > 0"),
     ("margin_schedule=exp", "margin_schedule must be one of"),
     ("margin_horizon=-1", "margin_horizon must be >= 0"),
+    ("positive_rule=median", "positive_rule must be one of"),
 ])
 def test_bad_options_are_refused(override, message):
     config = conspo_config(f"+actor_rollout_ref.actor.policy_loss.{override}")

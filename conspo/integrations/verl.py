@@ -66,7 +66,7 @@ try:
 except ImportError as e:  # pragma: no cover - exercised only without verl
     raise ImportError("conspo.integrations.verl needs verl: pip install 'conspo[verl]' (verl==0.9.1)") from e
 
-from conspo.objectives import coefficient_surrogate, conspo_coefficients_and_metrics, sequence_scores
+from conspo.objectives import POSITIVE_RULES, coefficient_surrogate, conspo_coefficients_and_metrics, sequence_scores
 from conspo.schedules import MARGIN_SCHEDULES, margin_curriculum
 
 SUPPORTED_VERL_VERSIONS = ("0.9.",)
@@ -105,7 +105,8 @@ class ConSPOPolicyLossConfig(PolicyLossConfig):
     margin_start: float = 0.0  # margin at the first training step
     margin_end: float = 0.0  # margin reached at margin_horizon (ignored by "constant")
     margin_horizon: int = 0  # verl training steps to reach margin_end; 0: trainer.total_training_steps
-    positive_threshold: float = 0.5  # reward >= this is a positive rollout
+    positive_threshold: float = 0.5  # reward >= this is a positive rollout (positive_rule "threshold")
+    positive_rule: str = "threshold"  # or "group_mean": reward above its group's mean (graded rewards)
     length_normalized_score: bool = True  # score = mean token log-prob (False: sum)
 
     def __post_init__(self):
@@ -115,6 +116,8 @@ class ConSPOPolicyLossConfig(PolicyLossConfig):
             raise ValueError(f"policy_loss.margin_schedule must be one of {MARGIN_SCHEDULES}, got {self.margin_schedule!r}")
         if self.margin_horizon < 0:
             raise ValueError(f"policy_loss.margin_horizon must be >= 0 (0: total training steps), got {self.margin_horizon}")
+        if self.positive_rule not in POSITIVE_RULES:
+            raise ValueError(f"policy_loss.positive_rule must be one of {POSITIVE_RULES}, got {self.positive_rule!r}")
 
     def margin(self, completed_steps: int, total_steps: int) -> float:
         """Margin for a batch trained after ``completed_steps`` verl training steps."""
@@ -167,6 +170,7 @@ def conspo_batch_coefficients(
     margin: float,
     tau: float,
     positive_threshold: float = 0.5,
+    positive_rule: str = "threshold",
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """ConSPO coefficients for rows in any order, grouped by ``index``; and the loss metrics.
 
@@ -183,7 +187,7 @@ def conspo_batch_coefficients(
     r = _to_layout(rewards[rows].double(), slot, size)
     p = _to_layout(torch.ones(len(rows), dtype=torch.bool), slot, size, fill=False)
     c, metrics = conspo_coefficients_and_metrics(s, r, width, present=p, margin=margin, tau=tau,
-                                                 positive_threshold=positive_threshold)
+                                                 positive_threshold=positive_threshold, positive_rule=positive_rule)
     coef[rows.to(coef.device)] = c[slot].to(scores.dtype)
     metrics["conspo/loss"] = metrics.pop("objective/loss")
     return coef, metrics
@@ -221,7 +225,7 @@ def compute_conspo_outcome_advantage(
     rewards = token_level_rewards.sum(dim=-1)
     coef, batch_metrics = conspo_batch_coefficients(
         scores, rewards, mask.any(dim=-1), index, margin=margin, tau=loss_config.tau,
-        positive_threshold=loss_config.positive_threshold,
+        positive_threshold=loss_config.positive_threshold, positive_rule=loss_config.positive_rule,
     )
     if metrics is not None:
         metrics.update(batch_metrics)
