@@ -19,7 +19,7 @@ from dataclasses import MISSING, fields
 
 import yaml
 
-from conspo.config import HELP_SECTIONS, TrainConfig, field_help
+from conspo.config import HELP_SECTIONS, TrainConfig, field_help, task_defaults
 from conspo.errors import ConfigError, Interrupted, RunError
 
 
@@ -80,7 +80,9 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, set[str]]:
     for name in names:
         if hasattr(args, name):
             values[name] = getattr(args, name)
-    return TrainConfig(**values), set(values)
+    # the task's own calibrated defaults (e.g. --task chain's warm-up and budget), under what was given
+    task_default = task_defaults(values.get("task", TrainConfig.task))
+    return TrainConfig(**{**task_default, **values}), set(values)
 
 
 def _coerce(key, value, hint, source):

@@ -348,6 +348,18 @@ class TrainConfig:
         return [r.strip() for r in self.report_to.split(",") if r.strip() and r.strip() != "none"]
 
 
+#: Defaults that differ by task, calibrated on 2 cores (docs/design.md section 8). An option given on the
+#: command line or in --config wins; `conspo train --help` shows the addition task's values.
+TASK_DEFAULTS: dict[str, dict] = {
+    "chain": {},
+}
+
+
+def task_defaults(task: str) -> dict:
+    """The options whose default depends on the task (empty for most tasks)."""
+    return dict(TASK_DEFAULTS.get(task, {}))
+
+
 #: Which engines honour each option (every TrainConfig field is listed; tests/test_config.py checks it).
 _BOTH = ("native", "trl")
 _NATIVE = ("native",)

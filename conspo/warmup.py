@@ -27,6 +27,8 @@ def tiny_base(task: Task, *, steps: int, lr: float, batch_size: int, seed: int, 
     """Return (model, tokenizer, path) of the warmed-up tiny base, training it once if not cached."""
     settings = {"task": task.name, "digits": getattr(task, "digits", None), "steps": steps, "lr": lr,
                 "batch_size": batch_size, "seed": seed, "version": 1}
+    if hasattr(task, "settings"):  # a task whose problems depend on options (addition's only on digits: older keys)
+        settings["task_settings"] = task.settings
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     path = Path(cache_dir).expanduser() / f"tiny-{task.name}-{key}"
     if (path / TINY_MARKER).exists():

@@ -18,17 +18,16 @@ def test_problems_are_worked_chains_of_varying_length(task):
     problems = task.train_problems() + task.heldout_problems()
     lengths = [len(task.solution(p)) for p in problems]
     assert min(lengths) >= 10 and max(lengths) <= 64
-    assert {p.meta["terms"] for p in problems} == {3, 4, 5, 6, 7}
+    assert {p.meta["terms"] for p in problems} == {4, 5, 6, 7}
     for p in problems[:2000]:
         terms = [int(t) for t in p.prompt.rstrip("=").split("+")]
-        assert all(10 <= t <= 99 for t in terms) and p.answer == str(sum(terms))
-        equations = task.solution(p).split(" ")
-        assert len(equations) == len(terms) - 1
-        running = terms[0]
-        for equation, term in zip(equations, terms[1:]):  # each step adds the next term to the previous total
-            a, b, c = map(int, re.fullmatch(r"(\d+)\+(\d+)=(\d+)", equation).groups())
-            assert (a, b, c) == (running, term, running + term)
-            running = c
+        assert all(1 <= t <= 9 for t in terms) and p.answer == str(sum(terms))
+        steps = task.solution(p).split("=")
+        assert len(steps) == len(terms) - 1
+        numbers = terms
+        for step in steps:  # each step adds the first two numbers and copies the rest
+            numbers = [numbers[0] + numbers[1], *numbers[2:]]
+            assert step == "+".join(map(str, numbers))
         assert task.score([p], [task.solution(p)]) == [1.0]
     assert task.max_new_tokens > max(lengths)  # room for the longest chain and its end-of-sequence token
 
@@ -47,7 +46,8 @@ def test_only_the_final_answer_is_verified(task):
     terms = [int(t) for t in p.prompt.rstrip("=").split("+")]
     total = sum(terms)
     right = worked_chain(terms)
-    slipped = right.replace(f"={terms[0] + terms[1]} ", f"={terms[0] + terms[1] + 1} ", 1)  # a wrong step ...
+    first = str(terms[0] + terms[1])
+    slipped = str(terms[0] + terms[1] + 1) + right[len(first):]  # a wrong first step ...
     slipped = re.sub(r"=\d+$", f"={total}", slipped)  # ... that still ends on the right total
     assert slipped != right
     cases = {

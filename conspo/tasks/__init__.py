@@ -47,7 +47,7 @@ def get_task(name: str, **options) -> Task:
     if name == "chain":
         from conspo.tasks.chain import ChainTask
 
-        return ChainTask(**{k: v for k, v in options.items() if k in ("min_terms", "max_terms", "heldout_size", "seed")})
+        return ChainTask(**{k: v for k, v in options.items() if k in ("min_terms", "max_terms", "largest_term", "heldout_size", "seed")})
     if name == "math":
         from conspo.tasks.math_task import MathTask
 

@@ -1,10 +1,13 @@
-"""Running sums, the built-in task with worked chains: ``"23+45+12="`` -> ``"23+45=68 68+12=80"``.
+"""Sums worked out step by step, the built-in task with chains: ``"7+5+9+2="`` -> ``"12+9+2=21+2=23"``.
 
 Made to test claims about long, varying completions on a CPU (issue 12; docs/design.md section 8):
-a correct completion works the sum out step by step, one ``a+b=c`` equation per added number,
-each equation starting from the previous partial sum, so its length grows with the number of
-terms (3 to 7 two-digit terms: 17 to 62 characters, one token each with the tiny model's
-character tokenizer, plus end-of-sequence). Only the final answer is verified (the number after
+a correct completion rewrites the sum once per step, its first two numbers replaced by their sum
+and the rest copied, until one number is left, so its length grows with the number of terms
+(4 to 7 one-digit terms: 11 to 47 characters, one token each with the tiny model's character
+tokenizer, plus end-of-sequence). Both choices keep each step learnable by the ~1M-parameter
+model: written as running ``a+b=c`` equations, which make the model find the next term in the
+prompt, two-digit terms were at 4% held-out and one-digit terms at 8% after 300-600 warm-up
+steps (docs/design.md section 8). Only the final answer is verified (the number after
 the last ``=``), as with real math rewards: a chain with a slip that still ends on the right
 total scores 1, and a long chain ending on a wrong total scores 0.
 """
@@ -16,17 +19,17 @@ import re
 
 from conspo.tasks import Problem
 
-#: The final answer: the digits after the last "=", with nothing but spaces after them.
+#: The final answer: the number after the last "=", with nothing but spaces after it.
 FINAL_ANSWER = re.compile(r"=\s*(\d+)\s*$")
 
 
 def worked_chain(terms: list[int]) -> str:
-    """``[23, 45, 12]`` -> ``"23+45=68 68+12=80"``: one equation per added term."""
-    steps, total = [], terms[0]
-    for term in terms[1:]:
-        steps.append(f"{total}+{term}={total + term}")
-        total += term
-    return " ".join(steps)
+    """``[7, 5, 9, 2]`` -> ``"12+9+2=21+2=23"``: the first two numbers added, the rest copied, per step."""
+    steps, numbers = [], list(terms)
+    while len(numbers) > 1:
+        numbers = [numbers[0] + numbers[1], *numbers[2:]]
+        steps.append("+".join(map(str, numbers)))
+    return "=".join(steps)
 
 
 def final_answer(completion: str) -> int | None:
@@ -38,14 +41,19 @@ def final_answer(completion: str) -> int | None:
 class ChainTask:
     name = "chain"
 
-    def __init__(self, min_terms: int = 3, max_terms: int = 7, train_size: int = 100_000,
+    def __init__(self, min_terms: int = 4, max_terms: int = 7, largest_term: int = 9, train_size: int = 100_000,
                  heldout_size: int = 500, seed: int = 4321):
         if not 2 <= min_terms <= max_terms <= 8:
             raise ValueError(f"chain terms must satisfy 2 <= min_terms <= max_terms <= 8, got {min_terms}..{max_terms}")
+        if not 2 <= largest_term <= 99:
+            raise ValueError(f"chain largest_term must be in 2..99, got {largest_term}")
         if heldout_size < 1 or train_size < 1:
             raise ValueError(f"chain train_size and heldout_size must be >= 1, got {train_size}, {heldout_size}")
         self.min_terms, self.max_terms = min_terms, max_terms
-        longest = len(worked_chain([99] * max_terms))
+        #: What the problems depend on; the cached tiny base's key includes it (conspo.warmup).
+        self.settings = {"min_terms": min_terms, "max_terms": max_terms, "largest_term": largest_term,
+                         "train_size": train_size, "heldout_size": heldout_size, "seed": seed}
+        longest = len(worked_chain([largest_term] * max_terms))
         self.max_new_tokens = longest + 6  # the longest correct chain, its <eos>, and slack to fail visibly
         # Fixed problem sets that do not depend on the training seed. Distinct term lists are drawn
         # until both splits are full; the held-out ones are never trained on (warm-up or RL).
@@ -53,7 +61,7 @@ class ChainTask:
         seen: set[tuple[int, ...]] = set()
         problems: list[Problem] = []
         while len(problems) < heldout_size + train_size:
-            terms = tuple(rng.randint(10, 99) for _ in range(rng.randint(min_terms, max_terms)))
+            terms = tuple(rng.randint(1, largest_term) for _ in range(rng.randint(min_terms, max_terms)))
             if terms not in seen:
                 seen.add(terms)
                 problems.append(self._problem(terms))
