@@ -88,6 +88,10 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, set[str]]:
 def _coerce(key, value, hint, source):
     ok = {bool: lambda v: isinstance(v, bool), int: lambda v: isinstance(v, int) and not isinstance(v, bool),
           float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), str: lambda v: isinstance(v, str)}
+    if typing.get_origin(hint) is typing.Literal:  # a choice: TrainConfig.validate names the valid ones
+        if not isinstance(value, str):
+            raise ConfigError(f"--config {source}: {key}={value!r} should be one of {', '.join(typing.get_args(hint))}")
+        return value
     if hint is float or hint not in ok:  # YAML 1.1 reads 1e-5 (no dot) as a string: accept what float() reads
         value = _number_from_text(value)
     if hint in ok:
