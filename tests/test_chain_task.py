@@ -63,6 +63,8 @@ def test_only_the_final_answer_is_verified(task):
     }
     for completion, expected in cases.items():
         assert task.score([p], [completion]) == [expected], completion
+    task.score([p] * 4, [right, slipped, slipped, "=0"])
+    assert task.last_score_metrics() == {"reward/exact_chain_frac": 0.25, "reward/right_answer_wrong_chain_frac": 0.5}
     assert final_answer("1+2=3") == 3 and final_answer("1+2=03") == 3 and final_answer("1+2=") is None
 
 
@@ -104,3 +106,24 @@ def test_tiny_base_is_warmed_up_on_the_chains_and_eval_picks_its_task(tmp_path, 
     results = run_eval(EvalSettings(model=str(path), k=1, limit=4, output_dir=str(tmp_path / "eval")), log=lambda *a: None)
     assert list(results["benchmarks"]) == ["chain"]
     assert results["benchmarks"]["chain"]["max_new_tokens"] == task.max_new_tokens
+
+
+def test_task_defaults_apply_under_what_was_given(tmp_path):
+    """--task chain brings its own warm-up and budget; options given on the command line or in --config win."""
+    import argparse
+
+    from conspo.cli import add_config_arguments, config_from_args
+    from conspo.config import TASK_DEFAULTS, TrainConfig
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config")
+    add_config_arguments(parser)
+    cfg, explicit = config_from_args(parser.parse_args(["--task", "chain"]))
+    assert all(getattr(cfg, k) == v for k, v in TASK_DEFAULTS["chain"].items())
+    assert cfg.sft_steps != TrainConfig().sft_steps and explicit == {"task"}
+    config = tmp_path / "run.yaml"
+    config.write_text("task: chain\nsteps: 40\n")
+    cfg, _ = config_from_args(parser.parse_args(["--config", str(config), "--sft-steps", "7"]))
+    assert (cfg.steps, cfg.sft_steps, cfg.sft_lr) == (40, 7, TASK_DEFAULTS["chain"]["sft_lr"])
+    cfg, _ = config_from_args(parser.parse_args([]))  # the default task keeps the dataclass defaults
+    assert cfg == TrainConfig()

@@ -85,4 +85,18 @@ class ChainTask:
         return problem.meta["solution"]
 
     def score(self, problems: list[Problem], completions: list[str]) -> list[float]:
-        return [1.0 if final_answer(c) == int(p.answer) else 0.0 for p, c in zip(problems, completions, strict=True)]
+        """1 when the final answer is right, whatever the chain before it; else 0."""
+        rewards, exact, lucky = [], 0, 0
+        for p, c in zip(problems, completions, strict=True):
+            right = final_answer(c) == int(p.answer)
+            rewards.append(1.0 if right else 0.0)
+            exact += right and c.strip() == self.solution(p)
+            lucky += right and c.strip() != self.solution(p)
+        n = max(len(rewards), 1)
+        self._last = {"reward/exact_chain_frac": exact / n, "reward/right_answer_wrong_chain_frac": lucky / n}
+        return rewards
+
+    def last_score_metrics(self) -> dict:
+        """Of the last scored batch: completions equal to the worked chain, and right answers reached by
+        a wrong chain (rewarded all the same: only the final answer is verified)."""
+        return dict(getattr(self, "_last", {}))
