@@ -156,9 +156,9 @@ def main(argv: list[str] | None = None) -> int:
                             "pass@k on math benchmarks, or on the built-in task's held-out split (the tiny model's default).")
     p_eval.add_argument("--model", required=True, help="transformers model directory or hub id; a run directory "
                         "means its final/ model")
-    p_eval.add_argument("--benchmarks", default="", help="comma-separated: the built-in task addition, math short "
+    p_eval.add_argument("--benchmarks", default="", help="comma-separated: the built-in tasks addition and chain, math short "
                         "names (math500, aime24, aime25, amc23, minerva_math, olympiadbench, gsm8k) or JSONL paths "
-                        "(default: addition for the tiny model, math500 otherwise)")
+                        "(default: the tiny model's own task, math500 otherwise)")
     p_eval.add_argument("--k", type=int, default=8, help="samples per problem for avg@k and pass@k (default: 8)")
     p_eval.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (default: 0.6)")
     p_eval.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling (default: 0.95)")
