@@ -41,7 +41,6 @@ from conspo.run import (
     make_task,
     new_run_id,
     prepare_run_dir,
-    remove_if_empty,
     resolve_device_dtype,
     write_config,
 )
@@ -259,7 +258,8 @@ def train_with_trl(cfg: TrainConfig, *, log=print) -> dict:
             saved = json.load(f)
         start_step = saved["step"]
         run_state = {k: saved[k] for k in run_state}
-        log(f"resumed from {checkpoint} at step {start_step}")
+        if main:
+            log(f"resumed from {checkpoint} at step {start_step}")
     elif main:
         run_state["heldout_accuracy_before"] = evaluate_greedy(model, tokenizer, task, heldout,
                                                                max_new_tokens=max_new_tokens)[0].accuracy
