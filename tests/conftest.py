@@ -14,3 +14,9 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 @pytest.fixture
 def batch():
     return make_batch
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    """One tiny-base cache per test module: the warm-up is built once, not once per test."""
+    return str(tmp_path_factory.mktemp("cache"))

@@ -17,11 +17,6 @@ OPTIONS = ["--lora-r", "4", "--lora-alpha", "8", "--gradient-checkpointing", "--
            "--max-tokens-per-micro-batch", "40", "--lr", "1e-3"]
 
 
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("cache"))
-
-
 @pytest.mark.slow
 def test_lora_checkpointing_bf16_token_budget_run_resumes_exactly(tmp_path, cache_dir):
     common = [*TINY, *OPTIONS, "--steps", "6", "--eval-every", "3", "--save-every", "2", "--seed", "3"]

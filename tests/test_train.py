@@ -177,11 +177,6 @@ def test_split_groups_refused_for_clipped_objectives(policy_and_batch):
 
 # --- the real CLI, tiny -----------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("cache"))
-
-
 STABLE_NAMES = {"reward/mean", "objective/loss", "objective/grad_norm", "conspo/score_gap", "conspo/margin",
                 "gen/truncated_frac", "time/step_s", "train/lr"}
 

@@ -23,11 +23,6 @@ PICKLE_SUFFIXES = {".pt", ".pth", ".bin", ".pkl", ".ckpt"}
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("cache"))
-
-
-@pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, cache_dir):
     out = tmp_path_factory.mktemp("full") / "run"
     run_cli("train", *TRL_RUN, "--output-dir", str(out), cache_dir=cache_dir)

@@ -18,11 +18,6 @@ COMMON = [*TINY, "--steps", "8", "--eval-every", "4", "--save-every", "2", "--se
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("cache"))
-
-
-@pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, cache_dir):
     out = tmp_path_factory.mktemp("full") / "run"
     run_cli("train", *COMMON, "--output-dir", str(out), cache_dir=cache_dir)
