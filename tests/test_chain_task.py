@@ -73,6 +73,9 @@ def test_constructor_refuses_bad_sizes():
         ChainTask(min_terms=5, max_terms=4)
     with pytest.raises(ValueError, match="train_size and heldout_size must be >= 1"):
         ChainTask(heldout_size=0)
+    with pytest.raises(ValueError, match="only 12 distinct problems"):
+        ChainTask(min_terms=2, max_terms=3, largest_term=2, train_size=10, heldout_size=5)
+    assert len(ChainTask(min_terms=2, max_terms=3, largest_term=2, train_size=9, heldout_size=3).train_problems()) == 9
 
 
 def test_tiny_base_is_warmed_up_on_the_chains_and_eval_picks_its_task(tmp_path, task):

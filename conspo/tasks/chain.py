@@ -4,10 +4,10 @@ Made to test claims about long, varying completions on a CPU (issue 12; docs/des
 a correct completion rewrites the sum once per step, its first two numbers replaced by their sum
 and the rest copied, until one number is left, so its length grows with the number of terms
 (4 to 7 one-digit terms: 11 to 47 characters, one token each with the tiny model's character
-tokenizer, plus end-of-sequence). Both choices keep each step learnable by the ~1M-parameter
-model: written as running ``a+b=c`` equations, which make the model find the next term in the
-prompt, two-digit terms were at 4% held-out and one-digit terms at 8% after 300-600 warm-up
-steps (docs/design.md section 8). Only the final answer is verified (the number after
+tokenizer, plus end-of-sequence). This format is the one the ~1M-parameter model learned: written
+as running ``a+b=c`` equations, which make it find the next term in the prompt, two-digit terms
+were at 4% held-out and one-digit terms at 8% after 300-600 warm-up steps; in this format the
+chains come out right after about 900-1,500 warm-up steps (docs/design.md section 8.1). Only the final answer is verified (the number after
 the last ``=``), as with real math rewards: a chain with a slip that still ends on the right
 total scores 1, and a long chain ending on a wrong total scores 0.
 """
@@ -49,6 +49,10 @@ class ChainTask:
             raise ValueError(f"chain largest_term must be in 2..99, got {largest_term}")
         if heldout_size < 1 or train_size < 1:
             raise ValueError(f"chain train_size and heldout_size must be >= 1, got {train_size}, {heldout_size}")
+        distinct = sum(largest_term**k for k in range(min_terms, max_terms + 1))
+        if heldout_size + train_size > distinct:  # the draw below would never finish
+            raise ValueError(f"chain: only {distinct} distinct problems with these terms, fewer than "
+                             f"train_size + heldout_size = {train_size + heldout_size}")
         self.min_terms, self.max_terms = min_terms, max_terms
         #: What the problems depend on; the cached tiny base's key includes it (conspo.warmup).
         self.settings = {"min_terms": min_terms, "max_terms": max_terms, "largest_term": largest_term,
