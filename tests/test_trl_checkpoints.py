@@ -87,6 +87,26 @@ def test_kill_9_mid_run_then_resume_equals_uninterrupted(tmp_path, cache_dir, un
     assert_same_run(out, uninterrupted)
 
 
+@pytest.mark.slow
+def test_ctrl_c_finishes_the_step_checkpoints_and_resume_equals_uninterrupted(tmp_path, cache_dir, uninterrupted):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "conspo", "train", *TRL_RUN, "--output-dir", str(out), "--cache-dir", cache_dir]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    deadline = time.time() + 300
+    while time.time() < deadline and not (out / "checkpoint-3" / "state.json").exists():
+        time.sleep(0.01)
+    time.sleep(random.uniform(0.0, 0.5))
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-2000:]
+    stopped = int(err.split("interrupted after step ")[1].split()[0])
+    assert 3 <= stopped < 12 and (out / f"checkpoint-{stopped}" / "state.json").exists(), err[-2000:]
+    assert f"continue with: conspo train --resume {out}" in err
+    run_cli("train", "--resume", str(out), cache_dir=cache_dir)
+    assert_same_run(out, uninterrupted)
+
+
 def test_resume_refuses_the_other_engines_checkpoint(tmp_path):
     import json
 
