@@ -44,6 +44,12 @@ def before_publish(tmp_dir: Path, step: int) -> None:
     """
 
 
+def fsync_file(path: Path) -> None:
+    """Flush a written file to disk (safetensors and transformers do not)."""
+    with open(path, "rb+") as handle:
+        os.fsync(handle.fileno())
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -128,9 +134,8 @@ def _write_checkpoint_files(tmp: Path, step: int, model, optimizer, py_rng: rand
         "python_rng": [version, list(internal), gauss],
         **extra,
     })
-    for f in tmp.iterdir():  # safetensors does not fsync; do it before the rename makes it visible
-        with open(f, "rb+") as handle:
-            os.fsync(handle.fileno())
+    for f in tmp.iterdir():  # before the rename makes it visible
+        fsync_file(f)
     _fsync_dir(tmp)
 
 
@@ -202,16 +207,11 @@ def restore_torch_rng(rng: dict[str, torch.Tensor]) -> None:
         torch.cuda.set_rng_state_all(cuda_states)
 
 
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as handle:
-        os.fsync(handle.fileno())
-
-
 def save_optimizer_file(optimizer: torch.optim.Optimizer, path: Path) -> None:
     """The whole optimizer state in one safetensors file (param groups and scalars in its header)."""
     tensors, meta = optimizer_state_tensors(optimizer)
     save_file(tensors, str(path), metadata={"optimizer": json.dumps(meta)})
-    _fsync_file(path)
+    fsync_file(path)
 
 
 def load_optimizer_file(optimizer: torch.optim.Optimizer, path: Path, device: torch.device | str = "cpu") -> None:
@@ -229,7 +229,7 @@ def save_rng_file(path: Path, py_rng=random) -> None:
     tensors = {**torch_rng_tensors(), "numpy_keys": torch.from_numpy(np.asarray(keys, dtype=np.int64))}
     header = {"numpy": [kind, int(position), int(has_gauss), float(cached_gauss)], "python": [version, list(internal), gauss]}
     save_file(tensors, str(path), metadata={"rng": json.dumps(header)})
-    _fsync_file(path)
+    fsync_file(path)
 
 
 def load_rng_file(path: Path, py_rng=random) -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from conspo.checkpoint import list_checkpoints, load_optimizer_file, load_rng_file, save_optimizer_file, save_rng_file, write_json
+from conspo.checkpoint import fsync_file, list_checkpoints, load_optimizer_file, load_rng_file, save_optimizer_file, save_rng_file, write_json
 from conspo.config import TrainConfig
 from conspo.errors import ConfigError, Interrupted
 from conspo.heldout import evaluate_greedy
@@ -199,10 +199,9 @@ class CheckpointCallback(TrainerCallback):
         if not self.main:
             return
         checkpoint = self.run_dir / f"checkpoint-{state.global_step}"
-        for path in checkpoint.rglob("*"):  # transformers does not fsync; the marker must not outlive the files
+        for path in checkpoint.rglob("*"):  # the marker must not outlive the files it vouches for
             if path.is_file():
-                with open(path, "rb+") as handle:
-                    os.fsync(handle.fileno())
+                fsync_file(path)
         wall = self.state["wall_seconds"] + time.time() - self.started
         write_json(checkpoint / "state.json", {"step": state.global_step, "engine": "trl", "config": asdict(self.cfg),
                                                **self.state, "wall_seconds": wall, "skipped_steps": 0})

@@ -94,8 +94,10 @@ class ChainTask:
         for p, c in zip(problems, completions, strict=True):
             right = final_answer(c) == int(p.answer)
             rewards.append(1.0 if right else 0.0)
-            exact += right and c.strip() == self.solution(p)
-            lucky += right and c.strip() != self.solution(p)
+            if right:
+                same_chain = c.strip() == self.solution(p)
+                exact += same_chain
+                lucky += not same_chain
         n = max(len(rewards), 1)
         self._last = {"reward/exact_chain_frac": exact / n, "reward/right_answer_wrong_chain_frac": lucky / n}
         return rewards
