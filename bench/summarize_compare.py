@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conspo.compare import plot_comparison, summarise  # noqa: E402
+from conspo.compare import late_cell, plot_comparison, plot_generation, summarise  # noqa: E402
 from conspo.config import TrainConfig  # noqa: E402
 
 ABLATION_KEYS = ("tau", "margin_schedule", "margin_start", "margin_end", "score", "temperature", "lr")
@@ -43,8 +43,9 @@ def main():
     target = args.target if args.target is not None else round(statistics.mean(befores) + 0.10, 3)
     print(f"base held-out accuracy (greedy, 500 problems): {statistics.mean(befores):.1%} (all runs start from the same "
           f"warmed-up base); target for 'steps to target': {target:.1%}\n")
-    print("| folder | objective | options | seeds | accuracy after | change (points) | steps to target (median; reached) | wall s/run |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| folder | objective | options | seeds | accuracy after | change (points) | steps to target (median; reached) | "
+          "sample length, last 10% | truncated, last 10% | wall s/run |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     objectives = {}
     for folder, d in data.items():
         for row in summarise(d["runs"], target):  # the same aggregation `conspo compare` prints
@@ -53,12 +54,15 @@ def main():
             opts = options_of(Path(args.folder) / folder / f"{name}-seed0")
             print(f"| {folder} | {name} | {opts} | {row['seeds']} | {row['accuracy_after_mean']:.1%} +- "
                   f"{row['accuracy_after_std']:.1%} | {100 * row['gain_mean']:+.1f} +- {100 * row['gain_std']:.1f} | "
-                  f"{steps} ({row['reached_target']}/{row['seeds']}) | {row['wall_seconds_mean']:.0f} |")
+                  f"{steps} ({row['reached_target']}/{row['seeds']}) | {late_cell(row['late_length_mean'], '.1f')} | "
+                  f"{late_cell(row['late_truncated_mean'], '.1%')} | {row['wall_seconds_mean']:.0f} |")
             if folder.startswith("objectives"):
                 objectives[name] = d["runs"][name]
     if args.plot and objectives:
         plot_comparison(objectives, Path(args.plot), target)
-        print(f"\nplot: {args.plot}")
+        lengths = Path(args.plot).with_name(Path(args.plot).stem + "_lengths.png")
+        plot_generation(objectives, lengths)
+        print(f"\nplots: {args.plot}, {lengths}")
 
 
 if __name__ == "__main__":

@@ -43,19 +43,35 @@ def compare(base: TrainConfig, *, objectives: list[str], seeds: int, target_accu
         for seed in range(base.seed, base.seed + seeds):  # --seed S --seeds N: seeds S..S+N-1
             cfg = replace(base, objective=name, seed=seed, output_dir=str(root / f"{name}-seed{seed}"), resume="")
             summary = train_fn(cfg, log=tqdm.write)
-            curve = [(m["step"], m["heldout/accuracy"]) for m in read_metrics(Path(cfg.output_dir) / "metrics.jsonl")
-                     if "heldout/accuracy" in m]
-            runs.setdefault(name, []).append({**summary, "curve": curve})
+            metrics = read_metrics(Path(cfg.output_dir) / "metrics.jsonl")
+            curve = [(m["step"], m["heldout/accuracy"]) for m in metrics if "heldout/accuracy" in m]
+            runs.setdefault(name, []).append({**summary, "curve": curve, "generation": generation_curve(metrics)})
     if target_accuracy is None:
         befores = [r["heldout_accuracy_before"] for rs in runs.values() for r in rs]
         target_accuracy = round(statistics.mean(befores) + 0.10, 3)
     table = summarise(runs, target_accuracy)
     text = format_table(table, target_accuracy, base.steps)
     plot_comparison(runs, root / "compare.png", target_accuracy)
+    plot_generation(runs, root / "compare_lengths.png")
     with open(root / "compare.json", "w") as f:
         json.dump({"target_accuracy": target_accuracy, "table": table, "runs": runs}, f, indent=1)
-    log(text + f"\n\nplot: {root / 'compare.png'}  data: {root / 'compare.json'}")
+    log(text + f"\n\nplots: {root / 'compare.png'}, {root / 'compare_lengths.png'}  data: {root / 'compare.json'}")
     return {"table": table, "runs": runs, "target_accuracy": target_accuracy}
+
+
+def generation_curve(metrics: list[dict]) -> list[tuple[int, float, float]]:
+    """(step, mean completion length, truncated fraction) of the sampled groups at every logged step."""
+    return [(m["step"], m["gen/completion_len_mean"], m["gen/truncated_frac"]) for m in metrics
+            if "gen/completion_len_mean" in m]
+
+
+def late_generation(run: dict, fraction: float = 0.1) -> tuple[float, float] | None:
+    """Mean completion length and truncated fraction over the last ``fraction`` of a run's steps (None if unlogged)."""
+    rows = run.get("generation") or []
+    if not rows:
+        return None
+    last = rows[-max(1, round(len(rows) * fraction)):]
+    return statistics.mean(r[1] for r in last), statistics.mean(r[2] for r in last)
 
 
 def steps_to_target(curve: list[tuple[int, float]], target: float) -> int | None:
@@ -73,6 +89,7 @@ def summarise(runs: dict[str, list[dict]], target: float) -> list[dict]:
         after_mean, after_std = _mean_std([r["heldout_accuracy_after"] for r in rs])
         gain_mean, gain_std = _mean_std([r["heldout_accuracy_after"] - r["heldout_accuracy_before"] for r in rs])
         reached = [s for s in (steps_to_target(r["curve"], target) for r in rs) if s is not None]
+        late = [g for g in (late_generation(r) for r in rs) if g is not None]
         rows.append({
             "objective": name,
             "seeds": len(rs),
@@ -83,19 +100,27 @@ def summarise(runs: dict[str, list[dict]], target: float) -> list[dict]:
             "reached_target": len(reached),
             "steps_to_target_median": statistics.median(reached) if reached else None,
             "wall_seconds_mean": statistics.mean(r["wall_seconds"] for r in rs),
+            # the sampled completions over the last 10% of steps (the likelihood-alignment argument is about them)
+            "late_length_mean": statistics.mean(g[0] for g in late) if late else None,
+            "late_truncated_mean": statistics.mean(g[1] for g in late) if late else None,
         })
     return rows
 
 
 def format_table(rows: list[dict], target: float, steps: int) -> str:
-    lines = [f"| objective | seeds | held-out accuracy after | change (points) | steps to {target:.0%} (median, reached/seeds) | wall s/run |",
-             "|---|---|---|---|---|---|"]
+    lines = [f"| objective | seeds | held-out accuracy after | change (points) | steps to {target:.0%} (median, reached/seeds) | "
+             "sample length, last 10% | truncated, last 10% | wall s/run |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         reach = "never" if r["steps_to_target_median"] is None else f"{r['steps_to_target_median']:.0f}"
         lines.append(f"| {r['objective']} | {r['seeds']} | {r['accuracy_after_mean']:.1%} +- {r['accuracy_after_std']:.1%} | "
                      f"{r['gain_mean'] * 100:+.1f} +- {r['gain_std'] * 100:.1f} | {reach} ({r['reached_target']}/{r['seeds']}) | "
                      f"{r['wall_seconds_mean']:.0f} |")
     return "\n".join(lines) + f"\n(budget: {steps} optimizer steps per run; +- is the sample std over seeds)"
+
+
+def late_cell(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
 
 
 def plot_comparison(runs: dict[str, list[dict]], out_png: Path, target: float) -> None:
@@ -116,6 +141,39 @@ def plot_comparison(runs: dict[str, list[dict]], out_png: Path, target: float) -
     ax.axhline(target, ls=":", c="gray", lw=1)
     ax.set(xlabel="optimizer step", ylabel="held-out accuracy (greedy)", title="mean over seeds; band: min-max")
     ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=90)
+    plt.close(fig)
+
+
+def plot_generation(runs: dict[str, list[dict]], out_png: Path, window: int = 20) -> None:
+    """Sampled completion length and truncated fraction over training, per objective (mean over seeds,
+    a moving average over ``window`` steps)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, (ax_len, ax_trunc) = plt.subplots(1, 2, figsize=(10, 3.6))
+    kernel = np.ones(window) / window
+    for name, rs in runs.items():
+        rows = [r.get("generation") or [] for r in rs]
+        width = min(len(g) for g in rows)
+        if width == 0:
+            continue
+        steps = np.array([g[0] for g in rows[0][:width]])
+        for column, ax in ((1, ax_len), (2, ax_trunc)):
+            mean = np.array([[g[column] for g in run[:width]] for run in rows]).mean(0)
+            if width >= window:  # smooth: per-step values of 128 samples are noisy
+                mean, shown = np.convolve(mean, kernel, mode="valid"), steps[window - 1:]
+            else:
+                shown = steps
+            ax.plot(shown, mean, label=f"{name} (n={len(rows)})")
+    ax_len.set(xlabel="optimizer step", ylabel="sampled completion length (tokens)")
+    ax_trunc.set(xlabel="optimizer step", ylabel="truncated fraction of samples")
+    ax_len.legend(fontsize=8)
+    fig.suptitle(f"mean over seeds, moving average over {window} steps", fontsize=9)
     fig.tight_layout()
     fig.savefig(out_png, dpi=90)
     plt.close(fig)

@@ -127,6 +127,18 @@ def test_eval_defaults_to_the_tiny_models_own_task_and_warns_on_unreadable_promp
     assert any("unknown to this model's tokenizer" in m for m in messages), messages
 
 
+def test_late_generation_averages_the_last_tenth_of_steps():
+    from conspo.compare import generation_curve, late_generation
+
+    metrics = [{"step": 0, "heldout/accuracy": 0.1}]
+    metrics += [{"step": s, "gen/completion_len_mean": float(s), "gen/truncated_frac": 0.5 if s > 18 else 0.0}
+                for s in range(1, 21)]
+    curve = generation_curve(metrics)
+    assert curve[0] == (1, 1.0, 0.0) and len(curve) == 20
+    assert late_generation({"generation": curve}) == (19.5, 0.5)  # steps 19 and 20
+    assert late_generation({"curve": []}) is None  # a run from before lengths were recorded
+
+
 def test_compare_takes_seeds_from_seed():
     from conspo.compare import compare
     from conspo.config import TrainConfig
