@@ -154,6 +154,8 @@ class TrainConfig:
     """Seed of the tiny base, separate from `seed` so that runs with different seeds start from the same base."""
     sft_lr: float = 1.5e-3
     """Learning rate of the supervised warm-up."""
+    sft_decay_steps: int = 0
+    """0: the warm-up's learning rate decays linearly to zero at its last step. N > sft_steps: it decays over N steps and the warm-up stops at sft_steps, so the base is a checkpoint from the middle of a longer schedule, not an annealed one (`--task chain`: RL improved such a base and wrecked annealed ones, docs/design.md section 8.1)."""
     sft_batch_size: int = 128
     """Batch size of the supervised warm-up."""
     cache_dir: str = "~/.cache/conspo"
@@ -198,7 +200,7 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 bad(name, "must be >= 1")
         for name in ("max_new_tokens", "micro_batch_size", "max_tokens_per_micro_batch", "lora_r", "lr_warmup_steps", "eval_every", "eval_size",
-                     "log_samples_every", "save_every", "margin_horizon", "stop_after", "sft_steps", "threads",
+                     "log_samples_every", "save_every", "margin_horizon", "stop_after", "sft_steps", "sft_decay_steps", "threads",
                      "keep_checkpoints", "max_consecutive_skips", "overlong_buffer"):
             if getattr(self, name) < 0:
                 bad(name, "must be >= 0")
@@ -213,6 +215,9 @@ class TrainConfig:
                 "picks positives by the group's mean reward: leave positive_threshold at its default")
         if not 0 < self.top_p <= 1:
             bad("top_p", "must be in (0, 1]")
+        if 0 < self.sft_decay_steps < self.sft_steps:
+            bad("sft_decay_steps", f"must be 0 or >= sft_steps ({self.sft_steps}): the warm-up stops at sft_steps, "
+                "before or when its learning rate reaches zero")
         if not self.overlong_buffer and self.overlong_penalty_factor != TrainConfig.overlong_penalty_factor:
             bad("overlong_penalty_factor", "is only used with overlong_buffer > 0: set --overlong-buffer too")
         if self.max_new_tokens:
@@ -375,7 +380,7 @@ ENGINE_SUPPORT: dict[str, tuple[str, ...]] = {
         "positive_rule", "score",
         "eps_low", "eps_high", "beta", "overlong_buffer", "overlong_penalty_factor", "mask_truncated",
         "gradient_checkpointing", "mixed_precision", "lora_r", "lora_alpha",
-        "lora_dropout", "lora_target_modules", "lora_save", "sft_steps", "sft_seed", "sft_lr", "sft_batch_size", "cache_dir",
+        "lora_dropout", "lora_target_modules", "lora_save", "sft_steps", "sft_seed", "sft_lr", "sft_decay_steps", "sft_batch_size", "cache_dir",
         "eval_every", "eval_size", "report_to", "dtype", "device", "threads", "progress",
         "resume", "stop_after", "save_every", "keep_checkpoints")},
     **{f: _NATIVE for f in (

@@ -23,10 +23,16 @@ from conspo.models import TINY_MARKER, build_char_tokenizer, build_tiny_model, l
 from conspo.tasks import Task
 
 
-def tiny_base(task: Task, *, steps: int, lr: float, batch_size: int, seed: int, cache_dir: str | Path, log=print):
-    """Return (model, tokenizer, path) of the warmed-up tiny base, training it once if not cached."""
+def tiny_base(task: Task, *, steps: int, lr: float, batch_size: int, seed: int, cache_dir: str | Path,
+              decay_steps: int = 0, log=print):
+    """Return (model, tokenizer, path) of the warmed-up tiny base, training it once if not cached.
+
+    ``decay_steps``: see :func:`supervised_warmup` (0: the learning rate reaches zero at ``steps``).
+    """
     settings = {"task": task.name, "digits": getattr(task, "digits", None), "steps": steps, "lr": lr,
                 "batch_size": batch_size, "seed": seed, "version": 1}
+    if decay_steps and decay_steps != steps:  # only then: the keys of bases cached before the option stay valid
+        settings["decay_steps"] = decay_steps
     if hasattr(task, "settings"):  # a task whose problems depend on options (addition's only on digits: older keys)
         settings["task_settings"] = task.settings
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
@@ -34,12 +40,13 @@ def tiny_base(task: Task, *, steps: int, lr: float, batch_size: int, seed: int, 
     if (path / TINY_MARKER).exists():
         log(f"tiny base: cached at {path}")
         return load_policy(str(path)), load_tokenizer(str(path)), path
-    log(f"tiny base: supervised warm-up for {steps} steps (once; cached at {path})")
+    schedule = f" of a {decay_steps}-step schedule" if decay_steps and decay_steps != steps else ""
+    log(f"tiny base: supervised warm-up for {steps} steps{schedule} (once; cached at {path})")
     tokenizer = build_char_tokenizer()
     longest = max(len(p.prompt) for p in task.train_problems()) + task.max_new_tokens
     model = build_tiny_model(len(tokenizer), max_positions=64 if longest <= 64 else 128, seed=seed)
     started = time.time()
-    supervised_warmup(model, tokenizer, task, steps=steps, lr=lr, batch_size=batch_size, seed=seed)
+    supervised_warmup(model, tokenizer, task, steps=steps, lr=lr, batch_size=batch_size, seed=seed, decay_steps=decay_steps)
     log(f"tiny base: warm-up took {time.time() - started:.1f}s")
     tmp = path.with_name(path.name + f".tmp{random.randrange(1 << 30)}")
     try:
@@ -55,13 +62,20 @@ def tiny_base(task: Task, *, steps: int, lr: float, batch_size: int, seed: int, 
     return load_policy(str(path)), load_tokenizer(str(path)), path
 
 
-def supervised_warmup(model, tokenizer, task: Task, *, steps: int, lr: float, batch_size: int, seed: int) -> None:
+def supervised_warmup(model, tokenizer, task: Task, *, steps: int, lr: float, batch_size: int, seed: int,
+                      decay_steps: int = 0) -> None:
     """Teacher-forced cross-entropy on ``prompt + solution + <eos>``, loss on the solution tokens only.
 
     The solution is ``task.solution(problem)`` where the task has one (a worked chain), else the answer.
 
-    AdamW with the learning rate decaying linearly to zero over ``steps``.
+    AdamW with the learning rate decaying linearly to zero over ``decay_steps`` (``steps`` when 0),
+    lr_t = lr * (1 - t / decay_steps); training stops after ``steps``. Stopping before the end of
+    the schedule leaves a base that is not annealed: on the chain task RL improved such a base and
+    made annealed ones worse (docs/design.md section 8.1).
     """
+    horizon = decay_steps or steps
+    if horizon < steps:
+        raise ValueError(f"warm-up decay_steps={decay_steps} must be 0 or >= steps={steps}")
     rng = random.Random(seed)
     problems = task.train_problems()
     eos = tokenizer.eos_token
@@ -83,7 +97,7 @@ def supervised_warmup(model, tokenizer, task: Task, *, steps: int, lr: float, ba
                 labels[row, len(p) : len(p) + len(a)] = torch.tensor(a)
                 attention[row, : len(p) + len(a)] = 1
             for group in optimizer.param_groups:
-                group["lr"] = lr * (1 - step / steps)
+                group["lr"] = lr * (1 - step / horizon)
             loss = model(input_ids=ids, attention_mask=attention, labels=labels).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
