@@ -252,7 +252,10 @@ def test_compare_smoke(tmp_path, cache_dir):
     data = json.load(open(out / "compare.json"))
     assert [r["objective"] for r in data["table"]] == ["conspo", "grpo"]
     assert all(r["seeds"] == 2 for r in data["table"])
-    assert "| conspo | 2 |" in proc.stdout and (out / "compare.png").exists()
+    assert "| conspo | 2 |" in proc.stdout and (out / "compare.png").exists() and (out / "compare_lengths.png").exists()
+    run = data["runs"]["conspo"][0]
+    assert [row[0] for row in run["generation"]] == [1, 2] and all(row[1] > 0 for row in run["generation"])
+    assert data["table"][0]["late_length_mean"] == pytest.approx(run["generation"][-1][1])
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["conspo-seed0", "conspo-seed1", "grpo-seed0", "grpo-seed1"]
 
 
@@ -311,3 +314,34 @@ def test_tiny_base_replaces_an_incomplete_cache_and_leaves_no_temporary_director
     tiny_base(task, steps=2, lr=1e-3, batch_size=8, seed=0, cache_dir=tmp_path, log=lambda *a: None)
     assert [p.name for p in tmp_path.iterdir()] == [cached.name], "no .tmp* directory may be left behind"
     assert (cached / TINY_MARKER).exists()
+
+
+def test_warmup_can_stop_in_the_middle_of_a_longer_schedule(tmp_path, monkeypatch):
+    """--sft-decay-steps H: the warm-up's lr follows the H-step linear schedule and stops at sft_steps;
+    the base gets its own cache entry, and bases cached without the option keep their keys."""
+    import torch
+
+    from conspo.config import TrainConfig
+    from conspo.errors import ConfigError
+    from conspo.tasks import get_task
+    from conspo.warmup import tiny_base
+
+    seen_lrs = []
+    adamw_step = torch.optim.AdamW.step
+
+    def recording_step(self, *args, **kwargs):
+        seen_lrs.append(self.param_groups[0]["lr"])
+        return adamw_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    task = get_task("addition")
+    quiet = {"batch_size": 8, "seed": 0, "cache_dir": tmp_path, "log": lambda *a: None}
+    _, _, annealed = tiny_base(task, steps=3, lr=1e-3, **quiet)
+    assert seen_lrs == pytest.approx([1e-3, 1e-3 * 2 / 3, 1e-3 / 3])
+    seen_lrs.clear()
+    _, _, stopped = tiny_base(task, steps=3, lr=1e-3, decay_steps=6, **quiet)
+    assert seen_lrs == pytest.approx([1e-3, 1e-3 * 5 / 6, 1e-3 * 4 / 6])
+    assert stopped != annealed
+    assert tiny_base(task, steps=3, lr=1e-3, decay_steps=3, **quiet)[2] == annealed  # same schedule, same base
+    with pytest.raises(ConfigError, match="sft_decay_steps"):
+        TrainConfig(sft_steps=10, sft_decay_steps=5).validate()
