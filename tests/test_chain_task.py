@@ -19,9 +19,11 @@ def test_problems_are_worked_chains_of_varying_length(task):
     lengths = [len(task.solution(p)) for p in problems]
     assert min(lengths) >= 10 and max(lengths) <= 64
     assert {p.meta["terms"] for p in problems} == {4, 5, 6, 7}
+    seen_terms = set()
     for p in problems[:2000]:
         terms = [int(t) for t in p.prompt.rstrip("=").split("+")]
-        assert all(1 <= t <= 9 for t in terms) and p.answer == str(sum(terms))
+        seen_terms.update(terms)
+        assert all(1 <= t <= 19 for t in terms) and p.answer == str(sum(terms))
         steps = task.solution(p).split("=")
         assert len(steps) == len(terms) - 1
         numbers = terms
@@ -29,6 +31,7 @@ def test_problems_are_worked_chains_of_varying_length(task):
             numbers = [numbers[0] + numbers[1], *numbers[2:]]
             assert step == "+".join(map(str, numbers))
         assert task.score([p], [task.solution(p)]) == [1.0]
+    assert seen_terms == set(range(1, 20))  # one- and two-digit terms
     assert task.max_new_tokens > max(lengths)  # room for the longest chain and its end-of-sequence token
 
 

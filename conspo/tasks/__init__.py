@@ -7,7 +7,7 @@ A task may also offer ``last_score_metrics() -> dict`` (the math task: ``reward/
 A task that the tiny model can be warmed up on also offers ``solution(problem) -> str``, the
 completion the supervised warm-up teaches (the answer itself when absent).
 Built-in: ``addition`` (the CPU default, synthetic and exactly verifiable), ``chain`` (running
-sums written out as worked chains of 17-64 tokens, final answer verified) and ``math`` (a math
+sums written out as worked chains of 11-64 tokens, final answer verified) and ``math`` (a math
 training set and a benchmark, rewards from ``conspo.rewards.MathVerifier``).
 """
 

@@ -1,15 +1,14 @@
-"""Sums worked out step by step, the built-in task with chains: ``"7+5+9+2="`` -> ``"12+9+2=21+2=23"``.
+"""Sums worked out step by step, the built-in task with chains: ``"7+15+9+2="`` -> ``"22+9+2=31+2=33"``.
 
-Made to test claims about long, varying completions on a CPU (issue 12; docs/design.md section 8):
+Made to test claims about long, varying completions on a CPU (issue 12; docs/design.md section 8.1):
 a correct completion rewrites the sum once per step, its first two numbers replaced by their sum
 and the rest copied, until one number is left, so its length grows with the number of terms
-(4 to 7 one-digit terms: 11 to 47 characters, one token each with the tiny model's character
-tokenizer, plus end-of-sequence). This format is the one the ~1M-parameter model learned: written
-as running ``a+b=c`` equations, which make it find the next term in the prompt, two-digit terms
-were at 4% held-out and one-digit terms at 8% after 300-600 warm-up steps; in this format the
-chains come out right after about 900-1,500 warm-up steps (docs/design.md section 8.1). Only the final answer is verified (the number after
-the last ``=``), as with real math rewards: a chain with a slip that still ends on the right
-total scores 1, and a long chain ending on a wrong total scores 0.
+(4 to 7 terms from 1 to 19: 11 to 64 characters, one token each with the tiny model's character
+tokenizer, plus end-of-sequence). Only the final answer is verified (the number after the last
+``=``), as with real math rewards: a chain with a slip that still ends on the right total scores 1,
+and a long chain ending on a wrong total scores 0. Why these terms: with one-digit terms the tiny
+model read the total off the prompt and the chain was decoration (RL could not improve it); terms
+up to 99 were too hard to learn in a CPU warm-up (docs/design.md section 8.1).
 """
 
 from __future__ import annotations
@@ -41,7 +40,7 @@ def final_answer(completion: str) -> int | None:
 class ChainTask:
     name = "chain"
 
-    def __init__(self, min_terms: int = 4, max_terms: int = 7, largest_term: int = 9, train_size: int = 100_000,
+    def __init__(self, min_terms: int = 4, max_terms: int = 7, largest_term: int = 19, train_size: int = 100_000,
                  heldout_size: int = 500, seed: int = 4321):
         if not 2 <= min_terms <= max_terms <= 8:
             raise ValueError(f"chain terms must satisfy 2 <= min_terms <= max_terms <= 8, got {min_terms}..{max_terms}")
