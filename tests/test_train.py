@@ -253,9 +253,10 @@ def test_compare_smoke(tmp_path, cache_dir):
     assert [r["objective"] for r in data["table"]] == ["conspo", "grpo"]
     assert all(r["seeds"] == 2 for r in data["table"])
     assert "| conspo | 2 |" in proc.stdout and (out / "compare.png").exists() and (out / "compare_lengths.png").exists()
-    run = data["runs"]["conspo"][0]
-    assert [row[0] for row in run["generation"]] == [1, 2] and all(row[1] > 0 for row in run["generation"])
-    assert data["table"][0]["late_length_mean"] == pytest.approx(run["generation"][-1][1])
+    runs = data["runs"]["conspo"]
+    assert all([row[0] for row in run["generation"]] == [1, 2] and all(row[1] > 0 for row in run["generation"]) for run in runs)
+    # the last 10% of 2 steps is the last step; the table averages it over the seeds
+    assert data["table"][0]["late_length_mean"] == pytest.approx(sum(run["generation"][-1][1] for run in runs) / 2)
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["conspo-seed0", "conspo-seed1", "grpo-seed0", "grpo-seed1"]
 
 
