@@ -91,8 +91,11 @@ def test_kill_9_mid_run_then_resume_equals_uninterrupted(tmp_path, cache_dir, un
 def test_ctrl_c_finishes_the_step_checkpoints_and_resume_equals_uninterrupted(tmp_path, cache_dir, uninterrupted):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "conspo", "train", *TRL_RUN, "--output-dir", str(out), "--cache-dir", cache_dir]
+    # SIGINT as in a terminal: a background job of a non-interactive shell (a CI runner may start the
+    # tests so) inherits SIGINT ignored, and conspo rightly leaves an ignored SIGINT alone
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+                            env={**os.environ, "PYTHONWARNINGS": "ignore"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while time.time() < deadline and not (out / "checkpoint-3" / "state.json").exists():
         time.sleep(0.01)
