@@ -217,7 +217,8 @@ class TrainConfig:
             bad("top_p", "must be in (0, 1]")
         if 0 < self.sft_decay_steps < self.sft_steps:
             bad("sft_decay_steps", f"must be 0 or >= sft_steps ({self.sft_steps}): the warm-up stops at sft_steps, "
-                "before or when its learning rate reaches zero")
+                "before or when its learning rate reaches zero (--task chain sets 1500; with a longer warm-up "
+                "pass --sft-decay-steps 0 or a value >= --sft-steps)")
         if not self.overlong_buffer and self.overlong_penalty_factor != TrainConfig.overlong_penalty_factor:
             bad("overlong_penalty_factor", "is only used with overlong_buffer > 0: set --overlong-buffer too")
         if self.max_new_tokens:
