@@ -31,7 +31,8 @@ def tiny_base(task: Task, *, steps: int, lr: float, batch_size: int, seed: int, 
     """
     settings = {"task": task.name, "digits": getattr(task, "digits", None), "steps": steps, "lr": lr,
                 "batch_size": batch_size, "seed": seed, "version": 1}
-    if decay_steps and decay_steps != steps:  # only then: the keys of bases cached before the option stay valid
+    stops_early = bool(decay_steps) and decay_steps != steps  # a warm-up stopped before its lr reaches zero
+    if stops_early:  # only then in the key: the keys of bases cached before the option stay valid
         settings["decay_steps"] = decay_steps
     if hasattr(task, "settings"):  # a task whose problems depend on options (addition's only on digits: older keys)
         settings["task_settings"] = task.settings
@@ -40,7 +41,7 @@ def tiny_base(task: Task, *, steps: int, lr: float, batch_size: int, seed: int, 
     if (path / TINY_MARKER).exists():
         log(f"tiny base: cached at {path}")
         return load_policy(str(path)), load_tokenizer(str(path)), path
-    schedule = f" of a {decay_steps}-step schedule" if decay_steps and decay_steps != steps else ""
+    schedule = f" of a {decay_steps}-step schedule" if stops_early else ""
     log(f"tiny base: supervised warm-up for {steps} steps{schedule} (once; cached at {path})")
     tokenizer = build_char_tokenizer()
     longest = max(len(p.prompt) for p in task.train_problems()) + task.max_new_tokens
