@@ -115,6 +115,7 @@ def format_table(rows: list[dict], target: float, steps: int) -> str:
         reach = "never" if r["steps_to_target_median"] is None else f"{r['steps_to_target_median']:.0f}"
         lines.append(f"| {r['objective']} | {r['seeds']} | {r['accuracy_after_mean']:.1%} +- {r['accuracy_after_std']:.1%} | "
                      f"{r['gain_mean'] * 100:+.1f} +- {r['gain_std'] * 100:.1f} | {reach} ({r['reached_target']}/{r['seeds']}) | "
+                     f"{late_cell(r['late_length_mean'], '.1f')} | {late_cell(r['late_truncated_mean'], '.1%')} | "
                      f"{r['wall_seconds_mean']:.0f} |")
     return "\n".join(lines) + f"\n(budget: {steps} optimizer steps per run; +- is the sample std over seeds)"
 

@@ -139,6 +139,17 @@ def test_late_generation_averages_the_last_tenth_of_steps():
     assert late_generation({"curve": []}) is None  # a run from before lengths were recorded
 
 
+def test_compare_table_rows_have_a_cell_per_column():
+    from conspo.compare import format_table, summarise
+
+    run = {"heldout_accuracy_before": 0.5, "heldout_accuracy_after": 0.7, "curve": [(0, 0.5), (10, 0.7)],
+           "wall_seconds": 12.0, "generation": [(1, 30.0, 0.0), (2, 32.0, 0.25)]}
+    lines = format_table(summarise({"conspo": [run, run]}, 0.6), 0.6, steps=10).splitlines()
+    header, row = lines[0], lines[2]
+    assert header.count("|") == row.count("|") == 9, (header, row)
+    assert "| 32.0 | 25.0% |" in row  # late length and truncation: 10% of two steps is the last one
+
+
 def test_compare_takes_seeds_from_seed():
     from conspo.compare import compare
     from conspo.config import TrainConfig
