@@ -75,10 +75,7 @@ exec 9> "$OUT/lanes.lock"
 if ! flock -n 9; then
   echo "lanes already running: $phase runs added to $queue"; exit 0
 fi
-# build (or find) the cached base once, so that the two lanes do not both warm it up; with one thread,
-# as `conspo train --task chain` does by default: the chain warm-up sits on a knife-edge (the model
-# learns to work the chain abruptly around step 900), and two threads' different float sums gave a
-# 17.6% base where one thread gives 55.2% (docs/design.md section 8.1)
+# build (or find) the cached base once, so that the two lanes do not both warm it up
 $PY -m conspo train --task chain --steps 1 --threads 1 --no-progress --overwrite --output-dir "$OUT/base" > "$OUT/base.log" 2>&1
 lane a >> "$OUT/lanes.log" 2>&1 &
 lane b >> "$OUT/lanes.log" 2>&1 &

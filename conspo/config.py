@@ -158,6 +158,8 @@ class TrainConfig:
     """0: the warm-up's learning rate decays linearly to zero at its last step. N > sft_steps: it decays over N steps and the warm-up stops at sft_steps, so the base is a checkpoint from the middle of a longer schedule, not an annealed one (`--task chain`: RL improved such a base and wrecked annealed ones, docs/design.md section 8.1)."""
     sft_batch_size: int = 128
     """Batch size of the supervised warm-up."""
+    sft_stop_accuracy: float = 0.0
+    """Stop the warm-up at the first check (every 25 steps) where greedy accuracy on 200 of the task's training problems (never held-out ones) reaches this; sft_steps is then the most it trains. 0: off. Sets the base by what it can do, not by a step count: the chain warm-up learns abruptly, at a step that moved from about 900 to past 1,000 between two machines (docs/design.md section 8.1)."""
     cache_dir: str = "~/.cache/conspo"
     """Where the warmed-up tiny base is cached."""
 
@@ -219,6 +221,9 @@ class TrainConfig:
             bad("sft_decay_steps", f"must be 0 or >= sft_steps ({self.sft_steps}): the warm-up stops at sft_steps, "
                 "before or when its learning rate reaches zero (--task chain sets 1500; with a longer warm-up "
                 "pass --sft-decay-steps 0 or a value >= --sft-steps)")
+        if not 0 <= self.sft_stop_accuracy <= 1:
+            bad("sft_stop_accuracy", "must be in [0, 1] (0: off; e.g. 0.5 stops the warm-up once half the checked "
+                "training problems are solved)")
         if not self.overlong_buffer and self.overlong_penalty_factor != TrainConfig.overlong_penalty_factor:
             bad("overlong_penalty_factor", "is only used with overlong_buffer > 0: set --overlong-buffer too")
         if self.max_new_tokens:
@@ -383,7 +388,7 @@ ENGINE_SUPPORT: dict[str, tuple[str, ...]] = {
         "positive_rule", "score",
         "eps_low", "eps_high", "beta", "overlong_buffer", "overlong_penalty_factor", "mask_truncated",
         "gradient_checkpointing", "mixed_precision", "lora_r", "lora_alpha",
-        "lora_dropout", "lora_target_modules", "lora_save", "sft_steps", "sft_seed", "sft_lr", "sft_decay_steps", "sft_batch_size", "cache_dir",
+        "lora_dropout", "lora_target_modules", "lora_save", "sft_steps", "sft_seed", "sft_lr", "sft_decay_steps", "sft_batch_size", "sft_stop_accuracy", "cache_dir",
         "eval_every", "eval_size", "report_to", "dtype", "device", "threads", "progress",
         "resume", "stop_after", "save_every", "keep_checkpoints")},
     **{f: _NATIVE for f in (

@@ -180,7 +180,8 @@ def load_model(cfg: TrainConfig, task, device, dtype, log):
 
     if cfg.model == "tiny":
         model, tokenizer, _ = tiny_base(task, steps=cfg.sft_steps, lr=cfg.sft_lr, batch_size=cfg.sft_batch_size,
-                                        seed=cfg.sft_seed, cache_dir=cfg.cache_dir, decay_steps=cfg.sft_decay_steps, log=log)
+                                        seed=cfg.sft_seed, cache_dir=cfg.cache_dir, decay_steps=cfg.sft_decay_steps,
+                                        stop_accuracy=cfg.sft_stop_accuracy, log=log)
         return model.to(device=device, dtype=dtype), tokenizer
     check_memory(cfg, device, dtype)
     try:

@@ -346,3 +346,50 @@ def test_warmup_can_stop_in_the_middle_of_a_longer_schedule(tmp_path, monkeypatc
     assert tiny_base(task, steps=3, lr=1e-3, decay_steps=3, **quiet)[2] == annealed  # same schedule, same base
     with pytest.raises(ConfigError, match="sft_decay_steps"):
         TrainConfig(sft_steps=10, sft_decay_steps=5).validate()
+
+
+def test_warmup_stops_at_the_first_check_that_reaches_the_accuracy(tmp_path, monkeypatch):
+    """--sft-stop-accuracy: the warm-up checks itself every WARMUP_CHECK_EVERY steps on training problems
+    and stops at the first check at or above the target; the checks do not disturb training (the base
+    equals one trained for that many steps of the same schedule) and the option has its own cache key."""
+    import torch
+
+    import conspo.warmup
+    from conspo.config import TrainConfig
+    from conspo.errors import ConfigError
+    from conspo.tasks import get_task
+
+    every = conspo.warmup.WARMUP_CHECK_EVERY
+    checks = []
+
+    def fake_accuracy(model, tokenizer, task, problems):
+        assert all(p in task.train_problems() for p in problems[:5]), "checks use training problems only"
+        checks.append(len(problems))
+        return [0.1, 0.3, 0.5][len(checks) - 1]
+
+    monkeypatch.setattr(conspo.warmup, "greedy_accuracy", fake_accuracy)
+    task = get_task("addition")
+    quiet = {"lr": 1e-3, "batch_size": 8, "seed": 0, "cache_dir": tmp_path, "log": lambda *a: None}
+    stopped, _, stopped_path = conspo.warmup.tiny_base(task, steps=10 * every, decay_steps=10 * every,
+                                                       stop_accuracy=0.45, **quiet)
+    assert checks == [conspo.warmup.WARMUP_CHECK_PROBLEMS] * 3  # steps 25, 50, 75: the third reaches 0.45
+    plain, _, plain_path = conspo.warmup.tiny_base(task, steps=3 * every, decay_steps=10 * every, **quiet)
+    assert stopped_path != plain_path  # own cache key
+    for (name, a), b in zip(stopped.state_dict().items(), plain.state_dict().values()):
+        assert torch.equal(a, b), name
+    with pytest.raises(ConfigError, match="sft_stop_accuracy"):
+        TrainConfig(sft_stop_accuracy=1.5).validate()
+
+
+def test_warmup_check_measures_greedy_accuracy_on_the_given_problems():
+    from conspo.models import build_char_tokenizer, build_tiny_model
+    from conspo.tasks import get_task
+    from conspo.warmup import greedy_accuracy
+
+    task = get_task("addition")
+    tokenizer = build_char_tokenizer()
+    model = build_tiny_model(len(tokenizer), max_positions=64, seed=0)
+    model.train()
+    problems = task.train_problems()[:4]
+    assert greedy_accuracy(model, tokenizer, task, problems) in (0.0, 0.25, 0.5, 0.75, 1.0)
+    assert model.training  # back in train mode for the next warm-up step
