@@ -12,7 +12,7 @@
 # The final phase adds seed 2 to the sweep's seeds 0 and 1 at the chosen rate (the rate was chosen
 # on seeds 0 and 1, which favours every objective alike by a little; docs/design.md section 8.1) and
 # runs every ConSPO ablation at ConSPO's rate with seeds 0 1 2.
-# Settings (environment): STEPS (100), EVAL_EVERY (20), LRS, OBJECTIVES, OUT (runs/chain), and
+# Settings (environment): STEPS (100), EVAL_EVERY (25), LRS, OBJECTIVES, OUT (runs/chain), and
 # DAPO: the options that make DAPO complete (dynamic sampling, overlong filtering and soft overlong
 # punishment with its buffer just past the longest correct chain: 5 of the task's 70 tokens).
 # Cost: about 4-5 minutes per 100-step run on one thread, i.e. about an hour for the sweep.
@@ -21,7 +21,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-runs/chain}
 STEPS=${STEPS:-100}
-EVAL_EVERY=${EVAL_EVERY:-20}
+EVAL_EVERY=${EVAL_EVERY:-25}
 LRS=${LRS:-"1e-5 3e-5 1e-4"}
 OBJECTIVES=${OBJECTIVES:-"conspo grpo dr_grpo dapo gspo"}
 DAPO=${DAPO:-"--dynamic-sampling --mask-truncated --overlong-buffer 5"}
