@@ -69,7 +69,8 @@ def tiny_base(task: Task, *, steps: int, lr: float, batch_size: int, seed: int, 
     return load_policy(str(path)), load_tokenizer(str(path)), path
 
 
-#: With a stop accuracy: how often and on how many training problems the warm-up checks itself.
+#: With a stop accuracy: how often and on how many training problems the warm-up checks itself
+#: (not in the cache key: changing either changes where bases stop, so bump the key's "version").
 WARMUP_CHECK_EVERY = 25
 WARMUP_CHECK_PROBLEMS = 200
 
