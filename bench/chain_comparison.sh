@@ -6,7 +6,7 @@
 # run from one queue file; a phase started while the lanes run only adds its runs to their queue.
 #
 #   bench/chain_comparison.sh sweep                                     # objectives x rates x seeds 0 1
-#   BEST="conspo=3e-5 grpo=1e-4 ..." bench/chain_comparison.sh final     # seeds 2-4 at each best rate + ablations
+#   BEST="conspo=1e-6 grpo=1e-5 ..." bench/chain_comparison.sh final     # seeds 2-4 at each best rate + ablations
 #   .venv/bin/python bench/summarize_compare.py runs/chain/sweep          # the sweep's table
 #
 # The final phase runs every objective at its own best rate with fresh seeds 2 3 4 (not the seeds the
@@ -15,15 +15,16 @@
 # Settings (environment): STEPS (100), EVAL_EVERY (25), LRS, OBJECTIVES, OUT (runs/chain), and
 # DAPO: the options that make DAPO complete (dynamic sampling, overlong filtering and soft overlong
 # punishment with its buffer just past the longest correct chain: 5 of the task's 70 tokens).
-# Cost: about 2 minutes per 100-step run on one thread, two at a time: the sweep (30 runs) about half
-# an hour, the final phase (36 runs) about 40 minutes on a 2-core machine.
+# Cost: about 1.5 minutes per 100-step run on one thread, two at a time: the sweep (40 runs) about half
+# an hour, the final phase (36 runs) about half an hour on a 2-core machine. The runs of 2026-11-29
+# (BENCHMARKS.md 5.1): `sweep`, then `final` with each objective's best rate from the sweep.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-runs/chain}
 STEPS=${STEPS:-100}
 EVAL_EVERY=${EVAL_EVERY:-25}
-LRS=${LRS:-"1e-5 3e-5 1e-4"}
+LRS=${LRS:-"1e-6 3e-6 1e-5 3e-5"}
 OBJECTIVES=${OBJECTIVES:-"conspo grpo dr_grpo dapo gspo"}
 DAPO=${DAPO:-"--dynamic-sampling --mask-truncated --overlong-buffer 5"}
 common=(--task chain --steps "$STEPS" --eval-every "$EVAL_EVERY" --threads 1 --no-progress)
