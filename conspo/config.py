@@ -362,12 +362,12 @@ class TrainConfig:
 #: Defaults that differ by task, calibrated on 2 cores (docs/design.md section 8). An option given on the
 #: command line or in --config wins; `conspo train --help` shows the addition task's values.
 TASK_DEFAULTS: dict[str, dict] = {
-    # a base at about 55% held-out whose right answers are mostly exact chains: the warm-up (a 1,500-step
-    # schedule) stops once it solves half of 200 training problems, because the step where it learns the
-    # chain moved from ~900 to ~1,300 between two machines; RL gains on such a base and not on
-    # bases whose right answers mostly come through wrong chains (docs/design.md section 8.1)
+    # the warm-up (a 1,500-step schedule) stops once it solves half of 200 training problems, because
+    # the step where it learns the chain moved from ~900 to ~1,300 between two machines; RL at lr 1e-6
+    # for 100 steps: every objective's best rate on that base, where 3e-5 lost 17-24 points
+    # (docs/design.md section 8.1, BENCHMARKS.md section 5.1)
     "chain": {"sft_steps": 1500, "sft_stop_accuracy": 0.5, "sft_batch_size": 64, "sft_lr": 2e-3,
-              "steps": 200, "eval_every": 25, "prompts_per_step": 8},
+              "lr": 1e-6, "steps": 100, "eval_every": 25, "prompts_per_step": 8},
 }
 
 
