@@ -5,9 +5,9 @@
         --plot docs/chain_objectives.png
 
 Every compare.json found under the given folders contributes its runs; runs with the same objective
-and the same options (those in ``ROW_KEYS`` that differ from the defaults, read from each run's
-config.yaml) form one row, so one seed per folder (as bench/chain_comparison.sh runs them) and
-several seeds per folder give the same table. Each row: final held-out accuracy (mean +- sample std
+and the same options (the learning rate, and those in ``ROW_KEYS`` that differ from the task's
+defaults, read from each run's config.yaml) form one row, so one seed per folder (as
+bench/chain_comparison.sh runs them) and several seeds per folder give the same table. Each row: final held-out accuracy (mean +- sample std
 over seeds), the change from the base, steps to a common target, the sampled completions' length and
 truncated fraction over the last 10% of steps, wall time per run.
 """
@@ -22,31 +22,36 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conspo.compare import late_cell, plot_comparison, plot_generation, summarise  # noqa: E402
-from conspo.config import TrainConfig  # noqa: E402
+from conspo.config import TrainConfig, task_defaults  # noqa: E402
 
-ROW_KEYS = ("lr", "tau", "margin_schedule", "margin_start", "margin_end", "score", "temperature",
+ROW_KEYS = ("tau", "margin_schedule", "margin_start", "margin_end", "score", "temperature",
             "overlong_buffer", "mask_truncated", "dynamic_sampling", "steps")
 
 
-def options_of(run_dir: Path) -> str:
-    """The run's options that differ from TrainConfig's defaults, as ``key=value, ...``."""
+def options_of(run_dir: Path) -> tuple[float, str]:
+    """The run's learning rate and its options that differ from its task's defaults (``key=value, ...``)."""
     config = yaml.safe_load(open(run_dir / "config.yaml"))
-    default = TrainConfig()
+    default = TrainConfig(**task_defaults(config["task"]))
     changed = [f"{k}={config[k]}" for k in ROW_KEYS if config.get(k) != getattr(default, k)]
-    return ", ".join(changed) or "defaults"
+    return float(config["lr"]), ", ".join([f"lr={config['lr']:g}", *changed])
 
 
 def collect(folders: list[str]) -> dict[str, list[dict]]:
-    """Runs of every compare.json under ``folders``, keyed by ``objective [options]``."""
+    """Runs of every compare.json under ``folders``, keyed by ``objective [options]``, sorted by
+    objective, then learning rate."""
     found = sorted({p for folder in folders for p in Path(folder).glob("**/compare.json")})
     if not found:
         sys.exit(f"no compare.json under {' '.join(folders)}")
     rows: dict[str, list[dict]] = {}
+    order: dict[str, tuple] = {}
     for path in found:
         for name, runs in json.load(open(path))["runs"].items():
             for run in runs:
-                options = options_of(path.parent / f"{name}-seed{run['seed']}")
-                rows.setdefault(f"{name} [{options}]", []).append(run)
+                lr, options = options_of(path.parent / f"{name}-seed{run['seed']}")
+                key = f"{name} [{options}]"
+                rows.setdefault(key, []).append(run)
+                order[key] = (name, lr, options)
+    rows = {key: rows[key] for key in sorted(rows, key=order.get)}
     for key, runs in rows.items():
         seeds = [r["seed"] for r in runs]
         if len(set(seeds)) != len(seeds):
