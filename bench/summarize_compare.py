@@ -7,9 +7,10 @@
 Every compare.json found under the given folders contributes its runs; runs with the same objective
 and the same options (the learning rate, and those in ``ROW_KEYS`` that differ from the task's
 defaults, read from each run's config.yaml) form one row, so one seed per folder (as
-bench/chain_comparison.sh runs them) and several seeds per folder give the same table. Each row: final held-out accuracy (mean +- sample std
-over seeds), the change from the base, steps to a common target, the sampled completions' length and
-truncated fraction over the last 10% of steps, wall time per run.
+bench/chain_comparison.sh runs them) and several seeds per folder give the same table. Each row:
+final held-out accuracy (mean +- sample std over seeds), the change from the base, steps to a common
+target, the sampled completions' length and truncated fraction over the last 10% of steps, wall
+time per run.
 """
 
 import argparse
