@@ -60,6 +60,20 @@ def collect(folders: list[str]) -> dict[str, list[dict]]:
     return rows
 
 
+#: What bench/chain_comparison.sh adds to make DAPO complete; named as one thing in plot legends.
+DAPO_COMPLETE = "overlong_buffer=5, mask_truncated=True, dynamic_sampling=True"
+
+
+def short_label(key: str, rows: dict) -> str:
+    """A legend label: the row's objective and the options not shared by every row."""
+    option_sets = [set(k.split(" [", 1)[1].rstrip("]").split(", ")) for k in rows]
+    common = set.intersection(*option_sets)
+    name, options = key.split(" [", 1)
+    options = options.rstrip("]").replace(DAPO_COMPLETE, "complete")
+    kept = [o for o in options.split(", ") if o not in common]
+    return f"{name} ({', '.join(kept)})" if kept else name
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("folders", nargs="+")
@@ -82,9 +96,10 @@ def main():
               f"{steps} ({row['reached_target']}/{row['seeds']}) | {late_cell(row['late_length_mean'], '.1f')} | "
               f"{late_cell(row['late_truncated_mean'], '.1%')} | {row['wall_seconds_mean']:.0f} |")
     if args.plot:
-        plot_comparison(rows, Path(args.plot), target)
+        labelled = {short_label(key, rows): runs for key, runs in rows.items()}
+        plot_comparison(labelled, Path(args.plot), target)
         lengths = Path(args.plot).with_name(Path(args.plot).stem + "_lengths.png")
-        plot_generation(rows, lengths)
+        plot_generation(labelled, lengths)
         print(f"\nplots: {args.plot}, {lengths}")
 
 

@@ -141,7 +141,7 @@ def plot_comparison(runs: dict[str, list[dict]], out_png: Path, target: float) -
             ax.fill_between(steps, accs.min(0), accs.max(0), alpha=0.2)
     ax.axhline(target, ls=":", c="gray", lw=1)
     ax.set(xlabel="optimizer step", ylabel="held-out accuracy (greedy)", title="mean over seeds; band: min-max")
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out_png, dpi=90)
     plt.close(fig)
