@@ -155,7 +155,7 @@ class TrainConfig:
     sft_lr: float = 1.5e-3
     """Learning rate of the supervised warm-up."""
     sft_decay_steps: int = 0
-    """0: the warm-up's learning rate decays linearly to zero at its last step. N > sft_steps: it decays over N steps and the warm-up stops at sft_steps, so the base is a checkpoint from the middle of a longer schedule, not an annealed one (`--task chain`: RL improved such a base and wrecked annealed ones, docs/design.md section 8.1)."""
+    """0: the warm-up's learning rate decays linearly to zero at its last step. N > sft_steps: it decays over N steps and the warm-up stops at sft_steps, so the base is a checkpoint from the middle of a longer schedule, not an annealed one (on one machine RL improved such a chain base and wrecked annealed ones; on another it wrecked both: docs/design.md section 8.1)."""
     sft_batch_size: int = 128
     """Batch size of the supervised warm-up."""
     sft_stop_accuracy: float = 0.0
@@ -219,8 +219,7 @@ class TrainConfig:
             bad("top_p", "must be in (0, 1]")
         if 0 < self.sft_decay_steps < self.sft_steps:
             bad("sft_decay_steps", f"must be 0 or >= sft_steps ({self.sft_steps}): the warm-up stops at sft_steps, "
-                "before or when its learning rate reaches zero (--task chain sets 1500; with a longer warm-up "
-                "pass --sft-decay-steps 0 or a value >= --sft-steps)")
+                "before or when its learning rate reaches zero (pass --sft-decay-steps 0, or a value >= --sft-steps)")
         if not 0 <= self.sft_stop_accuracy <= 1:
             bad("sft_stop_accuracy", "must be in [0, 1] (0: off; e.g. 0.5 stops the warm-up once half the checked "
                 "training problems are solved)")

@@ -83,8 +83,8 @@ def supervised_warmup(model, tokenizer, task: Task, *, steps: int, lr: float, ba
 
     AdamW with the learning rate decaying linearly to zero over ``decay_steps`` (``steps`` when 0),
     lr_t = lr * (1 - t / decay_steps); training stops after ``steps``. Stopping before the end of
-    the schedule leaves a base that is not annealed: on the chain task RL improved such a base and
-    made annealed ones worse (docs/design.md section 8.1).
+    the schedule leaves a base that is not annealed (on one machine RL improved such a chain base and
+    made annealed ones worse; on another it made both worse: docs/design.md section 8.1).
 
     ``stop_accuracy`` > 0: every ``WARMUP_CHECK_EVERY`` steps, greedy accuracy on the first
     ``WARMUP_CHECK_PROBLEMS`` training problems (held-out ones are never looked at) is measured and
