@@ -159,7 +159,7 @@ class TrainConfig:
     sft_batch_size: int = 128
     """Batch size of the supervised warm-up."""
     sft_stop_accuracy: float = 0.0
-    """Stop the warm-up at the first check (every 25 steps) where greedy accuracy on 200 of the task's training problems (never held-out ones) reaches this; sft_steps is then the most it trains. 0: off. Sets the base by what it can do, not by a step count: the chain warm-up learns abruptly, at a step that moved from about 900 to past 1,000 between two machines (docs/design.md section 8.1)."""
+    """Stop the warm-up at the first check (every 25 steps) where greedy accuracy on 200 of the task's training problems (never held-out ones) reaches this; sft_steps is then the most it trains. 0: off. Sets the base by what it can do, not by a step count: the chain warm-up learns abruptly, at a step that moved from about 900 to about 1,300 between two machines (docs/design.md section 8.1)."""
     cache_dir: str = "~/.cache/conspo"
     """Where the warmed-up tiny base is cached."""
 
