@@ -382,6 +382,7 @@ def test_warmup_stops_at_the_first_check_that_reaches_the_accuracy(tmp_path, mon
 
 
 def test_warmup_check_measures_greedy_accuracy_on_the_given_problems():
+    from conspo.heldout import evaluate_greedy
     from conspo.models import build_char_tokenizer, build_tiny_model
     from conspo.tasks import get_task
     from conspo.warmup import greedy_accuracy
@@ -389,7 +390,9 @@ def test_warmup_check_measures_greedy_accuracy_on_the_given_problems():
     task = get_task("addition")
     tokenizer = build_char_tokenizer()
     model = build_tiny_model(len(tokenizer), max_positions=64, seed=0)
-    model.train()
     problems = task.train_problems()[:4]
-    assert greedy_accuracy(model, tokenizer, task, problems) in (0.0, 0.25, 0.5, 0.75, 1.0)
+    model.eval()
+    expected, _ = evaluate_greedy(model, tokenizer, task, problems, max_new_tokens=task.max_new_tokens)
+    model.train()
+    assert greedy_accuracy(model, tokenizer, task, problems) == expected.accuracy
     assert model.training  # back in train mode for the next warm-up step
