@@ -54,6 +54,18 @@ def run_cli(*args, cache_dir, check=True):
     return proc
 
 
+def pause_before(marker, at_most: float) -> None:
+    """Sleep a random time of up to ``at_most`` seconds, but return as soon as ``marker`` (a path) exists:
+    a kill test signals its run somewhere after one checkpoint and at the latest when a later one is
+    complete, however fast the machine (an idle one finished the whole run within a fixed delay)."""
+    import random
+    import time
+
+    until = time.time() + random.uniform(0.0, at_most)
+    while time.time() < until and not marker.exists():
+        time.sleep(0.002)
+
+
 def read_jsonl(path):
     return [json.loads(line) for line in open(path)]
 

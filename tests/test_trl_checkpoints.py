@@ -2,7 +2,6 @@
 uninterrupted run, a checkpoint killed while being written is never loaded, and two processes resume."""
 
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import torch
 
 pytest.importorskip("trl")
 
-from helpers import comparable, read_jsonl, run_cli  # noqa: E402
+from helpers import comparable, pause_before, read_jsonl, run_cli  # noqa: E402
 
 # A base that sometimes answers right (120 warm-up steps), so that groups are mixed and steps move the weights.
 TRL_RUN = ["--engine", "trl", "--sft-steps", "120", "--prompts-per-step", "4", "--group-size", "4", "--eval-size", "40",
@@ -74,7 +73,7 @@ def test_kill_9_mid_run_then_resume_equals_uninterrupted(tmp_path, cache_dir, un
     deadline = time.time() + 300
     while time.time() < deadline and not (out / "checkpoint-3" / "state.json").exists():
         time.sleep(0.01)
-    time.sleep(random.uniform(0.0, 1.0))  # somewhere in steps 4-7: mid-generation, mid-update or mid-save
+    pause_before(out / "checkpoint-6" / "state.json", 1.0)  # in steps 4-6: mid-generation, -update or -save
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
     assert not (out / "summary.json").exists(), "the run finished before it was killed: the test would prove nothing"
@@ -99,7 +98,7 @@ def test_ctrl_c_finishes_the_step_checkpoints_and_resume_equals_uninterrupted(tm
     deadline = time.time() + 300
     while time.time() < deadline and not (out / "checkpoint-3" / "state.json").exists():
         time.sleep(0.01)
-    time.sleep(random.uniform(0.0, 0.5))
+    pause_before(out / "checkpoint-6" / "state.json", 0.5)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err[-2000:]

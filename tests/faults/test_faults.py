@@ -12,7 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import TINY, comparable, read_jsonl, run_cli
+from helpers import TINY, comparable, pause_before, read_jsonl, run_cli
 
 COMMON = [*TINY, "--steps", "8", "--eval-every", "4", "--save-every", "2", "--seed", "5"]
 
@@ -45,7 +45,7 @@ def test_kill_9_mid_run_then_resume_equals_uninterrupted(tmp_path, cache_dir):
     deadline = time.time() + 300
     while time.time() < deadline and not (out / "checkpoint-8").exists():
         time.sleep(0.01)
-    time.sleep(random.uniform(0.0, 0.3))  # somewhere in steps 9-11: mid-step, mid-write of a metrics line
+    pause_before(out / "checkpoint-16", 0.3)  # in steps 9-16: mid-step, mid-write of a metrics line
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
     assert not (out / "summary.json").exists(), "the run finished before it was killed: the test would prove nothing"
