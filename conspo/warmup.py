@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from conspo.heldout import evaluate_greedy
 from conspo.models import TINY_MARKER, build_char_tokenizer, build_tiny_model, load_policy, load_tokenizer, save_pretrained
 from conspo.tasks import Task
 
@@ -130,8 +131,6 @@ def supervised_warmup(model, tokenizer, task: Task, *, steps: int, lr: float, ba
 
 def greedy_accuracy(model, tokenizer, task: Task, problems) -> float:
     """Greedy accuracy of ``model`` on ``problems`` (the held-out evaluation's code), left in train mode."""
-    from conspo.heldout import evaluate_greedy
-
     model.eval()
     result, _ = evaluate_greedy(model, tokenizer, task, problems, max_new_tokens=task.max_new_tokens)
     model.train()

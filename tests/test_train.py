@@ -396,3 +396,8 @@ def test_warmup_check_measures_greedy_accuracy_on_the_given_problems():
     model.train()
     assert greedy_accuracy(model, tokenizer, task, problems) == expected.accuracy
     assert model.training  # back in train mode for the next warm-up step
+    # an untrained model solves nothing: the verifier's verdicts on exactly these problems are averaged
+    seen = []
+    task.score = lambda scored, completions: seen.append(list(scored)) or [1.0, 0.0, 1.0, 1.0]
+    assert greedy_accuracy(model, tokenizer, task, problems) == 0.75
+    assert seen == [problems]
