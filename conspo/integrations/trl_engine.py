@@ -216,6 +216,24 @@ class CheckpointCallback(TrainerCallback):
 def train_with_trl(cfg: TrainConfig, *, log=print) -> dict:
     """Run (or resume) ``cfg`` (validated; engine=trl; merged with its saved config when resumed)
     through TRL; return the summary dict."""
+    try:
+        return run_trl_training(cfg, log=log)
+    finally:
+        end_process_group()
+
+
+def end_process_group() -> None:
+    """Destroy the process group accelerate started under torchrun, if any. Without this a gloo process
+    can abort at interpreter exit ("terminate called without an active exception", SIGABRT): gloo's worker
+    threads still hold work when Python is torn down (pytorch/pytorch#190489); CI hit it once in ~30 runs."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def run_trl_training(cfg: TrainConfig, *, log=print) -> dict:
+    """The body of :func:`train_with_trl` (which also ends the process group however this returns)."""
     import torch
 
     try:
