@@ -225,7 +225,8 @@ def train_with_trl(cfg: TrainConfig, *, log=print) -> dict:
 def end_process_group() -> None:
     """Destroy the process group accelerate started under torchrun, if any. Without this a gloo process
     can abort at interpreter exit ("terminate called without an active exception", SIGABRT): gloo's worker
-    threads still hold work when Python is torn down (pytorch/pytorch#190489); CI hit it once in ~30 runs."""
+    threads still hold work when Python is torn down (pytorch/pytorch#190489). CI hit it once; rare (40
+    local runs before this fix all passed)."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
