@@ -354,3 +354,16 @@ def test_engine_trl_under_torchrun_two_processes_one_run_directory(tmp_path):
     assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == [0, 1, 2]
     assert (out / "summary.json").exists() and (out / "final").is_dir() and (out / "config.yaml").exists()
     assert proc.stdout.count("held-out accuracy before (greedy)") == 1, "one summary, from the main process"
+
+
+def test_end_process_group_destroys_the_group_and_is_a_no_op_without_one(tmp_path):
+    """train_with_trl ends the group accelerate started (a gloo process left with one can abort at exit)."""
+    import torch.distributed as dist
+
+    from conspo.integrations.trl_engine import end_process_group
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    assert dist.is_initialized()
+    end_process_group()
+    assert not dist.is_initialized()
+    end_process_group()  # nothing to end: no error
