@@ -362,11 +362,12 @@ class TrainConfig:
 #: command line or in --config wins; `conspo train --help` shows the addition task's values.
 TASK_DEFAULTS: dict[str, dict] = {
     # the warm-up (a 1,500-step schedule) stops once it solves half of 200 training problems, because
-    # the step where it learns the chain moved from ~900 to ~1,300 between two machines; RL at lr 1e-6
-    # for 100 steps: every objective's best rate on that base, where 3e-5 lost 17-24 points
+    # the step where it learns the chain moved from ~900 to ~1,300 between two machines; RL at lr 1e-6:
+    # every objective's best rate on that base at 100 steps, where 3e-5 lost 17-24 points; 300 steps
+    # because accuracy kept rising to about step 250 (+9.9 vs +7.0 at step 100, 4 seeds) and then held
     # (docs/design.md section 8.1, BENCHMARKS.md section 5.1)
     "chain": {"sft_steps": 1500, "sft_stop_accuracy": 0.5, "sft_batch_size": 64, "sft_lr": 2e-3,
-              "lr": 1e-6, "steps": 100, "eval_every": 25, "prompts_per_step": 8},
+              "lr": 1e-6, "steps": 300, "eval_every": 50, "prompts_per_step": 8},
 }
 
 
