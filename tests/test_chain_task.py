@@ -133,3 +133,29 @@ def test_task_defaults_apply_under_what_was_given(tmp_path):
     assert (cfg.steps, cfg.sft_steps, cfg.sft_lr) == (40, 7, TASK_DEFAULTS["chain"]["sft_lr"])
     cfg, _ = config_from_args(parser.parse_args([]))  # the default task keeps the dataclass defaults
     assert cfg == TrainConfig()
+
+
+def test_chain_faithfulness_classifies_each_kind_of_chain():
+    """bench/chain_faithfulness.py: the worked chain is exact; a slip followed faithfully is told apart
+    from a right total reached after a slip (the model left its own chain) and from other errors."""
+    import random
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from chain_faithfulness import classify
+
+    from conspo.tasks.chain import worked_chain
+
+    rng = random.Random(0)
+    for _ in range(200):
+        terms = [rng.randint(1, 19) for _ in range(rng.randint(4, 7))]
+        assert classify(terms, worked_chain(terms), sum(terms)) == ("exact", 0, 0)
+    terms = [7, 15, 9, 2]
+    assert classify(terms, "22+9+2=30+2=32", 33) == ("wrong, slip then faithful", 1, 1)
+    assert classify(terms, "22+9+2=30+2=33", 33) == ("right via a wrong chain", 1, 0)
+    assert classify(terms, "21+9+2=31+2=33", 33) == ("right via a wrong chain", 2, 1)
+    assert classify(terms, "22+9=31+2=33", 33) == ("right via a wrong chain", 2, 1)  # a term dropped
+    assert classify(terms, "21+9+2=31+2=34", 33) == ("wrong, other", 2, 0)
+    assert classify(terms, "22+9+2=31+2", 33) == ("wrong, other", 0, 0)  # does not end on one number
+    assert classify(terms, "22+9+2=3a", 33) == ("wrong, other", 0, 0)
