@@ -4,7 +4,8 @@
     .venv/bin/python bench/summarize_compare.py runs/chain/sweep/conspo-lr3e-5-* runs/chain/final/conspo-* \
         --plot docs/chain_objectives.png
 
-Every compare.json found under the given folders contributes its runs; runs with the same objective
+Every compare.json found under the given folders contributes its runs, and so does every ``conspo train``
+run directory (summary.json, metrics.jsonl, config.yaml) that no compare.json lists; runs with the same objective
 and the same options (the learning rate, and those in ``ROW_KEYS`` that differ from the task's
 defaults, read from each run's config.yaml) form one row, so one seed per folder (as
 bench/chain_comparison.sh runs them) and several seeds per folder give the same table. Each row:
@@ -22,7 +23,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conspo.compare import late_cell, plot_comparison, plot_generation, summarise  # noqa: E402
+from conspo.compare import late_cell, plot_comparison, plot_generation, run_record, summarise  # noqa: E402
 from conspo.config import TrainConfig, task_defaults  # noqa: E402
 
 ROW_KEYS = ("tau", "margin_schedule", "margin_start", "margin_end", "score", "temperature",
@@ -37,21 +38,37 @@ def options_of(run_dir: Path) -> tuple[float, str]:
     return float(config["lr"]), ", ".join([f"lr={config['lr']:g}", *changed])
 
 
+def found_runs(folders: list[str]) -> list[tuple[Path, dict]]:
+    """(run directory, run record) for every run of every compare.json under ``folders``, and for every
+    ``conspo train`` run directory (summary.json + metrics.jsonl) that no compare.json lists."""
+    found = []
+    compares = sorted({p for folder in folders for p in Path(folder).glob("**/compare.json")})
+    for path in compares:
+        for name, runs in json.load(open(path))["runs"].items():
+            found += [(path.parent / f"{name}-seed{run['seed']}", run) for run in runs]
+    listed = {run_dir.resolve() for run_dir, _ in found}
+    summaries = sorted({p for folder in folders for p in [*Path(folder).glob("**/summary.json"), Path(folder) / "summary.json"]
+                        if p.exists()})
+    for path in summaries:
+        if path.parent.resolve() not in listed:
+            found.append((path.parent, run_record(path.parent, json.load(open(path)))))
+    return found
+
+
 def collect(folders: list[str]) -> dict[str, list[dict]]:
-    """Runs of every compare.json under ``folders``, keyed by ``objective [options]``, sorted by
+    """Runs under ``folders`` (see :func:`found_runs`), keyed by ``objective [options]``, sorted by
     objective, then learning rate."""
-    found = sorted({p for folder in folders for p in Path(folder).glob("**/compare.json")})
+    found = found_runs(folders)
     if not found:
-        sys.exit(f"no compare.json under {' '.join(folders)}")
+        sys.exit(f"no compare.json or run directory (summary.json) under {' '.join(folders)}")
     rows: dict[str, list[dict]] = {}
     order: dict[str, tuple] = {}
-    for path in found:
-        for name, runs in json.load(open(path))["runs"].items():
-            for run in runs:
-                lr, options = options_of(path.parent / f"{name}-seed{run['seed']}")
-                key = f"{name} [{options}]"
-                rows.setdefault(key, []).append(run)
-                order[key] = (name, lr, options)
+    for run_dir, run in found:
+        name = run["objective"]
+        lr, options = options_of(run_dir)
+        key = f"{name} [{options}]"
+        rows.setdefault(key, []).append(run)
+        order[key] = (name, lr, options)
     rows = {key: rows[key] for key in sorted(rows, key=order.get)}
     for key, runs in rows.items():
         seeds = [r["seed"] for r in runs]

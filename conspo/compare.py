@@ -43,9 +43,7 @@ def compare(base: TrainConfig, *, objectives: list[str], seeds: int, target_accu
         for seed in range(base.seed, base.seed + seeds):  # --seed S --seeds N: seeds S..S+N-1
             cfg = replace(base, objective=name, seed=seed, output_dir=str(root / f"{name}-seed{seed}"), resume="")
             summary = train_fn(cfg, log=tqdm.write)
-            metrics = read_metrics(Path(cfg.output_dir) / "metrics.jsonl")
-            curve = [(m["step"], m["heldout/accuracy"]) for m in metrics if "heldout/accuracy" in m]
-            runs.setdefault(name, []).append({**summary, "curve": curve, "generation": generation_curve(metrics)})
+            runs.setdefault(name, []).append(run_record(Path(cfg.output_dir), summary))
     if target_accuracy is None:
         befores = [r["heldout_accuracy_before"] for rs in runs.values() for r in rs]
         target_accuracy = round(statistics.mean(befores) + 0.10, 3)
@@ -57,6 +55,13 @@ def compare(base: TrainConfig, *, objectives: list[str], seeds: int, target_accu
         json.dump({"target_accuracy": target_accuracy, "table": table, "runs": runs}, f, indent=1)
     log(text + f"\n\nplots: {root / 'compare.png'}, {root / 'compare_lengths.png'}  data: {root / 'compare.json'}")
     return {"table": table, "runs": runs, "target_accuracy": target_accuracy}
+
+
+def run_record(run_dir: Path, summary: dict) -> dict:
+    """One finished run as compare.json keeps it: its summary, held-out curve and generation curve."""
+    metrics = read_metrics(Path(run_dir) / "metrics.jsonl")
+    curve = [(m["step"], m["heldout/accuracy"]) for m in metrics if "heldout/accuracy" in m]
+    return {**summary, "curve": curve, "generation": generation_curve(metrics)}
 
 
 def generation_curve(metrics: list[dict]) -> list[tuple[int, float, float]]:

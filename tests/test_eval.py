@@ -173,3 +173,38 @@ def test_compare_takes_seeds_from_seed():
         compare(TrainConfig(seed=5, output_dir=tmp), objectives=["conspo", "grpo"], seeds=2, train_fn=fake_train,
                 log=lambda *a: None)
     assert seen == [("conspo", 5), ("conspo", 6), ("grpo", 5), ("grpo", 6)]
+
+
+def test_summarize_compare_reads_compare_folders_and_plain_train_runs_once_each(tmp_path):
+    """bench/summarize_compare.py: a compare.json's runs count once (not again through their own
+    summary.json), and a `conspo train` run directory that no compare.json lists counts too."""
+    import json
+    import sys
+    from dataclasses import asdict
+    from pathlib import Path
+
+    import yaml
+
+    from conspo.config import TrainConfig
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from summarize_compare import collect
+
+    def run_dir(path, objective, seed, lr):
+        path.mkdir(parents=True)
+        (path / "config.yaml").write_text(yaml.safe_dump(asdict(TrainConfig(objective=objective, seed=seed, lr=lr))))
+        summary = {"objective": objective, "seed": seed, "heldout_accuracy_before": 0.5, "heldout_accuracy_after": 0.7}
+        (path / "summary.json").write_text(json.dumps(summary))
+        (path / "metrics.jsonl").write_text(json.dumps({"step": 0, "heldout/accuracy": 0.5}) + "\n"
+                                            + json.dumps({"step": 4, "heldout/accuracy": 0.7}) + "\n")
+        return summary
+
+    listed = run_dir(tmp_path / "cmp" / "conspo-seed0", "conspo", 0, 1e-6)
+    (tmp_path / "cmp" / "compare.json").write_text(json.dumps({"runs": {"conspo": [{**listed, "curve": [[0, 0.5], [4, 0.7]]}]}}))
+    run_dir(tmp_path / "solo", "grpo", 3, 2e-6)
+    rows = collect([str(tmp_path)])
+    assert sorted(rows) == ["conspo [lr=1e-06]", "grpo [lr=2e-06]"]
+    assert len(rows["conspo [lr=1e-06]"]) == 1
+    (solo,) = rows["grpo [lr=2e-06]"]
+    assert solo["seed"] == 3 and solo["curve"] == [(0, 0.5), (4, 0.7)]
+    assert collect([str(tmp_path / "solo")]) == {"grpo [lr=2e-06]": [solo]}
