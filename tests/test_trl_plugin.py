@@ -356,14 +356,31 @@ def test_engine_trl_under_torchrun_two_processes_one_run_directory(tmp_path):
     assert proc.stdout.count("held-out accuracy before (greedy)") == 1, "one summary, from the main process"
 
 
-def test_end_process_group_destroys_the_group_and_is_a_no_op_without_one(tmp_path):
-    """train_with_trl ends the group accelerate started (a gloo process left with one can abort at exit)."""
+def test_train_with_trl_ends_the_process_group_it_started_and_only_that(tmp_path, monkeypatch):
+    """A group started during the run (by accelerate under torchrun) is destroyed however the run ends (a
+    gloo process left with one can abort at exit); a group the caller made before is left to the caller."""
     import torch.distributed as dist
 
-    from conspo.integrations.trl_engine import end_process_group
+    from conspo.integrations import trl_engine
 
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
-    assert dist.is_initialized()
-    end_process_group()
+    def start_group(store):
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / store}", rank=0, world_size=1)
+
+    def run_that_starts_a_group(cfg, log):
+        start_group("during")
+        raise RuntimeError("the run failed")
+
+    monkeypatch.setattr(trl_engine, "run_trl_training", run_that_starts_a_group)
+    with pytest.raises(RuntimeError, match="the run failed"):
+        trl_engine.train_with_trl(None)
     assert not dist.is_initialized()
-    end_process_group()  # nothing to end: no error
+
+    start_group("before")
+    monkeypatch.setattr(trl_engine, "run_trl_training", lambda cfg, log: {"steps": 1})
+    try:
+        assert trl_engine.train_with_trl(None) == {"steps": 1}
+        assert dist.is_initialized()
+    finally:
+        trl_engine.end_process_group()
+    assert not dist.is_initialized()
+    trl_engine.end_process_group()  # nothing to end: no error

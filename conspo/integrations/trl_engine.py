@@ -216,10 +216,18 @@ class CheckpointCallback(TrainerCallback):
 def train_with_trl(cfg: TrainConfig, *, log=print) -> dict:
     """Run (or resume) ``cfg`` (validated; engine=trl; merged with its saved config when resumed)
     through TRL; return the summary dict."""
+    started_here = not process_group_exists()  # a group the caller made is the caller's to end
     try:
         return run_trl_training(cfg, log=log)
     finally:
-        end_process_group()
+        if started_here:
+            end_process_group()
+
+
+def process_group_exists() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
 
 
 def end_process_group() -> None:
@@ -229,7 +237,7 @@ def end_process_group() -> None:
     local runs before this fix all passed)."""
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
+    if process_group_exists():
         dist.destroy_process_group()
 
 
