@@ -25,8 +25,9 @@ def exact_chain_score(self, problems, completions):
     """Held-out batches: the usual final-answer reward. Training batches: 1 for the worked chain only.
     (The task's logged metrics, exact_chain_frac and right_answer_wrong_chain_frac, are unchanged.)"""
     rewards = final_answer_score(self, problems, completions)
-    heldout = {p.id for p in self.heldout_problems()}
-    if all(p.id in heldout for p in problems):
+    if not hasattr(self, "heldout_ids"):  # once per task, not per scored batch
+        self.heldout_ids = {p.id for p in self.heldout_problems()}
+    if all(p.id in self.heldout_ids for p in problems):
         return rewards
     return [1.0 if c.strip() == self.solution(p) else 0.0 for p, c in zip(problems, completions, strict=True)]
 

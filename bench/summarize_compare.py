@@ -47,8 +47,7 @@ def found_runs(folders: list[str]) -> list[tuple[Path, dict]]:
         for name, runs in json.load(open(path))["runs"].items():
             found += [(path.parent / f"{name}-seed{run['seed']}", run) for run in runs]
     listed = {run_dir.resolve() for run_dir, _ in found}
-    summaries = sorted({p for folder in folders for p in [*Path(folder).glob("**/summary.json"), Path(folder) / "summary.json"]
-                        if p.exists()})
+    summaries = sorted({p for folder in folders for p in Path(folder).glob("**/summary.json")})  # ** includes folder
     for path in summaries:
         if path.parent.resolve() not in listed:
             found.append((path.parent, run_record(path.parent, json.load(open(path)))))

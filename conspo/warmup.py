@@ -130,8 +130,7 @@ def supervised_warmup(model, tokenizer, task: Task, *, steps: int, lr: float, ba
 
 
 def greedy_accuracy(model, tokenizer, task: Task, problems) -> float:
-    """Greedy accuracy of ``model`` on ``problems`` (the held-out evaluation's code), left in train mode."""
-    model.eval()
+    """Greedy accuracy of ``model`` on ``problems`` (the held-out evaluation's code; its generate() decodes
+    in eval mode and restores train mode for the next warm-up step)."""
     result, _ = evaluate_greedy(model, tokenizer, task, problems, max_new_tokens=task.max_new_tokens)
-    model.train()
     return result.accuracy
