@@ -1,5 +1,3 @@
-import sys
+from conspo.cli import entry_point
 
-from conspo.cli import main
-
-sys.exit(main())
+entry_point()

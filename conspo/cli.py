@@ -11,6 +11,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import re
 import sys
 import typing
@@ -235,6 +237,34 @@ def main(argv: list[str] | None = None) -> int:
         print(f"conspo {args.command}: interrupted{intact}", file=sys.stderr)
         return 130
     return 0
+
+
+def entry_point() -> None:
+    """The ``conspo`` command and ``python -m conspo``: run :func:`main` and exit with its status."""
+    code = main()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        leave_without_teardown(code)
+    sys.exit(code)
+
+
+def leave_without_teardown(code: int) -> None:
+    """Flush and ``os._exit``: skip the interpreter's teardown in a torchrun/accelerate worker.
+
+    Why: gloo's worker threads outlive ``destroy_process_group`` while DDP still holds the group, and
+    one of them may still be dropping the last collective's work (a tensor with a Python object)
+    when the interpreter finalizes; taking the GIL then ends that thread inside a C++ destructor and
+    the process dies with "terminate called without an active exception" (SIGABRT) after a
+    successful run (backtrace: ``AsyncAllgatherWork::~AsyncAllgatherWork`` -> ``gil_scoped_acquire``
+    -> ``PyThread_exit_thread``; pytorch/pytorch PR #179291 describes the same race). Everything the
+    command writes is closed by then; only buffered streams and logging handlers need flushing.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken pipe: nothing left to save
+            pass
+    os._exit(code)
 
 
 def run_training(cfg: TrainConfig, *, log=print, explicit: set[str] | None = None) -> dict:

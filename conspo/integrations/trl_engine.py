@@ -231,10 +231,10 @@ def process_group_exists() -> bool:
 
 
 def end_process_group() -> None:
-    """Destroy the process group accelerate started under torchrun, if any. Without this a gloo process
-    can abort at interpreter exit ("terminate called without an active exception", SIGABRT): gloo's worker
-    threads still hold work when Python is torn down (pytorch/pytorch#190489). CI hit it once; rare (40
-    local runs before this fix all passed)."""
+    """Destroy the process group accelerate started under torchrun, if any: the documented way to end
+    one (pytorch/pytorch#190489). It does not stop gloo's worker threads while DDP still holds the group,
+    so the ``conspo`` command also leaves a worker without interpreter teardown
+    (:func:`conspo.cli.leave_without_teardown` says why)."""
     import torch.distributed as dist
 
     if process_group_exists():
