@@ -14,6 +14,8 @@ from safetensors.torch import load_file, save_file
 
 from helpers import make_trainer, reference_gradient
 
+from conspo.cli import leave_without_teardown
+
 out, mode, per_device = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 G = 4
 trainer, capture, initial = make_trainer(out / "trainer", per_device=per_device, G=G, gas=1, group_mode=mode)
@@ -50,3 +52,5 @@ if rank == 0:
     print(f"two-process {mode}: gradients match on {len(reference)} tensors")
     (out / "ok").write_text("ok")
 dist.barrier()
+dist.destroy_process_group()
+leave_without_teardown(0)  # gloo's worker threads can abort interpreter teardown (conspo.cli says why)
