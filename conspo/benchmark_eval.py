@@ -55,6 +55,7 @@ class EvalSettings:
     verify_timeout_s: float = 5.0
     answer_extraction: str = "lenient"
     dtype: str = "auto"
+    threads: int = 0  # torch CPU threads; 0: torch's default (one per core)
     overwrite: bool = False
     extra: dict = field(default_factory=dict)
 
@@ -189,6 +190,8 @@ def run_eval(settings: EvalSettings, *, log=print) -> dict:
 
     if settings.k < 1:
         raise ConfigError(f"--k must be >= 1, got {settings.k}")
+    if settings.threads < 0:
+        raise ConfigError(f"--threads must be >= 0 (0: torch's default), got {settings.threads}")
     backend = _pick_backend(settings.backend)
     settings.model = resolve_model_dir(settings.model)
     marker = Path(settings.model) / TINY_MARKER
@@ -201,6 +204,8 @@ def run_eval(settings: EvalSettings, *, log=print) -> dict:
     if out_dir.is_dir() and any(out_dir.iterdir()) and not settings.overwrite:
         raise ConfigError(f"--output-dir {out_dir} is not empty: pass --overwrite to replace its results, "
                           "or another --output-dir")
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
     try:
         tokenizer = load_tokenizer(settings.model)

@@ -177,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     p_eval.add_argument("--batch-size", type=int, default=32, help="completions generated at once (hf backend)")
     p_eval.add_argument("--seed", type=int, default=0)
     p_eval.add_argument("--dtype", default="auto", help="auto, float32, bfloat16")
+    p_eval.add_argument("--threads", type=int, default=0, help="torch CPU threads (default 0: one per core); use 1 "
+                        "when another job shares the cores (two evaluations at once on 2 cores: 52 s with 1 thread "
+                        "each, over 5 minutes with the default; BENCHMARKS.md section 7)")
     p_eval.add_argument("--output-dir", default="", help="where results.json and completions.jsonl go "
                         "(default: runs/eval-<date-time>)")
     p_eval.add_argument("--overwrite", action="store_true", help="replace the results in a non-empty --output-dir")

@@ -6,9 +6,11 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conspo.benchmark_eval import summarise_benchmark
 from conspo.benchmark_eval import pass_at_k
+from conspo.errors import ConfigError
 
 
 def brute_force_pass_at_k(n, c, k):
@@ -95,7 +97,7 @@ def test_eval_cli_end_to_end_matches_hand_count(tmp_path):
     assert "| aime24 |" in proc.stdout
 
 
-def test_eval_defaults_to_the_tiny_models_own_task_and_warns_on_unreadable_prompts(tmp_path):
+def test_eval_defaults_to_the_tiny_models_own_task_and_warns_on_unreadable_prompts(tmp_path, monkeypatch):
     """A run directory of the tiny model: the addition held-out split, its 6-token limit, the task's
     own check (re-graded here by exact match), and a warning for prompts its tokenizer cannot read."""
     from conspo.benchmark_eval import EvalSettings, run_eval
@@ -108,9 +110,13 @@ def test_eval_defaults_to_the_tiny_models_own_task_and_warns_on_unreadable_promp
                                     log=lambda *a: None)
     run = tmp_path / "run"
     save_pretrained(model, tokenizer, run / "final", tiny_task="addition")
-    messages = []
-    results = run_eval(EvalSettings(model=str(run), k=2, limit=12, output_dir=str(tmp_path / "eval")),
+    messages, threads = [], []
+    monkeypatch.setattr(torch, "set_num_threads", threads.append)  # --threads reaches torch (and no further)
+    results = run_eval(EvalSettings(model=str(run), k=2, limit=12, output_dir=str(tmp_path / "eval"), threads=1),
                        log=messages.append)
+    assert threads == [1] and results["settings"]["threads"] == 1
+    with pytest.raises(ConfigError, match="--threads must be >= 0"):
+        run_eval(EvalSettings(model=str(run), threads=-1, output_dir=str(tmp_path / "eval3")))
     add = results["benchmarks"]["addition"]
     assert add["n"] == 12 and add["max_new_tokens"] == task.max_new_tokens
     rows = [json.loads(line) for line in open(tmp_path / "eval" / "completions.jsonl")]
