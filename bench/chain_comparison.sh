@@ -12,7 +12,8 @@
 # The final phase runs every objective at its own best rate with fresh seeds 2 3 4 (not the seeds the
 # rate was chosen on) and every ConSPO ablation at ConSPO's rate with the same seeds, so each
 # ablation is paired with the ConSPO row seed by seed (same prompts and first samples).
-# Settings (environment): STEPS (100), EVAL_EVERY (25), LRS, OBJECTIVES, OUT (runs/chain), and
+# Settings (environment): STEPS (100), EVAL_EVERY (25), LRS, OBJECTIVES, OUT (runs/chain), ABLATIONS
+# (ConSPO's option sets, separated by '|'; empty: none), and
 # DAPO: the options that make DAPO complete (dynamic sampling, overlong filtering and soft overlong
 # punishment with its buffer just past the longest correct chain: 5 of the task's 70 tokens).
 # Cost: about 1.5 minutes per 100-step run on one thread, two at a time: the sweep (40 runs) about half
@@ -27,6 +28,7 @@ EVAL_EVERY=${EVAL_EVERY:-25}
 LRS=${LRS:-"1e-6 3e-6 1e-5 3e-5"}
 OBJECTIVES=${OBJECTIVES:-"conspo grpo dr_grpo dapo gspo"}
 DAPO=${DAPO:-"--dynamic-sampling --mask-truncated --overlong-buffer 5"}
+ABLATIONS=${ABLATIONS-"--score sum|--tau 0.1|--tau 1.0|--margin-schedule linear --margin-end 0.1|--margin-schedule linear --margin-end 0.3|--margin-schedule cosine --margin-end 0.3|--margin-schedule step --margin-end 0.3"}
 common=(--task chain --steps "$STEPS" --eval-every "$EVAL_EVERY" --threads 1 --no-progress)
 mkdir -p "$OUT"
 queue=$OUT/queue
@@ -56,9 +58,8 @@ elif [[ $phase == final ]]; then
     for seed in 2 3 4; do enqueue "$objective" $seed "$lr" "$OUT/final/$objective-lr$lr-seed$seed"; done
   done
   conspo_lr=${BEST#*conspo=}; conspo_lr=${conspo_lr%% *}
-  for ablation in "--score sum" "--tau 0.1" "--tau 1.0" \
-                  "--margin-schedule linear --margin-end 0.1" "--margin-schedule linear --margin-end 0.3" \
-                  "--margin-schedule cosine --margin-end 0.3" "--margin-schedule step --margin-end 0.3"; do
+  IFS='|' read -r -a ablations <<< "$ABLATIONS"
+  for ablation in "${ablations[@]}"; do
     name=$(echo "$ablation" | tr -d '-' | tr ' ' '_')
     for seed in 2 3 4; do enqueue conspo $seed "$conspo_lr" "$OUT/final/abl_$name-seed$seed" "$ablation"; done
   done
