@@ -13,12 +13,15 @@
 # rate was chosen on) and every ConSPO ablation at ConSPO's rate with the same seeds, so each
 # ablation is paired with the ConSPO row seed by seed (same prompts and first samples).
 # Settings (environment): STEPS (100), EVAL_EVERY (25), LRS, OBJECTIVES, OUT (runs/chain), ABLATIONS
-# (ConSPO's option sets, separated by '|'; empty: none), and
+# (ConSPO's option sets, separated by '|'; empty: none), FINAL_SEEDS ("2 3 4"), ABLATION_SEEDS
+# (FINAL_SEEDS), and
 # DAPO: the options that make DAPO complete (dynamic sampling, overlong filtering and soft overlong
 # punishment with its buffer just past the longest correct chain: 5 of the task's 70 tokens).
 # Cost: about 1.5 minutes per 100-step run on one thread, two at a time: the sweep (40 runs) about half
 # an hour, the final phase (36 runs) about half an hour on a 2-core machine. The runs of 2026-11-29
 # (BENCHMARKS.md 5.1): `sweep`, then `final` with each objective's best rate from the sweep.
+# The runs on the present chain default base (BENCHMARKS.md 5.2): OUT=runs/chain2 STEPS=300 EVAL_EVERY=50,
+# `sweep` with LRS="1e-6 3e-6 1e-5", then `final` with FINAL_SEEDS=2 ABLATION_SEEDS="0 1 2" and two ablations.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -28,6 +31,8 @@ EVAL_EVERY=${EVAL_EVERY:-25}
 LRS=${LRS:-"1e-6 3e-6 1e-5 3e-5"}
 OBJECTIVES=${OBJECTIVES:-"conspo grpo dr_grpo dapo gspo"}
 DAPO=${DAPO:-"--dynamic-sampling --mask-truncated --overlong-buffer 5"}
+FINAL_SEEDS=${FINAL_SEEDS:-"2 3 4"}
+ABLATION_SEEDS=${ABLATION_SEEDS:-$FINAL_SEEDS}
 ABLATIONS=${ABLATIONS-"--score sum|--tau 0.1|--tau 1.0|--margin-schedule linear --margin-end 0.1|--margin-schedule linear --margin-end 0.3|--margin-schedule cosine --margin-end 0.3|--margin-schedule step --margin-end 0.3"}
 common=(--task chain --steps "$STEPS" --eval-every "$EVAL_EVERY" --threads 1 --no-progress)
 mkdir -p "$OUT"
@@ -55,13 +60,13 @@ elif [[ $phase == final ]]; then
   : "${BEST:?set BEST to objective=lr pairs chosen from the sweep, e.g. BEST=\"conspo=3e-5 grpo=1e-4\"}"
   for pair in $BEST; do
     objective=${pair%%=*} lr=${pair#*=}
-    for seed in 2 3 4; do enqueue "$objective" $seed "$lr" "$OUT/final/$objective-lr$lr-seed$seed"; done
+    for seed in $FINAL_SEEDS; do enqueue "$objective" $seed "$lr" "$OUT/final/$objective-lr$lr-seed$seed"; done
   done
   conspo_lr=${BEST#*conspo=}; conspo_lr=${conspo_lr%% *}
   IFS='|' read -r -a ablations <<< "$ABLATIONS"
   for ablation in "${ablations[@]}"; do
     name=$(echo "$ablation" | tr -d '-' | tr ' ' '_')
-    for seed in 2 3 4; do enqueue conspo $seed "$conspo_lr" "$OUT/final/abl_$name-seed$seed" "$ablation"; done
+    for seed in $ABLATION_SEEDS; do enqueue conspo $seed "$conspo_lr" "$OUT/final/abl_$name-seed$seed" "$ablation"; done
   done
 else
   echo "unknown phase $phase (sweep | final)" >&2; exit 2
