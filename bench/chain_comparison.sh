@@ -9,7 +9,7 @@
 #   BEST="conspo=1e-6 grpo=1e-5 ..." bench/chain_comparison.sh final     # seeds 2-4 at each best rate + ablations
 #   .venv/bin/python bench/summarize_compare.py runs/chain/sweep          # the sweep's table
 #
-# The final phase runs every objective at its own best rate with fresh seeds 2 3 4 (not the seeds the
+# The final phase runs every objective at its own best rate with fresh seeds (FINAL_SEEDS, not the seeds the
 # rate was chosen on) and every ConSPO ablation at ConSPO's rate with the same seeds, so each
 # ablation is paired with the ConSPO row seed by seed (same prompts and first samples).
 # Settings (environment): STEPS (100), EVAL_EVERY (25), LRS, OBJECTIVES, OUT (runs/chain), ABLATIONS

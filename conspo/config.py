@@ -365,7 +365,7 @@ TASK_DEFAULTS: dict[str, dict] = {
     # moves between machines and seeds); at half the first default's warm-up rate (1e-3 over a 3,000-step
     # schedule) it stopped at step 1,125 with a base that RL at 3e-6 lifted by 15-18 points in 300 steps
     # (3 seeds), where the first default's base (lr 2e-3, stop at 50%) levelled off 9-11 points up at
-    # every rate tried (docs/design.md section 8.1, BENCHMARKS.md section 5.1)
+    # every rate tried (docs/design.md section 8.1, BENCHMARKS.md sections 5.1-5.2)
     "chain": {"sft_steps": 3000, "sft_stop_accuracy": 0.45, "sft_batch_size": 64, "sft_lr": 1e-3,
               "lr": 3e-6, "steps": 300, "eval_every": 50, "prompts_per_step": 8},
 }
