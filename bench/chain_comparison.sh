@@ -14,7 +14,8 @@
 # ablation is paired with the ConSPO row seed by seed (same prompts and first samples).
 # Settings (environment): STEPS (100), EVAL_EVERY (25), LRS, OBJECTIVES, OUT (runs/chain), ABLATIONS
 # (ConSPO's option sets, separated by '|'; empty: none), FINAL_SEEDS ("2 3 4"), ABLATION_SEEDS
-# (FINAL_SEEDS), and
+# (FINAL_SEEDS), BASE_OPTIONS (options of the chain base's warm-up for every run; empty: the defaults;
+# the runs of 5.1: "--sft-lr 2e-3 --sft-steps 1500 --sft-stop-accuracy 0.5"), and
 # DAPO: the options that make DAPO complete (dynamic sampling, overlong filtering and soft overlong
 # punishment with its buffer just past the longest correct chain: 5 of the task's 70 tokens).
 # Cost: about 1.5 minutes per 100-step run on one thread, two at a time: the sweep (40 runs) about half
@@ -34,7 +35,8 @@ DAPO=${DAPO:-"--dynamic-sampling --mask-truncated --overlong-buffer 5"}
 FINAL_SEEDS=${FINAL_SEEDS:-"2 3 4"}
 ABLATION_SEEDS=${ABLATION_SEEDS:-$FINAL_SEEDS}
 ABLATIONS=${ABLATIONS-"--score sum|--tau 0.1|--tau 1.0|--margin-schedule linear --margin-end 0.1|--margin-schedule linear --margin-end 0.3|--margin-schedule cosine --margin-end 0.3|--margin-schedule step --margin-end 0.3"}
-common=(--task chain --steps "$STEPS" --eval-every "$EVAL_EVERY" --threads 1 --no-progress)
+read -r -a base_options <<< "${BASE_OPTIONS:-}"  # e.g. the first chain default's warm-up (BENCHMARKS.md 5.1)
+common=(--task chain --steps "$STEPS" --eval-every "$EVAL_EVERY" --threads 1 --no-progress "${base_options[@]}")
 mkdir -p "$OUT"
 queue=$OUT/queue
 
@@ -84,7 +86,7 @@ if ! flock -n 9; then
   echo "lanes already running: $phase runs added to $queue"; exit 0
 fi
 # build (or find) the cached base once, so that the two lanes do not both warm it up
-$PY -m conspo train --task chain --steps 1 --threads 1 --no-progress --overwrite --output-dir "$OUT/base" > "$OUT/base.log" 2>&1
+$PY -m conspo train --task chain --steps 1 --threads 1 --no-progress "${base_options[@]}" --overwrite --output-dir "$OUT/base" > "$OUT/base.log" 2>&1
 lane a >> "$OUT/lanes.log" 2>&1 &
 lane b >> "$OUT/lanes.log" 2>&1 &
 wait
