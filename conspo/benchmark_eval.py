@@ -70,6 +70,7 @@ class Benchmark:
     answers: list[str]
     max_new_tokens: int
     score: object  # (completions, index of each completion's problem) -> (scores, statuses, timeouts)
+    stop_strings: tuple[str, ...] = ()  # the prompt template's (plain form only)
 
 
 def _builtin_benchmark(name: str, settings: EvalSettings) -> Benchmark:
@@ -87,7 +88,7 @@ def _builtin_benchmark(name: str, settings: EvalSettings) -> Benchmark:
 
 
 def _math_benchmark(name: str, settings: EvalSettings, tokenizer, verifier) -> Benchmark:
-    from conspo.tasks.math_data import build_prompt, load_benchmark, load_jsonl
+    from conspo.tasks.math_data import build_prompt, load_benchmark, load_jsonl, stop_strings
 
     examples = load_jsonl(name) if name.endswith(".jsonl") else load_benchmark(name, settings.data_dir)
     examples = examples[: settings.limit or None]
@@ -97,7 +98,8 @@ def _math_benchmark(name: str, settings: EvalSettings, tokenizer, verifier) -> B
         return result.scores, result.statuses, result.timeouts
 
     return Benchmark(name, [e.id for e in examples], [build_prompt(e, settings.template, tokenizer) for e in examples],
-                     [e.answer for e in examples], settings.max_new_tokens or MATH_MAX_NEW_TOKENS, score)
+                     [e.answer for e in examples], settings.max_new_tokens or MATH_MAX_NEW_TOKENS, score,
+                     stop_strings(settings.template, tokenizer))
 
 
 def resolve_model_dir(model: str) -> str:
@@ -113,7 +115,7 @@ class Generation:
 
 
 def _hf_generate(model, tokenizer, prompts: list[str], *, n: int, greedy: bool, settings: EvalSettings, progress,
-                 max_new_tokens: int) -> Generation:
+                 max_new_tokens: int, stop_strings: tuple[str, ...]) -> Generation:
     from conspo.rollout import generate
 
     out = Generation([], [], [])
@@ -121,7 +123,7 @@ def _hf_generate(model, tokenizer, prompts: list[str], *, n: int, greedy: bool, 
     for start in range(0, len(prompts), step):
         rollouts = generate(model, tokenizer, prompts[start : start + step], num_generations=n,
                             max_new_tokens=max_new_tokens, temperature=settings.temperature,
-                            top_p=settings.top_p, greedy=greedy)
+                            top_p=settings.top_p, greedy=greedy, stop_strings=stop_strings)
         out.texts += rollouts.texts
         out.lengths += rollouts.completion_mask.sum(1).tolist()
         out.truncated += rollouts.truncated.tolist()
@@ -130,12 +132,15 @@ def _hf_generate(model, tokenizer, prompts: list[str], *, n: int, greedy: bool, 
 
 
 def _vllm_generate(llm, prompts: list[str], *, n: int, greedy: bool, settings: EvalSettings, progress,
-                   max_new_tokens: int) -> Generation:
+                   max_new_tokens: int, stop_strings: tuple[str, ...], stop_ids: tuple[int, ...]) -> Generation:
     from vllm import SamplingParams
 
+    # every field that shapes the distribution, set: the same sampler as the HF backend (the engine is built
+    # with generation_config="vllm", so nothing comes from the model's generation_config.json either)
     params = SamplingParams(n=n, temperature=0.0 if greedy else settings.temperature,
-                            top_p=1.0 if greedy else settings.top_p, max_tokens=max_new_tokens,
-                            seed=settings.seed)
+                            top_p=1.0 if greedy else settings.top_p, top_k=-1, min_p=0.0, repetition_penalty=1.0,
+                            presence_penalty=0.0, frequency_penalty=0.0, max_tokens=max_new_tokens,
+                            stop_token_ids=list(stop_ids), stop=list(stop_strings) or None, seed=settings.seed)
     out = Generation([], [], [])
     for request in llm.generate(prompts, params, use_tqdm=False):
         for completion in request.outputs:
@@ -144,6 +149,17 @@ def _vllm_generate(llm, prompts: list[str], *, n: int, greedy: bool, settings: E
             out.truncated.append(completion.finish_reason == "length")
         progress.update(1)
     return out
+
+
+def model_generation_config(model: str):
+    """The model folder's own generation_config.json (None when it has none): read for its EOS ids, and to
+    say which of its sampling settings conspo ignores."""
+    from transformers import GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(model)
+    except (OSError, ValueError):
+        return None
 
 
 def _pick_backend(requested: str) -> str:
@@ -185,7 +201,9 @@ def run_eval(settings: EvalSettings, *, log=print) -> dict:
     from tqdm.auto import tqdm
 
     from conspo.errors import ConfigError
-    from conspo.models import TINY_MARKER, load_policy, load_tokenizer, unknown_token_fraction
+    from conspo.models import (TINY_MARKER, check_positions, load_model_config, load_policy, load_tokenizer,
+                               unknown_token_fraction)
+    from conspo.rollout import ignored_generation_settings, sampler_settings, stop_rule
     from conspo.rewards import MathVerifier
 
     if settings.k < 1:
@@ -207,6 +225,7 @@ def run_eval(settings: EvalSettings, *, log=print) -> dict:
     if settings.threads:
         torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
+    config = load_model_config(settings.model)  # a mistyped local path fails here, before any hub retry
     try:
         tokenizer = load_tokenizer(settings.model)
     except (OSError, ValueError) as e:
@@ -220,6 +239,14 @@ def run_eval(settings: EvalSettings, *, log=print) -> dict:
             if unknown > 0:
                 log(f"WARNING {b.name}: {unknown:.0%} of the prompt tokens are unknown to this model's tokenizer "
                     "(mapped to its unknown token): it cannot read these prompts and its scores will mean little")
+        for b in benchmarks:
+            check_positions(settings.model, config, tokenizer, b.prompts, b.max_new_tokens)
+        own_generation_config = model_generation_config(settings.model)
+        stop = stop_rule(own_generation_config, tokenizer)
+        ignored = ignored_generation_settings(own_generation_config)
+        if ignored:
+            log("note: the model's generation_config sets " + ", ".join(f"{k}={v!r}" for k, v in ignored.items())
+                + ": ignored; conspo eval samples only with its own settings (results.json, `sampler`)")
         if backend == "hf" and not torch.cuda.is_available():
             longest = max(b.max_new_tokens for b in benchmarks)
             total = sum(len(b.prompts) for b in benchmarks) * (1 + settings.k)
@@ -229,8 +256,9 @@ def run_eval(settings: EvalSettings, *, log=print) -> dict:
         if backend == "vllm":
             from vllm import LLM
 
-            engine = LLM(model=settings.model, seed=settings.seed, dtype=settings.dtype)
-            generate = lambda prompts, **kw: _vllm_generate(engine, prompts, settings=settings, **kw)  # noqa: E731
+            engine = LLM(model=settings.model, seed=settings.seed, dtype=settings.dtype, generation_config="vllm")
+            generate = lambda prompts, **kw: _vllm_generate(engine, prompts, settings=settings,  # noqa: E731
+                                                            stop_ids=stop.token_ids, **kw)
         else:
             cuda = torch.cuda.is_available()
             dtype = torch.bfloat16 if settings.dtype == "auto" and cuda else (
@@ -244,6 +272,12 @@ def run_eval(settings: EvalSettings, *, log=print) -> dict:
         results: dict = {"settings": {k: v for k, v in vars(settings).items() if k != "extra"}, "backend": backend,
                          "grader": f"conspo.rewards.MathVerifier(timeout_s={settings.verify_timeout_s}, "
                                    f"lenient={lenient}); built-in tasks: the task's own exact check",
+                         "sampler": {mode: {k: v for k, v in sampler_settings(  # limits: per benchmark below
+                                         stop, greedy=mode == "greedy", temperature=settings.temperature,
+                                         top_p=settings.top_p, max_new_tokens=0).items() if k != "max_new_tokens"}
+                                     for mode in ("greedy", "sampled")},
+                         "stop_strings": {b.name: list(b.stop_strings) for b in benchmarks},
+                         "ignored_model_generation_settings": {k: repr(v) for k, v in ignored.items()},
                          "versions": _versions(), "date": datetime.now().isoformat(timespec="seconds"), "benchmarks": {}}
         out_dir.mkdir(parents=True, exist_ok=True)
         with open(out_dir / "completions.jsonl", "w") as dump:
@@ -259,8 +293,10 @@ def _evaluate_one(b: Benchmark, generate, settings: EvalSettings, dump, tqdm) ->
     """Greedy and k sampled completions per problem of one benchmark; rows to ``dump``; its numbers."""
     started, k = time.time(), settings.k
     with tqdm(total=2 * len(b.prompts), desc=f"{b.name} (greedy + {k} samples)", unit="prompt") as bar:
-        greedy = generate(b.prompts, n=1, greedy=True, progress=bar, max_new_tokens=b.max_new_tokens)
-        sampled = generate(b.prompts, n=k, greedy=False, progress=bar, max_new_tokens=b.max_new_tokens)
+        greedy = generate(b.prompts, n=1, greedy=True, progress=bar, max_new_tokens=b.max_new_tokens,
+                          stop_strings=b.stop_strings)
+        sampled = generate(b.prompts, n=k, greedy=False, progress=bar, max_new_tokens=b.max_new_tokens,
+                           stop_strings=b.stop_strings)
     g_scores, g_statuses, g_timeouts = b.score(greedy.texts, list(range(len(b.prompts))))
     s_scores, s_statuses, s_timeouts = b.score(sampled.texts, [i for i in range(len(b.prompts)) for _ in range(k)])
     for i, (problem_id, answer) in enumerate(zip(b.ids, b.answers)):

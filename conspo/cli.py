@@ -73,6 +73,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, set[str]]:
             raise ConfigError(f"--config {args.config}: not valid YAML: {e}") from e
         if not isinstance(loaded, dict):
             raise ConfigError(f"--config {args.config}: expected a mapping of option: value, got {type(loaded).__name__}")
+        loaded.pop("resolved", None)  # a run's config.yaml records what it resolved there: not options
         unknown = sorted(set(loaded) - names)
         if unknown:
             raise ConfigError(f"--config {args.config}: unknown option(s) {unknown}; valid options: {', '.join(sorted(names))}")

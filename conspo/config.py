@@ -122,8 +122,10 @@ class TrainConfig:
     # ---- memory, precision, LoRA -------------------------------------------------------
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass instead of storing them (less memory, ~30% more compute)."""
-    mixed_precision: Literal["no", "bf16"] = "no"
-    """bf16: forward and backward run in bfloat16 under torch.autocast while weights, gradients and AdamW state stay float32, so small updates are not rounded away (TRL's bf16=True). Use with dtype float32 or auto."""
+    mixed_precision: Literal["auto", "no", "bf16"] = "auto"
+    """bf16: forward and backward run in bfloat16 under torch.autocast while weights, gradients and AdamW state stay float32, so small updates are not rounded away (TRL's bf16=True). auto: bf16 on a CUDA GPU that supports it (with float32 weights), else no."""
+    low_precision_weights: bool = False
+    """Allow dtype bfloat16/float16 without LoRA: AdamW then updates half-precision weights directly, and an update smaller than half a weight's spacing is rounded away (at lr 1e-6 most of them; a warning gives this model's share). Off: such a run is refused."""
     lora_r: int = 0
     """LoRA rank (peft); 0: train all weights. Checkpoints then hold only the adapter."""
     lora_alpha: int = 32
@@ -177,7 +179,7 @@ class TrainConfig:
     report_to: str = "none"
     """Also send metrics to: none, tensorboard, wandb (comma-separated)."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """Parameter dtype: float32, bfloat16 or auto (bfloat16 on a GPU that supports it, else float32)."""
+    """Weight dtype. auto: float32 master weights and AdamW state (compute in bf16 on a GPU: mixed_precision). bfloat16/float16 weights are for LoRA (frozen base, float32 adapter) or need low_precision_weights."""
     device: str = "auto"
     """cpu, cuda, cuda:N or auto."""
     threads: int = 0
@@ -254,6 +256,12 @@ class TrainConfig:
             bad("max_tokens_per_micro_batch", "set either micro_batch_size or max_tokens_per_micro_batch, not both")
         if self.lora_r and self.lora_alpha < 1:
             bad("lora_alpha", "must be >= 1")
+        if self.dtype in ("bfloat16", "float16") and not self.lora_r and not self.low_precision_weights:
+            bad("dtype", "AdamW would update half-precision weights directly and round small updates away (at lr 1e-6 "
+                "most of them): use --dtype auto (float32 weights; on a GPU compute runs in bf16, --mixed-precision auto), "
+                "LoRA (--lora-r 16: a frozen half-precision base), or --low-precision-weights to accept the loss")
+        if self.low_precision_weights and (self.dtype not in ("bfloat16", "float16") or self.lora_r):
+            bad("low_precision_weights", "only changes a run with --dtype bfloat16 or float16 and no LoRA: drop it")
         if self.mixed_precision == "bf16" and self.dtype in ("bfloat16", "float16"):
             bad("mixed_precision", f"keeps float32 weights under bf16 autocast; with dtype={self.dtype} the weights "
                 "are already half precision: use dtype float32 (or auto) with it")
@@ -388,7 +396,7 @@ ENGINE_SUPPORT: dict[str, tuple[str, ...]] = {
         "tau", "margin_schedule", "margin_start", "margin_end", "margin_horizon", "positive_threshold",
         "positive_rule", "score",
         "eps_low", "eps_high", "beta", "overlong_buffer", "overlong_penalty_factor", "mask_truncated",
-        "gradient_checkpointing", "mixed_precision", "lora_r", "lora_alpha",
+        "gradient_checkpointing", "mixed_precision", "low_precision_weights", "lora_r", "lora_alpha",
         "lora_dropout", "lora_target_modules", "lora_save", "sft_steps", "sft_seed", "sft_lr", "sft_decay_steps", "sft_batch_size", "sft_stop_accuracy", "cache_dir",
         "eval_every", "eval_size", "report_to", "dtype", "device", "threads", "progress",
         "resume", "stop_after", "save_every", "keep_checkpoints")},

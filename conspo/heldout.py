@@ -26,11 +26,12 @@ class EvalResult:
 def evaluate_greedy(
     model, tokenizer, task: Task, problems: list[Problem], *, max_new_tokens: int, batch_size: int = 256
 ) -> tuple[EvalResult, list[str]]:
-    """Greedy-decode every problem once and score it with the task's verifier."""
+    """Greedy-decode every problem once (stopping as training's rollouts do) and score it with the task's verifier."""
     completions, lengths, truncated = [], [], []
     for start in range(0, len(problems), batch_size):
         chunk = problems[start : start + batch_size]
-        rollouts = generate(model, tokenizer, [p.prompt for p in chunk], max_new_tokens=max_new_tokens, greedy=True)
+        rollouts = generate(model, tokenizer, [p.prompt for p in chunk], max_new_tokens=max_new_tokens, greedy=True,
+                            stop_strings=getattr(task, "stop_strings", ()))
         completions += rollouts.texts
         lengths += rollouts.completion_mask.sum(1).tolist()
         truncated += rollouts.truncated.tolist()

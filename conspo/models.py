@@ -76,6 +76,63 @@ def save_pretrained(model, tokenizer, directory: str | Path, *, tiny_task: str =
         (directory / TINY_MARKER).write_text(json.dumps({"tokenizer": "char", "chars": TINY_CHARS, "task": tiny_task}) + "\n")
 
 
+def looks_local(name_or_path: str) -> bool:
+    """A model name that can only mean a local folder: an absolute, ./ ../ or ~ path, more than one '/', or a
+    first component that is a folder here (hub ids are ``org/name``)."""
+    if name_or_path.startswith(("/", "./", "../", "~", ".\\")) or "\\" in name_or_path or name_or_path.count("/") > 1:
+        return True
+    return "/" in name_or_path and Path(name_or_path.split("/")[0]).is_dir()
+
+
+def load_model_config(name_or_path: str, option: str = "--model"):
+    """The model's transformers config, read before any weight; a local-looking path that does not exist fails
+    at once in one line (instead of after the hub client's retries)."""
+    from transformers import AutoConfig
+
+    from conspo.errors import ConfigError
+
+    path = Path(name_or_path).expanduser()
+    if looks_local(name_or_path) and not path.exists():
+        raise ConfigError(f"{option} {name_or_path}: no such folder (a local path; hub ids look like org/name)")
+    if path.is_dir() and not (path / "config.json").exists():
+        raise ConfigError(f"{option} {name_or_path}: the folder has no config.json (a transformers model folder has "
+                          "config.json, tokenizer files and *.safetensors weights)")
+    try:
+        return AutoConfig.from_pretrained(str(path) if path.exists() else name_or_path)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{option} {name_or_path}: not a local model directory with a config.json nor a hub id "
+                          f"reachable from here: {str(e).splitlines()[0]}") from None
+
+
+def max_positions(config) -> int | None:
+    """The longest sequence (prompt + completion) the model's config declares, or None when it declares none."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(text, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_positions(name: str, config, tokenizer, prompts: list[str], max_new_tokens: int) -> None:
+    """Refuse, before any weight is read, a generation limit that the longest prompt plus the completion
+    would take past the model's positions (generation there runs on and its output means nothing)."""
+    from conspo.errors import ConfigError
+
+    positions = max_positions(config)
+    if positions is None or not prompts:
+        return
+    from conspo.rollout import with_bos
+
+    longest = max(len(ids) for ids in tokenizer(with_bos(tokenizer, prompts), add_special_tokens=False)["input_ids"])
+    if longest + max_new_tokens > positions:
+        room = positions - longest
+        what = (f"lower --max-new-tokens to at most {room}" if room > 0 else
+                "its prompts alone are longer than that: use shorter prompts or a model with more positions")
+        raise ConfigError(f"--model {name}: the longest prompt ({longest} tokens) plus max_new_tokens={max_new_tokens} "
+                          f"needs {longest + max_new_tokens} positions, more than the model's {positions}: {what}")
+
+
 def load_tokenizer(name_or_path: str):
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 

@@ -29,7 +29,7 @@ class Rollouts:
     completion_ids: torch.Tensor  # (B, Tc) right-padded
     completion_mask: torch.Tensor  # (B, Tc)
     truncated: torch.Tensor  # (B,) bool
-    texts: list[str]  # decoded completions, special tokens removed
+    texts: list[str]  # decoded completions up to their stop (token or string), special tokens removed
 
     def __len__(self) -> int:
         return self.completion_ids.shape[0]
@@ -60,6 +60,118 @@ def completion_mask_from_eos(completion_ids: torch.Tensor, eos_token_id: int | l
     return mask, truncated
 
 
+@dataclass(frozen=True)
+class StopRule:
+    """Where a completion ends: at the first of ``token_ids`` (included in the completion), or at the
+    token that completes the first of ``strings`` (the text is cut before the string)."""
+
+    token_ids: tuple[int, ...]
+    strings: tuple[str, ...] = ()
+
+
+def _as_list(ids) -> list[int]:
+    return [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+
+
+def chat_turn_token_ids(tokenizer) -> list[int]:
+    """The special tokens the tokenizer's chat template writes around turns (Qwen's ``<|im_start|>`` and
+    ``<|im_end|>``, Llama-3's ``<|start_header_id|>`` ... ``<|eot_id|>``), found by rendering a two-turn chat.
+
+    A completion that writes one of them has left its own turn: the text after it is another speaker's.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        return []
+    try:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": "1"}, {"role": "assistant", "content": "2"}],
+                                             tokenize=False)
+    except Exception:  # noqa: BLE001 - a template that needs other roles or tools: no markers known
+        return []
+    special = {i for i, token in tokenizer.added_tokens_decoder.items() if token.special}
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return list(dict.fromkeys(i for i in ids if i in special))
+
+
+def stop_rule(generation_config, tokenizer, strings: tuple[str, ...] = ()) -> StopRule:
+    """Every id a completion stops at: the model's ``generation_config`` EOS ids (Llama-3 instruct lists three;
+    None: no generation config), the tokenizer's EOS and the chat template's turn markers; plus the prompt
+    template's stop ``strings``."""
+    ids = _as_list(getattr(generation_config, "eos_token_id", None)) + _as_list(tokenizer.eos_token_id) + chat_turn_token_ids(tokenizer)
+    return StopRule(tuple(dict.fromkeys(i for i in ids if i is not None)), tuple(strings))
+
+
+#: generation_config fields that describe the model rather than a sampling choice
+_NOT_SAMPLING = {"bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id", "transformers_version",
+                 "_from_model_config", "use_cache", "cache_implementation"}
+
+
+def ignored_generation_settings(config) -> dict:
+    """The sampling settings of a model's own generation ``config`` that conspo does not apply (e.g.
+    ``repetition_penalty``, ``top_k``, ``temperature``): rollouts come only from the run's settings."""
+    if config is None:
+        return {}
+    return {k: v for k, v in sorted(config.to_diff_dict().items()) if k not in _NOT_SAMPLING and v is not None}
+
+
+def sampler_settings(stop: StopRule, *, greedy: bool, temperature: float, top_p: float, max_new_tokens: int) -> dict:
+    """The whole generation config conspo samples with: nothing else is taken from the model."""
+    settings = {"max_new_tokens": max_new_tokens, "eos_token_id": list(stop.token_ids)}
+    settings.update({"do_sample": False} if greedy else {"do_sample": True, "temperature": temperature, "top_p": top_p,
+                                                         "top_k": 0})
+    if stop.strings:
+        settings["stop_strings"] = list(stop.strings)
+    return settings
+
+
+class _OwnGenerationConfig:
+    """Within the block, ``model.generation_config`` is ``config``: transformers fills every field a
+    ``generate`` call leaves unset from the model's config (its repetition penalty, n-gram ban, ...),
+    so the model's own is swapped out rather than overridden field by field."""
+
+    def __init__(self, model, config):
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft: the wrapped model
+        self.models, self.config = list(dict.fromkeys([model, inner])), config
+
+    def __enter__(self):
+        self.saved = [m.__dict__.get("generation_config") for m in self.models]
+        for m in self.models:
+            m.generation_config = self.config
+
+    def __exit__(self, *exc):
+        for m, saved in zip(self.models, self.saved):
+            if saved is None:
+                m.__dict__.pop("generation_config", None)
+            else:
+                m.generation_config = saved
+
+
+def with_bos(tokenizer, prompts: list[str]) -> list[str]:
+    """Prompts with the BOS token in front when the tokenizer adds one to plain text (Llama, Gemma) and the
+    prompt does not start with it already (a chat template writes it itself). Prompts are then tokenised
+    without special tokens, so a templated prompt never gets two."""
+    bos = tokenizer.bos_token
+    if bos is None or tokenizer.bos_token_id is None:
+        return prompts
+    ids = tokenizer("a")["input_ids"]
+    if not ids or ids[0] != tokenizer.bos_token_id:
+        return prompts
+    return [p if p.startswith(bos) else bos + p for p in prompts]
+
+
+def _stop_string_ends(tokenizer, completion_ids: torch.Tensor, mask: torch.Tensor, strings) -> list[int | None]:
+    """Per row, the index of the token that completes the first stop string inside ``mask``, or None."""
+    ends = []
+    for row, keep in zip(completion_ids.tolist(), mask.sum(1).tolist()):
+        pieces = tokenizer.batch_decode([[i] for i in row[:keep]], skip_special_tokens=True)
+        text, end = "", None
+        for t, piece in enumerate(pieces):
+            text += piece
+            if any(s in text[-(len(piece) + len(s)):] for s in strings):
+                end = t
+                break
+        ends.append(end)
+    return ends
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -71,35 +183,58 @@ def generate(
     temperature: float = 1.0,
     top_p: float = 1.0,
     greedy: bool = False,
+    stop_strings: tuple[str, ...] = (),
 ) -> Rollouts:
-    """Sample ``num_generations`` completions of each prompt (greedy: one deterministic each)."""
+    """Sample ``num_generations`` completions of each prompt (greedy: one deterministic each).
+
+    The distribution is exactly softmax(logits / temperature) with the top-p cut: nothing is taken from the
+    model's own ``generation_config`` (``ignored_generation_settings`` lists what it would have added). A
+    completion ends at the first stop id of ``stop_rule`` (EOS ids, chat turn markers; the token is kept in
+    the mask, as an EOS) or at the token completing a stop string; its text is cut there, so text after a
+    turn marker is never scored.
+    """
+    from transformers import GenerationConfig
+
     device = next(model.parameters()).device
-    repeated = [p for p in prompts for _ in range(num_generations)]
+    stop = stop_rule(model.generation_config, tokenizer, stop_strings)
+    repeated = [p for p in with_bos(tokenizer, prompts) for _ in range(num_generations)]
     encoded = tokenizer(repeated, return_tensors="pt", padding=True, add_special_tokens=False)
     prompt_ids = encoded["input_ids"].to(device)
     prompt_mask = encoded["attention_mask"].to(device)
-    eos = tokenizer.eos_token_id
+    config = GenerationConfig(**sampler_settings(stop, greedy=greedy, temperature=temperature, top_p=top_p,
+                                                 max_new_tokens=max_new_tokens),
+                              pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, use_cache=True)
     was_training = model.training
     model.eval()
     try:
-        sampling = {} if greedy else {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
-        output = model.generate(
-            input_ids=prompt_ids,
-            attention_mask=prompt_mask,
-            max_new_tokens=max_new_tokens,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=eos,
-            use_cache=True,
-            **({"do_sample": False} if greedy else sampling),
-        )
+        with _OwnGenerationConfig(model, config):
+            output = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config,
+                                    **({"tokenizer": tokenizer} if stop.strings else {}))
     finally:
         model.train(was_training)
     completion_ids = output[:, prompt_ids.shape[1] :]
-    completion_mask, truncated = completion_mask_from_eos(completion_ids, eos)
-    # Tokens after EOS are padding: make them the pad id so nothing downstream reads them.
+    completion_mask, truncated = completion_mask_from_eos(completion_ids, list(stop.token_ids))
+    keep = completion_mask.sum(1) - (~truncated).long()  # tokens before the stop token
+    cut_at: list[int | None] = [None] * len(keep)
+    if stop.strings:
+        cut_at = _stop_string_ends(tokenizer, completion_ids, completion_mask, stop.strings)
+        for r, end in enumerate(cut_at):
+            if end is not None:
+                completion_mask[r, end + 1 :] = 0
+                truncated[r] = False
+                keep[r] = end + 1
+    # Tokens after the stop are padding: make them the pad id so nothing downstream reads them.
     completion_ids = torch.where(completion_mask.bool(), completion_ids, torch.full_like(completion_ids, tokenizer.pad_token_id))
-    texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+    texts = tokenizer.batch_decode([row[:n] for row, n in zip(completion_ids.tolist(), keep.tolist())],
+                                   skip_special_tokens=True)
+    if stop.strings:
+        texts = [_cut_at_stop_string(text, stop.strings) if end is not None else text for text, end in zip(texts, cut_at)]
     return Rollouts(prompt_ids, prompt_mask, completion_ids, completion_mask, truncated, texts)
+
+
+def _cut_at_stop_string(text: str, strings) -> str:
+    found = [i for i in (text.find(s) for s in strings) if i >= 0]
+    return text[: min(found)] if found else text
 
 
 #: fp32 elements per chunk in selective_log_softmax (16M: 64 MB of transient fp32 per chunk).

@@ -20,6 +20,7 @@ import torch
 from conspo.checkpoint import find_checkpoint, list_checkpoints, save_checkpoint
 from conspo.config import TrainConfig
 from conspo.errors import ConfigError, RunError
+from conspo.rollout import ignored_generation_settings
 
 
 # What a run writes into its directory; --overwrite deletes exactly these (and nothing else).
@@ -147,13 +148,41 @@ def remove_if_empty(run_dir: Path) -> None:
 
 
 def resolve_device_dtype(cfg: TrainConfig) -> tuple[torch.device, torch.dtype]:
-    """``auto`` device: CUDA when available; ``auto`` dtype: bfloat16 on a GPU that supports it, else float32."""
+    """``auto`` device: CUDA when available. The weight dtype: ``auto`` is float32 everywhere (master weights and
+    AdamW state; on a GPU the compute runs in bfloat16 under autocast: ``compute_dtype``)."""
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if cfg.device == "auto" else cfg.device))
-    if cfg.dtype == "auto":
-        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        return device, torch.bfloat16 if bf16 else torch.float32
-    return device, getattr(torch, cfg.dtype)
+    return device, torch.float32 if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
+
+
+def compute_dtype(cfg: TrainConfig, device: torch.device, dtype: torch.dtype) -> torch.dtype | None:
+    """bfloat16 when forward and backward run under bf16 autocast (``mixed_precision`` bf16, or auto on a CUDA GPU
+    with bf16 and float32 weights), else None (compute in the weights' dtype)."""
+    if cfg.mixed_precision == "bf16":
+        return torch.bfloat16
+    if cfg.mixed_precision == "auto" and dtype == torch.float32 and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def precision_summary(cfg: TrainConfig, device: torch.device, dtype: torch.dtype) -> str:
+    """One line for the run header: weights, compute and optimizer-state dtypes."""
+    name = lambda d: str(d).removeprefix("torch.")  # noqa: E731
+    compute = compute_dtype(cfg, device, dtype)
+    trainable = "LoRA adapter float32 over a frozen " + name(dtype) + " base" if cfg.lora_r else name(dtype)
+    return (f"weights {trainable}, compute {name(compute) + ' (autocast)' if compute else name(dtype)}, "
+            f"AdamW state {'float32' if cfg.lora_r else name(dtype)}")
+
+
+def updates_lost_fraction(parameters, lr: float) -> float:
+    """Share of the weights that an update of size ``lr`` (AdamW's step size per weight, roughly) leaves
+    unchanged in their own dtype: ``w + lr`` rounds back to ``w``. 0 for float32 weights at any usual lr."""
+    lost = total = 0
+    for p in parameters:
+        w = p.detach()
+        lost += int(((w.float() + lr).to(w.dtype) == w).sum())
+        total += w.numel()
+    return lost / max(total, 1)
 
 
 def make_task(cfg: TrainConfig):
@@ -170,42 +199,55 @@ def make_task(cfg: TrainConfig):
 
 
 def load_model(cfg: TrainConfig, task, device, dtype, log):
-    """(model, tokenizer): the cached tiny base for ``model=tiny``, else a transformers causal LM.
+    """(model, tokenizer), with the task's prompts rendered for the tokenizer: the cached tiny base for
+    ``model=tiny``, else a transformers causal LM.
 
-    A model that cannot be found, or whose weights, gradients and AdamW state alone would not
-    fit in the device's free memory, is refused before any weight is loaded.
+    A model that cannot be found, whose positions cannot hold the longest prompt plus the generation limit,
+    or whose weights, gradients and AdamW state alone would not fit in the device's free memory, is refused
+    before any weight is loaded.
     """
-    from conspo.models import load_policy, load_tokenizer
+    from conspo.models import check_positions, load_model_config, load_policy, load_tokenizer
     from conspo.warmup import tiny_base
 
     if cfg.model == "tiny":
         model, tokenizer, _ = tiny_base(task, steps=cfg.sft_steps, lr=cfg.sft_lr, batch_size=cfg.sft_batch_size,
                                         seed=cfg.sft_seed, cache_dir=cfg.cache_dir, decay_steps=cfg.sft_decay_steps,
                                         stop_accuracy=cfg.sft_stop_accuracy, log=log)
+        if hasattr(task, "set_tokenizer"):
+            task.set_tokenizer(tokenizer)
         return model.to(device=device, dtype=dtype), tokenizer
-    check_memory(cfg, device, dtype)
+    config = load_model_config(cfg.model)
     try:
-        return load_policy(cfg.model, dtype=dtype, device=device), load_tokenizer(cfg.model)
+        tokenizer = load_tokenizer(cfg.model)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--model {cfg.model}: could not load its tokenizer: {str(e).splitlines()[0]}") from None
+    if hasattr(task, "set_tokenizer"):
+        task.set_tokenizer(tokenizer)
+    prompts = [p.prompt for p in task.train_problems()] + [p.prompt for p in task.heldout_problems()[: cfg.eval_size or None]]
+    check_positions(cfg.model, config, tokenizer, prompts, cfg.max_new_tokens or task.max_new_tokens)
+    check_memory(cfg, config, device, dtype)
+    try:
+        model = load_policy(cfg.model, dtype=dtype, device=device)
     except (OSError, ValueError) as e:
         raise ConfigError(f"--model {cfg.model}: could not load it: {str(e).splitlines()[0]}") from None
+    ignored = ignored_generation_settings(model.generation_config)
+    if ignored:
+        log("note: the model's generation_config sets " + ", ".join(f"{k}={v!r}" for k, v in ignored.items())
+            + ": ignored; rollouts and evaluations sample only with the run's settings (config.yaml, `resolved`)")
+    return model, tokenizer
 
 
-def check_memory(cfg: TrainConfig, device: torch.device, dtype: torch.dtype) -> None:
+def check_memory(cfg: TrainConfig, config, device: torch.device, dtype: torch.dtype) -> None:
     """Refuse a model whose weights + gradients + AdamW state exceed the device's free memory.
 
     The floor counted (bytes): P*w for the weights (w bytes per parameter in ``dtype``), T*(w + 8)
     for the trainable parameters' gradients and AdamW's two float32 moments (T = P, or ~0 with
     LoRA), and P*w more for a frozen reference copy when beta > 0 without LoRA. Activations,
     logits and the KV cache come on top, so passing this check does not promise the run fits;
-    failing it proves it cannot. P comes from the model's config on the meta device (no weights read).
+    failing it proves it cannot. P comes from the model's ``config`` on the meta device (no weights read).
     """
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    try:
-        config = AutoConfig.from_pretrained(cfg.model)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"--model {cfg.model}: not a local model directory with a config.json nor a hub id "
-                          f"reachable from here: {str(e).splitlines()[0]}") from None
     with torch.device("meta"):
         n_params = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
     width = torch.finfo(dtype).bits // 8
@@ -217,7 +259,7 @@ def check_memory(cfg: TrainConfig, device: torch.device, dtype: torch.dtype) -> 
         raise ConfigError(
             f"--model {cfg.model}: {n_params / 1e9:.2f}B parameters need at least {needed / gib:.1f} GiB for weights, "
             f"gradients and AdamW state in {str(dtype).removeprefix('torch.')} (activations come on top), but "
-            f"{device} has {free / gib:.1f} GiB free. Use LoRA (--lora-r 16), --dtype bfloat16, a smaller model, or a GPU")
+            f"{device} has {free / gib:.1f} GiB free. Use LoRA (--lora-r 16), a smaller model, or a GPU")
 
 
 def free_memory_bytes(device: torch.device) -> int | None:
@@ -252,10 +294,11 @@ def prepare_for_training(model, cfg: TrainConfig):
     return model
 
 
-def precision(cfg: TrainConfig, device: torch.device):
-    """The autocast context of every forward pass: bfloat16 compute over float32 weights with
-    ``mixed_precision=bf16``, else a no-op."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.mixed_precision == "bf16")
+def precision(cfg: TrainConfig, device: torch.device, dtype: torch.dtype = torch.float32):
+    """The autocast context of every forward pass: bfloat16 compute over the weights when ``compute_dtype``
+    says so, else a no-op."""
+    compute = compute_dtype(cfg, device, dtype)
+    return torch.autocast(device_type=device.type, dtype=compute or torch.bfloat16, enabled=compute is not None)
 
 
 def merge_resumed_config(cfg: TrainConfig, explicit: set[str]) -> TrainConfig:
@@ -286,11 +329,37 @@ def what_is_intact(run_dir: Path) -> str:
             f"--resume {run_dir}")
 
 
-def write_config(run_dir: Path, cfg: TrainConfig) -> None:
+def write_config(run_dir: Path, cfg: TrainConfig, resolved: dict | None = None) -> None:
+    """config.yaml: every option, then under ``resolved`` what the run derived from them and the model
+    (sampler, stop tokens, precision): a record, ignored when the file is passed back as --config."""
     import yaml
 
     with open(run_dir / "config.yaml", "w") as f:
-        yaml.safe_dump(asdict(cfg), f, sort_keys=False)
+        yaml.safe_dump({**asdict(cfg), **({"resolved": resolved} if resolved else {})}, f, sort_keys=False)
+
+
+def resolved_settings(cfg: TrainConfig, model, tokenizer, task, device, dtype, max_new_tokens: int) -> dict:
+    """What the run samples and trains with, beyond its options: the sampler's whole generation config (nothing
+    comes from the model's own), its stop ids and strings, and the precision."""
+    from conspo.rollout import sampler_settings, stop_rule
+
+    stop = stop_rule(model.generation_config, tokenizer, tuple(getattr(task, "stop_strings", ())))
+    return {"sampler": sampler_settings(stop, greedy=False, temperature=cfg.temperature, top_p=cfg.top_p,
+                                        max_new_tokens=max_new_tokens),
+            "stop_tokens": tokenizer.convert_ids_to_tokens(list(stop.token_ids)),
+            "ignored_model_generation_settings": {k: repr(v) for k, v in
+                                                  ignored_generation_settings(model.generation_config).items()},
+            "precision": precision_summary(cfg, device, dtype)}
+
+
+def warn_low_precision(cfg: TrainConfig, model, dtype: torch.dtype, log) -> None:
+    """With --low-precision-weights: say how much of an AdamW step of size lr this model's weights would lose."""
+    if not cfg.low_precision_weights:
+        return
+    lost = updates_lost_fraction((p for p in model.parameters() if p.requires_grad), cfg.lr)
+    log(f"WARNING --low-precision-weights: AdamW updates {str(dtype).removeprefix('torch.')} weights directly; an update "
+        f"of size lr={cfg.lr:g} leaves {lost:.1%} of this model's weights unchanged (rounded away). --dtype auto keeps "
+        "float32 weights and loses none")
 
 
 def finish_run(cfg: TrainConfig, run_dir: Path, model, tokenizer, *, accuracy_before: float, wall: float,

@@ -40,12 +40,15 @@ from conspo.run import (
     load_model,
     make_task,
     precision,
+    precision_summary,
     prepare_for_training,
     new_run_id,
     prepare_run_dir,
     resolve_device_dtype,
+    resolved_settings,
     save_run_checkpoint,
     StopRequest,
+    warn_low_precision,
     what_is_intact,
     write_config,
 )
@@ -66,7 +69,8 @@ def _sample_batch(cfg, task, model, tokenizer, py_rng: random.Random, max_new_to
         n_prompts = math.ceil(cfg.prompts_per_step * cfg.dynamic_oversample)
     problems = py_rng.sample(task.train_problems(), n_prompts)
     rollouts = generate(model, tokenizer, [p.prompt for p in problems], num_generations=cfg.group_size,
-                        max_new_tokens=max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
+                        max_new_tokens=max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                        stop_strings=getattr(task, "stop_strings", ()))
     per_row = [p for p in problems for _ in range(cfg.group_size)]
     rewards = torch.tensor(task.score(per_row, rollouts.texts), dtype=torch.float32)
     if not torch.isfinite(rewards).all():
@@ -119,11 +123,10 @@ def train(cfg: TrainConfig, *, log=print) -> dict:
 
     task = make_task(cfg)
     cfg.check_generation_limit(cfg.max_new_tokens or task.max_new_tokens)  # before the model is loaded
-    model, tokenizer = load_model(cfg, task, device, dtype, log)
+    model, tokenizer = load_model(cfg, task, device, dtype, log)  # also renders the task's prompts for its tokenizer
     model = prepare_for_training(model, cfg)  # activation checkpointing, LoRA
-    autocast = precision(cfg, device)  # bf16 compute over fp32 weights, or a no-op
-    if hasattr(task, "set_tokenizer"):
-        task.set_tokenizer(tokenizer)
+    autocast = precision(cfg, device, dtype)  # bf16 compute over fp32 weights, or a no-op
+    warn_low_precision(cfg, model, dtype, log)
     max_new_tokens = cfg.max_new_tokens or task.max_new_tokens
     heldout = task.heldout_problems()[: cfg.eval_size or None]
     objective = get_objective(cfg.objective)
@@ -147,7 +150,7 @@ def train(cfg: TrainConfig, *, log=print) -> dict:
     else:
         result = heldout_eval()
         accuracy_before = result.accuracy
-    write_config(run_dir, cfg)
+    write_config(run_dir, cfg, resolved_settings(cfg, model, tokenizer, task, device, dtype, max_new_tokens))
 
     def save(step: int, wall: float) -> None:
         save_run_checkpoint(run_dir, step, model, optimizer, py_rng, cfg, run_id=run_id,
@@ -157,7 +160,8 @@ def train(cfg: TrainConfig, *, log=print) -> dict:
         writer.write(0, {"heldout/accuracy": accuracy_before})
 
     log(f"run: {run_dir} | objective {cfg.objective} | model {cfg.model} ({sum(p.numel() for p in model.parameters()):,} "
-        f"params, {dtype}, {device}) | task {cfg.task} | held-out accuracy before: {accuracy_before:.3f}")
+        f"params, {device}) | task {cfg.task} | held-out accuracy before: {accuracy_before:.3f}\n"
+        f"precision: {precision_summary(cfg, device, dtype)}")
     end_step = cfg.steps if not cfg.stop_after else min(cfg.steps, start_step + cfg.stop_after)
     bar = _progress(cfg, start_step, end_step)
     started = time.time()

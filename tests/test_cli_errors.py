@@ -65,7 +65,7 @@ def test_version(capsys):
     (lambda t: ["train", "--task", "chess"], 2, "task=.chess.: must be one of addition, chain, math"),
     (lambda t: ["train", "--resume", t / "nowhere"], 2, "no such directory.*--overwrite"),
     (lambda t: ["train", "--resume", t], 2, "no complete checkpoint.*stopped before its first checkpoint"),
-    (lambda t: ["train", "--model", t / "no-such-model", "--output-dir", t / "run"], 2, "--model .*no-such-model: not a local model"),
+    (lambda t: ["train", "--model", t / "no-such-model", "--output-dir", t / "run"], 2, "--model .*no-such-model: no such folder"),
     (lambda t: ["train", "--output-dir", write_lines(t / "a-file", ["x"])], 2, "is a file, not a directory"),
     (lambda t: ["train", "--lr", "-1e-5", "--output-dir", t / "run"], 2, "lr=-1e-05: must be a finite number > 0"),
     (lambda t: ["compare", "--seeds", "0"], 2, "--seeds 0: must be >= 1"),

@@ -21,13 +21,13 @@ def _other_value(name):
     """A valid value different from the field's default, for every field type."""
     default = getattr(TrainConfig(), name)
     hint = typing.get_type_hints(TrainConfig)[name]
-    if typing.get_origin(hint) is typing.Literal:
-        return next(v for v in typing.get_args(hint) if v != default)
     special = {"report_to": "tensorboard", "group_size": 4, "micro_batch_size": 16, "dtype": "bfloat16",
                "device": "cpu", "resume": "runs/x", "top_p": 0.9, "max_new_tokens": 7, "beta": 0.1,
-               "sft_decay_steps": 1000}
+               "sft_decay_steps": 1000, "mixed_precision": "bf16"}
     if name in special:
         return special[name]
+    if typing.get_origin(hint) is typing.Literal:
+        return next(v for v in typing.get_args(hint) if v != default)
     if isinstance(default, bool):
         return not default
     if default is None:
@@ -66,6 +66,8 @@ def test_option_is_honoured_or_refused_by_each_engine(name, monkeypatch):
             cfg = dataclasses.replace(cfg, vllm_mode="server" if name.startswith("vllm_server") else "colocate")
         if name == "overlong_penalty_factor":  # used only with the penalty on
             cfg = dataclasses.replace(cfg, overlong_buffer=2)
+        if name in ("dtype", "low_precision_weights"):  # half-precision weights without LoRA need the explicit flag
+            cfg = dataclasses.replace(cfg, dtype="bfloat16", low_precision_weights=True)
         if engine in ENGINE_SUPPORT[name]:
             if name == "micro_batch_size" or name == "group_size":
                 cfg = dataclasses.replace(cfg, group_size=4)
@@ -96,7 +98,7 @@ def test_trl_honoured_options_reach_trls_config(name):
         changed = dataclasses.replace(base, margin_schedule="cosine")
 
     def args(cfg):
-        return trl_arguments(cfg, max_new_tokens=cfg.max_new_tokens or 8, output_dir="x", use_cpu=True, bf16=False)
+        return trl_arguments(cfg, max_new_tokens=cfg.max_new_tokens or 8, output_dir="x", use_cpu=True)
 
     assert args(changed) != args(base)
 
@@ -117,11 +119,10 @@ def test_lora_options_reach_trls_peft_config(name, value, attr):
 @pytest.mark.parametrize("name", ["grpo", "dr_grpo", "dapo", "gspo"])
 def test_trl_baselines_use_the_objectives_clip_defaults(name):
     defaults = get_objective(name).option_defaults
-    args = trl_arguments(TrainConfig(engine="trl", objective=name), max_new_tokens=8, output_dir="x", use_cpu=True,
-                         bf16=False)
+    args = trl_arguments(TrainConfig(engine="trl", objective=name), max_new_tokens=8, output_dir="x", use_cpu=True)
     assert (args["epsilon"], args["epsilon_high"]) == (defaults["eps_low"], defaults["eps_high"])
     args = trl_arguments(TrainConfig(engine="trl", objective=name, eps_high=0.5), max_new_tokens=8, output_dir="x",
-                         use_cpu=True, bf16=False)
+                         use_cpu=True)
     assert args["epsilon_high"] == 0.5
 
 
@@ -159,7 +160,7 @@ def test_vllm_options_reach_trls_config(tmp_path, objective):
 
     def built(**options):
         cfg = TrainConfig(engine="trl", objective=objective, **options)
-        return config_class(**trl_arguments(cfg, max_new_tokens=8, output_dir=str(tmp_path), use_cpu=True, bf16=False))
+        return config_class(**trl_arguments(cfg, max_new_tokens=8, output_dir=str(tmp_path), use_cpu=True))
 
     off = built()
     assert not off.use_vllm

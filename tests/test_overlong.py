@@ -158,7 +158,7 @@ def test_trl_engine_maps_the_options_to_trls_own(objective):
         return [0.0] * len(completions)
 
     def args(cfg):
-        return trl_arguments(cfg, max_new_tokens=8, output_dir="x", use_cpu=True, bf16=False)
+        return trl_arguments(cfg, max_new_tokens=8, output_dir="x", use_cpu=True)
 
     base = TrainConfig(engine="trl", objective=objective)
     assert args(base)["mask_truncated_completions"] is False and "reward_weights" not in args(base)
@@ -183,7 +183,7 @@ def test_trl_trainer_masks_truncated_rows_and_adds_the_weighted_penalty(tmp_path
         return seen[-1]
 
     cfg = TrainConfig(engine="trl", mask_truncated=True, overlong_buffer=3, overlong_penalty_factor=0.5)
-    weights = trl_arguments(cfg, max_new_tokens=5, output_dir="x", use_cpu=True, bf16=False)
+    weights = trl_arguments(cfg, max_new_tokens=5, output_dir="x", use_cpu=True)
     trainer, _, _ = make_trainer(tmp_path, per_device=8, G=4, gas=1, seed=3, reward_funcs=trl_reward_functions(
         cfg, task, max_new_tokens=5), reward_weights=weights["reward_weights"],
         mask_truncated_completions=weights["mask_truncated_completions"])

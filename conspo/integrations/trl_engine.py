@@ -33,15 +33,18 @@ from conspo.errors import ConfigError, Interrupted
 from conspo.heldout import evaluate_greedy
 from conspo.objectives import get_objective
 from conspo.reporting import MetricsWriter
+from conspo.rollout import with_bos
 from conspo.run import (
     StopRequest,
     checkpoint_to_resume,
+    compute_dtype,
     finish_run,
     load_model,
     make_task,
     new_run_id,
     prepare_run_dir,
     resolve_device_dtype,
+    resolved_settings,
     write_config,
 )
 
@@ -56,12 +59,19 @@ TRL_LOSS_OPTIONS = {
 }
 
 
-def trl_arguments(cfg: TrainConfig, *, max_new_tokens: int, output_dir: str, use_cpu: bool, bf16: bool) -> dict:
+def trl_arguments(cfg: TrainConfig, *, max_new_tokens: int, output_dir: str, use_cpu: bool, dtype=None) -> dict:
     """Keyword arguments of ``ConSPOConfig`` (conspo) or ``GRPOConfig`` (baselines) for this run.
+
+    ``dtype``: the loaded weights' (default float32). TRL's ``bf16`` is on for bfloat16 weights or bf16 compute
+    over float32 weights (``compute_dtype``: TRL's mixed precision keeps float32 master weights, as ours).
 
     One generation batch = one optimizer step: ``prompts_per_step * group_size`` rows per device,
     no gradient accumulation, as in the native trainer.
     """
+    import torch
+
+    dtype = dtype or torch.float32
+    bf16 = dtype == torch.bfloat16 or compute_dtype(cfg, torch.device("cpu" if use_cpu else "cuda"), dtype) is not None
     args = dict(
         output_dir=output_dir, per_device_train_batch_size=cfg.prompts_per_step * cfg.group_size,
         gradient_accumulation_steps=1, num_generations=cfg.group_size, max_completion_length=max_new_tokens,
@@ -69,7 +79,7 @@ def trl_arguments(cfg: TrainConfig, *, max_new_tokens: int, output_dir: str, use
         lr_scheduler_type="constant_with_warmup", weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
         temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed, logging_steps=1,
         save_strategy="no", save_total_limit=None,  # checkpoints are asked for and rotated by CheckpointCallback
-        report_to=cfg.reporters() or [], use_cpu=use_cpu, bf16=bf16 or cfg.mixed_precision == "bf16",
+        report_to=cfg.reporters() or [], use_cpu=use_cpu, bf16=bf16,
         gradient_checkpointing=cfg.gradient_checkpointing, disable_tqdm=not cfg.progress,
         num_iterations=cfg.updates_per_batch,
         # vLLM: TRL's own options under the same names; TRL reads each only in its mode (validate() refuses the rest)
@@ -91,6 +101,33 @@ def trl_arguments(cfg: TrainConfig, *, max_new_tokens: int, output_dir: str, use
     return {**args, "beta": cfg.beta, **TRL_LOSS_OPTIONS[cfg.objective],
             "epsilon": clip["eps_low"] if cfg.eps_low is None else cfg.eps_low,
             "epsilon_high": clip["eps_high"] if cfg.eps_high is None else cfg.eps_high}
+
+
+def unwrap(model):
+    """The transformers model inside a peft wrapper (the model itself otherwise)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def use_conspo_sampler(model, tokenizer, task):
+    """Give the model conspo's neutral generation config before TRL reads it, and return the model's own.
+
+    TRL builds its sampler from its own options and lets transformers fill every other field from
+    ``model.generation_config`` (a repetition penalty, an n-gram ban, ...), and stops at that config's EOS
+    ids plus the tokenizer's: with this config it stops at every id of ``stop_rule`` (chat turn markers
+    included) and adds nothing else, like the native engine.
+    """
+    from transformers import GenerationConfig
+
+    from conspo.rollout import stop_rule
+
+    stop = stop_rule(unwrap(model).generation_config, tokenizer, tuple(getattr(task, "stop_strings", ())))
+    if stop.strings:
+        raise ConfigError(f"--engine trl cannot stop generation at a string ({list(stop.strings)!r}, the prompt template's "
+                          "end of line without a chat template): use --engine native, or a template that ends at EOS")
+    own = unwrap(model).generation_config
+    unwrap(model).generation_config = GenerationConfig(eos_token_id=list(stop.token_ids), pad_token_id=tokenizer.pad_token_id,
+                                                       bos_token_id=tokenizer.bos_token_id)
+    return own
 
 
 def trl_reward_functions(cfg: TrainConfig, task_reward, *, max_new_tokens: int) -> list:
@@ -272,8 +309,6 @@ def run_trl_training(cfg: TrainConfig, *, log=print) -> dict:
     cfg.check_generation_limit(cfg.max_new_tokens or task.max_new_tokens)  # before the model is loaded
     with processes.main_process_first():  # the tiny base's one-time warm-up is built by one process only
         model, tokenizer = load_model(cfg, task, torch.device("cpu"), dtype, log)
-    if hasattr(task, "set_tokenizer"):
-        task.set_tokenizer(tokenizer)
     max_new_tokens = cfg.max_new_tokens or task.max_new_tokens
     heldout = task.heldout_problems()[: cfg.eval_size or None]
     checkpoint, start_step = None, 0
@@ -290,9 +325,11 @@ def run_trl_training(cfg: TrainConfig, *, log=print) -> dict:
         run_state["heldout_accuracy_before"] = evaluate_greedy(model, tokenizer, task, heldout,
                                                                max_new_tokens=max_new_tokens)[0].accuracy
     if main:
-        write_config(run_dir, cfg)
+        write_config(run_dir, cfg, resolved_settings(cfg, model, tokenizer, task, device, dtype, max_new_tokens))
+    model_generation_config = use_conspo_sampler(model, tokenizer, task)  # after resolved_settings has read it
 
-    problems = {p.prompt: p for p in task.train_problems()}
+    # TRL tokenises prompts without special tokens: the BOS a tokenizer adds (Llama, Gemma) goes into the text
+    problems = dict(zip(with_bos(tokenizer, [p.prompt for p in task.train_problems()]), task.train_problems()))
     dataset = Dataset.from_dict({"prompt": list(problems)})
 
     def task_reward(prompts, completions, **kwargs):
@@ -300,7 +337,7 @@ def run_trl_training(cfg: TrainConfig, *, log=print) -> dict:
 
     reward_funcs = trl_reward_functions(cfg, task_reward, max_new_tokens=max_new_tokens)
     kwargs = trl_arguments(cfg, max_new_tokens=max_new_tokens, output_dir=str(run_dir),
-                           use_cpu=device.type == "cpu", bf16=dtype == torch.bfloat16)
+                           use_cpu=device.type == "cpu", dtype=dtype)
 
     writer = MetricsWriter(run_dir, [], asdict(cfg), resume_step=start_step if cfg.resume else None) if main else None
     if main and not cfg.resume:
@@ -372,5 +409,7 @@ def run_trl_training(cfg: TrainConfig, *, log=print) -> dict:
         return {"objective": cfg.objective, "steps": checkpoints.stopped_at, "stopped_early": True}
     if not main:
         return {"objective": cfg.objective, "steps": cfg.steps, "main_process": False}
+    for m in {trainer.model, unwrap(trainer.model)}:  # final/ keeps the model's own generation config
+        m.generation_config = model_generation_config
     return finish_run(cfg, run_dir, trainer.model, tokenizer, accuracy_before=run_state["heldout_accuracy_before"],
                       wall=wall, skipped_steps=0, engine="trl", log=log, run_id=run_state["run_id"])

@@ -2,7 +2,8 @@
 
 A task gives the trainer three things: a pool of training problems to sample from, a
 fixed held-out set, and a batch scorer ``score(problems, completions) -> list[float]``.
-A task may also offer ``last_score_metrics() -> dict`` (the math task: ``reward/no_answer_frac``,
+A task may also offer ``stop_strings`` (strings that end a completion, e.g. the ``plain`` math
+template's end of line) and ``last_score_metrics() -> dict`` (the math task: ``reward/no_answer_frac``,
 ``reward/timeout_frac``, ...), which the trainer logs with each step.
 A task that the tiny model can be warmed up on also offers ``solution(problem) -> str``, the
 completion the supervised warm-up teaches (the answer itself when absent).

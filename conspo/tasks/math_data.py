@@ -409,6 +409,8 @@ class PromptTemplate:
     system: system message for chat models (None: no system message).
     user: the user message, a format string with ``{problem}``.
     plain: the whole prompt for tokenizers without a chat template, with ``{problem}``.
+    stop: strings that end a completion when the plain form is used (a chat-rendered prompt ends at the
+        chat template's turn marker instead).
     """
 
     name: str
@@ -416,6 +418,7 @@ class PromptTemplate:
     user: str
     plain: str
     description: str = ""
+    stop: tuple[str, ...] = ()
 
 
 _QWEN_BOXED_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -446,8 +449,9 @@ PROMPT_TEMPLATES: dict[str, PromptTemplate] = {
         system=None,
         user="{problem}\nAnswer:",
         plain="{problem}\nAnswer:",
-        description="The problem followed by 'Answer:', for base models and short answers; stop "
-        "generation at the end of the line (a base model continues with the next question).",
+        description="The problem followed by 'Answer:', for base models and short answers; generation "
+        "stops at the end of the line (a base model continues with the next question).",
+        stop=("\n",),
     ),
     "raw": PromptTemplate(
         name="raw",
@@ -470,6 +474,21 @@ def _problem_text(example: Example | Mapping[str, Any] | str) -> str:
     raise TypeError(f"build_prompt needs an Example, a dict with a 'problem' string, or a str; got {type(example).__name__}")
 
 
+def uses_chat_template(tokenizer, chat: bool | None = None) -> bool:
+    """Whether ``build_prompt`` renders with the tokenizer's chat template (else the template's plain form)."""
+    has_chat = tokenizer is not None and bool(getattr(tokenizer, "chat_template", None))
+    if chat is True and not has_chat:
+        raise ValueError("chat=True but the tokenizer has no chat template")
+    return has_chat and chat is not False
+
+
+def stop_strings(template: str | PromptTemplate, tokenizer) -> tuple[str, ...]:
+    """The stop strings of ``template`` as ``build_prompt`` renders it for ``tokenizer``: its ``stop`` for the
+    plain form; none for a chat-rendered prompt (it ends at the chat template's turn marker)."""
+    template = PROMPT_TEMPLATES[template] if isinstance(template, str) else template
+    return () if uses_chat_template(tokenizer) else template.stop
+
+
 def build_prompt(
     example: Example | Mapping[str, Any] | str,
     template: str | PromptTemplate = DEFAULT_TEMPLATE,
@@ -489,10 +508,7 @@ def build_prompt(
             raise ValueError(f"unknown prompt template {template!r}; valid templates are: {', '.join(PROMPT_TEMPLATES)}")
         template = PROMPT_TEMPLATES[template]
     problem = _problem_text(example)
-    has_chat = tokenizer is not None and bool(getattr(tokenizer, "chat_template", None))
-    if chat is True and not has_chat:
-        raise ValueError("chat=True but the tokenizer has no chat template")
-    if not has_chat or chat is False:
+    if not uses_chat_template(tokenizer, chat):
         return template.plain.replace("{problem}", problem)
     user = template.user.replace("{problem}", problem)
     messages = ([{"role": "system", "content": template.system}] if template.system else []) + [

@@ -42,6 +42,13 @@ class MathTask:
         self._tokenizer = tokenizer
         self._cache.clear()
 
+    @property
+    def stop_strings(self) -> tuple[str, ...]:
+        """Strings that end a completion (the plain template's end of line), as the prompts are rendered."""
+        from conspo.tasks.math_data import stop_strings
+
+        return stop_strings(self.template, self._tokenizer)
+
     def _problems(self, key: str, examples) -> list[Problem]:
         from conspo.tasks.math_data import build_prompt
 
