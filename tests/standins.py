@@ -118,25 +118,31 @@ def write_generation_config(directory: str | Path, **fields) -> None:
     path.write_text(json.dumps(config))
 
 
-def memorize(model, tokenizer, prompt: str, completion: str, *, steps: int = 300, lr: float = 3e-3) -> None:
-    """Train ``model`` on one (prompt, completion) pair until greedy decoding of ``prompt`` writes ``completion``
-    (special tokens in it are single tokens); raises if it does not get there."""
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
-    ids = torch.tensor([prompt_ids + completion_ids])
-    labels = ids.clone()
-    labels[0, : len(prompt_ids)] = -100
+def memorize(model, tokenizer, prompt: str | list[str], completion: str | list[str], *, steps: int = 600,
+             lr: float = 3e-3, mean_loss_below: float = float("inf")) -> None:
+    """Train ``model`` on (prompt, completion) pairs until greedy decoding of each prompt writes its completion
+    (special tokens in it are single tokens) and the mean token loss is below ``mean_loss_below`` (sampling
+    then writes the completion with about exp(-loss * tokens) probability); raises if it does not get there."""
+    prompts, completions = ([prompt], [completion]) if isinstance(prompt, str) else (prompt, completion)
+    pairs = []
+    for p, c in zip(prompts, completions):
+        p_ids, c_ids = tokenizer(p, add_special_tokens=False)["input_ids"], tokenizer(c, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([p_ids + c_ids])
+        labels = ids.clone()
+        labels[0, : len(p_ids)] = -100
+        pairs.append((ids, labels, len(p_ids), c_ids))
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
     for step in range(steps):
-        loss = model(input_ids=ids, labels=labels).loss
+        loss = sum(model(input_ids=ids, labels=labels).loss for ids, labels, _, _ in pairs)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         if step % 25 == 24:
             with torch.no_grad():
-                logits = model(input_ids=ids).logits[0, len(prompt_ids) - 1 : -1]
-            if logits.argmax(-1).tolist() == completion_ids:
+                learned = all(model(input_ids=ids).logits[0, n - 1 : -1].argmax(-1).tolist() == c_ids
+                              for ids, _, n, c_ids in pairs)
+            if learned and loss.item() / len(pairs) < mean_loss_below:
                 model.eval()
                 return
     raise AssertionError(f"memorize: not learned in {steps} steps (loss {loss.item():.3f})")

@@ -219,14 +219,26 @@ def test_rehearsal_math_on_a_qwen25_standin(tmp_path, engine):
         pytest.skip("the shared math data sets are not next to this checkout")
     if engine == "trl":
         pytest.importorskip("trl")
-    model_dir = build_standin("qwen2.5", tmp_path / "qwen", max_positions=1024,
+    from conspo.tasks.math_data import build_prompt, load_benchmark
+
+    model_dir = build_standin("qwen2.5", tmp_path / "qwen", max_positions=4096,
                               generation_config=dict(repetition_penalty=1.05, top_k=20, do_sample=True))
+    # two shared-data problems whose answers the stand-in has half learned, so that groups mix right and wrong
+    examples = list(load_benchmark("gsm8k_train"))[:2]
+    data = tmp_path / "two.jsonl"
+    data.write_text("".join(json.dumps({"problem": e.problem, "answer": e.answer}) + "\n" for e in examples))
+    model, tok = _load(model_dir)
+    memorize(model, tok, [build_prompt(e, "qwen_math_boxed", tok) for e in examples],
+             [f"\\boxed{{{e.answer}}}<|im_end|>" for e in examples], mean_loss_below=0.06)
+    model.save_pretrained(model_dir, safe_serialization=True)
     run = tmp_path / "run"
-    rc = main(["train", "--model", str(model_dir), "--task", "math", "--train-data", "gsm8k_train", "--eval-data", "math500",
-               "--eval-size", "2", "--steps", "2", "--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens", "12",
+    rc = main(["train", "--model", str(model_dir), "--task", "math", "--train-data", str(data), "--eval-data", "math500",
+               "--eval-size", "2", "--steps", "2", "--prompts-per-step", "2", "--group-size", "4", "--max-new-tokens", "12",
                "--lr", "1e-3", "--lr-warmup-steps", "0", "--eval-every", "0", "--save-every", "0", "--engine", engine,
                "--output-dir", str(run), "--no-progress", "--temperature", "1.0"])
     assert rc == 0
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any(0 < m["reward/mean"] for m in metrics if "reward/mean" in m)  # the verifier read the stand-in's answers
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["resolved"]["stop_tokens"] == ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     assert config["resolved"]["ignored_model_generation_settings"] == {"do_sample": "True", "repetition_penalty": "1.05",
