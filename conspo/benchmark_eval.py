@@ -131,9 +131,11 @@ def _hf_generate(model, tokenizer, prompts: list[str], *, n: int, greedy: bool, 
     return out
 
 
-def _vllm_generate(llm, prompts: list[str], *, n: int, greedy: bool, settings: EvalSettings, progress,
+def _vllm_generate(llm, tokenizer, prompts: list[str], *, n: int, greedy: bool, settings: EvalSettings, progress,
                    max_new_tokens: int, stop_strings: tuple[str, ...], stop_ids: tuple[int, ...]) -> Generation:
     from vllm import SamplingParams
+
+    from conspo.rollout import with_bos
 
     # every field that shapes the distribution, set: the same sampler as the HF backend (the engine is built
     # with generation_config="vllm", so nothing comes from the model's generation_config.json either)
@@ -142,7 +144,10 @@ def _vllm_generate(llm, prompts: list[str], *, n: int, greedy: bool, settings: E
                             presence_penalty=0.0, frequency_penalty=0.0, max_tokens=max_new_tokens,
                             stop_token_ids=list(stop_ids), stop=list(stop_strings) or None, seed=settings.seed)
     out = Generation([], [], [])
-    for request in llm.generate(prompts, params, use_tqdm=False):
+    # token ids, not text: vLLM would add a BOS in front of a chat template's own (the HF backend's rule instead)
+    token_prompts = [{"prompt_token_ids": ids} for ids in
+                     tokenizer(with_bos(tokenizer, prompts), add_special_tokens=False)["input_ids"]]
+    for request in llm.generate(token_prompts, params, use_tqdm=False):
         for completion in request.outputs:
             out.texts.append(completion.text)
             out.lengths.append(len(completion.token_ids))
@@ -257,7 +262,7 @@ def run_eval(settings: EvalSettings, *, log=print) -> dict:
             from vllm import LLM
 
             engine = LLM(model=settings.model, seed=settings.seed, dtype=settings.dtype, generation_config="vllm")
-            generate = lambda prompts, **kw: _vllm_generate(engine, prompts, settings=settings,  # noqa: E731
+            generate = lambda prompts, **kw: _vllm_generate(engine, tokenizer, prompts, settings=settings,  # noqa: E731
                                                             stop_ids=stop.token_ids, **kw)
         else:
             cuda = torch.cuda.is_available()

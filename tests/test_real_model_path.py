@@ -208,9 +208,14 @@ def test_a_mistyped_local_model_path_fails_at_once_without_asking_the_hub(tmp_pa
 
 # ---- the whole path, both engines, and conspo eval --------------------------------------------------------
 
+STOP_TOKENS = {"qwen2.5": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+               "llama3": ["<|end_of_text|>", "<|eom_id|>", "<|eot_id|>", "<|begin_of_text|>", "<|start_header_id|>",
+                          "<|end_header_id|>"]}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("engine", ["native", "trl"])
-def test_rehearsal_math_on_a_qwen25_standin(tmp_path, engine):
+@pytest.mark.parametrize("kind,engine", [("qwen2.5", "native"), ("qwen2.5", "trl"), ("llama3", "native")])
+def test_rehearsal_math_on_a_standin(tmp_path, kind, engine):
     """`conspo train --task math` with the chat template on a few shared-data problems, as a user's first run."""
     from conspo.cli import main
     from conspo.tasks.math_data import default_data_dir
@@ -221,15 +226,16 @@ def test_rehearsal_math_on_a_qwen25_standin(tmp_path, engine):
         pytest.importorskip("trl")
     from conspo.tasks.math_data import build_prompt, load_benchmark
 
-    model_dir = build_standin("qwen2.5", tmp_path / "qwen", max_positions=4096,
+    model_dir = build_standin(kind, tmp_path / "model", max_positions=4096,
                               generation_config=dict(repetition_penalty=1.05, top_k=20, do_sample=True))
     # two shared-data problems whose answers the stand-in has half learned, so that groups mix right and wrong
     examples = list(load_benchmark("gsm8k_train"))[:2]
     data = tmp_path / "two.jsonl"
     data.write_text("".join(json.dumps({"problem": e.problem, "answer": e.answer}) + "\n" for e in examples))
     model, tok = _load(model_dir)
+    turn_end = {"qwen2.5": "<|im_end|>", "llama3": "<|eot_id|>"}[kind]
     memorize(model, tok, [build_prompt(e, "qwen_math_boxed", tok) for e in examples],
-             [f"\\boxed{{{e.answer}}}<|im_end|>" for e in examples], mean_loss_below=0.06)
+             [f"\\boxed{{{e.answer}}}{turn_end}" for e in examples], mean_loss_below=0.06)
     model.save_pretrained(model_dir, safe_serialization=True)
     run = tmp_path / "run"
     rc = main(["train", "--model", str(model_dir), "--task", "math", "--train-data", str(data), "--eval-data", "math500",
@@ -240,7 +246,7 @@ def test_rehearsal_math_on_a_qwen25_standin(tmp_path, engine):
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert any(0 < m["reward/mean"] for m in metrics if "reward/mean" in m)  # the verifier read the stand-in's answers
     config = yaml.safe_load((run / "config.yaml").read_text())
-    assert config["resolved"]["stop_tokens"] == ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    assert config["resolved"]["stop_tokens"] == STOP_TOKENS[kind]
     assert config["resolved"]["ignored_model_generation_settings"] == {"do_sample": "True", "repetition_penalty": "1.05",
                                                                       "top_k": "20"}
     assert config["resolved"]["precision"] == "weights float32, compute float32, AdamW state float32"
@@ -255,4 +261,38 @@ def test_rehearsal_math_on_a_qwen25_standin(tmp_path, engine):
                      "--max-new-tokens", "12", "--backend", "hf", "--output-dir", str(out)]) == 0
         results = json.loads((out / "results.json").read_text())
         assert set(results["benchmarks"]) == {"math500", "gsm8k"}
-        assert results["sampler"]["sampled"]["top_k"] == 0 and results["sampler"]["sampled"]["eos_token_id"] == [256, 257, 258]
+        assert results["sampler"]["sampled"]["top_k"] == 0
+        assert tok.convert_ids_to_tokens(results["sampler"]["sampled"]["eos_token_id"]) == STOP_TOKENS[kind]
+
+
+def test_the_vllm_backend_gets_the_same_sampler_stops_and_one_bos(tmp_path, monkeypatch):
+    """vLLM is not installed here: a stand-in module records what conspo eval would hand it."""
+    import sys
+    import types
+
+    from conspo.benchmark_eval import EvalSettings, _vllm_generate
+
+    seen = {}
+
+    class SamplingParams:
+        def __init__(self, **kwargs):
+            seen["params"] = kwargs
+
+    class FakeLLM:
+        def generate(self, prompts, params, use_tqdm=False):
+            seen["prompts"] = prompts
+            done = types.SimpleNamespace(text="4", token_ids=[1], finish_reason="stop")
+            return [types.SimpleNamespace(outputs=[done]) for _ in prompts]
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(SamplingParams=SamplingParams))
+    tok = load_tokenizer(str(build_standin("llama3", tmp_path / "m")))
+    stop = stop_rule(None, tok)
+    progress = types.SimpleNamespace(update=lambda n: None)
+    _vllm_generate(FakeLLM(), tok, [_chat(tok, "2+2?"), "2+2?\nAnswer:"], n=2, greedy=False, progress=progress,
+                   settings=EvalSettings(model="m", temperature=0.6, top_p=0.95), max_new_tokens=7, stop_strings=("\n",),
+                   stop_ids=stop.token_ids)
+    for prompt in seen["prompts"]:
+        assert prompt["prompt_token_ids"][0] == tok.bos_token_id and prompt["prompt_token_ids"].count(tok.bos_token_id) == 1
+    p = seen["params"]
+    assert (p["temperature"], p["top_p"], p["top_k"], p["repetition_penalty"], p["max_tokens"]) == (0.6, 0.95, -1, 1.0, 7)
+    assert p["stop_token_ids"] == list(stop.token_ids) and p["stop"] == ["\n"]

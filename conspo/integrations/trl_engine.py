@@ -109,7 +109,8 @@ def unwrap(model):
 
 
 def use_conspo_sampler(model, tokenizer, task):
-    """Give the model conspo's neutral generation config before TRL reads it, and return the model's own.
+    """Give the model conspo's neutral generation config before TRL reads it; return the model's own and the
+    ``StopRule`` (with vLLM, its ids go to vLLM's SamplingParams as ``stop_token_ids``).
 
     TRL builds its sampler from its own options and lets transformers fill every other field from
     ``model.generation_config`` (a repetition penalty, an n-gram ban, ...), and stops at that config's EOS
@@ -127,7 +128,7 @@ def use_conspo_sampler(model, tokenizer, task):
     own = unwrap(model).generation_config
     unwrap(model).generation_config = GenerationConfig(eos_token_id=list(stop.token_ids), pad_token_id=tokenizer.pad_token_id,
                                                        bos_token_id=tokenizer.bos_token_id)
-    return own
+    return own, stop
 
 
 def trl_reward_functions(cfg: TrainConfig, task_reward, *, max_new_tokens: int) -> list:
@@ -326,7 +327,7 @@ def run_trl_training(cfg: TrainConfig, *, log=print) -> dict:
                                                                max_new_tokens=max_new_tokens)[0].accuracy
     if main:
         write_config(run_dir, cfg, resolved_settings(cfg, model, tokenizer, task, device, dtype, max_new_tokens))
-    model_generation_config = use_conspo_sampler(model, tokenizer, task)  # after resolved_settings has read it
+    model_generation_config, stop = use_conspo_sampler(model, tokenizer, task)  # after resolved_settings has read it
 
     # TRL tokenises prompts without special tokens: the BOS a tokenizer adds (Llama, Gemma) goes into the text
     problems = dict(zip(with_bos(tokenizer, [p.prompt for p in task.train_problems()]), task.train_problems()))
@@ -338,6 +339,8 @@ def run_trl_training(cfg: TrainConfig, *, log=print) -> dict:
     reward_funcs = trl_reward_functions(cfg, task_reward, max_new_tokens=max_new_tokens)
     kwargs = trl_arguments(cfg, max_new_tokens=max_new_tokens, output_dir=str(run_dir),
                            use_cpu=device.type == "cpu", dtype=dtype)
+    if cfg.vllm_mode != "none":  # vLLM stops at the model's EOS only: the turn markers too, as with transformers
+        kwargs["generation_kwargs"] = {"stop_token_ids": list(stop.token_ids)}
 
     writer = MetricsWriter(run_dir, [], asdict(cfg), resume_step=start_step if cfg.resume else None) if main else None
     if main and not cfg.resume:
