@@ -15,13 +15,13 @@
 # Settings (environment): STEPS (100), EVAL_EVERY (25), LRS, OBJECTIVES, OUT (runs/chain), ABLATIONS
 # (ConSPO's option sets, separated by '|'; empty: none), FINAL_SEEDS ("2 3 4"), ABLATION_SEEDS
 # (FINAL_SEEDS), BASE_OPTIONS (options of the chain base's warm-up for every run; empty: the defaults;
-# the runs of 5.1: "--sft-lr 2e-3 --sft-steps 1500 --sft-stop-accuracy 0.5"), and
+# the runs of docs/experiments/chain.md section 2: "--sft-lr 2e-3 --sft-steps 1500 --sft-stop-accuracy 0.5"), and
 # DAPO: the options that make DAPO complete (dynamic sampling, overlong filtering and soft overlong
 # punishment with its buffer just past the longest correct chain: 5 of the task's 70 tokens).
 # Cost: about 1.5 minutes per 100-step run on one thread, two at a time: the sweep (40 runs) about half
 # an hour, the final phase (36 runs) about half an hour on a 2-core machine. The runs of 2026-11-29
-# (BENCHMARKS.md 5.1): `sweep`, then `final` with each objective's best rate from the sweep.
-# The runs on the present chain default base (BENCHMARKS.md 5.2): OUT=runs/chain2 STEPS=300 EVAL_EVERY=50,
+# (docs/experiments/chain.md section 2): `sweep`, then `final` with each objective's best rate from the sweep.
+# The runs on the present chain default base (docs/experiments/chain.md section 3): OUT=runs/chain2 STEPS=300 EVAL_EVERY=50,
 # `sweep` with LRS="1e-6 3e-6 1e-5", then `final` with FINAL_SEEDS=2 ABLATION_SEEDS="0 1 2" and two ablations.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,7 +35,7 @@ DAPO=${DAPO:-"--dynamic-sampling --mask-truncated --overlong-buffer 5"}
 FINAL_SEEDS=${FINAL_SEEDS:-"2 3 4"}
 ABLATION_SEEDS=${ABLATION_SEEDS:-$FINAL_SEEDS}
 ABLATIONS=${ABLATIONS-"--score sum|--tau 0.1|--tau 1.0|--margin-schedule linear --margin-end 0.1|--margin-schedule linear --margin-end 0.3|--margin-schedule cosine --margin-end 0.3|--margin-schedule step --margin-end 0.3"}
-read -r -a base_options <<< "${BASE_OPTIONS:-}"  # e.g. the first chain default's warm-up (BENCHMARKS.md 5.1)
+read -r -a base_options <<< "${BASE_OPTIONS:-}"  # e.g. the first chain default's warm-up (docs/experiments/chain.md section 2)
 common=(--task chain --steps "$STEPS" --eval-every "$EVAL_EVERY" --threads 1 --no-progress "${base_options[@]}")
 mkdir -p "$OUT"
 queue=$OUT/queue

@@ -1,7 +1,7 @@
 """Experiment, not a feature: `conspo train --task chain` with RL rewarding only the exact worked chain.
 
 The chain task verifies the final answer only, so a right total reached after leaving the chain scores
-1 and a faithful continuation of a slip scores 0 (docs/design.md section 8.1). This asks what changes
+1 and a faithful continuation of a slip scores 0 (docs/experiments/chain.md). This asks what changes
 when that incentive is gone: during RL a completion scores 1 only when it is the worked chain itself;
 held-out accuracy (the problems of the held-out split) is still the final-answer check, so the runs
 compare with ordinary ones. The swap is done by wrapping ChainTask.score in this process only.

@@ -14,7 +14,7 @@ replaced by their sum (the prompt's terms are the first predecessor). For each m
 
 Why: outcome-reward RL pushes down every token of a wrong completion, including the faithful
 continuation after a slip, and pushes up right totals reached by a wrong chain; this measures
-whether training moved the model from following its chain (docs/design.md section 8.1).
+whether training moved the model from following its chain (docs/experiments/chain.md).
 
     .venv/bin/python bench/chain_faithfulness.py BASE_DIR RUN/final [...] [--samples 4] [--temperature 0.7]
 """

@@ -157,11 +157,11 @@ class TrainConfig:
     sft_lr: float = 1.5e-3
     """Learning rate of the supervised warm-up."""
     sft_decay_steps: int = 0
-    """0: the warm-up's learning rate decays linearly to zero at its last step. N > sft_steps: it decays over N steps and the warm-up stops at sft_steps, so the base is a checkpoint from the middle of a longer schedule, not an annealed one (on one machine RL improved such a chain base and wrecked annealed ones; on another it wrecked both: docs/design.md section 8.1)."""
+    """0: the warm-up's learning rate decays linearly to zero at its last step. N > sft_steps: it decays over N steps and the warm-up stops at sft_steps, so the base is a checkpoint from the middle of a longer schedule, not an annealed one (on one machine RL improved such a chain base and wrecked annealed ones; on another it wrecked both: docs/experiments/chain.md)."""
     sft_batch_size: int = 128
     """Batch size of the supervised warm-up."""
     sft_stop_accuracy: float = 0.0
-    """Stop the warm-up at the first check (every 25 steps) where greedy accuracy on 200 of the task's training problems (never held-out ones) reaches this; sft_steps is then the most it trains. 0: off. Sets the base by what it can do, not by a step count: the chain warm-up learns abruptly, at a step that moved from about 900 to about 1,300 between two machines (docs/design.md section 8.1)."""
+    """Stop the warm-up at the first check (every 25 steps) where greedy accuracy on 200 of the task's training problems (never held-out ones) reaches this; sft_steps is then the most it trains. 0: off. Sets the base by what it can do, not by a step count: the chain warm-up learns abruptly, at a step that moved from about 900 to about 1,300 between two machines (docs/experiments/chain.md)."""
     cache_dir: str = "~/.cache/conspo"
     """Where the warmed-up tiny base is cached."""
 
@@ -373,7 +373,7 @@ TASK_DEFAULTS: dict[str, dict] = {
     # moves between machines and seeds); at half the first default's warm-up rate (1e-3 over a 3,000-step
     # schedule) it stopped at step 1,125 with a base that RL at 3e-6 lifted by 15-18 points in 300 steps
     # (3 seeds), where the first default's base (lr 2e-3, stop at 50%) levelled off 9-11 points up at
-    # every rate tried (docs/design.md section 8.1, BENCHMARKS.md sections 5.1-5.2)
+    # every rate tried (docs/experiments/chain.md)
     "chain": {"sft_steps": 3000, "sft_stop_accuracy": 0.45, "sft_batch_size": 64, "sft_lr": 1e-3,
               "lr": 3e-6, "steps": 300, "eval_every": 50, "prompts_per_step": 8},
 }

@@ -85,7 +85,7 @@ def supervised_warmup(model, tokenizer, task: Task, *, steps: int, lr: float, ba
     AdamW with the learning rate decaying linearly to zero over ``decay_steps`` (``steps`` when 0),
     lr_t = lr * (1 - t / decay_steps); training stops after ``steps``. Stopping before the end of
     the schedule leaves a base that is not annealed (on one machine RL improved such a chain base and
-    made annealed ones worse; on another it made both worse: docs/design.md section 8.1).
+    made annealed ones worse; on another it made both worse: docs/experiments/chain.md).
 
     ``stop_accuracy`` > 0: every ``WARMUP_CHECK_EVERY`` steps, greedy accuracy on the first
     ``WARMUP_CHECK_PROBLEMS`` training problems (held-out ones are never looked at) is measured and

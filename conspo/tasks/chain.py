@@ -1,6 +1,6 @@
 """Sums worked out step by step, the built-in task with chains: ``"7+15+9+2="`` -> ``"22+9+2=31+2=33"``.
 
-Made to test claims about long, varying completions on a CPU (issue 12; docs/design.md section 8.1):
+Made to test claims about long, varying completions on a CPU (docs/experiments/chain.md):
 a correct completion rewrites the sum once per step, its first two numbers replaced by their sum
 and the rest copied, until one number is left, so its length grows with the number of terms
 (4 to 7 terms from 1 to 19: 11 to 64 characters, one token each with the tiny model's character
@@ -8,7 +8,7 @@ tokenizer, plus end-of-sequence). Only the final answer is verified (the number 
 ``=``), as with real math rewards: a chain with a slip that still ends on the right total scores 1,
 and a long chain ending on a wrong total scores 0. Why these terms: with one-digit terms the tiny
 model read the total off the prompt and the chain was decoration (RL could not improve it); terms
-up to 99 were too hard to learn in a CPU warm-up (docs/design.md section 8.1).
+up to 99 were too hard to learn in a CPU warm-up (docs/experiments/chain.md).
 """
 
 from __future__ import annotations
