@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: install run test clean
+.PHONY: install run test test-fast lint clean
 
 install: $(STAMP)
 
@@ -21,6 +21,12 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: $(STAMP)  # the tier without the tests marked slow (end-to-end runs, torchrun, fault injection)
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+lint: $(STAMP)  # ruff's settings are in pyproject.toml
+	$(PY) -m ruff check conspo tests tests_verl bench examples
 
 clean:
 	rm -rf $(VENV) $(VERL_VENV) .pytest_cache  # never runs/: results are not build output
