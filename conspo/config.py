@@ -101,9 +101,9 @@ class TrainConfig:
     margin_horizon: int = 0
     """Optimizer steps to reach margin_end; 0: the whole run."""
     positive_threshold: float = 0.5
-    """A completion is positive (correct) when its reward is >= this (positive_rule `threshold`)."""
-    positive_rule: Literal["threshold", "group_mean"] = "threshold"
-    """How ConSPO picks a group's positives: `threshold` (reward at least positive_threshold) or `group_mean` (reward strictly above the mean reward of its group: for graded rewards; a group whose rewards are all equal has no positive)."""
+    """positive_rule `threshold`: a completion is positive when its reward is >= this. Also the bar of held-out `positive_frac` (a held-out completion has no group)."""
+    positive_rule: Literal["threshold", "group_mean"] = "group_mean"
+    """How ConSPO picks a group's positives: `group_mean` (reward strictly above the mean reward of its group: for 0/1 rewards exactly the completions scoring 1, and it works for graded rewards; a group whose rewards are all equal has no positive) or `threshold` (reward at least positive_threshold)."""
     score: Literal["mean", "sum"] = "mean"
     """ConSPO's sequence score: `mean` token log-prob (length-normalised, the paper's) or `sum` (ablation)."""
     eps_low: float | None = None
@@ -214,7 +214,7 @@ class TrainConfig:
                 bad(name, "must be a finite number > 0")
         if self.positive_rule != "threshold" and self.positive_threshold != TrainConfig.positive_threshold:
             bad("positive_threshold", f"is only used by positive_rule=threshold; positive_rule={self.positive_rule} "
-                "picks positives by the group's mean reward: leave positive_threshold at its default")
+                "picks positives by the group's mean reward: add --positive-rule threshold, or leave positive_threshold at its default")
         if not 0 < self.top_p <= 1:
             bad("top_p", "must be in (0, 1]")
         if 0 < self.sft_decay_steps < self.sft_steps:

@@ -66,6 +66,8 @@ def test_option_is_honoured_or_refused_by_each_engine(name, monkeypatch):
             cfg = dataclasses.replace(cfg, vllm_mode="server" if name.startswith("vllm_server") else "colocate")
         if name == "overlong_penalty_factor":  # used only with the penalty on
             cfg = dataclasses.replace(cfg, overlong_buffer=2)
+        if name == "positive_threshold":  # used only by the threshold rule
+            cfg = dataclasses.replace(cfg, positive_rule="threshold")
         if engine in ENGINE_SUPPORT[name]:
             if name == "micro_batch_size" or name == "group_size":
                 cfg = dataclasses.replace(cfg, group_size=4)
@@ -88,12 +90,14 @@ TRL_ARG_FIELDS = ["steps", "prompts_per_step", "group_size", "max_new_tokens", "
 
 @pytest.mark.parametrize("name", TRL_ARG_FIELDS)
 def test_trl_honoured_options_reach_trls_config(name):
-    base = TrainConfig(engine="trl", margin_schedule="linear")
+    base = TrainConfig(engine="trl", margin_schedule="linear", positive_rule="threshold")
     if name == "overlong_penalty_factor":  # its weight reaches TRL only with the penalty on
         base = dataclasses.replace(base, overlong_buffer=2)
     changed = dataclasses.replace(base, **{name: _other_value(name)})
     if name == "margin_schedule":
         changed = dataclasses.replace(base, margin_schedule="cosine")
+    if name == "positive_rule":
+        changed = dataclasses.replace(base, positive_rule="group_mean")
 
     def args(cfg):
         return trl_arguments(cfg, max_new_tokens=cfg.max_new_tokens or 8, output_dir="x", use_cpu=True, bf16=False)
