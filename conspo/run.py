@@ -158,15 +158,9 @@ def resolve_device_dtype(cfg: TrainConfig) -> tuple[torch.device, torch.dtype]:
 
 def make_task(cfg: TrainConfig):
     """The task the config names (prompts, held-out problems, verifier); bad data is a ConfigError."""
-    from conspo.tasks import get_task
+    from conspo.tasks import task_from_config
 
-    if cfg.task == "math":
-        try:
-            return get_task("math", train=cfg.train_data, heldout=cfg.eval_data, data_dir=cfg.data_dir or None,
-                            template=cfg.prompt_template, answer_extraction=cfg.answer_extraction)
-        except (ValueError, OSError) as e:  # the loaders name the file, line and field
-            raise ConfigError(f"task math: {e}") from None
-    return get_task(cfg.task)
+    return task_from_config(cfg)
 
 
 def load_model(cfg: TrainConfig, task, device, dtype, log):
