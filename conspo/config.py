@@ -220,9 +220,6 @@ class TrainConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 bad(name, "must be a finite number > 0")
-        if self.positive_rule != "threshold" and self.positive_threshold != TrainConfig.positive_threshold:
-            bad("positive_threshold", f"is only used by positive_rule=threshold; positive_rule={self.positive_rule} "
-                "picks positives by the group's mean reward: add --positive-rule threshold, or leave positive_threshold at its default")
         if not 0 < self.top_p <= 1:
             bad("top_p", "must be in (0, 1]")
         if 0 < self.sft_decay_steps < self.sft_steps:
@@ -278,7 +275,7 @@ class TrainConfig:
         """Options with no effect on this objective, task or model (conspo/options.py), and the data task's needs."""
         from conspo.options import refused_option
 
-        refusal = refused_option(self, {**asdict(TrainConfig()), **task_defaults(self.task)})
+        refusal = refused_option(self, asdict(TrainConfig()), task_defaults(self.task))
         if refusal:
             raise ConfigError(refusal)
         if self.task == "data" and not (self.train_data and self.reward):

@@ -21,7 +21,7 @@ class EvalResult:
     mean_length: float  # completion tokens, EOS included
     truncated_frac: float
     n: int
-    #: with the user's rewards: heldout/positive_frac (total reward >= positive_threshold: a held-out completion has
+    #: with the user's rewards: heldout/positive_frac (the threshold rule on the total reward: a held-out completion has
     #: no group to compare with) and heldout/rewards/<name>/mean for each reward
     reward_metrics: dict = field(default_factory=dict)
 
@@ -58,14 +58,14 @@ def evaluate_greedy(
 
 
 def _score_with_rewards(rewards, problems, completions, positive_threshold) -> tuple[float, dict]:
-    from conspo.objectives import combine_rewards
+    from conspo.objectives import at_threshold, combine_rewards
     from conspo.tasks import reward_inputs
 
     scored = rewards.score(*reward_inputs(problems, completions))
     per_reward = scored.tensor()
     total = combine_rewards(per_reward, torch.tensor(rewards.weights, dtype=per_reward.dtype))
     kept = total[~torch.isnan(total)]
-    metrics = {"heldout/positive_frac": float((kept >= positive_threshold).double().mean()) if len(kept) else math.nan}
+    metrics = {"heldout/positive_frac": float(at_threshold(kept, positive_threshold).double().mean()) if len(kept) else math.nan}
     for k, name in enumerate(scored.names):
         column = per_reward[:, k][~torch.isnan(per_reward[:, k])]
         metrics[f"heldout/rewards/{name}/mean"] = float(column.mean()) if len(column) else math.nan

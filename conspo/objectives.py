@@ -191,6 +191,11 @@ POSITIVE_RULES = ("threshold", "group_mean")
 DEFAULT_POSITIVE_RULE = "group_mean"
 
 
+def at_threshold(rewards: torch.Tensor, positive_threshold: float) -> torch.Tensor:
+    """The threshold rule's positives: reward >= positive_threshold (also held-out ``positive_frac``'s bar)."""
+    return rewards >= positive_threshold
+
+
 def contrastive_sets(
     rewards: torch.Tensor, present: torch.Tensor, group_size: int, positive_threshold: float = 0.5,
     positive_rule: str = DEFAULT_POSITIVE_RULE,
@@ -217,7 +222,7 @@ def contrastive_sets(
     present = present.bool().view(shape)
     r = rewards.view(shape)
     if positive_rule == "threshold":
-        above = r >= positive_threshold
+        above = at_threshold(r, positive_threshold)
     elif positive_rule == "group_mean":
         # Mean over the rows that take part only: an empty or unscorable row must not move the bar.
         zeros = torch.zeros_like(r)

@@ -48,6 +48,11 @@ OPTION_NEEDS: dict[str, Need] = {
 
 #: Options that need a second one on top of their axis (checked after OPTION_NEEDS).
 MARGIN_CURRICULUM_OPTIONS = ("margin_end", "margin_horizon")
+_THRESHOLD_RULE = Need("positive_rule", ("threshold",), "it is only used by positive_rule=threshold; group_mean picks "
+                                                         "positives by the group's mean reward: add --positive-rule "
+                                                         "threshold, or leave positive_threshold at its default")
+SECOND_NEEDS: dict[str, Need] = {**{name: _CURRICULUM for name in MARGIN_CURRICULUM_OPTIONS},
+                                 "positive_threshold": _THRESHOLD_RULE}
 
 
 def axis_value(cfg, axis: str) -> str:
@@ -61,16 +66,20 @@ def axis_value(cfg, axis: str) -> str:
     return getattr(cfg, axis)
 
 
-def refused_option(cfg, defaults: dict) -> str | None:
-    """The first option ``cfg`` sets away from ``defaults`` (the task's defaults included) whose need is not met,
-    as a one-line message; None when every option set has an effect."""
+def refused_option(cfg, defaults: dict, task_defaults: dict) -> str | None:
+    """The first option ``cfg`` sets away from its default (``defaults``, or the task's own in ``task_defaults``)
+    whose need is not met, as a one-line message; None when every option set has an effect."""
     checks = [(name, need) for name, need in OPTION_NEEDS.items()]
-    checks += [(name, _CURRICULUM) for name in MARGIN_CURRICULUM_OPTIONS]
+    checks += list(SECOND_NEEDS.items())
     for name, need in checks:
-        if getattr(cfg, name) == defaults[name] or axis_value(cfg, need.axis) in need.values:
+        value = getattr(cfg, name)
+        if value in (defaults[name], task_defaults.get(name, defaults[name])) or axis_value(cfg, need.axis) in need.values:
             continue
         now = {"reward": "no --reward", "model": f"model {cfg.model} (not the tiny base)"}.get(
             need.axis, f"{need.axis} {getattr(cfg, need.axis)}")
         return (f"invalid config: {name}={getattr(cfg, name)!r} has no effect with {now}: "
                 f"{need.instead}")
+    if cfg.objective == "conspo" and cfg.margin_schedule != "constant" and cfg.margin_start == cfg.margin_end:
+        return (f"invalid config: margin_schedule={cfg.margin_schedule!r} has no effect with margin_start = margin_end "
+                f"= {cfg.margin_end}: set --margin-end (the margin reached at --margin-horizon), or drop the schedule")
     return None
