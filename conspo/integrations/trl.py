@@ -59,6 +59,7 @@ from conspo.objectives import (
     resolve_group_mode,
     sequence_scores,
 )
+from conspo.rewards.base import SilentRewardWatch
 from conspo.schedules import MARGIN_SCHEDULES, margin_curriculum
 
 SUPPORTED_TRL_VERSIONS = ("1.16.",)
@@ -226,6 +227,7 @@ class ConSPOTrainer(GRPOTrainer):
         self._conspo_valid_counts = None
         self._conspo_scored_step = 0
         self._conspo_no_signal = _NoSignalWatch(self.args)
+        self._conspo_silent_rewards = None  # per reward: SilentRewardWatch, built at the first batch
 
     # ---- margin --------------------------------------------------------------------------
 
@@ -279,6 +281,16 @@ class ConSPOTrainer(GRPOTrainer):
         message = self._conspo_no_signal.update(bool(valid.any()), all_rewards, steps)
         if message and self.accelerator.is_main_process:  # every process sees the same global batch: warn once
             warnings.warn(message, stacklevel=2)
+        if len(self.reward_funcs) > 1:  # one reward: the warning above is that reward's
+            if self._conspo_silent_rewards is None:
+                self._conspo_silent_rewards = SilentRewardWatch(self.reward_func_names,
+                                                                after=self.args.no_valid_group_warn_steps)
+            for message in self._conspo_silent_rewards.update(
+                    self._conspo_rewards_per_func.double().cpu(), all_present.cpu(), self.num_generations,
+                    weights=self.reward_weights.double().cpu(), **self._group_rule()):
+                if self.accelerator.is_main_process:
+                    warnings.warn(f"ConSPO: {message.removeprefix('WARNING ')} (this warning: no_valid_group_warn_steps)",
+                                  stacklevel=2)
 
     @torch.no_grad()
     def _global_coefficients(self, output, all_rewards, rows, all_present) -> torch.Tensor:
