@@ -72,6 +72,14 @@ def test_your_model_data_and_graded_reward_train_in_both_engines(user_setup, tmp
         samples = read_jsonl(out / "samples.jsonl")
         assert len(samples) == 2 * 2 * 4 and all("graded" in s["rewards"] for s in samples)
         assert samples[0]["columns"]["answer"] and "level" in samples[0]["columns"]
+        from conspo.audit import audit
+
+        result = audit(out, log=lambda *a: None)  # re-scored with the run's own reward, compared exactly
+        assert (result["n"], result["rewards"], result["changed"]) == (16, ["graded"], 0)
+        assert "every completion" in result["coverage"]
+        samples[3]["rewards"]["graded"] += 1e-12  # one recorded score off by a hair: found
+        (out / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+        assert audit(out, log=lambda *a: None)["changed"] == 1
 
 
 def test_reward_set_calls_rewards_as_trl_does(user_setup):

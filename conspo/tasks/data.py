@@ -177,3 +177,32 @@ class DataTask:
                 row["prompt"] = raw if _is_messages(raw) else self.render(raw)
             rows.append(row)
         return rows
+
+
+def load_problem_set(source: str, data_dir: str | None = None, *, split: str = "test"):
+    """Math problems (``conspo.tasks.math_data.Example``: id, problem, answer) from a short name or a path, the
+    same resolver as ``load_rows``; used by ``--task math`` and ``conspo eval``. JSONL rows are validated by
+    ``load_jsonl`` (ids optional: rows without an ``id`` field are numbered)."""
+    from conspo.tasks.math_data import BENCHMARKS, Example, LoadedExamples, LoadReport, load_benchmark, load_jsonl
+
+    if source in BENCHMARKS:
+        return load_benchmark(source, data_dir)
+    kind, where = resolve_data_source(source, data_dir)
+    if kind == "jsonl":
+        with open(where, encoding="utf-8") as f:
+            first = next((line for line in f if line.strip()), "{}")
+        try:
+            has_ids = "id" in json.loads(first)
+        except (json.JSONDecodeError, TypeError):
+            has_ids = False
+        return load_jsonl(where, id_field="id" if has_ids else None)
+    rows = load_rows(source, data_dir, split=split)
+    examples = []
+    for i, row in enumerate(rows):
+        if not (isinstance(row.get("problem"), str) and row.get("answer") not in (None, "")):
+            raise ValueError(f"{source} row {i}: needs a `problem` string and an `answer` (has {', '.join(sorted(row))})")
+        examples.append(Example(id=str(row.get("id", f"{Path(where).name}-{i}")), problem=row["problem"],
+                                answer=str(row["answer"]), source=source,
+                                extra={k: v for k, v in row.items() if k not in ("id", "problem", "answer")}))
+    report = LoadReport(origin=source, n_rows=len(rows), n_loaded=len(examples))
+    return LoadedExamples(examples, report)
