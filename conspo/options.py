@@ -83,3 +83,17 @@ def refused_option(cfg, defaults: dict, task_defaults: dict) -> str | None:
         return (f"invalid config: margin_schedule={cfg.margin_schedule!r} has no effect with margin_start = margin_end "
                 f"= {cfg.margin_end}: set --margin-end (the margin reached at --margin-horizon), or drop the schedule")
     return None
+
+
+def without_ineffective(cfg, defaults: dict, task_defaults: dict) -> list[str]:
+    """Reset, in place, every option ``cfg`` sets that has no effect there (what ``refused_option`` would refuse);
+    return their names. For a resumed run's saved config: versions before this table saved such options (e.g.
+    train_data on the addition task), and they had no effect then either."""
+    reset = []
+    for name, need in [*OPTION_NEEDS.items(), *SECOND_NEEDS.items()]:
+        value = getattr(cfg, name)
+        if value in (defaults[name], task_defaults.get(name, defaults[name])) or axis_value(cfg, need.axis) in need.values:
+            continue
+        setattr(cfg, name, task_defaults.get(name, defaults[name]))
+        reset.append(name)
+    return reset

@@ -258,6 +258,10 @@ def merge_resumed_config(cfg: TrainConfig, explicit: set[str]) -> TrainConfig:
     with open(checkpoint / "state.json") as f:
         saved = json.load(f)["config"]
     merged = TrainConfig(**{k: v for k, v in saved.items() if k in {f.name for f in fields(TrainConfig)}})
+    from conspo.config import task_defaults
+    from conspo.options import without_ineffective
+
+    without_ineffective(merged, asdict(TrainConfig()), task_defaults(merged.task))  # saved by older versions
     for name in explicit | {"resume", "stop_after"}:
         setattr(merged, name, getattr(cfg, name))
     if "output_dir" not in explicit:

@@ -101,3 +101,22 @@ def test_probes_end_in_one_line_and_a_non_zero_exit(probe, tmp_path):
     assert proc.returncode != 0
     assert len(proc.stderr.strip().splitlines()) == 1 and "has no effect" in proc.stderr, proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_a_resumed_run_saved_by_an_older_version_drops_the_options_it_never_used():
+    """Older config.yaml files hold every option (train_data on the addition task, positive_rule on GRPO):
+    those had no effect then either, so a resume resets them instead of refusing the run."""
+    from dataclasses import asdict
+
+    from conspo.config import task_defaults
+    from conspo.options import without_ineffective
+
+    saved = TrainConfig(objective="grpo", positive_rule="threshold", train_data="math_train", eval_data="math500",
+                        margin_end=0.2)
+    with pytest.raises(ConfigError):
+        saved.validate()
+    reset = without_ineffective(saved, asdict(TrainConfig()), task_defaults(saved.task))
+    assert sorted(reset) == ["eval_data", "margin_end", "positive_rule", "train_data"]
+    saved.validate()
+    kept = TrainConfig(positive_rule="threshold")  # a ConSPO run trained with the threshold rule keeps it
+    assert without_ineffective(kept, asdict(TrainConfig()), {}) == [] and kept.positive_rule == "threshold"
