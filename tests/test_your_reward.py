@@ -154,3 +154,42 @@ def test_train_data_without_a_reward_or_task_is_refused_in_one_line(tmp_path):
     assert proc.returncode != 0
     line = proc.stderr.strip().splitlines()[-1]
     assert "train_data='my.jsonl' has no effect with task addition" in line and "--reward" in line
+
+
+def test_conversational_prompts_are_rendered_and_rewards_get_messages(tmp_path):
+    from conspo.tasks import reward_inputs
+    from conspo.tasks.data import DataTask
+
+    rows = [{"prompt": [{"role": "user", "content": f"{a}+1"}], "answer": str(a + 1), "id": f"r{a}"} for a in range(12)]
+    (tmp_path / "chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    seen = {}
+
+    def reward(prompts, completions, answer, id, **kwargs):  # noqa: A002
+        seen.update(prompts=prompts, completions=completions, id=id)
+        return [1.0 if c[0]["content"] == a else 0.0 for c, a in zip(completions, answer)]
+
+    task = DataTask(str(tmp_path / "chat.jsonl"), reward_funcs=[reward])
+    tokenizer = build_char_tokenizer(CHARS)
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}={% endif %}"
+    task.set_tokenizer(tokenizer)
+    train, heldout = task.train_problems(), task.heldout_problems()
+    assert len(train) == 11 and [p.id for p in heldout] == ["r11"]  # the last 10% held out, never trained on
+    assert train[0].prompt == "0+1="
+    scored = task.rewards.score(*reward_inputs(train[:2], ["1", "5"]))
+    assert scored.per_reward == [[1.0, 0.0]]
+    assert seen["prompts"][0] == rows[0]["prompt"] and seen["completions"][1] == [{"role": "assistant", "content": "5"}]
+    assert seen["id"] == ["r0", "r1"]
+    trl_rows = task.trl_rows()
+    assert trl_rows[0]["prompt"] == rows[0]["prompt"] and trl_rows[0]["answer"] == "1"
+
+
+def test_prompt_field_maps_another_column_and_a_missing_prompt_is_named(tmp_path):
+    from conspo.tasks.data import DataTask
+
+    rows = [{"question": f"{a}+1=", "answer": str(a + 1)} for a in range(4)]
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValueError, match=r"q.jsonl row 0: field 'problem' must be .*the row has answer, question.*--prompt-field"):
+        DataTask(str(tmp_path / "q.jsonl"), reward_funcs=[len])
+    task = DataTask(str(tmp_path / "q.jsonl"), prompt_field="question", reward_funcs=[len])
+    task.set_tokenizer(build_char_tokenizer(CHARS))
+    assert task.train_problems()[0].prompt == "0+1=" and task.train_problems()[0].meta["columns"]["question"] == "0+1="
