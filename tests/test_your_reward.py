@@ -179,6 +179,7 @@ def test_conversational_prompts_are_rendered_and_rewards_get_messages(tmp_path):
     assert scored.per_reward == [[1.0, 0.0]]
     assert seen["prompts"][0] == rows[0]["prompt"] and seen["completions"][1] == [{"role": "assistant", "content": "5"}]
     assert seen["id"] == ["r0", "r1"]
+    assert task.score(train[:2], ["1", "5"]) == [1.0, 0.0]
     trl_rows = task.trl_rows()
     assert trl_rows[0]["prompt"] == rows[0]["prompt"] and trl_rows[0]["answer"] == "1"
 

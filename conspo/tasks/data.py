@@ -167,6 +167,16 @@ class DataTask:
     def heldout_problems(self) -> list[Problem]:
         return self._problems("heldout")
 
+    def score(self, problems: list[Problem], completions: list[str]) -> list[float]:
+        """The weighted total of the rewards per completion (0 where no reward scored it)."""
+        import torch
+
+        from conspo.objectives import combine_rewards
+        from conspo.tasks import reward_inputs
+
+        per_reward = self.rewards.score(*reward_inputs(problems, completions)).tensor()
+        return torch.nan_to_num(combine_rewards(per_reward, torch.tensor(self.reward_weights))).tolist()
+
     def trl_rows(self) -> list[dict]:
         """The training rows as TRL's GRPOTrainer reads them (the prompt column named ``prompt``)."""
         rows = []
