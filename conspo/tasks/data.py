@@ -38,7 +38,7 @@ def resolve_data_source(source: str, data_dir: str | None = None) -> tuple[str, 
         return "disk", str(path)
     if path.suffix.lower() in (".jsonl", ".json") or path.is_file():
         if not path.is_file():
-            raise FileNotFoundError(f"{source}: no such file")
+            raise FileNotFoundError(f"{source}: no such JSONL file")
         return "jsonl", str(path)
     if source.count("/") == 1 and not source.startswith((".", "/", "~")):
         return "hub", source
