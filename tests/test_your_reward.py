@@ -194,3 +194,24 @@ def test_prompt_field_maps_another_column_and_a_missing_prompt_is_named(tmp_path
     task = DataTask(str(tmp_path / "q.jsonl"), prompt_field="question", reward_funcs=[len])
     task.set_tokenizer(build_char_tokenizer(CHARS))
     assert task.train_problems()[0].prompt == "0+1=" and task.train_problems()[0].meta["columns"]["question"] == "0+1="
+
+
+def test_your_rewards_on_a_built_in_task_replace_its_verifier(tmp_path):
+    """--reward on the addition task: the named built-in verifier plus a bonus that never moves the update under
+    the threshold rule, which the run names."""
+    from helpers import TINY
+
+    (tmp_path / "bonus.py").write_text("def bonus(prompts, completions, answer, **kw):\n"
+                                       "    return [0.2 if len(c) == len(a) else 0.0 for c, a in zip(completions, answer)]\n")
+    out = tmp_path / "run"
+    proc = run_cli("train", *TINY, "--steps", "3", "--eval-every", "0", "--output-dir", str(out),
+                   "--reward", "conspo.rewards.verifiers:exact_answer", "--reward", f"{tmp_path / 'bonus.py'}:bonus",
+                   "--positive-rule", "threshold", cache_dir=str(tmp_path / "cache"))
+    steps = [m for m in read_jsonl(out / "metrics.jsonl") if "reward/mean" in m]
+    assert len(steps) == 3 and all("rewards/exact_answer/mean" in m and "rewards/bonus/mean" in m for m in steps)
+    said = proc.stdout + proc.stderr
+    assert ("WARNING reward bonus: its differences within groups changed no update in the first 3 steps: under "
+            "positive_rule=threshold") in said
+    # the 3-step base solves nothing, so the verifier scores every group alike, and is named for that
+    assert "reward exact_answer: " not in said or "exact_answer: its differences within groups changed no update " \
+        "in the first 3 steps: it scored the completions of every group alike" in said

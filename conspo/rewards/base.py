@@ -203,6 +203,7 @@ class SilentRewardWatch:
     def __init__(self, names: Sequence[str], *, after: int = 10):
         self.names, self.after = list(names), after
         self.moved = [False] * len(self.names)
+        self.varied = [False] * len(self.names)  # differed within some group at all
         self.steps, self.done = 0, not after
 
     def update(self, per_reward, present, group_size: int, *, weights=None, couples_group: bool = True,
@@ -215,16 +216,17 @@ class SilentRewardWatch:
         moved = rewards_that_move_the_update(per_reward, present, group_size, weights=weights,
                                              couples_group=couples_group, positive_rule=positive_rule,
                                              positive_threshold=positive_threshold)
+        varied = rewards_that_move_the_update(per_reward, present, group_size, weights=weights, couples_group=False)
         self.moved = [a or b for a, b in zip(self.moved, moved)]
+        self.varied = [a or b for a, b in zip(self.varied, varied)]
         self.steps += 1
         if self.steps < self.after:
             return []
         self.done = True
-        if couples_group and positive_rule == "threshold":
-            why = (f"under positive_rule=threshold a completion is positive when its total reward is >= "
-                   f"{positive_threshold:g}, and this reward never moved one across that bar: use positive_rule "
-                   "group_mean (the default), or give it a larger weight")
-        else:
-            why = "it scored the completions of every group alike (or not at all)"
+        alike = "it scored the completions of every group alike (or not at all)"
+        across = (f"under positive_rule=threshold a completion is positive when its total reward is >= "
+                  f"{positive_threshold:g}, and this reward never moved one across that bar: use positive_rule "
+                  "group_mean (the default), or give it a larger weight")
         return [f"WARNING reward {name}: its differences within groups changed no update in the first {self.steps} "
-                f"steps: {why}" for name, m in zip(self.names, self.moved) if not m]
+                f"steps: {across if varied and couples_group and positive_rule == 'threshold' else alike}"
+                for name, m, varied in zip(self.names, self.moved, self.varied) if not m]
