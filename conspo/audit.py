@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import re
 import sys
@@ -125,6 +126,11 @@ def audit(path: str | Path, *, strict: bool = False, timeout_s: float = 5.0, wor
     from conspo.rewards.math import STATUSES
 
     file = _find_file(Path(path))
+    config = _run_config(file)
+    if config is not None and (config.get("reward") or config.get("task") in ("addition", "chain")):
+        return audit_own_rewards(file, config, samples=samples, log=log)  # not math: the run's own rewards
+    if config is not None:
+        strict = strict or config.get("answer_extraction") == "strict"  # the run's own setting
     rows, skipped = _read_rows(file)
     if benchmark:
         rows = [r for r in rows if r.get("benchmark") == benchmark]
@@ -158,7 +164,7 @@ def audit(path: str | Path, *, strict: bool = False, timeout_s: float = 5.0, wor
                 total = sum(c.values())
                 log(f"| {name} | {total} | " + " | ".join(f"{c.get(s, 0)} ({c.get(s, 0) / total:.0%})" for s in STATUSES) + " |")
 
-    changed = [r for r in rows if _recorded(r) is not None and (_recorded(r) >= 0.5) != (r["_score"] >= 0.5)]
+    changed = [r for r in rows if _recorded(r) is not None and _recorded(r) != r["_score"]]  # exact scores
     n_recorded = sum(1 for r in rows if _recorded(r) is not None)
     if n_recorded:
         log(f"\nrecorded scores this check does not reproduce: {len(changed)} of {n_recorded}"
@@ -208,6 +214,70 @@ def audit(path: str | Path, *, strict: bool = False, timeout_s: float = 5.0, wor
         log(f"\nper-completion statuses: {out}")
     return {"file": str(file), "n": n, "skipped": skipped, "counts": dict(counts),
             "by_group": {k: dict(v) for k, v in by_group.items()}, "changed": len(changed), "gold_near_end": len(near)}
+
+
+def _run_config(file: Path) -> dict | None:
+    """The config.yaml of the training run that wrote ``file`` (samples.jsonl), else None."""
+    if file.name != "samples.jsonl" or not (file.parent / "config.yaml").is_file():
+        return None
+    import yaml
+
+    with open(file.parent / "config.yaml") as f:
+        return yaml.safe_load(f) or {}
+
+
+def _samples_coverage(rows: list[dict], config: dict) -> str:
+    """Which steps samples.jsonl holds, and the option that decides it."""
+    steps = sorted({r["step"] for r in rows if isinstance(r.get("step"), int)})
+    every, total = config.get("log_samples_every", 100), config.get("steps", 0)
+    if not every:
+        return "the run recorded no samples (--log-samples-every 0)"
+    if total and total <= every:
+        return f"every completion of steps {steps[0] if steps else '-'}..{steps[-1] if steps else '-'} (a run no longer than --log-samples-every {every})"
+    return (f"one group every {every} steps ({len(steps)} steps recorded); a run of at most --log-samples-every "
+            "steps records every completion: pass --log-samples-every >= --steps for that")
+
+
+def audit_own_rewards(file: Path, config: dict, *, samples: int = 3, log=print) -> dict:
+    """Re-score the run's samples with the run's own rewards (config.yaml: ``reward``, else the task's verifier)
+    and compare each recorded score exactly. Returns {"file", "n", "rewards", "changed", "coverage"}."""
+    from conspo.rewards import RewardSet
+    from conspo.rewards.verifiers import chain_final_answer, exact_answer
+    from conspo.tasks import load_rewards
+
+    specs = list(config.get("reward") or [])
+    funcs = load_rewards(specs) if specs else [{"addition": exact_answer, "chain": chain_final_answer}[config["task"]]]
+    rewards = RewardSet(funcs, config.get("reward_weights") or None, errors="zero")
+    rows = []
+    with open(file) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    coverage = _samples_coverage(rows, config)
+    log(f"audit-rewards: {file} ({len(rows)} training samples; {coverage})")
+    log("rewards: " + (", ".join(specs) if specs else f"the {config['task']} task's verifier ({rewards.names[0]})"))
+    if not rows:
+        log("nothing to audit")
+        return {"file": str(file), "n": 0, "rewards": rewards.names, "changed": 0, "coverage": coverage}
+    prompts = [r.get("reward_prompt", r.get("prompt")) for r in rows]
+    completions = [[{"role": "assistant", "content": r["completion"]}] if isinstance(p, list) else r["completion"]
+                   for r, p in zip(rows, prompts)]
+    columns = [r.get("columns") or {"answer": r.get("answer")} for r in rows]
+    scored = rewards.score(prompts, completions, columns)
+    changed = []
+    shaped = bool(config.get("overlong_buffer"))
+    for i, r in enumerate(rows):
+        now = {name: None if math.isnan(v[i]) else v[i] for name, v in zip(scored.names, scored.per_reward)}
+        recorded = r.get("rewards")
+        if recorded is None and not shaped and len(now) == 1:  # one reward, recorded as the reward trained on
+            recorded = {scored.names[0]: r.get("reward")}
+        if recorded is not None and any(recorded.get(name) != value for name, value in now.items()):
+            changed.append((r, recorded, now))
+    log(f"recorded scores the run's rewards do not reproduce exactly: {len(changed)} of {len(rows)}"
+        + (" (the reward code or its inputs changed since the run, or a reward is not deterministic)" if changed else ""))
+    if shaped and not any("rewards" in r for r in rows):
+        log("(the recorded rewards include the overlong penalty: only rewards given with --reward are recorded unshaped)")
+    for r, recorded, now in changed[:max(samples, 0)]:
+        log(f"- step {r.get('step', '?')}: recorded {recorded}, now {now}; end of completion {_tail(r['completion'], 120)!r}")
+    return {"file": str(file), "n": len(rows), "rewards": scored.names, "changed": len(changed), "coverage": coverage}
 
 
 def build_parser(prog: str = "conspo audit-rewards") -> argparse.ArgumentParser:

@@ -88,10 +88,10 @@ def _builtin_benchmark(name: str, settings: EvalSettings) -> Benchmark:
 
 
 def _math_benchmark(name: str, settings: EvalSettings, tokenizer, verifier) -> Benchmark:
-    from conspo.tasks.math_data import build_prompt, load_benchmark, load_jsonl, stop_strings
+    from conspo.tasks.data import load_problem_set
+    from conspo.tasks.math_data import build_prompt, stop_strings
 
-    examples = load_jsonl(name) if name.endswith(".jsonl") else load_benchmark(name, settings.data_dir)
-    examples = examples[: settings.limit or None]
+    examples = load_problem_set(name, settings.data_dir)[: settings.limit or None]  # the resolver train uses
 
     def score(texts, which):
         result = verifier.score(texts, [examples[i].answer for i in which])

@@ -42,7 +42,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, hidden: bool = False) 
         if f.name in starts and not hidden:
             group = parser.add_argument_group(starts[f.name])
         flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not MISSING else None
+        default = f.default if f.default is not MISSING else f.default_factory()
         text = f"{helps.get(f.name, '')} (default: {default!r})".replace("%", "%%")  # argparse formats help with %
         if hidden:
             text = argparse.SUPPRESS
@@ -53,6 +53,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, hidden: bool = False) 
             # choices shown, checked by TrainConfig.validate so the error is the same one line as from YAML
             group.add_argument(flag, dest=f.name, type=str, default=argparse.SUPPRESS, help=text,
                                metavar="{" + ",".join(typing.get_args(hint)) + "}")
+        elif typing.get_origin(hint) is list:  # --reward a.py:f --reward b.py:g; --reward-weights 1 0.5
+            item = typing.get_args(hint)[0]
+            many = dict(action="append", type=item) if item is str else dict(nargs="+", type=item)
+            group.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, help=text, metavar=item.__name__.upper(),
+                               **many)
         elif hint in (int, float, str):
             group.add_argument(flag, dest=f.name, type=hint, default=argparse.SUPPRESS, help=text, metavar=hint.__name__.upper())
         else:  # float | None
@@ -83,6 +88,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, set[str]]:
     for name in names:
         if hasattr(args, name):
             values[name] = getattr(args, name)
+    if "task" not in values and values.get("train_data") and values.get("reward"):
+        values["task"] = "data"  # your data with your reward: no --task needed (config.yaml records it)
     # the task's own calibrated defaults (e.g. --task chain's warm-up and budget), under what was given
     task_default = task_defaults(values.get("task", TrainConfig.task))
     return TrainConfig(**{**task_default, **values}), set(values)
@@ -95,6 +102,10 @@ def _coerce(key, value, hint, source):
         if not isinstance(value, str):
             raise ConfigError(f"--config {source}: {key}={value!r} should be one of {', '.join(typing.get_args(hint))}")
         return value
+    if typing.get_origin(hint) is list:
+        item = typing.get_args(hint)[0]
+        values = value if isinstance(value, list) else [value]
+        return [_coerce(key, v, item, source) for v in values]
     if hint is float or hint not in ok:  # YAML 1.1 reads 1e-5 (no dot) as a string: accept what float() reads
         value = _number_from_text(value)
     if hint in ok:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import ast
 import inspect
 import math
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Literal, get_args, get_type_hints
 
 from conspo.errors import ConfigError
@@ -26,14 +26,22 @@ class TrainConfig:
     """Policy objective: conspo, grpo, dr_grpo, dapo or gspo (all in conspo.objectives)."""
     model: str = "tiny"
     """`tiny`: a ~1M-parameter Qwen2 warmed up on the task (built once, cached). Otherwise any transformers causal LM, local path or hub id."""
-    task: Literal["addition", "chain", "math"] = "addition"
-    """Where prompts, held-out problems and the verifier come from: `addition` (built in, 3-token answers), `chain` (built in: sums of 4-7 terms written out as 11-64-token worked chains, final answer verified) or `math` (train_data / eval_data below, math-verify rewards)."""
-    train_data: str = "math_train"
-    """task=math: training problems, a shared set's short name (math_train, gsm8k_train, ...) or a JSONL path."""
-    eval_data: str = "math500"
-    """task=math: held-out problems, a benchmark short name (math500, aime24, ...) or a JSONL path."""
+    task: Literal["addition", "chain", "math", "data"] = "addition"
+    """Where prompts, held-out problems and the verifier come from: `addition` (built in, 3-token answers), `chain` (built in: sums of 4-7 terms written out as 11-64-token worked chains, final answer verified), `math` (train_data / eval_data below, math-verify rewards) or `data` (your train_data scored by your --reward; chosen when both are given without --task)."""
+    reward: list[str] = field(default_factory=list)
+    """A reward function with TRL's signature `(prompts, completions, **columns) -> list[float | None]` (sync or async; None: no score), as `FILE.py:FUNCTION` or `module:function`; repeat for several, summed with reward_weights. Replaces the task's verifier (which is `conspo.rewards.verifiers:math_accuracy`, `exact_answer` or `chain_final_answer` if you want it too)."""
+    reward_weights: list[float] = field(default_factory=list)
+    """One weight per --reward (TRL's reward_weights); empty: 1 each."""
+    reward_errors: Literal["raise", "zero"] = "raise"
+    """A reward that raises or returns NaN/inf/a non-number: stop with the reward and row named (raise), or score 0 and count it in reward/errors/<name> (zero)."""
+    train_data: str = ""
+    """task=math or data: training rows, a shared set's short name (math_train, gsm8k_train, ...), a JSONL file, a datasets folder (save_to_disk) or a Hub id; task math default: math_train."""
+    eval_data: str = ""
+    """task=math or data: held-out rows, named as train_data; task math default: math500; task data default: the last 10% (at most 200) of train_data, not trained on."""
     data_dir: str = ""
-    """task=math: folder of the shared data sets; empty: $CONSPO_DATA_DIR, else ../shared/data next to a development checkout, else an error naming both."""
+    """task=math or data: folder of the shared data sets (for short names); empty: $CONSPO_DATA_DIR, else ../shared/data next to a development checkout, else an error naming both."""
+    prompt_field: str = ""
+    """task=data: the prompt column (a string, or chat messages rendered with the tokenizer's chat template); empty: `prompt` (TRL's), else `problem`."""
     prompt_template: str = "qwen_math_boxed"
     """task=math: qwen_math_boxed, r1 or plain (rendered with the tokenizer's chat template when it has one)."""
     answer_extraction: Literal["lenient", "strict"] = "lenient"
@@ -101,9 +109,9 @@ class TrainConfig:
     margin_horizon: int = 0
     """Optimizer steps to reach margin_end; 0: the whole run."""
     positive_threshold: float = 0.5
-    """A completion is positive (correct) when its reward is >= this (positive_rule `threshold`)."""
-    positive_rule: Literal["threshold", "group_mean"] = "threshold"
-    """How ConSPO picks a group's positives: `threshold` (reward at least positive_threshold) or `group_mean` (reward strictly above the mean reward of its group: for graded rewards; a group whose rewards are all equal has no positive)."""
+    """positive_rule `threshold`: a completion is positive when its reward is >= this. Also the bar of held-out `positive_frac` (a held-out completion has no group)."""
+    positive_rule: Literal["threshold", "group_mean"] = "group_mean"
+    """How ConSPO picks a group's positives: `group_mean` (reward strictly above the mean reward of its group: for 0/1 rewards exactly the completions scoring 1, and it works for graded rewards; a group whose rewards are all equal has no positive) or `threshold` (reward at least positive_threshold)."""
     score: Literal["mean", "sum"] = "mean"
     """ConSPO's sequence score: `mean` token log-prob (length-normalised, the paper's) or `sum` (ablation)."""
     eps_low: float | None = None
@@ -214,9 +222,6 @@ class TrainConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 bad(name, "must be a finite number > 0")
-        if self.positive_rule != "threshold" and self.positive_threshold != TrainConfig.positive_threshold:
-            bad("positive_threshold", f"is only used by positive_rule=threshold; positive_rule={self.positive_rule} "
-                "picks positives by the group's mean reward: leave positive_threshold at its default")
         if not 0 < self.top_p <= 1:
             bad("top_p", "must be in (0, 1]")
         if 0 < self.sft_decay_steps < self.sft_steps:
@@ -251,6 +256,7 @@ class TrainConfig:
             # its tokenizer knows 19 characters: math prompts become <pad> runs and generation blows up memory
             bad("task", "the tiny model (a 19-character vocabulary) trains only the built-in tasks, addition and chain; "
                 f"--task {self.task} needs --model (a transformers model directory or hub id, e.g. Qwen/Qwen2.5-0.5B-Instruct)")
+        self._validate_options()
         self._validate_device()
         if self.micro_batch_size and self.max_tokens_per_micro_batch:
             bad("max_tokens_per_micro_batch", "set either micro_batch_size or max_tokens_per_micro_batch, not both")
@@ -272,6 +278,23 @@ class TrainConfig:
         except ValueError as e:
             bad("micro_batch_size" if self.micro_batch_size else "group_mode", str(e))
         self._validate_engine()
+
+    def _validate_options(self) -> None:
+        """Options with no effect on this objective, task or model (conspo/options.py), and the data task's needs."""
+        from conspo.options import refused_option
+
+        refusal = refused_option(self, asdict(TrainConfig()), task_defaults(self.task))
+        if refusal:
+            raise ConfigError(refusal)
+        if self.task == "data" and not (self.train_data and self.reward):
+            raise ConfigError("invalid config: task='data' trains your rows with your reward: give both --train-data "
+                              "and --reward FILE.py:FUNC")
+        if self.reward_weights and len(self.reward_weights) != len(self.reward):
+            raise ConfigError(f"invalid config: reward_weights={self.reward_weights!r}: give one weight per --reward "
+                              f"({len(self.reward)})")
+        for spec in self.reward:
+            if ":" not in spec:
+                raise ConfigError(f"invalid config: reward={spec!r}: expected FILE.py:FUNCTION or module:function")
 
     def _validate_device(self) -> None:
         import torch
@@ -374,6 +397,7 @@ TASK_DEFAULTS: dict[str, dict] = {
     # schedule) it stopped at step 1,125 with a base that RL at 3e-6 lifted by 15-18 points in 300 steps
     # (3 seeds), where the first default's base (lr 2e-3, stop at 50%) levelled off 9-11 points up at
     # every rate tried (docs/experiments/chain.md)
+    "math": {"train_data": "math_train", "eval_data": "math500"},
     "chain": {"sft_steps": 3000, "sft_stop_accuracy": 0.45, "sft_batch_size": 64, "sft_lr": 1e-3,
               "lr": 3e-6, "steps": 300, "eval_every": 50, "prompts_per_step": 8},
 }
@@ -390,7 +414,7 @@ _NATIVE = ("native",)
 _TRL = ("trl",)
 ENGINE_SUPPORT: dict[str, tuple[str, ...]] = {
     **{f: _BOTH for f in (
-        "objective", "model", "task", "train_data", "eval_data", "data_dir", "prompt_template", "answer_extraction", "engine", "seed",
+        "objective", "model", "task", "reward", "reward_weights", "prompt_field", "train_data", "eval_data", "data_dir", "prompt_template", "answer_extraction", "engine", "seed",
         "output_dir", "overwrite", "steps", "prompts_per_step", "group_size", "max_new_tokens", "temperature",
         "top_p", "updates_per_batch", "group_mode", "lr", "lr_warmup_steps", "weight_decay", "max_grad_norm",
         "tau", "margin_schedule", "margin_start", "margin_end", "margin_horizon", "positive_threshold",
@@ -401,7 +425,7 @@ ENGINE_SUPPORT: dict[str, tuple[str, ...]] = {
         "eval_every", "eval_size", "report_to", "dtype", "device", "threads", "progress",
         "resume", "stop_after", "save_every", "keep_checkpoints")},
     **{f: _NATIVE for f in (
-        "micro_batch_size", "max_tokens_per_micro_batch", "dynamic_sampling", "dynamic_oversample", "max_consecutive_skips",
+        "reward_errors", "micro_batch_size", "max_tokens_per_micro_batch", "dynamic_sampling", "dynamic_oversample", "max_consecutive_skips",
         "log_samples_every")},
     **{f: _TRL for f in (
         "vllm_mode", "vllm_gpu_memory_utilization", "vllm_tensor_parallel_size", "vllm_server_host", "vllm_server_port")},
@@ -416,6 +440,8 @@ ENGINE_HINTS: dict[str, str] = {
     "dynamic_sampling": "not available through --engine trl; use --engine native",
     "dynamic_oversample": "only used with --dynamic-sampling (native engine)",
     "max_consecutive_skips": "TRL does not skip non-finite steps; use --engine native",
+    "reward_errors": "--engine trl passes your rewards to TRL unchanged, and TRL stops on a reward that raises; "
+                     "use --engine native to score such completions 0",
     "log_samples_every": "TRL logs completions through its own log_completions option (examples/trl/)",
     **{f: "vLLM generation goes through TRL: use --engine trl (the native trainer generates with transformers)"
        for f in ("vllm_mode", "vllm_gpu_memory_utilization", "vllm_tensor_parallel_size", "vllm_server_host",

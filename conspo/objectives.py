@@ -27,6 +27,7 @@ normalisations follow TRL 1.16 ``GRPOTrainer`` (tested against it in tests/test_
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -183,13 +184,21 @@ class _ContrastiveGroups:
     log_negative_mass: torch.Tensor  # (n,) log sum_{j in N_g} exp(s_j/tau), 0 for invalid groups
 
 
-#: How the positives of a group are chosen (``contrastive_sets``); ``threshold`` is the default.
+#: How the positives of a group are chosen (``contrastive_sets``).
 POSITIVE_RULES = ("threshold", "group_mean")
+#: The default rule: the same sets as ``threshold`` at any threshold in (0, 1] for 0/1 rewards (tested
+#: exhaustively), and a signal for graded rewards (docs/design.md section 2).
+DEFAULT_POSITIVE_RULE = "group_mean"
+
+
+def at_threshold(rewards: torch.Tensor, positive_threshold: float) -> torch.Tensor:
+    """The threshold rule's positives: reward >= positive_threshold (also held-out ``positive_frac``'s bar)."""
+    return rewards >= positive_threshold
 
 
 def contrastive_sets(
     rewards: torch.Tensor, present: torch.Tensor, group_size: int, positive_threshold: float = 0.5,
-    positive_rule: str = "threshold",
+    positive_rule: str = DEFAULT_POSITIVE_RULE,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The ConSPO group rule, written once: (positive, negative, valid) for each group.
 
@@ -200,10 +209,11 @@ def contrastive_sets(
         group_mean:  P_g = {i in g : |o_i| > 0, r_i > rbar_g},   rbar_g = mean of r_j over j in g with |o_j| > 0
 
     and in both cases N_g = {j in g : |o_j| > 0, j not in P_g}; g is valid when P_g and N_g are
-    both non-empty. ``group_mean`` is for graded (non-binary) rewards, where no fixed threshold
-    splits every group: a completion is positive when it beats its own group's average, so a group
-    whose rewards are all equal has no positive (and no signal). ``positive_threshold`` is not used
-    by ``group_mean``. With 0/1 rewards both rules give the same sets for any threshold in (0, 1].
+    both non-empty. ``group_mean`` (the default) works for graded rewards too, where no fixed threshold
+    splits every group: a completion is positive when it beats its own group's average (the sign of
+    GRPO's advantage), so a group whose rewards are all equal has no positive (and no signal).
+    ``positive_threshold`` is not used by ``group_mean``. With 0/1 rewards both rules give the same
+    sets for any threshold in (0, 1].
 
     Returns ``positive`` and ``negative`` as bool (n_groups, G), restricted to valid groups,
     and ``valid`` as bool (n_groups,). ``present`` (B,) marks rows with a non-empty completion.
@@ -212,7 +222,7 @@ def contrastive_sets(
     present = present.bool().view(shape)
     r = rewards.view(shape)
     if positive_rule == "threshold":
-        above = r >= positive_threshold
+        above = at_threshold(r, positive_threshold)
     elif positive_rule == "group_mean":
         # Mean over the rows that take part only: an empty or unscorable row must not move the bar.
         zeros = torch.zeros_like(r)
@@ -225,6 +235,52 @@ def contrastive_sets(
     is_negative = ~above & present
     valid = is_positive.any(dim=1) & is_negative.any(dim=1)
     return is_positive & valid[:, None], is_negative & valid[:, None], valid
+
+
+def combine_rewards(per_reward: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, K) rewards of K reward functions -> (B,) total: the weighted sum over the rewards that scored
+    the row (NaN = no score, as TRL's ``nansum``); a row no reward scored stays NaN (it takes part in nothing)."""
+    per_reward = per_reward.to(torch.float64) if not per_reward.is_floating_point() else per_reward
+    w = torch.ones(per_reward.shape[1], dtype=per_reward.dtype) if weights is None else weights.to(per_reward)
+    total = (per_reward * w).nansum(dim=1)
+    return torch.where(torch.isnan(per_reward).all(dim=1), torch.full_like(total, float("nan")), total)
+
+
+def rewards_that_move_the_update(
+    per_reward: torch.Tensor, present: torch.Tensor, group_size: int, *, weights: torch.Tensor | None = None,
+    couples_group: bool = True, positive_threshold: float = 0.5, positive_rule: str = DEFAULT_POSITIVE_RULE,
+) -> list[bool]:
+    """For each of the K rewards of a (B, K) batch: do its differences within a group change the update?
+
+    ConSPO (``couples_group``): reward k moves the update when flattening it to its group's mean changes
+    which completions are positive or negative in some group (``contrastive_sets`` on the combined reward);
+    e.g. a 0.2 format bonus on top of 0/1 accuracy never does under ``threshold`` at 0.5. Advantage-based
+    objectives: reward k moves the update when it differs within some group among the rows taking part.
+    """
+    taking_part = present.bool() & ~torch.isnan(combine_rewards(per_reward, weights))
+    shape = (-1, group_size)
+
+    def sets(r):
+        pos, neg, _ = contrastive_sets(torch.nan_to_num(combine_rewards(r, weights)), taking_part, group_size,
+                                       positive_threshold, positive_rule)
+        return pos, neg
+
+    base = sets(per_reward) if couples_group else None
+    moved = []
+    for k in range(per_reward.shape[1]):
+        r = per_reward[:, k].view(shape)
+        scored = ~torch.isnan(r) & taking_part.view(shape)
+        if not couples_group:
+            hi = torch.where(scored, r, torch.full_like(r, -math.inf)).max(dim=1).values
+            lo = torch.where(scored, r, torch.full_like(r, math.inf)).min(dim=1).values
+            moved.append(bool((scored.sum(dim=1) > 1).logical_and(hi > lo).any()))
+            continue
+        mean = torch.where(scored, r, torch.zeros_like(r)).sum(dim=1, keepdim=True) / scored.sum(dim=1, keepdim=True).clamp(min=1)
+        flattened = per_reward.clone()
+        flattened[:, k] = torch.where(torch.isnan(r), r, mean.expand_as(r)).reshape(-1)
+        pos, neg = sets(flattened)
+        moved.append(not (torch.equal(pos, base[0]) and torch.equal(neg, base[1])))
+    return moved
 
 
 def _contrastive_groups(
@@ -263,7 +319,7 @@ def _contrastive_groups(
 
 
 def count_valid_groups(mask: torch.Tensor, rewards: torch.Tensor, group_size: int, *,
-                       positive_threshold: float = 0.5, positive_rule: str = "threshold", **_) -> float:
+                       positive_threshold: float = 0.5, positive_rule: str = DEFAULT_POSITIVE_RULE, **_) -> float:
     """|V|: groups with at least one positive and one negative non-empty completion (ConSPO's normaliser)."""
     return float(contrastive_sets(rewards, mask.bool().any(-1), group_size, positive_threshold,
                                   positive_rule)[2].sum())
@@ -278,14 +334,14 @@ def conspo_loss(
     margin: float = 0.0,
     tau: float = 0.3,
     positive_threshold: float = 0.5,
-    positive_rule: str = "threshold",
+    positive_rule: str = DEFAULT_POSITIVE_RULE,
     normalize_by_length: bool = True,
 ) -> tuple[torch.Tensor, Metrics]:
     """ConSPO: group-wise InfoNCE over length-normalised sequence log-probabilities.
 
     With s_i = sequence_scores(token_logps, mask), P_g and N_g the positive and negative non-empty
-    completions of group g (``contrastive_sets``: by default P_g = {i in g : r_i >= threshold,
-    |o_i| > 0}; ``positive_rule="group_mean"``: r_i above the group's mean reward) and V the groups
+    completions of group g (``contrastive_sets``: by default P_g = {i in g : |o_i| > 0, r_i above the
+    group's mean reward}; ``positive_rule="threshold"``: r_i >= positive_threshold) and V the groups
     with P_g and N_g non-empty:
 
         l_i = -log( exp((s_i - m)/tau) / (exp((s_i - m)/tau) + sum_{j in N_g} exp(s_j/tau)) )
@@ -319,7 +375,7 @@ def conspo_loss_from_scores(
     margin: float = 0.0,
     tau: float = 0.3,
     positive_threshold: float = 0.5,
-    positive_rule: str = "threshold",
+    positive_rule: str = DEFAULT_POSITIVE_RULE,
 ) -> tuple[torch.Tensor, Metrics]:
     """The ConSPO loss and metrics of ``conspo_loss`` from (B,) sequence scores already computed.
 
@@ -394,7 +450,7 @@ def conspo_coefficients(
     margin: float,
     tau: float,
     positive_threshold: float = 0.5,
-    positive_rule: str = "threshold",
+    positive_rule: str = DEFAULT_POSITIVE_RULE,
     present: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """dL/ds_i of the ConSPO loss in closed form, (B,); zero outside valid groups.
@@ -443,7 +499,7 @@ def conspo_coefficients_and_metrics(
     margin: float,
     tau: float,
     positive_threshold: float = 0.5,
-    positive_rule: str = "threshold",
+    positive_rule: str = DEFAULT_POSITIVE_RULE,
 ) -> tuple[torch.Tensor, Metrics]:
     """The coefficient route in one call: c = dL/ds (``conspo_coefficients``) and the batch's metrics.
 
@@ -762,7 +818,7 @@ def _count_tokens(mask, rewards, group_size, **_):
 
 
 def _conspo_uniform(token_logps, old_token_logps, mask, rewards, group_size, *, margin: float = 0.0, tau: float = 0.3,
-                    positive_threshold: float = 0.5, positive_rule: str = "threshold",
+                    positive_threshold: float = 0.5, positive_rule: str = DEFAULT_POSITIVE_RULE,
                     normalize_by_length: bool = True):
     del old_token_logps  # ConSPO scores the current policy only
     return conspo_loss(token_logps, mask, rewards, group_size, margin=margin, tau=tau,

@@ -187,15 +187,9 @@ def updates_lost_fraction(parameters, lr: float) -> float:
 
 def make_task(cfg: TrainConfig):
     """The task the config names (prompts, held-out problems, verifier); bad data is a ConfigError."""
-    from conspo.tasks import get_task
+    from conspo.tasks import task_from_config
 
-    if cfg.task == "math":
-        try:
-            return get_task("math", train=cfg.train_data, heldout=cfg.eval_data, data_dir=cfg.data_dir or None,
-                            template=cfg.prompt_template, answer_extraction=cfg.answer_extraction)
-        except (ValueError, OSError) as e:  # the loaders name the file, line and field
-            raise ConfigError(f"task math: {e}") from None
-    return get_task(cfg.task)
+    return task_from_config(cfg)
 
 
 def load_model(cfg: TrainConfig, task, device, dtype, log):
@@ -307,6 +301,10 @@ def merge_resumed_config(cfg: TrainConfig, explicit: set[str]) -> TrainConfig:
     with open(checkpoint / "state.json") as f:
         saved = json.load(f)["config"]
     merged = TrainConfig(**{k: v for k, v in saved.items() if k in {f.name for f in fields(TrainConfig)}})
+    from conspo.config import task_defaults
+    from conspo.options import without_ineffective
+
+    without_ineffective(merged, asdict(TrainConfig()), task_defaults(merged.task))  # saved by older versions
     for name in explicit | {"resume", "stop_after"}:
         setattr(merged, name, getattr(cfg, name))
     if "output_dir" not in explicit:

@@ -30,7 +30,7 @@ import torch
 from conspo.checkpoint import load_checkpoint
 from conspo.config import TrainConfig
 from conspo.heldout import evaluate_greedy
-from conspo.objectives import get_objective, overlong_penalty
+from conspo.objectives import combine_rewards, get_objective, overlong_penalty
 from conspo.reporting import MetricsWriter
 from conspo.rollout import Rollouts, generate, token_logprobs
 from conspo.errors import Interrupted, RunError
@@ -52,7 +52,9 @@ from conspo.run import (
     what_is_intact,
     write_config,
 )
+from conspo.rewards.base import SilentRewardWatch
 from conspo.schedules import margin_curriculum
+from conspo.tasks import reward_inputs, run_rewards
 from conspo.update import accumulate_gradients, batch_token_logprobs, grad_norm, micro_batches
 
 
@@ -62,8 +64,11 @@ def _lr_at(cfg: TrainConfig, step: int) -> float:
     return cfg.lr
 
 
-def _sample_batch(cfg, task, model, tokenizer, py_rng: random.Random, max_new_tokens: int):
-    """Generate and verify one batch; with dynamic sampling keep groups whose rewards differ."""
+def _sample_batch(cfg, task, rewards_fn, model, tokenizer, py_rng: random.Random, max_new_tokens: int):
+    """Generate and score one batch; with dynamic sampling keep groups whose rewards differ.
+
+    Returns the problems, the rollouts and the (B, K) scores of the K reward functions (NaN: no score).
+    """
     n_prompts = cfg.prompts_per_step
     if cfg.dynamic_sampling:
         n_prompts = math.ceil(cfg.prompts_per_step * cfg.dynamic_oversample)
@@ -72,18 +77,39 @@ def _sample_batch(cfg, task, model, tokenizer, py_rng: random.Random, max_new_to
                         max_new_tokens=max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                         stop_strings=getattr(task, "stop_strings", ()))
     per_row = [p for p in problems for _ in range(cfg.group_size)]
-    rewards = torch.tensor(task.score(per_row, rollouts.texts), dtype=torch.float32)
-    if not torch.isfinite(rewards).all():
-        raise ValueError(f"the task's verifier returned non-finite rewards: {rewards.tolist()}")
+    prompts, completions, columns = reward_inputs(per_row, rollouts.texts)
+    scored = rewards_fn.score(prompts, completions, columns, completion_ids=[
+        ids[mask.bool()].tolist() for ids, mask in zip(rollouts.completion_ids, rollouts.completion_mask)])
+    per_reward = scored.tensor()
     if cfg.dynamic_sampling:
-        grouped = rewards.view(-1, cfg.group_size)
+        grouped = torch.nan_to_num(combine_rewards(per_reward, torch.tensor(rewards_fn.weights))).view(-1, cfg.group_size)
         mixed = (grouped.max(1).values != grouped.min(1).values).nonzero().flatten()[: cfg.prompts_per_step]
         if len(mixed) == 0:  # nothing to learn from; keep the first groups so the step still runs and logs
             mixed = torch.arange(cfg.prompts_per_step)
         rows = (mixed[:, None] * cfg.group_size + torch.arange(cfg.group_size)).flatten()
-        rollouts, rewards = rollouts.rows(rows), rewards[rows]
+        rollouts, per_reward = rollouts.rows(rows), per_reward[rows]
         problems = [problems[i] for i in mixed.tolist()]
-    return problems, rollouts, rewards
+    return problems, rollouts, per_reward, scored
+
+
+def total_rewards(cfg, rewards_fn, rollouts: Rollouts, per_reward: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """The weighted sum of the rewards (TRL's nan-sum) as float32, and per-reward metrics for user rewards.
+
+    A row no reward scored (all None) takes part in nothing under ConSPO (its completion mask is cleared, as
+    ConSPOTrainer does) and scores 0 under the advantage-based objectives (as TRL's GRPOTrainer).
+    """
+    total = combine_rewards(per_reward, torch.tensor(rewards_fn.weights))
+    unscored = torch.isnan(total)
+    if unscored.any() and get_objective(cfg.objective).couples_group:
+        rollouts.completion_mask[unscored] = 0
+    metrics = {}
+    if cfg.reward:  # the user's rewards, named as TRL logs them
+        for k, name in enumerate(rewards_fn.names):
+            column = per_reward[:, k]
+            scored = column[~torch.isnan(column)]
+            metrics[f"rewards/{name}/mean"] = float(scored.mean()) if len(scored) else math.nan
+        metrics["reward/unscored_frac"] = float(unscored.float().mean())
+    return torch.nan_to_num(total).to(torch.float32), metrics
 
 
 def overlong_shaping(cfg: TrainConfig, rollouts: Rollouts, rewards: torch.Tensor, max_new_tokens: int):
@@ -122,6 +148,7 @@ def train(cfg: TrainConfig, *, log=print) -> dict:
     py_rng = random.Random(cfg.seed)
 
     task = make_task(cfg)
+    rewards_fn = run_rewards(cfg, task)  # the task's verifier, or --reward's functions (TRL's signature)
     cfg.check_generation_limit(cfg.max_new_tokens or task.max_new_tokens)  # before the model is loaded
     model, tokenizer = load_model(cfg, task, device, dtype, log)  # also renders the task's prompts for its tokenizer
     model = prepare_for_training(model, cfg)  # activation checkpointing, LoRA
@@ -138,7 +165,9 @@ def train(cfg: TrainConfig, *, log=print) -> dict:
 
     def heldout_eval():
         with autocast:
-            return evaluate_greedy(model, tokenizer, task, heldout, max_new_tokens=max_new_tokens)[0]
+            return evaluate_greedy(model, tokenizer, task, heldout, max_new_tokens=max_new_tokens,
+                                   rewards=rewards_fn if cfg.reward else None,
+                                   positive_threshold=cfg.positive_threshold)[0]
 
     start_step, wall_before, skipped_total, run_id = 0, 0.0, 0, new_run_id()
     if cfg.resume:
@@ -166,15 +195,24 @@ def train(cfg: TrainConfig, *, log=print) -> dict:
     bar = _progress(cfg, start_step, end_step)
     started = time.time()
     consecutive_skips, warned_truncation, accuracy = 0, False, None
+    silent_rewards = SilentRewardWatch(rewards_fn.names, after=min(10, end_step - start_step))
     with StopRequest(log) as stop:  # Ctrl-C: finish the step, checkpoint, stop
         for step in range(start_step, end_step):
             t0 = time.perf_counter()
             model.train()
             with autocast:
-                problems, rollouts, rewards = _sample_batch(cfg, task, model, tokenizer, py_rng, max_new_tokens)
+                problems, rollouts, per_reward, scored = _sample_batch(cfg, task, rewards_fn, model, tokenizer, py_rng,
+                                                                       max_new_tokens)
             t_gen = time.perf_counter()
+            rewards, reward_metrics = total_rewards(cfg, rewards_fn, rollouts, per_reward)
             rewards, shaping_metrics = overlong_shaping(cfg, rollouts, rewards, max_new_tokens)
-            metrics = {**_batch_metrics(rewards, rollouts, cfg.group_size), **shaping_metrics}
+            metrics = {**_batch_metrics(rewards, rollouts, cfg.group_size), **shaping_metrics, **reward_metrics,
+                       **scored.metrics, **{f"reward/errors/{n}": e for n, e in zip(scored.names, scored.errors) if e}}
+            for warning in silent_rewards.update(
+                    per_reward, rollouts.completion_mask.bool().any(1), cfg.group_size,
+                    weights=torch.tensor(rewards_fn.weights), couples_group=objective.couples_group,
+                    positive_rule=cfg.positive_rule, positive_threshold=cfg.positive_threshold):
+                log(warning)
             if cfg.mask_truncated:  # these rows get no gradient (accumulate_gradients below)
                 metrics["gen/masked_truncated_frac"] = metrics["gen/truncated_frac"]
             if hasattr(task, "last_score_metrics"):
@@ -221,10 +259,14 @@ def train(cfg: TrainConfig, *, log=print) -> dict:
             if cfg.eval_every and done % cfg.eval_every == 0 or done == cfg.steps:
                 result = heldout_eval()
                 accuracy = result.accuracy
-                metrics.update({"heldout/accuracy": accuracy, "heldout/truncated_frac": result.truncated_frac})
+                metrics.update({"heldout/accuracy": accuracy, "heldout/truncated_frac": result.truncated_frac,
+                                **result.reward_metrics})
             try:
-                if cfg.log_samples_every and done % cfg.log_samples_every == 0:
-                    _write_samples(run_dir, done, problems[0], rollouts, rewards, cfg.group_size)
+                if cfg.log_samples_every and (done % cfg.log_samples_every == 0 or cfg.steps <= cfg.log_samples_every):
+                    # a run no longer than the interval records every completion of every step (for the audit)
+                    groups = len(problems) if cfg.steps <= cfg.log_samples_every else 1
+                    _write_samples(run_dir, done, problems[:groups], rollouts, rewards, per_reward,
+                                   rewards_fn.names if cfg.reward else None, cfg.group_size)
                 writer.write(done, metrics)
             except OSError as e:  # e.g. disk full: say what is intact instead of a bare traceback
                 raise RunError(f"could not write the logs of step {done} in {run_dir}: {e}. {what_is_intact(run_dir)}") from e
@@ -280,11 +322,20 @@ def reference_policy(model, beta: float, *, temperature: float = 1.0):
     return lambda rollouts: token_logprobs(frozen, rollouts, temperature=temperature)
 
 
-def _write_samples(run_dir: Path, step: int, problem, rollouts: Rollouts, rewards, group_size: int) -> None:
+def _write_samples(run_dir: Path, step: int, problems, rollouts: Rollouts, rewards, per_reward, names,
+                   group_size: int) -> None:
+    """The completions of the first ``len(problems)`` groups with the reward trained on (``reward``) and, with
+    --reward (``names``), each reward's own score (``rewards``; None: no score) and the row's columns, for the audit."""
     with open(run_dir / "samples.jsonl", "a") as f:
-        for i in range(group_size):
-            f.write(json.dumps({"step": step, "prompt": problem.prompt, "answer": problem.answer,
-                                "completion": rollouts.texts[i], "reward": float(rewards[i])}) + "\n")
+        for g, problem in enumerate(problems):
+            for i in range(g * group_size, (g + 1) * group_size):
+                row = {"step": step, "prompt": problem.prompt, "answer": problem.answer,
+                       "completion": rollouts.texts[i], "reward": float(rewards[i])}
+                if names is not None:
+                    row["rewards"] = {n: None if math.isnan(v) else v for n, v in zip(names, per_reward[i].tolist())}
+                    prompts, _, columns = reward_inputs([problem], [""])
+                    row["reward_prompt"], row["columns"] = prompts[0], columns[0]
+                f.write(json.dumps(row) + "\n")
 
 
 def _progress(cfg: TrainConfig, start: int, end: int):

@@ -31,7 +31,7 @@ def _is_positive(reward, taking_part, threshold, rule):
     return reward > mean
 
 
-def conspo_loss_loop(token_logps, mask, rewards, G, margin, tau, threshold=0.5, normalize=True, rule="threshold"):
+def conspo_loss_loop(token_logps, mask, rewards, G, margin, tau, threshold=0.5, normalize=True, rule="group_mean"):
     B = token_logps.shape[0]
     group_losses = []
     for g in range(B // G):
@@ -59,7 +59,7 @@ def conspo_loss_loop(token_logps, mask, rewards, G, margin, tau, threshold=0.5, 
     return sum(group_losses) / len(group_losses)
 
 
-def conspo_coefficients_loop(scores, rewards, G, margin, tau, threshold=0.5, rule="threshold"):
+def conspo_coefficients_loop(scores, rewards, G, margin, tau, threshold=0.5, rule="group_mean"):
     """dL/ds from the closed form of docs/design.md section 2, one element at a time (every row non-empty)."""
     B = len(scores)
     s = [float(x) for x in scores]

@@ -21,6 +21,8 @@ def _other_value(name):
     """A valid value different from the field's default, for every field type."""
     default = getattr(TrainConfig(), name)
     hint = typing.get_type_hints(TrainConfig)[name]
+    if isinstance(default, list):
+        return ["r.py:f"] if name == "reward" else [2.0]
     special = {"report_to": "tensorboard", "group_size": 4, "micro_batch_size": 16, "dtype": "bfloat16",
                "device": "cpu", "resume": "runs/x", "top_p": 0.9, "max_new_tokens": 7, "beta": 0.1,
                "sft_decay_steps": 1000, "mixed_precision": "bf16"}
@@ -35,6 +37,21 @@ def _other_value(name):
     if isinstance(default, (int, float)):
         return default + 1 if default >= 1 or isinstance(default, int) else default * 2 + 0.1
     return default + "-other"
+
+
+def where_it_has_an_effect(cfg, name):
+    """``cfg`` changed so that option ``name`` has an effect (conspo/options.py's OPTION_NEEDS)."""
+    from conspo.options import MARGIN_CURRICULUM_OPTIONS, OPTION_NEEDS
+
+    need = OPTION_NEEDS.get(name)
+    if need is not None:
+        cfg = dataclasses.replace(cfg, **{
+            "objective": lambda v: {"objective": v}, "model": lambda v: {},
+            "task": lambda v: {"task": v, "model": "some/model", "train_data": "x.jsonl", "reward": ["r.py:f"]},
+            "reward": lambda v: {"reward": ["r.py:f"]}}[need.axis](need.values[0]))
+    if name in (*MARGIN_CURRICULUM_OPTIONS, "margin_schedule"):  # a ramp that goes somewhere
+        cfg = dataclasses.replace(cfg, margin_schedule="linear", margin_end=0.3)
+    return cfg
 
 
 def test_every_field_is_classified_for_both_engines():
@@ -55,9 +72,12 @@ def test_option_is_honoured_or_refused_by_each_engine(name, monkeypatch):
     value = _other_value(name)
     for engine in ("native", "trl"):
         objective = "grpo" if name == "beta" else "conspo"
-        cfg = dataclasses.replace(TrainConfig(engine=engine, objective=objective), **{name: value})
+        cfg = dataclasses.replace(where_it_has_an_effect(TrainConfig(engine=engine, objective=objective), name),
+                                  **{name: value})
         if name == "task":  # the tiny model trains only addition
             cfg = dataclasses.replace(cfg, model="some/model")
+        if name == "task" and value == "data":
+            cfg = dataclasses.replace(cfg, train_data="x.jsonl", reward=["r.py:f"])
         if name == "objective":
             cfg = dataclasses.replace(cfg, objective=value)
         if name == "engine":
@@ -68,6 +88,8 @@ def test_option_is_honoured_or_refused_by_each_engine(name, monkeypatch):
             cfg = dataclasses.replace(cfg, overlong_buffer=2)
         if name in ("dtype", "low_precision_weights"):  # half-precision weights without LoRA need the explicit flag
             cfg = dataclasses.replace(cfg, dtype="bfloat16", low_precision_weights=True)
+        if name == "positive_threshold":  # used only by the threshold rule
+            cfg = dataclasses.replace(cfg, positive_rule="threshold")
         if engine in ENGINE_SUPPORT[name]:
             if name == "micro_batch_size" or name == "group_size":
                 cfg = dataclasses.replace(cfg, group_size=4)
@@ -90,12 +112,14 @@ TRL_ARG_FIELDS = ["steps", "prompts_per_step", "group_size", "max_new_tokens", "
 
 @pytest.mark.parametrize("name", TRL_ARG_FIELDS)
 def test_trl_honoured_options_reach_trls_config(name):
-    base = TrainConfig(engine="trl", margin_schedule="linear")
+    base = TrainConfig(engine="trl", margin_schedule="linear", positive_rule="threshold")
     if name == "overlong_penalty_factor":  # its weight reaches TRL only with the penalty on
         base = dataclasses.replace(base, overlong_buffer=2)
     changed = dataclasses.replace(base, **{name: _other_value(name)})
     if name == "margin_schedule":
         changed = dataclasses.replace(base, margin_schedule="cosine")
+    if name == "positive_rule":
+        changed = dataclasses.replace(base, positive_rule="group_mean")
 
     def args(cfg):
         return trl_arguments(cfg, max_new_tokens=cfg.max_new_tokens or 8, output_dir="x", use_cpu=True)
@@ -137,7 +161,7 @@ def test_literal_choices_match_the_registries():
 def test_positive_rule_reaches_the_objective_and_a_threshold_it_ignores_is_refused():
     settings = TrainConfig(positive_rule="group_mean").objective_settings(margin=0.0, max_new_tokens=4)
     assert get_objective("conspo").options(settings)["positive_rule"] == "group_mean"
-    with pytest.raises(ConfigError, match="positive_threshold=0.7: is only used by positive_rule=threshold"):
+    with pytest.raises(ConfigError, match="positive_threshold=0.7 has no effect with positive_rule group_mean: it is only used by positive_rule=threshold"):
         TrainConfig(positive_rule="group_mean", positive_threshold=0.7).validate()
 
 

@@ -37,8 +37,9 @@ def test_sequence_scores_is_masked_mean_and_ignores_padding_values():
 def test_conspo_loss_matches_loop_reference(G, binary, zero_rows, margin, tau):
     logps, _, mask, rewards = make_batch(6, G, 7, seed=G * 10 + zero_rows, binary=binary, zero_length_rows=zero_rows)
     threshold = 0.5 if binary else 0.4
-    loss, _ = obj.conspo_loss(logps, mask, rewards, G, margin=margin, tau=tau, positive_threshold=threshold)
-    ref = conspo_loss_loop(logps, mask, rewards, G, margin, tau, threshold)
+    loss, _ = obj.conspo_loss(logps, mask, rewards, G, margin=margin, tau=tau, positive_threshold=threshold,
+                              positive_rule="threshold")
+    ref = conspo_loss_loop(logps, mask, rewards, G, margin, tau, threshold, rule="threshold")
     torch.testing.assert_close(loss, ref, rtol=1e-10, atol=1e-12)
 
 
@@ -78,15 +79,16 @@ def test_coefficients_equal_autograd_and_closed_form_loop(G, binary, zero_rows, 
     # Autograd through the loss, with scores as the leaf: make token_logps a function of scores.
     # s_i = mean_t x_{i,t}; setting x_{i,t} = s_i on the mask reproduces the scores exactly.
     tokens = scores[:, None].expand_as(logps)
-    loss, _ = obj.conspo_loss(tokens, mask, rewards, G, margin=margin, tau=tau, positive_threshold=threshold)
+    loss, _ = obj.conspo_loss(tokens, mask, rewards, G, margin=margin, tau=tau, positive_threshold=threshold,
+                              positive_rule="threshold")
     (grad,) = torch.autograd.grad(loss, scores, allow_unused=False) if loss.requires_grad else (torch.zeros_like(scores),)
     coeffs = obj.conspo_coefficients(scores.detach(), rewards, G, margin=margin, tau=tau,
-                                     positive_threshold=threshold, present=present)
+                                     positive_threshold=threshold, positive_rule="threshold", present=present)
     torch.testing.assert_close(coeffs, grad, rtol=1e-10, atol=1e-13)
     # ...and the closed form written out one element at a time, on the present rows.
     keep = present.clone()
     if zero_rows == 0:
-        loop = conspo_coefficients_loop(scores.detach(), rewards, G, margin, tau, threshold)
+        loop = conspo_coefficients_loop(scores.detach(), rewards, G, margin, tau, threshold, rule="threshold")
         torch.testing.assert_close(coeffs, loop, rtol=1e-10, atol=1e-13)
     assert torch.count_nonzero(coeffs[~keep]) == 0
 
@@ -215,7 +217,7 @@ def test_group_mean_rule_sets():
     assert neg.reshape(-1).nonzero().flatten().tolist() == [0, 1, 3, 9, 11]
     binary = torch.tensor([1.0, 0, 0, 1, 0, 0, 0, 0, 1, 1, 1, 0])  # 0/1 rewards: the same sets as the threshold rule
     for a, b in zip(obj.contrastive_sets(binary, present, 4, positive_rule="group_mean"),
-                    obj.contrastive_sets(binary, present, 4, positive_threshold=0.5)):
+                    obj.contrastive_sets(binary, present, 4, positive_threshold=0.5, positive_rule="threshold")):
         assert torch.equal(a, b)
     with pytest.raises(ValueError, match="positive_rule must be one of threshold, group_mean, got 'median'"):
         obj.contrastive_sets(binary, present, 4, positive_rule="median")

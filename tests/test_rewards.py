@@ -21,13 +21,10 @@ import pytest
 
 from conspo.rewards import (
     MathVerifier,
-    RewardError,
     answers_match,
     extract_answer,
     math_reward,
-    math_reward_fn,
     normalize_answer,
-    score_with,
 )
 
 # (completion or bare answer, gold, expected score)
@@ -638,76 +635,6 @@ def test_injected_code_is_never_executed(verifier, monkeypatch):
     assert [c for c in calls if not allowed.fullmatch(c)] == [], "eval/exec called on unexpected strings"
     assert not any(word in c for c in calls for word in ("import__", "system", "lambda", "open", "pwned", "class"))
     assert not os.path.exists(MARKER)
-
-
-# ------------------------------------------------------------------------------------------
-# custom rewards
-# ------------------------------------------------------------------------------------------
-
-
-def _examples(n):
-    return [{"id": f"ex-{i}", "answer": str(i)} for i in range(n)]
-
-
-def test_score_with_ok_and_bool():
-    scores, n_err = score_with(lambda p, c, e: c == e["answer"], ["q"] * 3, ["0", "x", "2"], _examples(3))
-    assert scores == [1.0, 0.0, 1.0] and n_err == 0
-
-
-@pytest.mark.parametrize(
-    "value,fragment",
-    [(None, "returned None"), (float("nan"), "non-finite"), (float("inf"), "non-finite"),
-     ("1.0", "non-numeric"), ([1.0], "non-numeric"), (1 + 2j, "non-numeric")],
-)
-def test_score_with_bad_value_names_example(value, fragment):
-    def reward(prompt, completion, example):
-        return value if example["id"] == "ex-2" else 1.0
-
-    with pytest.raises(RewardError) as info:
-        score_with(reward, ["q"] * 4, ["c"] * 4, _examples(4))
-    msg = str(info.value)
-    assert fragment in msg and "example index 2" in msg and "'ex-2'" in msg and "reward" in msg
-    if value is not None and not (isinstance(value, float) and math.isnan(value)):
-        assert repr(value)[:5] in msg
-
-
-def test_score_with_exception_and_zero_mode():
-    def reward(prompt, completion, example):
-        if example["id"] == "ex-1":
-            raise KeyError("missing field")
-        return None if example["id"] == "ex-3" else 0.5
-
-    with pytest.raises(RewardError, match=r"raised KeyError.*example index 1 \(id='ex-1'\)"):
-        score_with(reward, ["q"] * 4, ["c"] * 4, _examples(4))
-    scores, n_err = score_with(reward, ["q"] * 4, ["c"] * 4, _examples(4), errors="zero")
-    assert scores == [0.5, 0.0, 0.5, 0.0] and n_err == 2
-
-
-def test_score_with_numpy_scalars_and_missing_id():
-    np = pytest.importorskip("numpy")
-    scores, _ = score_with(lambda p, c, e: np.float32(0.25), ["q"], ["c"], [{"answer": "1"}])
-    assert scores == [0.25]
-    with pytest.raises(RewardError, match=r"non-numeric value array.*on example index 0$"):
-        score_with(lambda p, c, e: np.array([1.0, 2.0]), ["q"], ["c"], [{"answer": "1"}])
-
-
-def test_score_with_validates_arguments():
-    with pytest.raises(ValueError, match="same length"):
-        score_with(lambda p, c, e: 1.0, ["q"], ["a", "b"], _examples(2))
-    with pytest.raises(ValueError, match="errors must be"):
-        score_with(lambda p, c, e: 1.0, ["q"], ["a"], _examples(1), errors="ignore")
-
-
-def test_math_reward_fn_adapter():
-    scores, n_err = score_with(
-        math_reward_fn,
-        ["What is 1/2 + 1/4?", "What is 2+2?"],
-        [r"So the answer is $\boxed{\tfrac34}$.", r"\boxed{5}"],
-        [{"id": "a", "answer": "0.75"}, {"id": "b", "answer": "4"}],
-    )
-    assert scores == [1.0, 0.0] and n_err == 0
-    with pytest.raises(RewardError, match="answer"):
-        score_with(math_reward_fn, ["q"], ["c"], [{"id": "z"}])
 
 
 # ------------------------------------------------------------------------------------------

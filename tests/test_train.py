@@ -48,7 +48,8 @@ def _full_batch_grad(model, name, rollouts, rewards, G, options):
                                         (16, "coefficients"), (1, "coefficients")])
 def test_conspo_micro_batch_gradients_equal_full_batch(policy_and_batch, micro, mode):
     model, rollouts, rewards, G = policy_and_batch
-    options = {"margin": 0.1, "tau": 0.3, "positive_threshold": 0.5, "normalize_by_length": True}
+    options = {"margin": 0.1, "tau": 0.3, "positive_threshold": 0.5, "positive_rule": "threshold",
+               "normalize_by_length": True}
     reference = _full_batch_grad(model, "conspo", rollouts, rewards, G, options)
     grad, metrics = _grad(model, objective_name="conspo", rollouts=rollouts, rewards=rewards, group_size=G,
                           options=options, micro_batch_size=micro, group_mode=mode)
@@ -71,7 +72,8 @@ def test_conspo_group_mean_rule_micro_batch_gradients_equal_full_batch(policy_an
                           options=options, **split)
     torch.testing.assert_close(grad, reference, rtol=1e-9, atol=1e-12)
     assert metrics["conspo/valid_group_frac"] == 0.5
-    threshold = _full_batch_grad(model, "conspo", rollouts, rewards, G, {"margin": 0.1, "tau": 0.3})
+    threshold = _full_batch_grad(model, "conspo", rollouts, rewards, G,
+                                 {"margin": 0.1, "tau": 0.3, "positive_rule": "threshold"})
     assert (threshold - reference).abs().max() > 1e-6, "the rules pick different positives here (0.5 in group 0)"
 
 

@@ -139,7 +139,7 @@ def test_defaults_construct_and_refused_options_default_to_off(tmp_path):
     for name in GRPO_ONLY_OPTIONS:  # the same defaults as GRPOConfig, but for the correction TRL turns on
         expected = False if name == "vllm_importance_sampling_correction" else grpo_defaults[name]
         assert getattr(args, name) == expected, name
-    assert (args.positive_rule, args.positive_threshold, args.no_valid_group_warn_steps) == ("threshold", 0.5, 10)
+    assert (args.positive_rule, args.positive_threshold, args.no_valid_group_warn_steps) == ("group_mean", 0.5, 10)
 
 
 @pytest.mark.parametrize("name", sorted(GRPO_ONLY_OPTIONS))
@@ -301,7 +301,7 @@ def test_warns_when_no_group_is_valid_for_n_steps(tmp_path):
     trainer, _, _ = make_trainer(tmp_path, per_device=4, G=2, gas=1, max_steps=3, reward_funcs=always_right,
                                  no_valid_group_warn_steps=2)
     with pytest.warns(UserWarning, match=r"for 2 consecutive optimizer steps.*Rewards seen in these steps: 1\.\.1; "
-                                         r".*positive_threshold=0\.5.*positive_rule='group_mean'") as record:
+                                         r"under positive_rule='group_mean' every group's completions had equal rewards") as record:
         trainer.train()
     assert sum("consecutive optimizer step" in str(w.message) for w in record) == 1  # once per streak
 

@@ -116,11 +116,13 @@ def test_sum_score_and_threshold_options_reach_both_sides(monkeypatch):
     rows = vs.make_rows(groups, seed=7)
     overrides = ["+actor_rollout_ref.actor.policy_loss.length_normalized_score=False",
                  "+actor_rollout_ref.actor.policy_loss.positive_threshold=0.65",
+                 "+actor_rollout_ref.actor.policy_loss.positive_rule=threshold",
                  "+actor_rollout_ref.actor.policy_loss.margin_start=0.2"]
     config = vs.verl_config(vs.CONSPO_OVERRIDES + overrides, prompts=PROMPTS, n=G, mini=PROMPTS, micro=3)
     policy = vs.ToyPolicy(seed=3)
     record, metrics, _ = vs.run_step(ConSPOTrainerSync, config, policy, rows, dp=2, monkeypatch=monkeypatch)
-    want, _ = conspo_reference(policy, rows, margin=0.2, tau=0.3, positive_threshold=0.65, normalize_by_length=False)
+    want, _ = conspo_reference(policy, rows, margin=0.2, tau=0.3, positive_threshold=0.65,
+                              positive_rule="threshold", normalize_by_length=False)
     assert_scattered(record)
     assert_grads_equal(record.dp_average()[0], want)
 

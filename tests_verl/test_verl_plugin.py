@@ -66,6 +66,7 @@ def test_hydra_overrides_reach_the_actor_config_the_workers_build():
                            "+actor_rollout_ref.actor.policy_loss.margin_schedule=cosine",
                            "+actor_rollout_ref.actor.policy_loss.margin_end=0.2",
                            "+actor_rollout_ref.actor.policy_loss.positive_threshold=0.9",
+                           "+actor_rollout_ref.actor.policy_loss.positive_rule=threshold",
                            "+actor_rollout_ref.actor.policy_loss.length_normalized_score=False")
     actor = omega_conf_to_dataclass(config.actor_rollout_ref.actor)
     options = actor.policy_loss

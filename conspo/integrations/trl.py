@@ -48,6 +48,7 @@ except ImportError as e:  # pragma: no cover - exercised only without trl
     raise ImportError("conspo.integrations.trl needs TRL: pip install 'conspo[trl]' (trl==1.16.0)") from e
 
 from conspo.objectives import (
+    DEFAULT_POSITIVE_RULE,
     POSITIVE_RULES,
     coefficient_surrogate,
     conspo_coefficients_and_metrics,
@@ -58,6 +59,7 @@ from conspo.objectives import (
     resolve_group_mode,
     sequence_scores,
 )
+from conspo.rewards.base import SilentRewardWatch
 from conspo.schedules import MARGIN_SCHEDULES, margin_curriculum
 
 SUPPORTED_TRL_VERSIONS = ("1.16.",)
@@ -139,9 +141,10 @@ class ConSPOConfig(GRPOConfig):
     margin_horizon: int = field(default=0, metadata={"help": "Optimizer steps to reach margin_end; 0: max_steps."})
     positive_threshold: float = field(default=0.5, metadata={"help": "positive_rule='threshold': reward >= this is "
                                                                     "a positive completion."})
-    positive_rule: str = field(default="threshold", metadata={
-        "help": "How a group's positives are chosen: 'threshold' (reward at least positive_threshold) or "
-                "'group_mean' (reward strictly above the group's mean reward; for graded rewards)."})
+    positive_rule: str = field(default=DEFAULT_POSITIVE_RULE, metadata={
+        "help": "How a group's positives are chosen: 'group_mean' (reward strictly above the group's mean reward: "
+                "for 0/1 rewards the completions scoring 1; works for graded rewards) or 'threshold' (reward at "
+                "least positive_threshold)."})
     length_normalized_score: bool = field(default=True, metadata={"help": "Score = mean token log-prob (else sum)."})
     group_mode: str = field(default="auto", metadata={"help": "whole, coefficients, or auto (whole when "
                                                               "per_device_train_batch_size % num_generations == 0)."})
@@ -224,6 +227,7 @@ class ConSPOTrainer(GRPOTrainer):
         self._conspo_valid_counts = None
         self._conspo_scored_step = 0
         self._conspo_no_signal = _NoSignalWatch(self.args)
+        self._conspo_silent_rewards = None  # per reward: SilentRewardWatch, built at the first batch
 
     # ---- margin --------------------------------------------------------------------------
 
@@ -277,6 +281,16 @@ class ConSPOTrainer(GRPOTrainer):
         message = self._conspo_no_signal.update(bool(valid.any()), all_rewards, steps)
         if message and self.accelerator.is_main_process:  # every process sees the same global batch: warn once
             warnings.warn(message, stacklevel=2)
+        if len(self.reward_funcs) > 1:  # one reward: the warning above is that reward's
+            if self._conspo_silent_rewards is None:
+                self._conspo_silent_rewards = SilentRewardWatch(self.reward_func_names,
+                                                                after=self.args.no_valid_group_warn_steps)
+            for message in self._conspo_silent_rewards.update(
+                    self._conspo_rewards_per_func.double().cpu(), all_present.cpu(), self.num_generations,
+                    weights=self.reward_weights.double().cpu(), **self._group_rule()):
+                if self.accelerator.is_main_process:
+                    warnings.warn(f"ConSPO: {message.removeprefix('WARNING ')} (this warning: no_valid_group_warn_steps)",
+                                  stacklevel=2)
 
     @torch.no_grad()
     def _global_coefficients(self, output, all_rewards, rows, all_present) -> torch.Tensor:
@@ -437,10 +451,14 @@ class _NoSignalWatch:
             fix = (f"with positive_rule='threshold' a completion is positive when its reward is at least "
                    f"positive_threshold={threshold:g}, which no reward seen crosses: set positive_threshold inside "
                    "the range of your rewards, or use positive_rule='group_mean' for graded rewards")
-        else:
+        elif rule == "threshold":
             fix = (f"under positive_rule={rule!r} every group's completions were all positive or all negative: sample "
-                   "more diverse completions (num_generations, temperature), or use a reward that separates them"
-                   + (" (positive_rule='group_mean' for graded rewards)" if rule == "threshold" else ""))
+                   "more diverse completions (num_generations, temperature), or use a reward that separates them "
+                   "(positive_rule='group_mean' for graded rewards)")
+        else:
+            fix = (f"under positive_rule={rule!r} every group's completions had equal rewards (a positive must score "
+                   "above its group's mean): sample more diverse completions (num_generations, temperature), or use "
+                   "a reward that separates them")
         steps = f"{self.steps} consecutive optimizer step" + ("s" if self.steps != 1 else "")
         return (f"ConSPO: no group has had both a positive and a negative completion for {steps}, so the loss and "
                 f"its gradient are zero. Rewards seen in these steps: {seen}; {fix}. (This warning: "

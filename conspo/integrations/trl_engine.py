@@ -34,6 +34,7 @@ from conspo.heldout import evaluate_greedy
 from conspo.objectives import get_objective
 from conspo.reporting import MetricsWriter
 from conspo.rollout import with_bos
+from conspo.tasks import run_rewards
 from conspo.run import (
     StopRequest,
     checkpoint_to_resume,
@@ -88,8 +89,9 @@ def trl_arguments(cfg: TrainConfig, *, max_new_tokens: int, output_dir: str, use
         vllm_server_port=cfg.vllm_server_port,
         **({"vllm_mode": cfg.vllm_mode} if cfg.vllm_mode != "none" else {}),
         mask_truncated_completions=cfg.mask_truncated,  # the same masking as mask_truncated_rows (tested)
-        # TRL sums the reward functions of trl_reward_functions with these weights: task + factor * penalty
-        **({"reward_weights": [1.0, cfg.overlong_penalty_factor]} if cfg.overlong_buffer else {}),
+        # TRL sums the reward functions of trl_reward_functions with these weights: the rewards + factor * penalty
+        **({"reward_weights": [*reward_weights(cfg), *([cfg.overlong_penalty_factor] if cfg.overlong_buffer else [])]}
+           if cfg.overlong_buffer or cfg.reward_weights else {}),
     )
     if cfg.objective == "conspo":
         return {**args, "beta": 0.0, "tau": cfg.tau, "margin_schedule": cfg.margin_schedule,
@@ -131,15 +133,22 @@ def use_conspo_sampler(model, tokenizer, task):
     return own, stop
 
 
+def reward_weights(cfg: TrainConfig) -> list[float]:
+    """The weights of the run's rewards (--reward-weights, else 1 each; the task's verifier alone: [1.0])."""
+    return list(cfg.reward_weights) or [1.0] * max(1, len(cfg.reward))
+
+
 def trl_reward_functions(cfg: TrainConfig, task_reward, *, max_new_tokens: int) -> list:
-    """The reward functions TRL sums, weighted by ``trl_arguments``' ``reward_weights``: the task's verifier and,
-    with ``overlong_buffer``, TRL's own soft overlong punishment (the formula of ``overlong_penalty``, tested equal)."""
+    """The reward functions TRL sums, weighted by ``trl_arguments``' ``reward_weights``: the task's verifier or the
+    user's rewards (``task_reward``: one function or a list, passed unchanged) and, with ``overlong_buffer``, TRL's own
+    soft overlong punishment (the formula of ``overlong_penalty``, tested equal)."""
+    rewards = list(task_reward) if isinstance(task_reward, (list, tuple)) else [task_reward]
     if not cfg.overlong_buffer:
-        return [task_reward]
+        return rewards
     from trl.rewards import get_soft_overlong_punishment
 
-    return [task_reward, get_soft_overlong_punishment(max_completion_len=max_new_tokens,
-                                                      soft_punish_cache=cfg.overlong_buffer)]
+    return [*rewards, get_soft_overlong_punishment(max_completion_len=max_new_tokens,
+                                                   soft_punish_cache=cfg.overlong_buffer)]
 
 
 def trl_peft_config(cfg: TrainConfig):
@@ -307,6 +316,7 @@ def run_trl_training(cfg: TrainConfig, *, log=print) -> dict:
     run_dir = Path(cfg.output_dir)
     torch.manual_seed(cfg.seed)
     task = make_task(cfg)
+    rewards = run_rewards(cfg, task) if cfg.reward else None  # the user's: passed to TRL unchanged
     cfg.check_generation_limit(cfg.max_new_tokens or task.max_new_tokens)  # before the model is loaded
     with processes.main_process_first():  # the tiny base's one-time warm-up is built by one process only
         model, tokenizer = load_model(cfg, task, torch.device("cpu"), dtype, log)
@@ -323,20 +333,33 @@ def run_trl_training(cfg: TrainConfig, *, log=print) -> dict:
         if main:
             log(f"resumed from {checkpoint} at step {start_step}")
     elif main:
-        run_state["heldout_accuracy_before"] = evaluate_greedy(model, tokenizer, task, heldout,
-                                                               max_new_tokens=max_new_tokens)[0].accuracy
+        run_state["heldout_accuracy_before"] = evaluate_greedy(
+            model, tokenizer, task, heldout, max_new_tokens=max_new_tokens, rewards=rewards,
+            positive_threshold=cfg.positive_threshold)[0].accuracy
     if main:
         write_config(run_dir, cfg, resolved_settings(cfg, model, tokenizer, task, device, dtype, max_new_tokens))
     model_generation_config, stop = use_conspo_sampler(model, tokenizer, task)  # after resolved_settings has read it
 
     # TRL tokenises prompts without special tokens: the BOS a tokenizer adds (Llama, Gemma) goes into the text
-    problems = dict(zip(with_bos(tokenizer, [p.prompt for p in task.train_problems()]), task.train_problems()))
-    dataset = Dataset.from_dict({"prompt": list(problems)})
+    # (chat messages get theirs from the chat template)
+    train = task.train_problems()
+    problems = dict(zip(with_bos(tokenizer, [p.prompt for p in train]), train))
+    if hasattr(task, "trl_rows"):  # your data: every column reaches the rewards, as in TRL
+        rows = task.trl_rows()
+        for row in rows:
+            if isinstance(row["prompt"], str):
+                row["prompt"] = with_bos(tokenizer, [row["prompt"]])[0]
+        dataset = Dataset.from_list(rows)
+    elif cfg.reward:  # a built-in task's prompts scored by your rewards: its columns are id and answer
+        dataset = Dataset.from_dict({"prompt": list(problems), "id": [p.id for p in problems.values()],
+                                     "answer": [p.answer for p in problems.values()]})
+    else:
+        dataset = Dataset.from_dict({"prompt": list(problems)})
 
     def task_reward(prompts, completions, **kwargs):
         return task.score([problems[p] for p in prompts], completions)
 
-    reward_funcs = trl_reward_functions(cfg, task_reward, max_new_tokens=max_new_tokens)
+    reward_funcs = trl_reward_functions(cfg, rewards.funcs if rewards else task_reward, max_new_tokens=max_new_tokens)
     kwargs = trl_arguments(cfg, max_new_tokens=max_new_tokens, output_dir=str(run_dir),
                            use_cpu=device.type == "cpu", dtype=dtype)
     if cfg.vllm_mode != "none":  # vLLM stops at the model's EOS only: the turn markers too, as with transformers
@@ -357,15 +380,16 @@ def run_trl_training(cfg: TrainConfig, *, log=print) -> dict:
                 return
             metrics = {renames.get(k, k): v for k, v in logs.items()}
             if cfg.overlong_buffer:  # TRL logs the unweighted penalty; ours is the amount added to the reward
-                penalty = logs.get(f"rewards/{reward_funcs[1].__name__}/mean")
+                penalty = logs.get(f"rewards/{reward_funcs[-1].__name__}/mean")
                 if penalty is not None:
                     metrics["reward/overlong_penalty_mean"] = penalty * cfg.overlong_penalty_factor
             if cfg.mask_truncated and "gen/truncated_frac" in metrics:  # TRL masks the rows it counts as clipped
                 metrics["gen/masked_truncated_frac"] = metrics["gen/truncated_frac"]
             step = state.global_step
             if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
-                result, _ = evaluate_greedy(trainer.model, tokenizer, task, heldout, max_new_tokens=max_new_tokens)
-                metrics["heldout/accuracy"] = result.accuracy
+                result, _ = evaluate_greedy(trainer.model, tokenizer, task, heldout, max_new_tokens=max_new_tokens,
+                                            rewards=rewards, positive_threshold=cfg.positive_threshold)
+                metrics.update({"heldout/accuracy": result.accuracy, **result.reward_metrics})
             writer.write(step, metrics)
 
     class Progress(TrainerCallback):

@@ -66,7 +66,7 @@ try:
 except ImportError as e:  # pragma: no cover - exercised only without verl
     raise ImportError("conspo.integrations.verl needs verl: pip install 'conspo[verl]' (verl==0.9.1)") from e
 
-from conspo.objectives import POSITIVE_RULES, coefficient_surrogate, conspo_coefficients_and_metrics, sequence_scores
+from conspo.objectives import DEFAULT_POSITIVE_RULE, POSITIVE_RULES, coefficient_surrogate, conspo_coefficients_and_metrics, sequence_scores
 from conspo.schedules import MARGIN_SCHEDULES, margin_curriculum
 
 SUPPORTED_VERL_VERSIONS = ("0.9.",)
@@ -106,7 +106,7 @@ class ConSPOPolicyLossConfig(PolicyLossConfig):
     margin_end: float = 0.0  # margin reached at margin_horizon (ignored by "constant")
     margin_horizon: int = 0  # verl training steps to reach margin_end; 0: trainer.total_training_steps
     positive_threshold: float = 0.5  # reward >= this is a positive rollout (positive_rule "threshold")
-    positive_rule: str = "threshold"  # or "group_mean": reward above its group's mean (graded rewards)
+    positive_rule: str = DEFAULT_POSITIVE_RULE  # "group_mean": reward above its group's mean; or "threshold"
     length_normalized_score: bool = True  # score = mean token log-prob (False: sum)
 
     def __post_init__(self):
@@ -118,6 +118,10 @@ class ConSPOPolicyLossConfig(PolicyLossConfig):
             raise ValueError(f"policy_loss.margin_horizon must be >= 0 (0: total training steps), got {self.margin_horizon}")
         if self.positive_rule not in POSITIVE_RULES:
             raise ValueError(f"policy_loss.positive_rule must be one of {POSITIVE_RULES}, got {self.positive_rule!r}")
+        if self.positive_rule != "threshold" and self.positive_threshold != 0.5:
+            raise ValueError(f"policy_loss.positive_threshold={self.positive_threshold!r} is only used by "
+                             f"positive_rule=threshold; positive_rule={self.positive_rule} picks positives by the "
+                             "group's mean reward: add policy_loss.positive_rule=threshold, or leave the threshold at 0.5")
 
     def margin(self, completed_steps: int, total_steps: int) -> float:
         """Margin for a batch trained after ``completed_steps`` verl training steps."""
@@ -170,7 +174,7 @@ def conspo_batch_coefficients(
     margin: float,
     tau: float,
     positive_threshold: float = 0.5,
-    positive_rule: str = "threshold",
+    positive_rule: str = DEFAULT_POSITIVE_RULE,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """ConSPO coefficients for rows in any order, grouped by ``index``; and the loss metrics.
 

@@ -3,14 +3,16 @@
 * ``math_reward(completion, gold)`` / ``MathVerifier(...).score(completions, golds)``: 1.0 when
   the completion's final answer is equivalent to the gold answer (conspo/rewards/math.py);
   ``score`` also says why, per completion (``VerifyResult.statuses``, one of ``STATUSES``).
-* ``score_with(reward_fn, prompts, completions, examples)``: any ``(prompt, completion,
-  example) -> float`` reward, with bad values reported by example (conspo/rewards/base.py).
+* ``RewardSet(funcs, weights).score(prompts, completions, columns)``: reward functions with TRL's
+  signature ``(prompts, completions, **columns) -> list[float | None]``, bad values reported by row
+  (conspo/rewards/base.py); ``load_reward("file.py:fn")`` loads one. The built-in verifiers in that
+  shape: conspo/rewards/verifiers.py.
 
 Importing this package is cheap: sympy / math-verify are imported only by the processes that
 run the symbolic comparison.
 """
 
-from conspo.rewards.base import RewardError, RewardFn, math_reward_fn, score_with
+from conspo.rewards.base import REWARD_ERRORS, RewardError, RewardScores, RewardSet, load_reward, reward_name
 from conspo.rewards.math import (
     DEFAULT_TIMEOUT_S,
     STATUSES,
@@ -28,15 +30,17 @@ __all__ = [
     "DEFAULT_TIMEOUT_S",
     "STATUSES",
     "MathVerifier",
+    "REWARD_ERRORS",
     "RewardError",
-    "RewardFn",
+    "RewardScores",
+    "RewardSet",
     "VerifyResult",
     "answers_match",
     "check_answer",
     "extract_answer",
     "gold_answer",
     "math_reward",
-    "math_reward_fn",
+    "load_reward",
     "normalize_answer",
-    "score_with",
+    "reward_name",
 ]

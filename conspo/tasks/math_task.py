@@ -17,16 +17,13 @@ class MathTask:
     def __init__(self, train: str = "math_train", heldout: str = "math500", *, data_dir: str | None = None,
                  template: str = "qwen_math_boxed", max_new_tokens: int = 1024, verify_timeout_s: float = 5.0,
                  answer_extraction: str = "lenient"):
-        from conspo.tasks.math_data import PROMPT_TEMPLATES, load_benchmark, load_jsonl
+        from conspo.tasks.data import load_problem_set
+        from conspo.tasks.math_data import PROMPT_TEMPLATES
 
         if template not in PROMPT_TEMPLATES:
             raise ValueError(f"unknown prompt template {template!r}; valid: {', '.join(PROMPT_TEMPLATES)}")
-
-        def load(name):  # a short benchmark name, or a path to a JSONL file (rows numbered: ids are optional here)
-            return load_jsonl(name, id_field=None) if name.endswith(".jsonl") else load_benchmark(name, data_dir)
-
-        self._train_examples = load(train)
-        self._heldout_examples = load(heldout)
+        self._train_examples = load_problem_set(train, data_dir, split="train")
+        self._heldout_examples = load_problem_set(heldout, data_dir)
         self.template = template
         self.max_new_tokens = max_new_tokens
         self.verify_timeout_s = verify_timeout_s

@@ -14,7 +14,8 @@ from datasets import Dataset
 
 from conspo.integrations.trl import ConSPOConfig, ConSPOTrainer
 from conspo.rewards import MathVerifier
-from conspo.tasks.math_data import build_prompt, load_benchmark, load_jsonl
+from conspo.tasks.data import load_problem_set
+from conspo.tasks.math_data import build_prompt
 
 
 def main():
@@ -40,7 +41,7 @@ def main():
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    examples = load_jsonl(args.train_data) if args.train_data.endswith(".jsonl") else load_benchmark(args.train_data, args.data_dir)
+    examples = load_problem_set(args.train_data, args.data_dir, split="train")  # a short name or a path, as conspo train
     prompts = {build_prompt(e, "qwen_math_boxed", tokenizer): e.answer for e in examples}
     dataset = Dataset.from_dict({"prompt": list(prompts), "answer": list(prompts.values())})
     verifier = MathVerifier(timeout_s=5.0)

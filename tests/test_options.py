@@ -1,0 +1,122 @@
+"""No silent options: walk the objective x option, task x option, model x option and reward x option tables
+(conspo/options.py). Every option set away from its default either changes what the run consumes or is
+refused before any work, in one line naming it."""
+
+import dataclasses
+
+import pytest
+
+from conspo import tasks as tasks_module
+from conspo.config import TrainConfig
+from conspo.errors import ConfigError
+from conspo.objectives import OBJECTIVES, get_objective
+from conspo.options import MARGIN_CURRICULUM_OPTIONS, OPTION_NEEDS
+from conspo.schedules import margin_curriculum
+from helpers import run_cli
+
+#: every value of each axis the table names, as config changes
+AXES = {
+    "objective": {name: {"objective": name} for name in OBJECTIVES},
+    "task": {"addition": {}, "chain": {}, "math": {"task": "math", "model": "some/model"},
+             "data": {"task": "data", "model": "some/model", "train_data": "x.jsonl", "reward": ["r.py:f"]}},
+    "model": {"tiny": {}, "yours": {"model": "some/model"}},
+    "reward": {"none": {}, "given": {"reward": ["r.py:f"]}},
+    "margin_schedule": {"constant": {}, "curriculum": {"margin_schedule": "linear"}},
+}
+OTHER = {"tau": 0.7, "margin_schedule": "cosine", "margin_start": 0.1, "margin_end": 0.2, "margin_horizon": 5,
+         "positive_rule": "threshold", "positive_threshold": 0.7, "score": "sum", "eps_low": 0.1, "eps_high": 0.3,
+         "train_data": "other.jsonl", "eval_data": "other.jsonl", "data_dir": "/elsewhere", "prompt_template": "r1",
+         "answer_extraction": "strict", "prompt_field": "question", "sft_steps": 7, "sft_seed": 3, "sft_lr": 1e-4,
+         "sft_decay_steps": 900, "sft_batch_size": 16, "sft_stop_accuracy": 0.3, "reward_weights": [2.0],
+         "reward_errors": "zero"}
+#: options that are only meaningful together with another one
+_RAMP = {"margin_schedule": "linear", "margin_end": 0.3}
+ALSO = {"positive_threshold": {"positive_rule": "threshold"}, "margin_end": _RAMP, "margin_schedule": _RAMP,
+        "margin_horizon": _RAMP}
+
+
+def what_the_run_consumes(cfg, monkeypatch):
+    """Objective options over the run, the task's construction, the tiny base's warm-up and the rewards."""
+    from conspo import run, warmup
+
+    steps = [0, cfg.steps // 2, cfg.steps]
+    margins = [margin_curriculum(cfg.margin_schedule, start=cfg.margin_start, end=cfg.margin_end,
+                                 horizon=cfg.margin_horizon, total_steps=cfg.steps)(s) for s in steps]
+    objective = [get_objective(cfg.objective).options(cfg.objective_settings(margin=m, max_new_tokens=8))
+                 for m in margins]
+    monkeypatch.setattr(tasks_module, "get_task", lambda name, **kw: (name, kw))
+    monkeypatch.setattr(tasks_module, "load_rewards", lambda specs: [len] * len(specs))
+    task = tasks_module.task_from_config(cfg)
+    if isinstance(task[1].get("reward_funcs"), list):  # the data task's rewards: compare their settings
+        task[1]["reward_funcs"] = len(task[1]["reward_funcs"])
+    warm_up = None
+    if cfg.model == "tiny":
+        monkeypatch.setattr(warmup, "tiny_base", lambda task, **kw: (_ for _ in ()).throw(LookupError(kw)))
+        with pytest.raises(LookupError) as info:
+            run.load_model(cfg, None, "cpu", None, print)
+        warm_up = info.value.args[0]
+    rewards = None
+    if cfg.reward:
+        reward_set = tasks_module.run_rewards(cfg, object())
+        rewards = (reward_set.weights, reward_set.errors)
+    return objective, task, warm_up, rewards
+
+
+CASES = [(name, axis_value) for name, need in OPTION_NEEDS.items() for axis_value in AXES[need.axis]]
+
+
+@pytest.mark.parametrize("name,axis_value", CASES, ids=[f"{n}-{v}" for n, v in CASES])
+def test_every_option_changes_the_run_or_is_refused(name, axis_value, monkeypatch):
+    need = OPTION_NEEDS[name]
+    meaningful = axis_value in need.values
+    # the companions an option needs on top of its axis, where it has an effect (elsewhere they would be refused too)
+    base = dataclasses.replace(TrainConfig(), **AXES[need.axis][axis_value], **(ALSO.get(name, {}) if meaningful else {}))
+    changed = dataclasses.replace(base, **{name: OTHER[name]})
+    if meaningful:
+        base.validate()
+        changed.validate()
+        assert what_the_run_consumes(changed, monkeypatch) != what_the_run_consumes(base, monkeypatch), name
+    else:
+        with pytest.raises(ConfigError) as info:
+            changed.validate()
+        message = str(info.value)
+        assert f"{name}=" in message and "has no effect" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("name", MARGIN_CURRICULUM_OPTIONS)
+def test_margin_curriculum_options_need_a_schedule(name):
+    """--margin-end 0.3 alone would keep the margin at margin_start: refused, naming the schedules."""
+    with pytest.raises(ConfigError, match=rf"{name}=.* has no effect with margin_schedule constant: .*"
+                                          r"--margin-schedule linear, cosine or step"):
+        TrainConfig(**{name: OTHER[name]}).validate()
+
+
+@pytest.mark.parametrize("probe", [["--tau", "0.5", "--objective", "grpo"], ["--eps-low", "0.1"],
+                                   ["--positive-rule", "threshold", "--objective", "grpo"],
+                                   ["--answer-extraction", "strict"], ["--prompt-template", "r1"],
+                                   ["--sft-steps", "10", "--model", "some/model"], ["--margin-end", "0.3"],
+                                   ["--train-data", "foo.jsonl"]])
+def test_probes_end_in_one_line_and_a_non_zero_exit(probe, tmp_path):
+    proc = run_cli("train", *probe, "--output-dir", str(tmp_path / "run"), cache_dir=str(tmp_path), check=False)
+    assert proc.returncode != 0
+    assert len(proc.stderr.strip().splitlines()) == 1 and "has no effect" in proc.stderr, proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_resumed_run_saved_by_an_older_version_drops_the_options_it_never_used():
+    """Older config.yaml files hold every option (train_data on the addition task, positive_rule on GRPO):
+    those had no effect then either, so a resume resets them instead of refusing the run."""
+    from dataclasses import asdict
+
+    from conspo.config import task_defaults
+    from conspo.options import without_ineffective
+
+    saved = TrainConfig(objective="grpo", positive_rule="threshold", train_data="math_train", eval_data="math500",
+                        margin_end=0.2)
+    with pytest.raises(ConfigError):
+        saved.validate()
+    reset = without_ineffective(saved, asdict(TrainConfig()), task_defaults(saved.task))
+    assert sorted(reset) == ["eval_data", "margin_end", "positive_rule", "train_data"]
+    saved.validate()
+    kept = TrainConfig(positive_rule="threshold")  # a ConSPO run trained with the threshold rule keeps it
+    assert without_ineffective(kept, asdict(TrainConfig()), {}) == [] and kept.positive_rule == "threshold"
