@@ -10,10 +10,9 @@ import pytest
 import torch
 
 pytest.importorskip("trl")
-from helpers import PROMPTS, make_trainer, reference_gradient  # noqa: E402
+from helpers import PROMPTS, make_trainer, reference_gradient, reference_gradient_of_union  # noqa: E402
 
 from conspo.integrations.trl import GRPO_ONLY_OPTIONS  # noqa: E402
-from conspo.objectives import conspo_loss  # noqa: E402
 
 
 @pytest.mark.slow
@@ -77,14 +76,20 @@ def test_stale_coefficients_warn(tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_give_the_single_batch_gradient(tmp_path):
-    """torchrun --nproc_per_node 2 (gloo): groups straddle processes; DDP's gradient == full-batch gradient."""
+    """torchrun --nproc_per_node 2 (gloo): groups straddle processes; DDP's gradient == full-batch gradient, also when
+    an optimizer step spans two generation batches."""
     script = Path(__file__).with_name("trl_two_process.py")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1"}
-    for mode, per_device in (("coefficients", 6), ("whole", 8)):
-        out = tmp_path / mode
+    here = Path(__file__).parent  # the helpers, then this checkout's conspo (not an installed one)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here), str(here.parent)]), "OMP_NUM_THREADS": "1"}
+    # (mode, per_device, steps_per_generation, gradient_accumulation_steps): the last two take two generation batches
+    # per optimizer step, so the step's gradient is normalised after its last micro-batch, over both processes
+    for mode, per_device, spg, gas in (("coefficients", 6, 1, 1), ("whole", 8, 1, 1), ("whole", 8, 1, 2),
+                                       ("coefficients", 6, 1, 2)):
+        out = tmp_path / f"{mode}-{spg}-{gas}"
         proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                               "--master_port", str(29500 + per_device), str(script), str(out), mode,
-                               str(per_device)], capture_output=True, text=True, env=env, timeout=600)
+                               "--master_port", str(29500 + per_device + 10 * gas), str(script), str(out), mode,
+                               str(per_device), str(spg), str(gas)], capture_output=True, text=True, env=env,
+                              timeout=600)
         assert proc.returncode == 0, proc.stderr[-4000:]
         assert (out / "ok").read_text() == "ok", proc.stdout
 
@@ -449,30 +454,6 @@ def test_a_gloo_worker_left_with_work_in_flight_exits_cleanly():
 
 # --- optimizer steps that span generation batches, and the staleness warning -------------------
 
-def _reference_over_batches(trainer, initial, batches, G, *, tau=0.5, margin=0.1):
-    """Gradient, at the initial weights, of the ConSPO loss of the union of ``batches`` (each whole groups):
-    L = (1/|V|) sum over all valid groups = sum_b |V_b| L_b / sum_b |V_b|, every L_b in-graph."""
-    from conspo.objectives import count_valid_groups
-
-    model = trainer.model
-    model.load_state_dict(initial.state_dict())
-    model.zero_grad(set_to_none=True)
-    total, n_valid = 0.0, 0.0
-    for batch in batches:
-        order = torch.argsort(batch["conspo_row"])
-        input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)[order]
-        attention = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)[order]
-        mask, rewards = batch["completion_mask"][order], batch["conspo_rewards"][order]
-        logps, _, _ = trainer._get_per_token_logps_and_entropies(model, input_ids, attention,
-                                                                 batch["completion_ids"].size(1))
-        loss, _ = conspo_loss(logps, mask, rewards.to(logps.dtype), G, margin=margin, tau=tau)
-        valid = count_valid_groups(mask, rewards, G)
-        total, n_valid = total + loss * valid, n_valid + valid
-    assert n_valid > 0, "no valid group: the test would be vacuous"
-    (total / n_valid).backward()
-    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("per_device,G,gas,spg,iterations,mode,seed", [
     (8, 4, 2, 1, 1, "whole", 3),          # two generation batches per optimizer step
@@ -518,7 +499,7 @@ def test_step_spanning_generation_batches_normalises_over_the_whole_step(tmp_pat
             counts = [count_valid_groups(b["completion_mask"], b["conspo_rewards"], G)
                       for b in trainer.recorded[:gas // spg]]
             assert len(set(counts)) > 1 and min(counts) > 0, counts
-        reference = _reference_over_batches(trainer, initial, batches, G)
+        reference = reference_gradient_of_union(trainer, initial, batches, G)
         assert capture.grads[step].keys() == reference.keys()
         for name in reference:
             torch.testing.assert_close(capture.grads[step][name], reference[name], rtol=1e-5, atol=1e-6,
