@@ -439,8 +439,8 @@ class ConSPOTrainer(GRPOTrainer):
             self._conspo_step_valid += float(counts[self._step % spg])
             return loss * (local * world)
         first = self._step - self._step % gas  # the step's first micro-batch; all its micro-batches use this batch
-        window = sum(counts[j % spg] for j in range(first, first + gas))
-        return loss * (local * world / window.clamp(min=1.0))
+        window = sum(float(counts[j % spg]) for j in range(first, first + gas))
+        return loss * (local * world / max(window, 1.0))
 
     def training_step(self, model, inputs, num_items_in_batch):
         """GRPOTrainer's step; where an optimizer step spans generation batches, its gradient is divided by its valid
