@@ -291,7 +291,9 @@ def build_parser(prog: str = "conspo audit-rewards") -> argparse.ArgumentParser:
                     help="strict extraction: a completion without an answer marker has no answer "
                          "(default: lenient, the last math expression counts)")
     ap.add_argument("--timeout", type=float, default=5.0, help="time limit per answer, seconds (default 5)")
-    ap.add_argument("--workers", type=int, default=None, help="verification processes (default: all cores)")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="verification processes (default: the CPUs this process may use, at most 8; "
+                         "CONSPO_REWARD_WORKERS overrides)")
     ap.add_argument("--benchmark", default=None, help="only this benchmark of an eval directory")
     ap.add_argument("--max-chars", type=int, default=300, help="characters of each completion's end to show")
     ap.add_argument("--seed", type=int, default=0, help="which completions are sampled")

@@ -15,7 +15,7 @@ import torch
 from transformers import TrainerCallback
 
 from conspo.models import build_char_tokenizer, build_tiny_model
-from conspo.objectives import conspo_loss
+from conspo.objectives import conspo_loss, count_valid_groups
 
 
 def make_batch(n_groups, G, T, *, seed=0, binary=True, zero_length_rows=0, dtype=torch.float64, logp_scale=1.0):
@@ -153,3 +153,25 @@ def reference_gradient(trainer, initial, batch, G, *, tau=0.5, margin=0.1, **los
                                 margin=margin, tau=tau, **loss_options)
     loss.backward()
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}, metrics
+
+
+def reference_gradient_of_union(trainer, initial, batches, G, *, tau=0.5, margin=0.1):
+    """Gradient, at the initial weights, of the ConSPO loss of the union of ``batches`` (each whole groups):
+    L = (1/|V|) sum over all valid groups = sum_b |V_b| L_b / sum_b |V_b|, every L_b in-graph."""
+    model = trainer.model
+    model.load_state_dict(initial.state_dict())
+    model.zero_grad(set_to_none=True)
+    total, n_valid = 0.0, 0.0
+    for batch in batches:
+        order = torch.argsort(batch["conspo_row"])
+        input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)[order]
+        attention = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)[order]
+        mask, rewards = batch["completion_mask"][order], batch["conspo_rewards"][order]
+        logps, _, _ = trainer._get_per_token_logps_and_entropies(model, input_ids, attention,
+                                                                 batch["completion_ids"].size(1))
+        loss, _ = conspo_loss(logps, mask, rewards.to(logps.dtype), G, margin=margin, tau=tau)
+        valid = count_valid_groups(mask, rewards, G)
+        total, n_valid = total + loss * valid, n_valid + valid
+    assert n_valid > 0, "no valid group: the test would be vacuous"
+    (total / n_valid).backward()
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}

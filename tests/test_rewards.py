@@ -661,6 +661,53 @@ def test_pool_timeout_error_and_order():
         assert died.status == "error" and "exited" in died.value
 
 
+def test_pool_size_follows_affinity_local_ranks_cap_and_override(monkeypatch, tmp_path):
+    """8 ranks on a 192-core node: 24 CPUs each, capped at 8 workers, not 192 per rank (1,536 in all)."""
+    from conspo.rewards import pool as pool_module
+    from conspo.rewards.pool import DEFAULT_MAX_WORKERS, HardTimeoutPool, available_cpus, default_num_workers
+
+    monkeypatch.setattr(pool_module.os, "cpu_count", lambda: 192)
+    monkeypatch.setattr(pool_module.os, "sched_getaffinity", lambda pid: set(range(192)), raising=False)
+    monkeypatch.setattr(pool_module, "cgroup_cpu_limit", lambda: None)
+    for name in ("CONSPO_REWARD_WORKERS", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    assert DEFAULT_MAX_WORKERS == 8 and default_num_workers() == 8
+    monkeypatch.setattr(pool_module.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)  # taskset -c 0-2
+    assert available_cpus() == 3 and default_num_workers() == 3
+    monkeypatch.setattr(pool_module.os, "sched_getaffinity", lambda pid: set(range(24)), raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert default_num_workers() == 3  # 24 CPUs shared by 8 ranks
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "32")
+    assert default_num_workers() == 1  # never 0
+    monkeypatch.setattr(pool_module, "cgroup_cpu_limit", lambda: 2.5)  # docker --cpus 2.5
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    assert available_cpus() == 2 and default_num_workers() == 2
+    assert HardTimeoutPool("time:sleep").num_workers == 2  # the pool's default (workers start on first use)
+    monkeypatch.setenv("CONSPO_REWARD_WORKERS", "12")
+    assert default_num_workers() == 12 and HardTimeoutPool("time:sleep").num_workers == 12
+    assert HardTimeoutPool("time:sleep", num_workers=5).num_workers == 5  # the argument wins
+    monkeypatch.setenv("CONSPO_REWARD_WORKERS", "zero")
+    with pytest.raises(ValueError, match="CONSPO_REWARD_WORKERS='zero' must be a positive number"):
+        HardTimeoutPool("time:sleep")
+
+
+def testcgroup_cpu_limit_reads_v2_and_v1_quotas(tmp_path):
+    from conspo.rewards.pool import cgroup_cpu_limit
+
+    assert cgroup_cpu_limit(str(tmp_path)) is None  # no cgroup files
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cgroup_cpu_limit(str(tmp_path)) is None  # v2, no quota
+    (tmp_path / "cpu.max").write_text("250000 100000\n")
+    assert cgroup_cpu_limit(str(tmp_path)) == 2.5
+    (tmp_path / "cpu.max").unlink()
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert cgroup_cpu_limit(str(tmp_path)) is None  # v1, no quota
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("400000\n")
+    assert cgroup_cpu_limit(str(tmp_path)) == 4.0
+
+
 def test_pool_rejects_bad_arguments():
     from conspo.rewards.pool import HardTimeoutPool
 

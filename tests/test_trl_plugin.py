@@ -10,7 +10,7 @@ import pytest
 import torch
 
 pytest.importorskip("trl")
-from helpers import PROMPTS, make_trainer, reference_gradient  # noqa: E402
+from helpers import PROMPTS, make_trainer, reference_gradient, reference_gradient_of_union  # noqa: E402
 
 from conspo.integrations.trl import GRPO_ONLY_OPTIONS  # noqa: E402
 
@@ -76,14 +76,20 @@ def test_stale_coefficients_warn(tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_give_the_single_batch_gradient(tmp_path):
-    """torchrun --nproc_per_node 2 (gloo): groups straddle processes; DDP's gradient == full-batch gradient."""
+    """torchrun --nproc_per_node 2 (gloo): groups straddle processes; DDP's gradient == full-batch gradient, also when
+    an optimizer step spans two generation batches."""
     script = Path(__file__).with_name("trl_two_process.py")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1"}
-    for mode, per_device in (("coefficients", 6), ("whole", 8)):
-        out = tmp_path / mode
+    here = Path(__file__).parent  # the helpers, then this checkout's conspo (not an installed one)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here), str(here.parent)]), "OMP_NUM_THREADS": "1"}
+    # (mode, per_device, steps_per_generation, gradient_accumulation_steps): the last two take two generation batches
+    # per optimizer step, so the step's gradient is normalised after its last micro-batch, over both processes
+    for mode, per_device, spg, gas in (("coefficients", 6, 1, 1), ("whole", 8, 1, 1), ("whole", 8, 1, 2),
+                                       ("coefficients", 6, 1, 2)):
+        out = tmp_path / f"{mode}-{spg}-{gas}"
         proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                               "--master_port", str(29500 + per_device), str(script), str(out), mode,
-                               str(per_device)], capture_output=True, text=True, env=env, timeout=600)
+                               "--master_port", str(29500 + per_device + 10 * gas), str(script), str(out), mode,
+                               str(per_device), str(spg), str(gas)], capture_output=True, text=True, env=env,
+                              timeout=600)
         assert proc.returncode == 0, proc.stderr[-4000:]
         assert (out / "ok").read_text() == "ok", proc.stdout
 
@@ -306,6 +312,26 @@ def test_warns_when_no_group_is_valid_for_n_steps(tmp_path):
     assert sum("consecutive optimizer step" in str(w.message) for w in record) == 1  # once per streak
 
 
+def test_no_signal_streak_counts_optimizer_steps_not_generation_batches(tmp_path):
+    """Two generation batches per optimizer step (steps_per_generation < gradient_accumulation_steps) are one step."""
+    import warnings
+
+    def always_right(prompts, completions, **kwargs):
+        return [1.0] * len(completions)
+
+    trainer, _, _ = make_trainer(tmp_path, per_device=4, G=2, gas=2, steps_per_generation=1, max_steps=1,
+                                 reward_funcs=always_right, no_valid_group_warn_steps=2)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        trainer.train()
+    assert len(trainer.recorded) == 2
+    assert not [w for w in record if "consecutive optimizer step" in str(w.message)]
+    trainer, _, _ = make_trainer(tmp_path / "two", per_device=4, G=2, gas=2, steps_per_generation=1, max_steps=2,
+                                 reward_funcs=always_right, no_valid_group_warn_steps=2)
+    with pytest.warns(UserWarning, match=r"for 2 consecutive optimizer steps"):
+        trainer.train()
+
+
 def test_no_warning_while_groups_are_valid(tmp_path):
     import warnings
 
@@ -424,3 +450,159 @@ def test_a_gloo_worker_left_with_work_in_flight_exits_cleanly():
                               capture_output=True, text=True, env=env, timeout=120)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert "rank 0 done" in proc.stdout and "rank 1 done" in proc.stdout
+
+
+# --- optimizer steps that span generation batches, and the staleness warning -------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("per_device,G,gas,spg,iterations,mode,seed", [
+    (8, 4, 2, 1, 1, "whole", 3),          # two generation batches per optimizer step
+    (4, 4, 4, 2, 1, "whole", 3),          # two generation batches of two slices each
+    (4, 4, 2, 3, 1, "whole", 0),          # steps straddle generation batches (slices 0-1 | 2 + next 0 | ...)
+    (4, 4, 2, 3, 2, "whole", 0),          # in-graph: step 2 = slice 2, then slice 0 again (num_iterations=2)
+    (6, 4, 4, 2, 1, "coefficients", 1),   # fresh coefficients, two generation batches per step
+])
+def test_step_spanning_generation_batches_normalises_over_the_whole_step(tmp_path, per_device, G, gas, spg,
+                                                                          iterations, mode, seed):
+    """Each optimizer step's gradient == the in-graph gradient of ConSPO over every group that step used, normalised
+    by all their valid groups, whatever steps_per_generation and num_iterations are. The model is float64, but TRL's
+    fused head returns float32 log-probs, hence rtol 1e-5 (a wrong normaliser is off by a factor). lr=0 keeps every
+    step at the initial weights, so the later steps have the same reference."""
+    from transformers import TrainerCallback
+
+    from conspo.models import build_char_tokenizer, build_tiny_model
+    from conspo.objectives import count_valid_groups
+
+    class EveryStep(TrainerCallback):
+        grads = []
+
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+            self.grads.append({n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None})
+
+    model = build_tiny_model(len(build_char_tokenizer()), hidden=32, layers=2, ffn=64, heads=2, seed=seed).double()
+    trainer, _, initial = make_trainer(tmp_path, per_device=per_device, G=G, gas=gas, group_mode=mode, seed=seed,
+                                       steps_per_generation=spg, num_iterations=iterations, model=model,
+                                       learning_rate=0.0, max_steps=2)
+    capture = EveryStep()
+    trainer.add_callback(capture)
+    trainer.train()
+    assert len(capture.grads) == 2 and len(trainer.loss_inputs) == 2 * gas
+    for step in range(2):
+        if mode == "coefficients":  # micro-batches split groups: the step's generation batches, each whole groups
+            per_step = gas // spg
+            batches = trainer.recorded[step * per_step:(step + 1) * per_step]
+        else:  # whole mode: every micro-batch holds whole groups
+            batches = trainer.loss_inputs[step * gas:(step + 1) * gas]
+            for b in batches:
+                assert (torch.bincount(b["conspo_row"] // G) % G == 0).all()
+        if step == 0 and spg < gas:  # else summing or averaging per-generation-batch losses would pass too
+            counts = [count_valid_groups(b["completion_mask"], b["conspo_rewards"], G)
+                      for b in trainer.recorded[:gas // spg]]
+            assert len(set(counts)) > 1 and min(counts) > 0, counts
+        reference = reference_gradient_of_union(trainer, initial, batches, G)
+        assert capture.grads[step].keys() == reference.keys()
+        for name in reference:
+            torch.testing.assert_close(capture.grads[step][name], reference[name], rtol=1e-5, atol=1e-6,
+                                       msg=f"step {step + 1}: {name}")
+        assert max(g.abs().max() for g in reference.values()) > 0
+
+
+def test_fresh_coefficients_do_not_warn_stale_coefficients_do(tmp_path):
+    """Coefficients are stale exactly when an optimizer step ends inside a generation batch:
+    gradient_accumulation_steps not a multiple of steps_per_generation * num_iterations."""
+    import warnings
+
+    for gas, spg, iterations, stale in [(4, 2, 1, False), (2, 2, 1, False), (4, 2, 2, False), (6, 2, 1, False),
+                                        (1, 2, 1, True), (2, 3, 1, True), (3, 2, 1, True), (2, 2, 2, True)]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            make_trainer(tmp_path / f"{gas}-{spg}-{iterations}", per_device=6, G=2, gas=gas, group_mode="coefficients",
+                         steps_per_generation=spg, num_iterations=iterations)
+        said = any("stale" in str(w.message) for w in caught)
+        assert said == stale, (gas, spg, iterations)
+
+
+def test_deepspeed_refuses_a_step_spanning_generation_batches(tmp_path, monkeypatch):
+    from trl import GRPOTrainer
+
+    grpo_init = GRPOTrainer.__init__
+
+    def init_as_under_deepspeed(self, *args, **kwargs):
+        grpo_init(self, *args, **kwargs)
+        self.is_deepspeed_enabled = True
+
+    monkeypatch.setattr(GRPOTrainer, "__init__", init_as_under_deepspeed)
+    with pytest.raises(ValueError, match="set steps_per_generation \\* num_iterations to a multiple of "
+                                         "gradient_accumulation_steps"):
+        make_trainer(tmp_path, per_device=8, G=4, gas=2, group_mode="whole", steps_per_generation=1)
+    # the default layout (steps_per_generation = gradient_accumulation_steps) stays accepted
+    make_trainer(tmp_path / "ok", per_device=8, G=4, gas=2, group_mode="whole")
+
+
+# --- image inputs reach every log-prob call ------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("per_device,G,gas,spg,mode", [
+    (8, 4, 2, 2, "whole"),          # regrouped slices: images must follow their rows
+    (6, 4, 2, 2, "coefficients"),   # scored at generation time by ConSPOTrainer itself, then the loss
+])
+def test_image_inputs_reach_every_log_prob_call_with_their_rows(tmp_path, monkeypatch, per_device, G, gas, spg, mode):
+    """A vision-language batch as GRPOTrainer builds it (Qwen-VL layout: pixel_values flattened over patches,
+    image_grid_thw and num_images per image, mm_token_type_ids per token): every log-prob call ConSPOTrainer makes
+    gets the image inputs of exactly the rows it scores (the text model itself is then called without them)."""
+    from trl import GRPOTrainer
+
+    from conspo.integrations.trl import MULTIMODAL_KEYS
+
+    trainer, _, _ = make_trainer(tmp_path, per_device=per_device, G=G, gas=gas, group_mode=mode,
+                                 steps_per_generation=spg)
+    calls, ids_of_row = [], {}
+    grpo_generate = GRPOTrainer._generate_and_score_completions
+    text_only = GRPOTrainer._get_per_token_logps_and_entropies
+
+    def generate_with_images(self, inputs):
+        # GRPOTrainer builds these inside its generation for a vision-language model; attached here right after it
+        output = grpo_generate(self, inputs)
+        ids = torch.cat([output["prompt_ids"], output["completion_ids"]], 1)
+        rows = list(range(len(ids)))  # the global rows of a single process
+        n_patches = [1 + r % 3 for r in rows]  # ragged: misaligned slicing cannot go unnoticed
+        output["pixel_values"] = torch.cat([torch.full((n, 2), float(r)) for r, n in zip(rows, n_patches)])
+        output["image_grid_thw"] = torch.tensor([[1, 1, n] for n in n_patches])
+        output["num_images"] = [1] * len(rows)
+        output["mm_token_type_ids"] = torch.tensor(rows)[:, None].expand_as(ids).clone()
+        ids_of_row.update({r: ids[r] for r in rows})
+        return output
+
+    def recording_logps(model, input_ids, attention_mask, logits_to_keep, batch_size=None, compute_entropy=False,
+                        compute_aux_loss=False, **image_inputs):
+        assert set(image_inputs) == set(MULTIMODAL_KEYS), sorted(image_inputs)
+        rows = image_inputs["mm_token_type_ids"][:, 0].tolist()
+        for i, r in enumerate(rows):  # token-level inputs belong to the row being scored
+            assert torch.equal(input_ids[i], ids_of_row[r])
+            assert (image_inputs["mm_token_type_ids"][i] == r).all()
+        patches = image_inputs["image_grid_thw"].prod(-1).tolist()
+        assert patches == [1 + r % 3 for r in rows] and image_inputs["num_images"] == [1] * len(rows)
+        for r, chunk in zip(rows, torch.split(image_inputs["pixel_values"], patches)):
+            assert (chunk == r).all()
+        calls.append(len(rows))
+        return text_only(trainer, model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size,
+                         compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss)
+
+    monkeypatch.setattr(GRPOTrainer, "_generate_and_score_completions", generate_with_images)
+    monkeypatch.setattr(trainer, "_get_per_token_logps_and_entropies", recording_logps)
+    trainer.train()
+    # the loss of every micro-batch, plus (coefficients) the scoring of the generation batch
+    assert calls == ([per_device * spg] if mode == "coefficients" else []) + [per_device] * gas
+
+
+def test_multimodal_keys_are_those_grpo_trainer_forwards():
+    import inspect
+
+    from trl import GRPOTrainer
+
+    from conspo.integrations.trl import MULTIMODAL_KEYS
+
+    names = list(inspect.signature(GRPOTrainer._get_per_token_logps_and_entropies).parameters)
+    assert set(MULTIMODAL_KEYS) == set(names[names.index("compute_aux_loss") + 1:])
+    source = inspect.getsource(GRPOTrainer._compute_loss)
+    assert all(f'{key}=inputs.get("{key}")' in source for key in MULTIMODAL_KEYS)

@@ -1,8 +1,9 @@
 """Run under `torchrun --nproc_per_node 2` (gloo, CPU): one ConSPOTrainer step over two processes.
 
-argv: OUT_DIR MODE PER_DEVICE. Rank 0 compares the DDP-synchronised gradient of step 1 with the
-gradient of conspo_loss on the union of both processes' generation batches (one graph, one
-process) and writes OUT_DIR/ok on success.
+argv: OUT_DIR MODE PER_DEVICE [STEPS_PER_GENERATION GRADIENT_ACCUMULATION_STEPS] (default 1 1). Rank 0
+compares the DDP-synchronised gradient of step 1 with the gradient of conspo_loss on the union of both
+processes' generation batches (one graph, one process; with several generation batches per step, their
+union normalised by all their valid groups) and writes OUT_DIR/ok on success.
 """
 
 import sys
@@ -12,21 +13,26 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
-from helpers import make_trainer, reference_gradient
+from helpers import make_trainer, reference_gradient, reference_gradient_of_union
 
 from conspo.cli import leave_without_teardown
 
 out, mode, per_device = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+spg, gas = (int(sys.argv[4]), int(sys.argv[5])) if len(sys.argv) > 4 else (1, 1)
 G = 4
-trainer, capture, initial = make_trainer(out / "trainer", per_device=per_device, G=G, gas=1, group_mode=mode)
+trainer, capture, initial = make_trainer(out / "trainer", per_device=per_device, G=G, gas=gas, group_mode=mode,
+                                         steps_per_generation=spg)
 trainer.train()
 rank = dist.get_rank()
 assert dist.get_world_size() == 2, "expected two processes"
-(batch,) = trainer.recorded
-save_file({k: v.contiguous() for k, v in batch.items()}, str(out / f"batch{rank}.safetensors"))
+n_batches = max(1, gas // spg)  # generation batches of step 1
+assert len(trainer.recorded) == n_batches
+for b, batch in enumerate(trainer.recorded):
+    save_file({k: v.contiguous() for k, v in batch.items()}, str(out / f"batch{rank}-{b}.safetensors"))
 dist.barrier()
-if rank == 0:
-    parts = [load_file(str(out / f"batch{r}.safetensors")) for r in range(2)]
+
+
+def merge(parts):
     width = max(p["completion_ids"].shape[1] for p in parts)
     prompt_width = max(p["prompt_ids"].shape[1] for p in parts)
 
@@ -44,9 +50,17 @@ if rank == 0:
         "conspo_rewards": torch.cat([p["conspo_rewards"] for p in parts]),
         "conspo_row": torch.cat([p["conspo_row"] for p in parts]),
     }
-    assert torch.equal(torch.sort(merged["conspo_row"]).values, torch.arange(2 * per_device)), merged["conspo_row"]
-    reference, metrics = reference_gradient(trainer, initial, merged, G)
-    assert metrics["conspo/valid_group_frac"] > 0, "no mixed group: vacuous"
+    assert torch.equal(torch.sort(merged["conspo_row"]).values, torch.arange(2 * per_device * spg)), merged["conspo_row"]
+    return merged
+
+
+if rank == 0:
+    merged = [merge([load_file(str(out / f"batch{r}-{b}.safetensors")) for r in range(2)]) for b in range(n_batches)]
+    if n_batches == 1:
+        reference, metrics = reference_gradient(trainer, initial, merged[0], G)
+        assert metrics["conspo/valid_group_frac"] > 0, "no mixed group: vacuous"
+    else:
+        reference = reference_gradient_of_union(trainer, initial, merged, G)
     for name, expected in reference.items():
         torch.testing.assert_close(capture.grads[name], expected, rtol=1e-4, atol=1e-7, msg=name)
     print(f"two-process {mode}: gradients match on {len(reference)} tensors")

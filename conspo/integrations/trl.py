@@ -17,9 +17,16 @@ its whole group, so this subclass keeps it exact in one of two ways (docs/design
 * ``group_mode="coefficients"``: at generation time every completion is scored without
   gradient, scores and rewards are gathered from all processes, and dL/ds is computed in
   closed form (``conspo_coefficients``); each micro-batch then back-propagates
-  ``sum_i c_i * s_i``. Works for any layout. Exact when each generation batch gets one
-  optimizer step; otherwise the coefficients are stale for the later steps, which is
+  ``sum_i c_i * s_i``. Works for any layout. Exact when no optimizer step ends inside a
+  generation batch (gradient_accumulation_steps a multiple of steps_per_generation *
+  num_iterations); otherwise the coefficients are stale for the later micro-batches, which is
   warned about once and logged as ``conspo/coef_staleness_steps``.
+
+When an optimizer step spans several generation batches, its valid groups are not all known
+before its first backward pass: each micro-batch then back-propagates its sum over valid groups
+and ``training_step`` divides the step's gradient by the step's valid groups after its last
+micro-batch (refused under DeepSpeed, which steps inside that backward pass). Image inputs
+(``MULTIMODAL_KEYS``) reach every log-prob call, as in GRPOTrainer.
 
 The margin follows ``self.state.global_step``, so it survives checkpoint resume. All math is
 imported from ``conspo.objectives``; this file only moves tensors to where they are needed.
@@ -43,7 +50,12 @@ import torch
 try:
     import trl
     from trl import GRPOConfig, GRPOTrainer
-    from trl.trainer.utils import get_config_model_id, split_tensor_dict
+    from trl.trainer.utils import (
+        get_config_model_id,
+        split_pixel_values_by_grid,
+        split_tensor_dict,
+        unsplit_pixel_values_by_grid,
+    )
 except ImportError as e:  # pragma: no cover - exercised only without trl
     raise ImportError("conspo.integrations.trl needs TRL: pip install 'conspo[trl]' (trl==1.16.0)") from e
 
@@ -69,6 +81,12 @@ if not trl.__version__.startswith(SUPPORTED_TRL_VERSIONS):
         f"{trl.__version__}. It overrides private GRPOTrainer methods whose behaviour changes between releases: "
         "pip install trl==1.16.0"
     )
+
+#: The batch keys that GRPOTrainer's own loss (``_compute_loss``) hands to ``_get_per_token_logps_and_entropies``
+#: besides the token ids: image inputs and their per-sample counts. Every log-prob call here forwards them too, or a
+#: vision-language model would be scored on its text alone.
+MULTIMODAL_KEYS = ("pixel_values", "image_grid_thw", "num_images", "pixel_attention_mask", "spatial_shapes",
+                   "num_tiles", "image_sizes", "token_type_ids", "mm_token_type_ids", "image_position_ids")
 
 _NO_RATIO = "ConSPO scores the current policy directly: it has no importance ratio and no clipping"
 _NO_ADVANTAGE = "ConSPO uses no advantages, only which completions of a group are positive (positive_rule)"
@@ -213,16 +231,38 @@ class ConSPOTrainer(GRPOTrainer):
         self.conspo_group_mode = mode = resolve_group_mode(
             self.args.group_mode, couples_group=True, rows_per_micro_batch=self.args.per_device_train_batch_size,
             group_size=G)
-        generate_every = self.args.steps_per_generation * self.num_iterations
-        self._conspo_exact_coefficients = self.args.gradient_accumulation_steps == generate_every
+        gas = self.args.gradient_accumulation_steps
+        generate_every = self.args.steps_per_generation * self.num_iterations  # micro-batches per generation batch
+        # A generation batch is used at the weights it was scored at iff no optimizer step ends strictly inside it:
+        # every multiple of gas is a multiple of generate_every.
+        self._conspo_exact_coefficients = gas % generate_every == 0
+        # The valid groups of an optimizer step are all known before its first micro-batch is back-propagated iff the
+        # step draws on a single generation batch. Otherwise each micro-batch back-propagates its unnormalised sum
+        # over valid groups and the step's gradient is divided by the step's valid groups after its last micro-batch
+        # (training_step). Coefficient mode does so only where its coefficients are fresh.
+        if mode == "whole":
+            self._conspo_deferred_normaliser = generate_every % gas != 0
+        else:
+            self._conspo_deferred_normaliser = self._conspo_exact_coefficients and gas > generate_every
+        if self._conspo_deferred_normaliser and self.is_deepspeed_enabled:
+            raise ValueError(
+                f"ConSPOTrainer: with gradient_accumulation_steps={gas} and steps_per_generation * num_iterations="
+                f"{generate_every} an optimizer step spans several generation batches, so its valid groups are known "
+                "only after its last micro-batch, and DeepSpeed steps the optimizer inside that backward pass: set "
+                "steps_per_generation * num_iterations to a multiple of gradient_accumulation_steps (TRL's default "
+                "steps_per_generation is gradient_accumulation_steps).")
         if mode == "coefficients" and not self._conspo_exact_coefficients:
             warnings.warn(
-                "ConSPO coefficients are computed once per generation batch, but this configuration takes "
-                f"{generate_every // self.args.gradient_accumulation_steps or 1}+ optimizer steps per batch "
-                "(num_iterations > 1 or steps_per_generation > gradient_accumulation_steps): later steps use stale "
-                "coefficients (logged as conspo/coef_staleness_steps). Use group_mode='whole' for exact updates.",
+                "ConSPO coefficients are computed once per generation batch (every steps_per_generation * "
+                f"num_iterations = {generate_every} micro-batches), but an optimizer step ends every "
+                f"gradient_accumulation_steps = {gas} micro-batches, so some micro-batches use stale coefficients, "
+                "scored before the last update (logged as conspo/coef_staleness_steps). Use group_mode='whole' for "
+                "exact updates, or make gradient_accumulation_steps a multiple of steps_per_generation * "
+                "num_iterations.",
                 stacklevel=2,
             )
+        self._conspo_step_valid = 0.0  # valid groups (all processes) of the optimizer step so far, deferred mode
+        self._conspo_step_loss = None
         self._conspo_regrouped = None
         self._conspo_valid_counts = None
         self._conspo_scored_step = 0
@@ -277,7 +317,7 @@ class ConSPOTrainer(GRPOTrainer):
         valid = contrastive_sets(torch.nan_to_num(all_rewards), all_present, self.num_generations,
                                  **self._group_rule())[2]
         generate_every = self.args.steps_per_generation * self.num_iterations
-        steps = max(1, generate_every // self.args.gradient_accumulation_steps)  # optimizer steps this batch feeds
+        steps = generate_every / self.args.gradient_accumulation_steps  # optimizer steps this batch feeds (or a part)
         message = self._conspo_no_signal.update(bool(valid.any()), all_rewards, steps)
         if message and self.accelerator.is_main_process:  # every process sees the same global batch: warn once
             warnings.warn(message, stacklevel=2)
@@ -300,7 +340,7 @@ class ConSPOTrainer(GRPOTrainer):
             attention = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
             logps, _, _ = self._get_per_token_logps_and_entropies(
                 self.model, input_ids, attention, output["completion_ids"].size(1),
-                batch_size=self.args.per_device_train_batch_size)
+                batch_size=self.args.per_device_train_batch_size, **self._multimodal_inputs(output))
         mask = self._loss_mask(output)
         scores = sequence_scores(logps, mask, normalize_by_length=self.args.length_normalized_score)
         all_scores = self.accelerator.gather(scores)
@@ -311,7 +351,16 @@ class ConSPOTrainer(GRPOTrainer):
         for name, value in metrics.items():
             self._metrics["train"][name].append(value)
         self._conspo_scored_step = self.state.global_step
+        if self._conspo_deferred_normaliser:  # the step's other generation batches are not drawn yet: unnormalise
+            valid = count_valid_groups(all_present.unsqueeze(1), rewards, self.num_generations, **self._group_rule())
+            self._conspo_step_valid += valid
+            coefficients = coefficients * valid
         return coefficients[rows]
+
+    @staticmethod
+    def _multimodal_inputs(inputs) -> dict:
+        """The image inputs of a batch, as GRPOTrainer passes them to every log-prob call (None when absent)."""
+        return {key: inputs.get(key) for key in MULTIMODAL_KEYS}
 
     # ---- whole groups per micro-batch ------------------------------------------------------
 
@@ -325,7 +374,12 @@ class ConSPOTrainer(GRPOTrainer):
         return self._buffered_inputs[self._step % self.args.steps_per_generation]
 
     def _regroup(self, slices: list[dict]) -> list[dict]:
-        """Undo TRL's row shuffle at group granularity and re-split: every slice holds whole groups."""
+        """Undo TRL's row shuffle at group granularity and re-split: every slice holds whole groups.
+
+        Image inputs are indexed by image or patch, not by row: as in TRL's own shuffle, they are split into one entry
+        per row first and merged back per slice at the end.
+        """
+        slices = [split_pixel_values_by_grid(s) for s in slices]
         merged = {}
         for key, first in slices[0].items():
             if torch.is_tensor(first) and first.ndim > 0:
@@ -345,7 +399,7 @@ class ConSPOTrainer(GRPOTrainer):
                 merged[key] = value[order]
             elif isinstance(value, list):
                 merged[key] = [value[i] for i in order.tolist()]
-        regrouped = split_tensor_dict(merged, self.args.steps_per_generation)
+        regrouped = [unsplit_pixel_values_by_grid(s) for s in split_tensor_dict(merged, self.args.steps_per_generation)]
         counts = torch.tensor(
             [count_valid_groups(self._loss_mask(s), torch.nan_to_num(s["conspo_rewards"]), G, **self._group_rule())
              for s in regrouped],
@@ -364,7 +418,8 @@ class ConSPOTrainer(GRPOTrainer):
         attention = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
         # aux_loss_enabled / router_aux_loss_coef are resolved by GRPOTrainer from the model and router_aux_loss_coef
         logps, _, aux_loss = self._get_per_token_logps_and_entropies(
-            model, input_ids, attention, inputs["completion_ids"].size(1), compute_aux_loss=self.aux_loss_enabled)
+            model, input_ids, attention, inputs["completion_ids"].size(1), compute_aux_loss=self.aux_loss_enabled,
+            **self._multimodal_inputs(inputs))
         mask = self._loss_mask(inputs)
         mode = "train" if self.model.training else "eval"
         loss = self._train_loss(logps, mask, inputs) if mode == "train" else self._eval_loss(logps, mask, inputs)
@@ -391,11 +446,32 @@ class ConSPOTrainer(GRPOTrainer):
         for name, value in metrics.items():
             self._metrics["train"][name].append(value)
         # weight = this slice's valid groups / all valid groups of the optimizer step (every process)
-        spg, gas = self.args.steps_per_generation, self.current_gradient_accumulation_steps
-        k = self._step % spg
-        window = self._conspo_valid_counts[(k // gas) * gas : (k // gas) * gas + gas].sum()
+        spg, gas = self.args.steps_per_generation, self.args.gradient_accumulation_steps
+        counts = self._conspo_valid_counts  # per slice of the current generation batch, summed over processes
         local = count_valid_groups(mask, rewards, self.num_generations, **self._group_rule())
-        return loss * (local * world / window.clamp(min=1.0))
+        if self._conspo_deferred_normaliser:  # divided by the step's valid groups after its last micro-batch
+            self._conspo_step_valid += float(counts[self._step % spg])
+            return loss * (local * world)
+        first = self._step - self._step % gas  # the step's first micro-batch; all its micro-batches use this batch
+        window = sum(float(counts[j % spg]) for j in range(first, first + gas))
+        return loss * (local * world / max(window, 1.0))
+
+    def training_step(self, model, inputs, num_items_in_batch):
+        """GRPOTrainer's step; where an optimizer step spans generation batches, its gradient is divided by its valid
+        groups (all processes) once its last micro-batch is back-propagated, before the Trainer clips and steps."""
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not self._conspo_deferred_normaliser:
+            return loss
+        self._conspo_step_loss = loss if self._conspo_step_loss is None else self._conspo_step_loss + loss
+        if not self.accelerator.sync_gradients:
+            return torch.zeros_like(loss)  # the step's loss is reported with its last micro-batch
+        scale = 1.0 / max(self._conspo_step_valid, 1.0)
+        for parameter in model.parameters():
+            if parameter.grad is not None:
+                parameter.grad.mul_(scale)
+        step_loss = self._conspo_step_loss * scale
+        self._conspo_step_valid, self._conspo_step_loss = 0.0, None
+        return step_loss
 
     def _eval_loss(self, logps, mask, inputs) -> torch.Tensor:
         """ConSPO loss of the whole eval batch, its groups of ``num_generations_eval`` completions.
@@ -432,7 +508,7 @@ class _NoSignalWatch:
         self.high = -math.inf
         self.warned = False
 
-    def update(self, any_valid: bool, rewards: torch.Tensor, steps: int) -> str | None:
+    def update(self, any_valid: bool, rewards: torch.Tensor, steps: float) -> str | None:
         if any_valid:
             self.steps, self.low, self.high, self.warned = 0, math.inf, -math.inf, False
             return None
@@ -459,7 +535,7 @@ class _NoSignalWatch:
             fix = (f"under positive_rule={rule!r} every group's completions had equal rewards (a positive must score "
                    "above its group's mean): sample more diverse completions (num_generations, temperature), or use "
                    "a reward that separates them")
-        steps = f"{self.steps} consecutive optimizer step" + ("s" if self.steps != 1 else "")
+        steps = f"{self.steps:g} consecutive optimizer step" + ("s" if self.steps != 1 else "")
         return (f"ConSPO: no group has had both a positive and a negative completion for {steps}, so the loss and "
                 f"its gradient are zero. Rewards seen in these steps: {seen}; {fix}. (This warning: "
                 "no_valid_group_warn_steps.)")

@@ -1124,8 +1124,9 @@ class MathVerifier:
     """Scores completions against gold answers with a hard per-answer time limit, from any thread.
 
     Args:
-        num_workers: verification processes (default: all cores). Started on first need: a batch
-            decided entirely by the fast path starts none.
+        num_workers: verification processes (default: ``conspo.rewards.pool.default_num_workers()``: this
+            process's share of the CPUs it may use, at most 8; ``CONSPO_REWARD_WORKERS`` overrides). Started
+            on first need: a batch decided entirely by the fast path starts none.
         timeout_s: hard limit for the symbolic comparison of one answer.
         lenient: extraction fallback to the last math expression / number when a completion has
             no answer marker (default True; False is the strict "no marker, no answer" rule;

@@ -44,10 +44,18 @@ from multiprocessing.connection import wait as _wait_connections
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-__all__ = ["HardTimeoutPool", "TaskOutcome"]
+__all__ = ["HardTimeoutPool", "TaskOutcome", "available_cpus", "cgroup_cpu_limit", "default_num_workers"]
 
 #: How long a freshly started worker may take to import its modules before the pool gives up.
 WORKER_START_TIMEOUT_S = 120.0
+#: Environment variable that sets the number of workers of every pool built without ``num_workers``.
+WORKERS_ENV = "CONSPO_REWARD_WORKERS"
+#: Most workers a pool starts by default (per process). Verification is a fast path in the trainer plus short
+#: symbolic checks: about 1,000 completions/s with 2 workers (BENCHMARKS.md section 4), so 8 workers verify a
+#: 1,024-completion batch in a fraction of a second, while each worker is its own interpreter with sympy loaded and
+#: the parent hands tasks out from one thread. More cores than that are better left to the trainer's data loading
+#: and tokenisation; set CONSPO_REWARD_WORKERS (or num_workers) to go beyond.
+DEFAULT_MAX_WORKERS = 8
 #: The directory that holds the ``conspo`` package, put on the workers' PYTHONPATH.
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
@@ -63,6 +71,54 @@ class TaskOutcome:
 
     status: str
     value: Any = None
+
+
+def cgroup_cpu_limit(root: str = "/sys/fs/cgroup") -> float | None:
+    """The CPU quota of this container in cores (cgroup v2 ``cpu.max``, or v1 ``cpu.cfs_quota_us``), None if none."""
+    try:
+        quota, period = Path(root, "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int(Path(root, "cpu", "cpu.cfs_quota_us").read_text())
+        period = int(Path(root, "cpu", "cpu.cfs_period_us").read_text())
+        return None if quota <= 0 or period <= 0 else quota / period
+    except (OSError, ValueError):
+        return None
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: its CPU affinity (``taskset``, Slurm, ...), lowered to a cgroup CPU quota (a
+    container's ``--cpus``) when one is set. ``os.cpu_count()`` counts the whole machine."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cpus = os.cpu_count() or 1
+    quota = cgroup_cpu_limit()
+    if quota is not None:
+        cpus = min(cpus, max(1, int(quota)))
+    return max(1, cpus)
+
+
+def default_num_workers() -> int:
+    """Workers for a pool built without ``num_workers``: ``CONSPO_REWARD_WORKERS`` when set; else this process's
+    share of the CPUs it may use (``available_cpus()`` divided by the processes of the job on this machine,
+    ``LOCAL_WORLD_SIZE`` as torchrun/accelerate set it), at least 1 and at most ``DEFAULT_MAX_WORKERS``."""
+    value = os.environ.get(WORKERS_ENV, "").strip()
+    if value:
+        try:
+            workers = int(value)
+        except ValueError:
+            workers = 0
+        if workers < 1:
+            raise ValueError(f"{WORKERS_ENV}={value!r} must be a positive number of reward worker processes")
+        return workers
+    try:
+        local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        local_processes = 1
+    return max(1, min(DEFAULT_MAX_WORKERS, available_cpus() // local_processes))
 
 
 def _resolve(path: str) -> Callable:
@@ -189,7 +245,9 @@ class HardTimeoutPool:
 
     Args:
         fn: a module-level function of an importable module, or its path "package.module:function".
-        num_workers: number of worker processes (default: all cores, ``os.cpu_count()``).
+        num_workers: number of worker processes (default: ``default_num_workers()``: ``CONSPO_REWARD_WORKERS``,
+            else the CPUs this process may use divided by the local processes of the job, capped at
+            ``DEFAULT_MAX_WORKERS``).
         timeout_s: hard limit per task, in seconds of wall-clock time from the moment the task
             is handed to a worker (queueing time does not count).
         max_memory_mb: address-space limit per worker (RLIMIT_AS), so that a runaway computation
@@ -212,7 +270,7 @@ class HardTimeoutPool:
         if os.name != "posix":
             raise OSError("HardTimeoutPool needs a POSIX system (Linux, macOS)")
         if num_workers is None:
-            num_workers = os.cpu_count() or 1
+            num_workers = default_num_workers()
         if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 1:
             raise ValueError(f"num_workers must be a positive int or None, got {num_workers!r}")
         if not (isinstance(timeout_s, (int, float)) and timeout_s > 0):
