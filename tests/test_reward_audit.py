@@ -64,7 +64,7 @@ def run_dir(tmp_path):
         {"step": 10, "prompt": "p", "answer": "12", "completion": "It could be 12.\nSo $\\boxed{21}$", "reward": 0.0},
         {"step": 20, "prompt": "p", "answer": "7", "completion": "no idea\nreally", "reward": 0.0},
         # recorded as wrong by an older verifier, correct now
-        {"step": 20, "prompt": "p", "answer": r"\frac{1}{3}", "completion": r"$\boxed{0.3333}$", "reward": 0.0},
+        {"step": 20, "prompt": "p", "answer": r"\frac{1}{3}", "completion": r"$\boxed{0.333333}$", "reward": 0.0},
         {"step": 20, "prompt": "p", "answer": "np.arcsin(10/13)", "completion": r"\boxed{1}", "reward": 0.0},
     ])
     return d

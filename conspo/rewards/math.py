@@ -112,6 +112,7 @@ from typing import NamedTuple, Sequence
 from conspo.rewards.pool import HardTimeoutPool
 
 __all__ = [
+    "DECIMAL_MATCH_DEFAULT",
     "DEFAULT_TIMEOUT_S",
     "STATUSES",
     "MathVerifier",
@@ -122,6 +123,7 @@ __all__ = [
     "gold_answer",
     "math_reward",
     "normalize_answer",
+    "parse_decimal_match",
 ]
 
 #: Default hard limit for the symbolic comparison of one answer, in seconds.
@@ -133,7 +135,12 @@ MAX_ANSWER_CHARS = 4000
 MAX_ONE_LINE_CHARS = 300
 #: Why a completion scored what it did (``VerifyResult.statuses``). "error": the check raised or
 #: its worker died (e.g. at the memory limit); rare, and also counted in ``VerifyResult.errors``.
-STATUSES = ("correct", "wrong", "no_answer", "timeout", "gold_unparsable", "error")
+#: "ambiguous": the answer has digits separated by spaces that are neither thousands groups nor a
+#: spelled-out number (``\\boxed{3 4}`` against 7 or 34: see ``normalize_answer``); scored 0.
+STATUSES = ("correct", "wrong", "no_answer", "ambiguous", "timeout", "gold_unparsable", "error")
+#: How a decimal may stand for an exact gold (``MathVerifier(decimal_match=...)``): "exact" (the
+#: default), "places:N" or "sig:N"; see ``parse_decimal_match``.
+DECIMAL_MATCH_DEFAULT = "exact"
 
 # ---------------------------------------------------------------------------------------
 # Extraction
@@ -573,6 +580,46 @@ _MIXED_RE = re.compile(r"([+-]?)(\d+)\s*(?:\s(\d+)/(\d+)|\\frac\{(\d+)\}\{(\d+)\
 _NUMBER_SPACING_RE = re.compile(r"(?<=\d)(?:\{,\}|,?\s*\\[!,;: ]|~)\s*(?=\d{3}(?!\d))")
 
 
+#: Digits separated by spaces (after spacing commands became spaces): "10 000", "2 0 2 8", "3 4".
+_SPACED_RUN_RE = re.compile(r"(?<![\w.])\d+(?: \d+)+(?:\.\d+)?(?![\w.])")
+#: A run in thousands groups: "10 000", "1 000 000.5" (the first group cannot start with 0).
+_THOUSANDS_RUN_RE = re.compile(r"[1-9]\d{0,2}(?: \d{3})+(?:\.\d+)?")
+#: A number spelled out digit by digit: "2 0 2 8".
+_SPELLED_DIGITS_RE = re.compile(r"\d(?:\s+\d)+")
+#: What is left of a spaced digit run that no rule joins: ambiguous (see ``_join_spaced_digits``).
+_AMBIGUOUS_DIGITS_RE = re.compile(r"\d \d")
+
+
+def _join_spaced_digits(s: str) -> str:
+    """Join digit groups separated by spaces where they can only be one number.
+
+    Thousands groups ("10 000", "1 000 000") are joined wherever they stand; digits written one
+    by one ("2 0 2 8") are joined when they are the whole answer or the whole right side of
+    ``name =`` (the content of a box or answer line; inside ``\\mathbf``/``\\text`` they are
+    joined while unwrapping). Nothing reads such a run as a sum or a product: a run no rule joins
+    stays as it is and makes the answer ambiguous (``is_ambiguous``).
+    """
+    if " " not in s or not re.search(r"\d \d", s):
+        return s
+    s = _SPACED_RUN_RE.sub(lambda m: m.group(0).replace(" ", "") if _THOUSANDS_RUN_RE.fullmatch(m.group(0))
+                           else m.group(0), s)
+    m = re.fullmatch(r"([+-]?)(\d(?: \d)+)", s)
+    if m:
+        return m.group(1) + m.group(2).replace(" ", "")
+    if len(_split_top_level(s, _COMMA_RE)) == 1:
+        parts = _split_top_level(s, _EQ_RE)
+        if len(parts) == 2 and _SIMPLE_LHS_RE.fullmatch(parts[0]) \
+                and re.fullmatch(r"\s*[+-]?\d(?: \d)+\s*", parts[1]):
+            return parts[0].strip() + " = " + parts[1].replace(" ", "")
+    return s
+
+
+def is_ambiguous(norm: str) -> bool:
+    """True when a *normalised* answer still has digits separated by a space: "3 4" could be
+    34, 3 and 4, or (as LaTeX parsers read it) 3 + 4 or 3 * 4. Scored 0 with status "ambiguous"."""
+    return bool(_AMBIGUOUS_DIGITS_RE.search(norm))
+
+
 def _replace_text_commands(s: str, whole: bool) -> str:
     """Unwrap ``\\text{...}``-like commands: units are dropped, "and"/"or" become commas."""
     out = []
@@ -597,6 +644,8 @@ def _replace_text_commands(s: str, whole: bool) -> str:
                 end += sup.end()
         elif word and len(inner) > 1:
             rep = " " + inner + " "
+        elif _SPELLED_DIGITS_RE.fullmatch(inner):  # \mathbf{2 0 2 8}: one number, written digit by digit
+            rep = re.sub(r"\s+", "", inner)
         else:  # one letter (\mathrm{e}) or math inside (\text{(C)}, \textbf{12})
             rep = content
         out.append(s[i : m.start()])
@@ -758,6 +807,7 @@ def _normalize_cached(s: str) -> str:
         s = re.sub(r"(?<!\\)\{(" + _THOUSANDS_RE.pattern + r")\}", lambda m: "{" + m.group(1).replace(",", "") + "}", s)
     elif _SPACED_THOUSANDS_RE.fullmatch(s):
         s = s.replace(" ", "")
+    s = _join_spaced_digits(s)
     # a mixed number as the whole answer: "4 4/9", "2\frac{1}{4}" (MATH's convention) -> 4 + 4/9
     m = _MIXED_RE.fullmatch(s)
     if m:
@@ -925,14 +975,46 @@ def _exact_rational_mismatch(gold_parsed, pred_parsed) -> bool:
 _DECIMAL_LITERAL_RE = re.compile(r"(?<![\d.])(\d*)\.(\d+)(?![\d.])")
 
 
-def _written_precision(norm: str) -> int | None:
-    """Decimal places at which ``norm``'s decimals are to be compared with an exact value.
+def parse_decimal_match(spec: str) -> tuple[str, int]:
+    """The decimal policy ``spec`` as (kind, N); raises ValueError on anything else.
+
+    When may a decimal stand for an exact gold (``\\pi``, ``\\frac{1}{3}``, ``\\sqrt{2}``)?
+
+    * ``"exact"`` (the default): only where math-verify's own comparison accepts it, which rounds
+      both to 6 decimal places (``0.333333`` equals 1/3, ``0.3333`` and ``3.14`` do not). This is
+      plain math-verify's convention; Qwen2.5-Math's grader (relative tolerance 1e-4) also rejects
+      ``3.1`` for pi and ``0.33`` for 1/3. A policy cannot be paid for a coarse decimal.
+    * ``"places:N"``: also a decimal written with at least N decimal places that is the exact value
+      correctly rounded at its written precision (``places:2``: ``3.14`` for pi, not ``3.1``).
+    * ``"sig:N"``: also a correctly rounded decimal with at least N significant digits
+      (``sig:2``: ``3.1`` for pi and ``0.33`` for 1/3, not ``0.3``).
+
+    A decimal gold is not affected: it is compared at math-verify's precision.
+    """
+    if not isinstance(spec, str):
+        raise ValueError(f"decimal_match must be a string such as 'exact', 'places:4' or 'sig:3', got {spec!r}")
+    text = spec.strip().lower()
+    if text == "exact":
+        return "exact", 0
+    kind, sep, num = text.partition(":")
+    if sep and kind in ("places", "sig") and num.isdigit() and 1 <= int(num) <= 5:
+        return kind, int(num)
+    raise ValueError(f"decimal_match {spec!r} is not one of 'exact', 'places:N', 'sig:N' (N from 1 to 5; "
+                     "6 or more places is math-verify's own precision, i.e. 'exact')")
+
+
+def _written_precision(norm: str, decimal_match: str = DECIMAL_MATCH_DEFAULT) -> int | None:
+    """Decimal places at which ``norm``'s decimals are to be compared with an exact value under the
+    policy ``decimal_match`` (``parse_decimal_match``); None when no rounding rule applies.
 
     The largest number of places written (entries written with fewer, such as 0.2 next to
     0.33, are exact at that precision too), provided the numbers written with that many places
-    have at least two significant digits: "0.3" is not accepted as a value of 1/3, "0.33" is.
-    None when there is nothing to round (no decimals, or 6+ places: math-verify's default).
+    meet the policy: at least N places ("places:N") or N significant digits ("sig:N"). None also
+    when there is nothing to round (no decimals, or 6+ places: math-verify's default).
     """
+    kind, n = parse_decimal_match(decimal_match)
+    if kind == "exact":
+        return None
     if re.search(r"\\times\s*10|\^", norm):  # scientific notation / powers: leave to math-verify
         return None
     lits = [(m.group(1), m.group(2)) for m in _DECIMAL_LITERAL_RE.finditer(norm)]
@@ -941,8 +1023,10 @@ def _written_precision(norm: str) -> int | None:
     places = max(len(frac) for _, frac in lits)
     if places >= 6:
         return None
+    if kind == "places":
+        return places if places >= n else None
     for whole, frac in lits:
-        if len(frac) == places and len((whole + frac).lstrip("0")) < 2:
+        if len(frac) == places and len((whole + frac).lstrip("0")) < n:
             return None
     return places
 
@@ -977,7 +1061,7 @@ def _cardinality_mismatch(gold_parsed, pred_parsed) -> bool:
                for g in g_items for p in p_items)
 
 
-def _verify(gold_parsed, pred_parsed, pred_norm: str) -> bool:
+def _verify(gold_parsed, pred_parsed, pred_norm: str, decimal_match: str = DECIMAL_MATCH_DEFAULT) -> bool:
     import sympy
 
     mv = _math_verify()
@@ -992,7 +1076,7 @@ def _verify(gold_parsed, pred_parsed, pred_norm: str) -> bool:
     pred_items = _sympy_items(pred_parsed)
     if gold_items and pred_items and not any(g.has(sympy.Float) for g in gold_items if hasattr(g, "has")) \
             and any(p.has(sympy.Float) for p in pred_items if hasattr(p, "has")):
-        places = _written_precision(pred_norm)
+        places = _written_precision(pred_norm, decimal_match)
         if places is not None:
             return bool(mv["verify"](gold, pred_parsed, float_rounding=places, timeout_seconds=None))
     return False
@@ -1025,13 +1109,16 @@ def _readings(norm: str, other: str, *, approx_ok: bool, decimal_comma: bool) ->
     return out
 
 
-def check_answer(pred_norm: str, gold_norm: str) -> str:
+def check_answer(pred_norm: str, gold_norm: str, decimal_match: str = DECIMAL_MATCH_DEFAULT) -> str:
     """Status of a *normalised* prediction against a *normalised* gold, in this process, with no
-    time limit: "correct", "wrong" or "gold_unparsable".
+    time limit: "correct", "wrong", "ambiguous" or "gold_unparsable". ``decimal_match``: when a
+    decimal may stand for an exact gold (``parse_decimal_match``).
 
     This is the function the verification workers run; call it directly only on trusted input
     or where a hang is acceptable (use ``MathVerifier`` / ``math_reward`` otherwise).
     """
+    if is_ambiguous(pred_norm):
+        return "ambiguous"
     if _fast_key(pred_norm) == _fast_key(gold_norm):
         return "correct"
     verdict = _number_verdict(pred_norm, gold_norm)
@@ -1052,7 +1139,7 @@ def check_answer(pred_norm: str, gold_norm: str) -> str:
             if _fast_key(pred_text) == _fast_key(gold_text):
                 return "correct"
             pred_parsed = _parse_latex(pred_text)
-            if pred_parsed and _verify(gold_parsed, pred_parsed, pred_text):
+            if pred_parsed and _verify(gold_parsed, pred_parsed, pred_text, decimal_match):
                 return "correct"
     return "wrong" if any_gold else "gold_unparsable"
 
@@ -1073,7 +1160,7 @@ def answers_match(pred_norm: str, gold_norm: str) -> bool:
 def _warm_up() -> None:
     """Worker initializer: import sympy/math-verify before the first task's clock starts."""
     check_answer("x + 1", "1 + x")  # parse + symbolic comparison
-    check_answer("0.33", "\\frac{1}{3}")  # decimals and the rounding rule
+    check_answer("0.33", "\\frac{1}{3}", "sig:2")  # decimals and the rounding rule
 
 
 # ---------------------------------------------------------------------------------------
@@ -1087,7 +1174,7 @@ class VerifyResult:
 
     scores: 1.0 / 0.0 per completion, in input order.
     statuses: why, per completion: one of ``STATUSES`` ("correct", "wrong", "no_answer",
-        "timeout", "gold_unparsable", "error").
+        "ambiguous", "timeout", "gold_unparsable", "error").
     answers: the extracted final answer per completion (None when there is none).
     timeouts: answers whose symbolic check ran past the limit (scored 0).
     errors: answers whose check raised or whose worker died (scored 0).
@@ -1133,6 +1220,9 @@ class MathVerifier:
         max_memory_mb: address-space limit per worker process (None: unlimited).
         cache_size: (prediction, gold) results kept across calls; repeated answers (common across
             the rollouts of a group) are verified once. 0 disables.
+        decimal_match: when a decimal may stand for an exact gold: "exact" (default: math-verify's
+            own comparison; a coarse ``3.1`` for pi scores 0), "places:N" or "sig:N"
+            (``parse_decimal_match``). A bad value raises ValueError here.
 
     Use as a context manager or call ``close()``; ``score`` is thread-safe.
     """
@@ -1145,7 +1235,10 @@ class MathVerifier:
         lenient: bool = True,
         max_memory_mb: int | None = 4096,
         cache_size: int = 65536,
+        decimal_match: str = DECIMAL_MATCH_DEFAULT,
     ):
+        parse_decimal_match(decimal_match)  # fail here, not in a worker
+        self.decimal_match = decimal_match.strip().lower()
         self.pool = HardTimeoutPool(
             check_answer,
             num_workers=num_workers,
@@ -1156,7 +1249,7 @@ class MathVerifier:
         self.timeout_s = float(timeout_s)
         self.lenient = lenient
         self.cache_size = int(cache_size)
-        self._cache: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, str, str], str] = OrderedDict()
         self._cache_lock = threading.Lock()
 
     @property
@@ -1185,6 +1278,9 @@ class MathVerifier:
                 statuses[i] = "no_answer"
                 continue
             pred_norm = normalize_answer(pred)
+            if is_ambiguous(pred_norm):
+                statuses[i] = "ambiguous"
+                continue
             if _fast_key(pred_norm) == gold_key:
                 scores[i], statuses[i] = 1.0, "correct"
                 res.fast_path += 1
@@ -1194,7 +1290,7 @@ class MathVerifier:
                 scores[i], statuses[i] = float(verdict == "correct"), verdict
                 res.fast_path += 1
                 continue
-            key = (pred_norm, gold_norm)
+            key = (pred_norm, gold_norm, self.decimal_match)
             cached = self._cache_get(key)
             if cached is not None:
                 scores[i], statuses[i] = float(cached == "correct"), cached
@@ -1255,20 +1351,24 @@ _DEFAULT: dict[str, MathVerifier] = {}
 _DEFAULT_LOCK = threading.Lock()
 
 
-def _default_verifier() -> MathVerifier:
+def _default_verifier(decimal_match: str = DECIMAL_MATCH_DEFAULT) -> MathVerifier:
+    parse_decimal_match(decimal_match)
+    key = decimal_match.strip().lower()
     with _DEFAULT_LOCK:
-        v = _DEFAULT.get("v")
+        v = _DEFAULT.get(key)
         if v is None:
-            v = _DEFAULT["v"] = MathVerifier(num_workers=1, timeout_s=DEFAULT_TIMEOUT_S)
+            v = _DEFAULT[key] = MathVerifier(num_workers=1, timeout_s=DEFAULT_TIMEOUT_S, decimal_match=key)
             atexit.register(v.close)
         return v
 
 
-def math_reward(completion: str, gold: str, *, timeout_s: float | None = None) -> float:
+def math_reward(completion: str, gold: str, *, timeout_s: float | None = None,
+                decimal_match: str = DECIMAL_MATCH_DEFAULT) -> float:
     """1.0 if the final answer in ``completion`` is mathematically equivalent to ``gold``, else 0.0.
 
     Safe from any thread: the symbolic step runs in a shared one-worker ``MathVerifier`` with a
     hard time limit (``DEFAULT_TIMEOUT_S`` unless ``timeout_s`` is given). For batches, create a
     ``MathVerifier`` and call ``score``: it verifies in parallel and reports timeouts.
+    ``decimal_match``: the decimal policy (``parse_decimal_match``).
     """
-    return _default_verifier().score([completion], [gold], timeout_s=timeout_s).scores[0]
+    return _default_verifier(decimal_match).score([completion], [gold], timeout_s=timeout_s).scores[0]
