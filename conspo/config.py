@@ -38,6 +38,8 @@ class TrainConfig:
     """task=math: qwen_math_boxed, r1 or plain (rendered with the tokenizer's chat template when it has one)."""
     answer_extraction: Literal["lenient", "strict"] = "lenient"
     """task=math: a completion with no answer marker (box, "Answer:", ...) is judged by its last math expression (lenient, as published graders do) or scores 0 (strict: also teaches the model to mark its answer)."""
+    decimal_match: str = "exact"
+    """task=math: when a decimal counts for an exact gold (pi, 1/3): `exact` (math-verify's own comparison at 6 places, so a coarse 3.1 for pi earns nothing), `places:N` or `sig:N` (a correctly rounded decimal with at least N places / significant digits). See docs/rewards.md."""
     engine: Literal["native", "trl"] = "native"
     """`native` (conspo/train.py) or `trl` (the same task and options through TRL's GRPOTrainer; ConSPO via conspo.integrations.trl)."""
     seed: int = 0
@@ -198,6 +200,11 @@ class TrainConfig:
             choices = get_args(hints[f.name]) if getattr(hints[f.name], "__origin__", None) is Literal else ()
             if choices and getattr(self, f.name) not in choices:
                 bad(f.name, f"must be one of {', '.join(choices)}")
+        from conspo.rewards.math import parse_decimal_match  # no sympy import
+        try:
+            parse_decimal_match(self.decimal_match)
+        except ValueError as e:
+            bad("decimal_match", str(e))
         for name in ("steps", "prompts_per_step", "group_size", "updates_per_batch", "sft_batch_size"):
             if getattr(self, name) < 1:
                 bad(name, "must be >= 1")
@@ -382,7 +389,7 @@ _NATIVE = ("native",)
 _TRL = ("trl",)
 ENGINE_SUPPORT: dict[str, tuple[str, ...]] = {
     **{f: _BOTH for f in (
-        "objective", "model", "task", "train_data", "eval_data", "data_dir", "prompt_template", "answer_extraction", "engine", "seed",
+        "objective", "model", "task", "train_data", "eval_data", "data_dir", "prompt_template", "answer_extraction", "decimal_match", "engine", "seed",
         "output_dir", "overwrite", "steps", "prompts_per_step", "group_size", "max_new_tokens", "temperature",
         "top_p", "updates_per_batch", "group_mode", "lr", "lr_warmup_steps", "weight_decay", "max_grad_norm",
         "tau", "margin_schedule", "margin_start", "margin_end", "margin_horizon", "positive_threshold",

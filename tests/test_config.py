@@ -25,7 +25,7 @@ def _other_value(name):
         return next(v for v in typing.get_args(hint) if v != default)
     special = {"report_to": "tensorboard", "group_size": 4, "micro_batch_size": 16, "dtype": "bfloat16",
                "device": "cpu", "resume": "runs/x", "top_p": 0.9, "max_new_tokens": 7, "beta": 0.1,
-               "sft_decay_steps": 1000}
+               "sft_decay_steps": 1000, "decimal_match": "sig:2"}
     if name in special:
         return special[name]
     if isinstance(default, bool):

@@ -778,3 +778,14 @@ def test_pool_rejects_bad_arguments():
         HardTimeoutPool("time:sleep", timeout_s=0)
     with pytest.raises(ValueError, match="module-level"):
         HardTimeoutPool(lambda: None)
+
+
+def test_decimal_match_config_and_eval_option():
+    from conspo.benchmark_eval import EvalSettings
+    from conspo.config import TrainConfig
+    from conspo.errors import ConfigError
+
+    assert TrainConfig().decimal_match == "exact" and EvalSettings(model="m").decimal_match == "exact"
+    TrainConfig(decimal_match="places:3").validate()
+    with pytest.raises(ConfigError, match="decimal_match"):
+        TrainConfig(decimal_match="round").validate()

@@ -16,7 +16,7 @@ class MathTask:
 
     def __init__(self, train: str = "math_train", heldout: str = "math500", *, data_dir: str | None = None,
                  template: str = "qwen_math_boxed", max_new_tokens: int = 1024, verify_timeout_s: float = 5.0,
-                 answer_extraction: str = "lenient"):
+                 answer_extraction: str = "lenient", decimal_match: str = "exact"):
         from conspo.tasks.math_data import PROMPT_TEMPLATES, load_benchmark, load_jsonl
 
         if template not in PROMPT_TEMPLATES:
@@ -33,6 +33,10 @@ class MathTask:
         if answer_extraction not in ("lenient", "strict"):
             raise ValueError(f"answer_extraction must be lenient or strict, got {answer_extraction!r}")
         self.lenient = answer_extraction == "lenient"
+        from conspo.rewards.math import parse_decimal_match
+
+        parse_decimal_match(decimal_match)  # ValueError naming the accepted values
+        self.decimal_match = decimal_match
         self._tokenizer = None
         self._verifier = None
         self._cache: dict[str, list[Problem]] = {}
@@ -60,11 +64,13 @@ class MathTask:
         from conspo.rewards import MathVerifier
 
         if self._verifier is None:
-            self._verifier = MathVerifier(timeout_s=self.verify_timeout_s, lenient=self.lenient)
+            self._verifier = MathVerifier(timeout_s=self.verify_timeout_s, lenient=self.lenient,
+                                          decimal_match=self.decimal_match)
         result = self._verifier.score(completions, [p.answer for p in problems])
         self._last_metrics = {"reward/no_answer_frac": result.fraction("no_answer"),
                               "reward/timeout_frac": result.fraction("timeout"),
-                              "reward/gold_unparsable_frac": result.fraction("gold_unparsable")}
+                              "reward/gold_unparsable_frac": result.fraction("gold_unparsable"),
+                              "reward/ambiguous_frac": result.fraction("ambiguous")}
         return result.scores
 
     def last_score_metrics(self) -> dict[str, float]:
