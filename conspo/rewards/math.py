@@ -182,6 +182,9 @@ _BOX_SEPARATOR_RE = re.compile(r"\b(?:and|or)\b|,|;")
 #: Layout between boxes that carries no words: math delimiters, spacing, \text{...} braces.
 _GAP_NOISE_RE = re.compile(r"\$|\\[()\[\]]|\\q?quad(?![A-Za-z])|\\[,;:! ]|\\\\|\\(?:text|mathrm|textbf|mbox)\s*\{|[{}]")
 _GAP_PUNCT_RE = re.compile(r"[\s,;:*\-]*")
+#: Other short gaps without words, digits or relations ("|", ".", "/", "&", "..."): also one answer,
+#: as math-verify joins boxes less than 10 characters apart.
+_GAP_JUNK_RE = re.compile(r"[^\w=<>\\]{0,9}")
 
 
 def _balanced(text: str, open_idx: int) -> tuple[str | None, int]:
@@ -277,7 +280,7 @@ def _box_run(text: str) -> _Box | None:
             continue
         gap = text[prev.end : run[-1].start]
         bare = _GAP_NOISE_RE.sub(" ", gap) if len(gap) < 70 else gap
-        if _GAP_PUNCT_RE.fullmatch(bare) or (len(gap) < 70 and prev.content.strip() != run[-1].content.strip()
+        if _GAP_PUNCT_RE.fullmatch(bare) or _GAP_JUNK_RE.fullmatch(bare.strip()) or (len(gap) < 70 and prev.content.strip() != run[-1].content.strip()
                                             and _BOX_SEPARATOR_RE.search(bare)):
             run.append(prev)
         else:
@@ -347,9 +350,9 @@ def _math_spans(text: str, *, well_formed: bool) -> list[tuple[int, int, str]]:
     return spans
 
 
-#: What may join consecutive math environments into one answer ("$-2$ and $5$"), as in
-#: math-verify's LaTeX extraction (up to 5 environments).
-_ENV_JOIN_RE = re.compile(r"\s*(?:,?\s*(?:and|or)|,)\s*", re.IGNORECASE)
+#: What may join consecutive math environments into one answer ("$-2$ and $5$", "$x=1$; $x=2$"), as
+#: in math-verify's LaTeX extraction (up to 5 environments).
+_ENV_JOIN_RE = re.compile(r"\s*(?:[,;]?\s*(?:and|or)|[,;])\s*", re.IGNORECASE)
 
 
 def _env_runs(s: str) -> tuple[str, int] | None:
@@ -375,6 +378,16 @@ def _last_math_env(s: str) -> str | None:
 _NO_ANSWER_RE = re.compile(
     r"\bno\s+(?:real\s+|integer\s+|positive\s+|valid\s+)?(?:solutions?|such\b|roots?\b)|\b(?:does|do)\s+not\s+exist"
     r"|\bdoesn't\s+exist|\bnot\s+possible\b|\bimpossible\b|\bcannot\s+be\s+determined",
+    re.IGNORECASE,
+)
+
+
+#: The text goes on to say that the answer it just gave is wrong ("\\boxed{3}. Wait, that is wrong."):
+#: then that answer is not the completion's answer (a retracted guess must not collect reward).
+_RETRACT_RE = re.compile(
+    r"\b(?:that|this|it|which|the\s+above|my\s+answer|this\s+answer|the\s+answer)(?:'s|\s+is|\s+was|\s+seems|\s+must\s+be)"
+    r"\s+(?:(?:clearly|definitely|actually|probably)\s+)?(?:wrong|incorrect|not\s+(?:right|correct|the\s+answer))\b"
+    r"|\b(?:I|we)\s+retract\b|\bscratch\s+that\b|\bignore\s+(?:that|the\s+above|this)\s+answer\b",
     re.IGNORECASE,
 )
 
@@ -408,7 +421,7 @@ def _last_plain_answer(text: str) -> str | None:
         answer, end = num.group(0), num.end()
     else:
         answer, end = env
-    return None if _NO_ANSWER_RE.search(text, end) else answer
+    return None if _NO_ANSWER_RE.search(text, end) or _RETRACT_RE.search(text, end) else answer
 
 
 def _env_chain_at(s: str) -> str | None:
@@ -490,10 +503,10 @@ def _extract_region(text: str, lenient: bool) -> str | None:
         phrases = _phrase_answers(text, run.end)
         if phrases and _FINAL_PHRASE_RE.search(phrases[0][0].group(0)):
             return phrases[0][1]
-        return run.content
+        return "" if _RETRACT_RE.search(text, run.end) else run.content
     phrases = _phrase_answers(text)
     if phrases:
-        return phrases[0][1]
+        return "" if _RETRACT_RE.search(text, phrases[0][0].end()) else phrases[0][1]
     stripped = text.strip()
     if stripped and "\n" not in stripped and len(stripped) <= MAX_ONE_LINE_CHARS:
         return _answer_from_line(stripped, after_phrase=False)
@@ -572,6 +585,22 @@ _SCI_RE = re.compile(r"(?<![\w.\\])(\d+(?:\.\d+)?)\s*[eE]\s*([+-]?\d+)(?![\w.])"
 #: with 0: "0,125" is not a thousands number).
 _THOUSANDS_RE = re.compile(r"[+-]?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?")
 _SPACED_THOUSANDS_RE = re.compile(r"[+-]?[1-9]\d{0,2}(?: \d{3})+(?:\.\d+)?")
+#: Words that only say the value is (about) the one that follows: "just about 1", "exactly 5".
+_QUALIFIER_RE = re.compile(
+    r"^(?:(?:just|only|exactly|precisely|about|approximately|approx\.|roughly|around|circa|equal\s+to|equals)\s+)+"
+    r"(?=[-+.(\[{\\\d])",
+    re.IGNORECASE,
+)
+#: Words that make the value a bound, not the answer: "at least 5", "almost 5".
+_BOUND_RE = re.compile(
+    r"(?:at\s+(?:least|most)|(?:no|not)\s+(?:more|less|fewer)\s+than|(?:more|less|fewer|greater|smaller)\s+than"
+    r"|nearly|almost|over|under|up\s+to|below|above|between)\s+[-+.(\[{\\\d]",
+    re.IGNORECASE,
+)
+#: A number whose comma can only be a decimal comma: the digits after it start with 0 ("0,05",
+#: "2,075" is thousands and excluded by the rule before) or points group the thousands ("1.000,5").
+#: A list element is not written "05", and "1.000" is not a list element either.
+_DECIMAL_COMMA_NUMBER_RE = re.compile(r"[+-]?(?:\d+,0\d+|\d{1,3}(?:\.\d{3})+,\d+)")
 _SIMPLE_LHS_RE = re.compile(
     r"\s*(?:[A-Za-z]|\\[A-Za-z]+|[A-Z]{2,3})(?:_\{?[\w\\ ]+\}?)?'*(?:\([^()=]*\))?\s*"
 )
@@ -782,6 +811,11 @@ def _normalize_cached(s: str) -> str:
     for _ in range(2):
         s = _UNIT_TAIL_RE.sub("", s).rstrip()
         s = _UNIT_TAIL_SPACED_RE.sub("", s).rstrip()
+    # an answer stated in words around the value: "just about 1", "exactly 5" -> the value; a bound
+    # ("at least 5", "almost 5") is not the value, and stays words
+    s = _QUALIFIER_RE.sub("", s.strip())
+    if _BOUND_RE.match(s):
+        return "\\text{" + " ".join(s.split()) + "}"
     s = re.sub(r"\binfinity\b", r"\\infty", s)
     s = s.replace("±", "\\pm").replace("+-", "\\pm")
     s = re.sub(r"(?<=\d)\.(?=[\s/),}\]]|$)", "", s)  # "-1./3" -> "-1/3"
@@ -807,6 +841,8 @@ def _normalize_cached(s: str) -> str:
         s = re.sub(r"(?<!\\)\{(" + _THOUSANDS_RE.pattern + r")\}", lambda m: "{" + m.group(1).replace(",", "") + "}", s)
     elif _SPACED_THOUSANDS_RE.fullmatch(s):
         s = s.replace(" ", "")
+    if _DECIMAL_COMMA_NUMBER_RE.fullmatch(s):  # "0,05", "1.000,5": a decimal comma (cannot be a list)
+        s = s.replace(".", "").replace(",", ".")
     s = _join_spaced_digits(s)
     # a mixed number as the whole answer: "4 4/9", "2\frac{1}{4}" (MATH's convention) -> 4 + 4/9
     m = _MIXED_RE.fullmatch(s)
