@@ -509,7 +509,9 @@ def _extract_region(text: str, lenient: bool) -> str | None:
         return "" if _RETRACT_RE.search(text, phrases[0][0].end()) else phrases[0][1]
     stripped = text.strip()
     if stripped and "\n" not in stripped and len(stripped) <= MAX_ONE_LINE_CHARS:
-        return _answer_from_line(stripped, after_phrase=False)
+        ans = _answer_from_line(stripped, after_phrase=False)
+        pos = stripped.rfind(ans) if ans else -1
+        return "" if pos >= 0 and _RETRACT_RE.search(stripped, pos + len(ans)) else ans
     return _last_plain_answer(text) if lenient else None
 
 
@@ -749,7 +751,7 @@ def _approx(s: str) -> str:
         return parts[0]
     exact = parts[0]
     eq = _split_top_level(exact, _EQ_RE)
-    if not exact or _SIMPLE_LHS_RE.fullmatch(exact) or (len(eq) == 2 and not eq[1].strip()):
+    if not exact or (_SIMPLE_LHS_RE.fullmatch(exact) and exact.strip() != "\\pi") or (len(eq) == 2 and not eq[1].strip()):
         return approx  # "x \approx 3.14", "\approx 0.43": a named value, judged by the value
     return exact + _APPROX_TOKEN + approx
 
