@@ -113,3 +113,26 @@ def test_audit_eval_dir_cli(tmp_path, capsys):
 def test_audit_missing_files(tmp_path, capsys):
     assert main([str(tmp_path)]) == 2
     assert "no completions.jsonl or samples.jsonl" in capsys.readouterr().err
+
+
+def test_audit_second_opinion(tmp_path, capsys):
+    d = tmp_path / "run"
+    d.mkdir()
+    _write_jsonl(d / "samples.jsonl", [
+        {"step": 1, "prompt": "p", "answer": "12", "completion": r"so $\boxed{12}$", "reward": 1.0},  # all agree
+        # recorded 0 (an older verifier), plain math-verify and strict extraction say 1: false-negative candidate
+        {"step": 1, "prompt": "p", "answer": r"\frac{1}{3}", "completion": r"$\boxed{0.333333}$", "reward": 0.0},
+        # recorded 1, plain math-verify reads the thin spaces as a product: false-positive candidate to look at
+        {"step": 2, "prompt": "p", "answer": "3628800", "completion": r"$10! = \boxed{3\,628\,800}$", "reward": 1.0},
+        # recorded 1 with no marker: strict extraction disagrees, plain math-verify agrees
+        {"step": 2, "prompt": "p", "answer": "7", "completion": "We add $3+4$.\nSo the total is $7$", "reward": 1.0},
+    ])
+    summary = audit(d, workers=1, samples=3, second_opinion=True)
+    out = capsys.readouterr().out
+    so = summary["second_opinion"]
+    assert so == {"compared": 4, "fn_candidates": 1, "fp_candidates": 1, "disagree_math_verify": 2,
+                  "disagree_strict": 2}
+    assert out.index("== false-negative candidates: 1 of 1") < out.index("== false-positive candidates: 1 of 1")
+    assert "0.333333" in out and "math-verify 1, strict 1" in out
+    assert main([str(d), "--workers", "1", "--second-opinion", "--decimal-match", "nonsense"]) == 2
+    assert "decimal_match" in capsys.readouterr().err
