@@ -12,6 +12,9 @@ Pipeline for one (completion, gold) pair
    spacing commands, ``\\displaystyle``, units (``\\text{ cm}^2``, "125 miles"), ``\\$``, degrees;
    thousands separators (``1,000``, ``1{,}000``, ``10,\\! 000``, ``3\\,628\\,800``, ``1 000 000``)
    only when the whole answer is one number (``0,1`` stays a pair: lm-evaluation-harness#4038);
+   digits separated by spaces are one number when they are thousands groups (``10 000``) or,
+   as the whole answer, the right side of ``name =`` or a ``\\mathbf``/``\\text`` group, single
+   digits (``2 0 2 8``); never a sum or product (see "Spaced digits" below);
    scientific ``4.5e33`` -> ``4.5\\times10^{33}``; ``x \\in S`` -> ``S``; a mixed number
    ``4 4/9`` -> ``4+\\frac{4}{9}``; a trailing LaTeX line break (``42\\\\``) is dropped.
 4. Fast path, in the calling process: if the two normalised strings agree (spaces ignored, a
@@ -23,7 +26,8 @@ Pipeline for one (completion, gold) pair
    ``math_verify.verify``, plus the rules under "Choices worth knowing".
 
 Each completion gets a status (``VerifyResult.statuses``): "correct", "wrong", "no_answer" (no
-final answer could be extracted), "timeout" (the check ran past its limit), "gold_unparsable"
+final answer could be extracted, or the text retracted it), "ambiguous" (digits separated by a
+space that no rule reads as one number: ``\\boxed{12 3}``), "timeout" (the check ran past its limit), "gold_unparsable"
 (math-verify cannot parse the gold; such a gold still matches a prediction with the same
 normalised text) or "error" (the check raised or its worker died). ``conspo audit-rewards``
 (conspo/audit.py) prints them for a run or an evaluation.
@@ -65,14 +69,28 @@ Choices worth knowing
   ``\\frac{1}{3}`` (not ``0.33``); a named quantity (``x \\approx 3.14``) is judged by its value. The
   approximate part counts as well when the gold itself is a decimal number
   (``\\frac{70}{9} \\approx 7.78`` equals ``7.78``).
-* A decimal approximation of an exact gold counts at the precision it is written with, when
-  it is correctly rounded and has at least two significant digits: ``0.3333`` and ``0.33`` equal
-  ``\\frac{1}{3}``, ``0.3`` and ``0.34`` do not; inside matrices, tuples and intervals too. A decimal
-  gold is compared at math-verify's precision (6 places): ``7.8`` does not equal ``7.78``.
+* A decimal for an exact gold follows the policy ``decimal_match`` (``parse_decimal_match``):
+  by default ("exact") only math-verify's own comparison (6 places) counts, so ``0.333333``
+  equals ``\\frac{1}{3}`` and ``0.33`` or ``3.14`` (for pi) do not; "places:N" / "sig:N" also accept
+  a correctly rounded decimal with at least N places / significant digits, inside matrices,
+  tuples and intervals too. A decimal gold is compared at math-verify's precision (6 places):
+  ``7.8`` does not equal ``7.78``.
 * Decimal commas, by context: a prediction's ``2,74`` (one comma, no space; also ``1.000,5``) is
   read as 2.74 when the gold is a decimal number written with a point. A gold ``3,5`` is the
   pair it is in MATH/OlympiadBench answer keys (all 34 such golds in ../shared/data are lists),
-  and ``15, 625`` (comma and space) is always a list.
+  and ``15, 625`` (comma and space) is always a list; a number whose comma cannot be a list
+  separator (``0,05``, ``2,05``: no list element is written ``05``; ``1.000,5``) is a decimal
+  on either side.
+* Hedges score 0: several boxes, environments or ``\\text{ or }`` alternatives form one list
+  answer (boxes join across layout, punctuation and short junk such as ``|``; environments across
+  ",", ";", "and", "or"), which does not equal a single value; a bound in words ("at least 5",
+  "almost 5") is not the value, while a qualifier ("just about 1", "exactly 5") is dropped. An
+  answer the text then calls wrong ("\\boxed{3}. Wait, that is wrong.") is no answer.
+* Spaced digits: LaTeX parsers read ``3 4`` as 3 + 4 (math-verify accepts ``\\boxed{3 4}`` for 7).
+  Here digit groups separated by spaces or spacing commands are joined when they are thousands
+  groups, or single digits that make up the whole answer / ``name =`` right side / text group
+  (``\\mathbf{2 0 2 8}`` = 2028, ``\\boxed{3 4}`` = 34); any other such run makes the answer
+  "ambiguous" (score 0).
 * Intervals keep their brackets: ``(1,2)`` != ``[1,2]``; a bare ``1, 2`` is a set.
 * Unreduced fractions count: ``\\frac{2}{4}`` == ``\\frac{1}{2}``.
 * Exact rationals are compared exactly (math-verify compares them as floats, so
@@ -612,7 +630,7 @@ _NUMBER_SPACING_RE = re.compile(r"(?<=\d)(?:\{,\}|,?\s*\\[!,;: ]|~)\s*(?=\d{3}(?
 
 
 #: Digits separated by spaces (after spacing commands became spaces): "10 000", "2 0 2 8", "3 4".
-_SPACED_RUN_RE = re.compile(r"(?<![\w.])\d+(?: \d+)+(?:\.\d+)?(?![\w.])")
+_SPACED_RUN_RE = re.compile(r"(?<![\w.^])\d+(?: \d+)+(?:\.\d+)?(?![\w.])")
 #: A run in thousands groups: "10 000", "1 000 000.5" (the first group cannot start with 0).
 _THOUSANDS_RUN_RE = re.compile(r"[1-9]\d{0,2}(?: \d{3})+(?:\.\d+)?")
 #: A number spelled out digit by digit: "2 0 2 8".
