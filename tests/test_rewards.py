@@ -789,3 +789,7 @@ def test_decimal_match_config_and_eval_option():
     TrainConfig(decimal_match="places:3").validate()
     with pytest.raises(ConfigError, match="decimal_match"):
         TrainConfig(decimal_match="round").validate()
+    from conspo.benchmark_eval import run_eval
+
+    with pytest.raises(ConfigError, match="--decimal-match"):  # before any model is loaded
+        run_eval(EvalSettings(model="no-such-model", decimal_match="sig:9"))
