@@ -38,6 +38,8 @@ class TrainConfig:
     """task=math: qwen_math_boxed, r1 or plain (rendered with the tokenizer's chat template when it has one)."""
     answer_extraction: Literal["lenient", "strict"] = "lenient"
     """task=math: a completion with no answer marker (box, "Answer:", ...) is judged by its last math expression (lenient, as published graders do) or scores 0 (strict: also teaches the model to mark its answer)."""
+    reward_audit_every: int = 0
+    """task=math: every N-th scored batch, also score it with plain math-verify and strict extraction and log how often they disagree with the reward (reward/second_opinion_disagree_frac, _fn_frac, _fp_frac), so a reward that silently drifts shows. 0: off."""
     decimal_match: str = "exact"
     """task=math: when a decimal counts for an exact gold (pi, 1/3): `exact` (math-verify's own comparison at 6 places, so a coarse 3.1 for pi earns nothing), `places:N` or `sig:N` (a correctly rounded decimal with at least N places / significant digits). See docs/rewards.md."""
     engine: Literal["native", "trl"] = "native"
@@ -210,7 +212,7 @@ class TrainConfig:
                 bad(name, "must be >= 1")
         for name in ("max_new_tokens", "micro_batch_size", "max_tokens_per_micro_batch", "lora_r", "lr_warmup_steps", "eval_every", "eval_size",
                      "log_samples_every", "save_every", "margin_horizon", "stop_after", "sft_steps", "sft_decay_steps", "threads",
-                     "keep_checkpoints", "max_consecutive_skips", "overlong_buffer"):
+                     "keep_checkpoints", "max_consecutive_skips", "overlong_buffer", "reward_audit_every"):
             if getattr(self, name) < 0:
                 bad(name, "must be >= 0")
         if get_objective(self.objective).couples_group and self.group_size < 2:
@@ -401,7 +403,7 @@ ENGINE_SUPPORT: dict[str, tuple[str, ...]] = {
         "resume", "stop_after", "save_every", "keep_checkpoints")},
     **{f: _NATIVE for f in (
         "micro_batch_size", "max_tokens_per_micro_batch", "dynamic_sampling", "dynamic_oversample", "max_consecutive_skips",
-        "log_samples_every")},
+        "log_samples_every", "reward_audit_every")},
     **{f: _TRL for f in (
         "vllm_mode", "vllm_gpu_memory_utilization", "vllm_tensor_parallel_size", "vllm_server_host", "vllm_server_port")},
 }
@@ -416,6 +418,7 @@ ENGINE_HINTS: dict[str, str] = {
     "dynamic_oversample": "only used with --dynamic-sampling (native engine)",
     "max_consecutive_skips": "TRL does not skip non-finite steps; use --engine native",
     "log_samples_every": "TRL logs completions through its own log_completions option (examples/trl/)",
+    "reward_audit_every": "the TRL engine does not log the task's reward metrics; use --engine native",
     **{f: "vLLM generation goes through TRL: use --engine trl (the native trainer generates with transformers)"
        for f in ("vllm_mode", "vllm_gpu_memory_utilization", "vllm_tensor_parallel_size", "vllm_server_host",
                  "vllm_server_port")},

@@ -164,7 +164,7 @@ def make_task(cfg: TrainConfig):
         try:
             return get_task("math", train=cfg.train_data, heldout=cfg.eval_data, data_dir=cfg.data_dir or None,
                             template=cfg.prompt_template, answer_extraction=cfg.answer_extraction,
-                            decimal_match=cfg.decimal_match)
+                            decimal_match=cfg.decimal_match, reward_audit_every=cfg.reward_audit_every)
         except (ValueError, OSError) as e:  # the loaders name the file, line and field
             raise ConfigError(f"task math: {e}") from None
     return get_task(cfg.task)

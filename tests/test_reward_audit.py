@@ -136,3 +136,28 @@ def test_audit_second_opinion(tmp_path, capsys):
     assert "0.333333" in out and "math-verify 1, strict 1" in out
     assert main([str(d), "--workers", "1", "--second-opinion", "--decimal-match", "nonsense"]) == 2
     assert "decimal_match" in capsys.readouterr().err
+
+
+def test_math_task_reward_audit_every(tmp_path):
+    """task=math with reward_audit_every=2: every second scored batch also logs how often plain
+    math-verify and strict extraction disagree with the reward."""
+    from conspo.tasks import Problem
+    from conspo.tasks.math_task import MathTask
+
+    data = tmp_path / "p.jsonl"
+    _write_jsonl(data, [{"problem": "1+1?", "answer": "2"}, {"problem": "6!?", "answer": "720"}])
+    task = MathTask(train=str(data), heldout=str(data), reward_audit_every=2)
+    problems = [Problem(id="0", prompt="p", answer="2"), Problem(id="1", prompt="p", answer="3628800"),
+                Problem(id="2", prompt="p", answer="5"), Problem(id="3", prompt="p", answer="7")]
+    completions = [r"\boxed{2}", r"$\boxed{3\,628\,800}$", r"\boxed{4}", "We add $3+4$.\nSo the total is $7$"]
+    assert task.score(problems, completions) == [1.0, 1.0, 0.0, 1.0]
+    assert "reward/second_opinion_disagree_frac" not in task.last_score_metrics()  # first batch: no audit
+    task.score(problems, completions)
+    m = task.last_score_metrics()
+    # plain math-verify misreads the thin spaces (disagrees, a false-positive candidate); strict
+    # extraction finds no marker in the last completion (it scores 0, the reward 1: not an FN)
+    assert m["reward/second_opinion_disagree_frac"] == 0.25
+    assert m["reward/second_opinion_fp_frac"] == 0.25 and m["reward/second_opinion_fn_frac"] == 0.0
+    assert m["reward/ambiguous_frac"] == 0.0
+    with pytest.raises(ValueError, match="reward_audit_every"):
+        MathTask(train=str(data), heldout=str(data), reward_audit_every=-1)

@@ -25,7 +25,7 @@ from typing import Sequence
 from conspo.rewards.math import DECIMAL_MATCH_DEFAULT, DEFAULT_TIMEOUT_S, MathVerifier
 from conspo.rewards.pool import HardTimeoutPool
 
-__all__ = ["Opinion", "plain_math_verify", "second_opinions"]
+__all__ = ["Opinion", "SecondOpinion", "plain_math_verify", "second_opinions"]
 
 
 def _dollar_gold(gold: str) -> str:
@@ -61,6 +61,55 @@ class Opinion:
     strict: float
 
 
+class SecondOpinion:
+    """Workers kept for repeated second opinions (``task=math`` with ``reward_audit_every``);
+    ``close()`` when done. ``second_opinions`` is the one-shot form."""
+
+    def __init__(self, *, workers: int | None = 1, timeout_s: float = DEFAULT_TIMEOUT_S,
+                 decimal_match: str = DECIMAL_MATCH_DEFAULT):
+        self._strict = MathVerifier(num_workers=workers, timeout_s=timeout_s, lenient=False,
+                                    decimal_match=decimal_match)
+        self._pool = HardTimeoutPool(plain_math_verify, num_workers=workers, timeout_s=timeout_s,
+                                     initializer=_warm_up)
+
+    def opinions(self, completions: Sequence[str], golds: Sequence[str]) -> list[Opinion]:
+        """Plain math-verify's and strict extraction's verdict on every pair, in input order."""
+        if len(completions) != len(golds):
+            raise ValueError(f"got {len(completions)} completions but {len(golds)} gold answers")
+        if not completions:
+            return []
+        strict = self._strict.score(list(completions), list(golds)).scores
+        outcomes = self._pool.run([(c, str(g)) for c, g in zip(completions, golds)])
+        mv = [float(bool(o.value)) if o.status == "ok" else None for o in outcomes]
+        return [Opinion(m, s) for m, s in zip(mv, strict)]
+
+    def disagreement(self, completions: Sequence[str], golds: Sequence[str], rewards: Sequence[float]) -> dict:
+        """Shares of the batch where the second opinions differ from ``rewards`` (as metrics):
+        ``disagree_frac`` (plain math-verify's verdict differs), ``fn_frac`` (reward 0, math-verify
+        or strict extraction says 1) and ``fp_frac`` (reward 1, math-verify says 0)."""
+        ops = self.opinions(completions, golds)
+        n = max(len(ops), 1)
+        disagree = fn = fp = 0
+        for o, r in zip(ops, rewards):
+            got = r >= 0.5
+            mv = None if o.math_verify is None else o.math_verify >= 0.5
+            disagree += mv is not None and mv != got
+            fn += not got and (bool(mv) or o.strict >= 0.5)
+            fp += got and mv is False
+        return {"reward/second_opinion_disagree_frac": disagree / n, "reward/second_opinion_fn_frac": fn / n,
+                "reward/second_opinion_fp_frac": fp / n}
+
+    def close(self) -> None:
+        self._strict.close()
+        self._pool.close()
+
+    def __enter__(self) -> SecondOpinion:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def second_opinions(completions: Sequence[str], golds: Sequence[str], *, workers: int | None = None,
                     timeout_s: float = DEFAULT_TIMEOUT_S,
                     decimal_match: str = DECIMAL_MATCH_DEFAULT) -> list[Opinion]:
@@ -69,12 +118,5 @@ def second_opinions(completions: Sequence[str], golds: Sequence[str], *, workers
         raise ValueError(f"got {len(completions)} completions but {len(golds)} gold answers")
     if not completions:
         return []
-    with MathVerifier(num_workers=workers, timeout_s=timeout_s, lenient=False, decimal_match=decimal_match) as v:
-        strict = v.score(list(completions), list(golds)).scores
-    pool = HardTimeoutPool(plain_math_verify, num_workers=workers, timeout_s=timeout_s, initializer=_warm_up)
-    try:
-        outcomes = pool.run([(c, str(g)) for c, g in zip(completions, golds)])
-    finally:
-        pool.close()
-    mv = [float(bool(o.value)) if o.status == "ok" else None for o in outcomes]
-    return [Opinion(m, s) for m, s in zip(mv, strict)]
+    with SecondOpinion(workers=workers, timeout_s=timeout_s, decimal_match=decimal_match) as so:
+        return so.opinions(completions, golds)
