@@ -17,6 +17,8 @@ worker per scorer; about a minute on a shared 2-core machine.
 
     .venv/bin/python bench/verify_dev.py                 # table
     .venv/bin/python bench/verify_dev.py --show-errors   # and every pair a scorer gets wrong
+    .venv/bin/python bench/verify_dev.py --decimal-policies exact,places:2,places:4,sig:2,sig:4
+                                                         # and ours under each decimal_match setting
 """
 
 from __future__ import annotations
@@ -70,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline-rev", default=DEFAULT_BASELINE_REV, help="git revision for the 'before' column")
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--show-errors", action="store_true", help="list every pair a scorer gets wrong")
+    ap.add_argument("--decimal-policies", default="",
+                    help="comma-separated decimal_match settings: also score ours under each (a table)")
     args = ap.parse_args(argv)
 
     pairs = load_pairs(Path(args.pairs))
@@ -136,6 +140,20 @@ def main(argv: list[str] | None = None) -> int:
           f"({fp / max(1, len(pairs) - n_eq):.1%}), {fp / len(pairs):.1%} of all pairs; false negatives {fn}/{n_eq}.")
     print("families where ours is below plain math-verify: " + (", ".join(worse) if worse else "none"))
     print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()))
+    if args.decimal_policies:
+        print("\nours under each decimal_match setting (all pairs; approximation family):\n")
+        print("| decimal_match | all: accuracy (FP / FN) | approximation: accuracy (FP / FN) |")
+        print("|---|---:|---:|")
+        approx = [i for i, p in enumerate(pairs) if p["family"] == "approximation"]
+        for policy in args.decimal_policies.split(","):
+            with MathVerifier(num_workers=1, decimal_match=policy) as v:
+                scorers[f"ours {policy}"] = v.score(completions, golds).scores
+            cells = []
+            for idx in (list(range(len(pairs))), approx):
+                ok, fp, fn = stats(idx, f"ours {policy}")
+                cells.append(f"{ok / len(idx):.1%} ({fp} / {fn})")
+            print(f"| {policy} | " + " | ".join(cells) + " |")
+        names = [n for n in names if not n.startswith("ours ")]
     if args.show_errors:
         for name in names:
             bad = [i for i in range(len(pairs)) if scorers[name][i] != labels[i]]

@@ -15,6 +15,12 @@ benchmark, id, sample, answer, completion, score), checks each again with
 
 So a user can look at the reward errors before trusting a run's curves or an eval table.
 ``--out FILE`` writes every completion with its status and extracted answer as JSONL.
+
+``--second-opinion`` also re-scores every completion with plain math-verify and with strict
+extraction (conspo/rewards/second_opinion.py) and lists where they disagree with the recorded
+reward (or, where none was recorded, with this check's score): false-negative candidates first
+(recorded 0, a second opinion says 1), then false-positive candidates (recorded 1, plain
+math-verify says 0).
 """
 
 from __future__ import annotations
@@ -117,10 +123,13 @@ def _tail(text: str, n: int) -> str:
 
 def audit(path: str | Path, *, strict: bool = False, timeout_s: float = 5.0, workers: int | None = None,
           samples: int = 3, benchmark: str | None = None, seed: int = 0, max_chars: int = 300,
-          out: str | Path | None = None, log=print) -> dict:
+          out: str | Path | None = None, log=print, second_opinion: bool = False,
+          decimal_match: str = "exact") -> dict:
     """Check every completion saved under ``path`` again and print the report; returns the counts.
 
-    Returns {"file", "n", "skipped", "counts", "by_group", "changed", "gold_near_end"}.
+    Returns {"file", "n", "skipped", "counts", "by_group", "changed", "gold_near_end"}, and with
+    ``second_opinion`` also "second_opinion": {"compared", "fn_candidates", "fp_candidates",
+    "disagree_math_verify", "disagree_strict"}.
     """
     from conspo.rewards import MathVerifier
     from conspo.rewards.math import STATUSES
@@ -137,12 +146,14 @@ def audit(path: str | Path, *, strict: bool = False, timeout_s: float = 5.0, wor
     kind = "evaluation completions" if file.name == "completions.jsonl" else "training samples"
     log(f"audit-rewards: {file} ({len(rows)} {kind}"
         + (f"; {skipped} line(s) without a completion and gold answer skipped" if skipped else "") + ")")
-    log(f"verifier: {'strict' if strict else 'lenient'} extraction, {timeout_s:g} s limit per answer")
+    log(f"verifier: {'strict' if strict else 'lenient'} extraction, decimal_match={decimal_match}, "
+        f"{timeout_s:g} s limit per answer")
     if not rows:
         log("nothing to audit")
         return {"file": str(file), "n": 0, "skipped": skipped, "counts": {}, "by_group": {}, "changed": 0,
                 "gold_near_end": 0}
-    with MathVerifier(num_workers=workers, timeout_s=timeout_s, lenient=not strict) as verifier:
+    with MathVerifier(num_workers=workers, timeout_s=timeout_s, lenient=not strict,
+                      decimal_match=decimal_match) as verifier:
         result = verifier.score([r["completion"] for r in rows], [r["answer"] for r in rows])
     for r, status, answer, score in zip(rows, result.statuses, result.answers, result.scores):
         r["_status"], r["_answer"], r["_score"] = status, answer, score
@@ -204,16 +215,68 @@ def audit(path: str | Path, *, strict: bool = False, timeout_s: float = 5.0, wor
             log(f"- {_where(r)}: recorded {_recorded(r):g}, now {r['_score']:g} ({r['_status']}); "
                 f"gold {_clip(r['answer'], 80)!r}, extracted {_clip(r['_answer'], 80)!r}")
 
+    opinion_summary = None
+    if second_opinion:
+        opinion_summary = _second_opinion(rows, workers=workers, timeout_s=timeout_s, decimal_match=decimal_match,
+                                          samples=samples, max_chars=max_chars, log=log)
+
     if out:
         with open(out, "w") as f:
             for r in rows:
                 record = {k: v for k, v in r.items() if not k.startswith("_") and k != "prompt"}
                 record.update(status=r["_status"], extracted=r["_answer"], rescored=r["_score"],
                               gold_near_end=(r["_status"] == "wrong" and _gold_near_end(r)))
+                if "_mv" in r:
+                    record.update(math_verify=r["_mv"], strict=r["_strict"])
                 f.write(json.dumps(record) + "\n")
         log(f"\nper-completion statuses: {out}")
-    return {"file": str(file), "n": n, "skipped": skipped, "counts": dict(counts),
-            "by_group": {k: dict(v) for k, v in by_group.items()}, "changed": len(changed), "gold_near_end": len(near)}
+    summary = {"file": str(file), "n": n, "skipped": skipped, "counts": dict(counts),
+               "by_group": {k: dict(v) for k, v in by_group.items()}, "changed": len(changed), "gold_near_end": len(near)}
+    if opinion_summary is not None:
+        summary["second_opinion"] = opinion_summary
+    return summary
+
+
+def _second_opinion(rows: list[dict], *, workers, timeout_s: float, decimal_match: str, samples: int,
+                    max_chars: int, log) -> dict:
+    """Re-score with plain math-verify and strict extraction; print and count the disagreements."""
+    from conspo.rewards.second_opinion import second_opinions
+
+    opinions = second_opinions([r["completion"] for r in rows], [r["answer"] for r in rows], workers=workers,
+                               timeout_s=timeout_s, decimal_match=decimal_match)
+    fn, fp, d_mv, d_strict = [], [], 0, 0
+    for r, o in zip(rows, opinions):
+        r["_mv"], r["_strict"] = o.math_verify, o.strict
+        rec = _recorded(r)
+        base = (rec if rec is not None else r["_score"]) >= 0.5
+        mv = None if o.math_verify is None else o.math_verify >= 0.5
+        st = o.strict >= 0.5
+        d_mv += mv is not None and mv != base
+        d_strict += st != base
+        if not base and (mv or st):
+            fn.append(r)
+        elif base and mv is False:
+            fp.append(r)
+    n = len(rows)
+    log(f"\nsecond opinion (plain math-verify, LaTeX extraction; strict extraction) against the recorded reward "
+        f"(this check's score where none was recorded), {n} completions:")
+    log(f"- plain math-verify disagrees on {d_mv} ({d_mv / n:.1%}); strict extraction on {d_strict} ({d_strict / n:.1%})")
+    log(f"- false-negative candidates (recorded 0, a second opinion says 1): {len(fn)}")
+    log(f"- false-positive candidates (recorded 1, plain math-verify says 0): {len(fp)}")
+    for title, group in (("false-negative candidates", fn), ("false-positive candidates", fp)):
+        if not group or samples <= 0:
+            continue
+        log(f"\n== {title}: {min(samples, len(group))} of {len(group)}")
+        for r in group[:samples]:
+            rec = _recorded(r)
+            mv = "timeout/error" if r["_mv"] is None else f"{r['_mv']:g}"
+            log(f"- {_where(r)}: recorded {'-' if rec is None else f'{rec:g}'}, now {r['_score']:g} ({r['_status']}), "
+                f"math-verify {mv}, strict {r['_strict']:g}")
+            log(f"  gold:      {_clip(r['answer'], 160)}")
+            log(f"  extracted: {_clip(r['_answer'], 160)}")
+            log(f"  end of completion: {_tail(r['completion'], max_chars)!r}")
+    return {"compared": n, "fn_candidates": len(fn), "fp_candidates": len(fp), "disagree_math_verify": d_mv,
+            "disagree_strict": d_strict}
 
 
 def _run_config(file: Path) -> dict | None:
@@ -298,6 +361,11 @@ def build_parser(prog: str = "conspo audit-rewards") -> argparse.ArgumentParser:
     ap.add_argument("--max-chars", type=int, default=300, help="characters of each completion's end to show")
     ap.add_argument("--seed", type=int, default=0, help="which completions are sampled")
     ap.add_argument("--out", default=None, help="write every completion with its status to this JSONL file")
+    ap.add_argument("--second-opinion", action="store_true",
+                    help="also re-score with plain math-verify and strict extraction and list where they disagree "
+                         "with the recorded reward, false-negative candidates first")
+    ap.add_argument("--decimal-match", default="exact", metavar="exact|places:N|sig:N",
+                    help="the reward's decimal policy (default exact; see docs/rewards.md)")
     return ap
 
 
@@ -305,8 +373,9 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
         audit(args.path, strict=args.strict, timeout_s=args.timeout, workers=args.workers, samples=args.samples,
-              benchmark=args.benchmark, seed=args.seed, max_chars=args.max_chars, out=args.out)
-    except FileNotFoundError as exc:
+              benchmark=args.benchmark, seed=args.seed, max_chars=args.max_chars, out=args.out,
+              second_opinion=args.second_opinion, decimal_match=args.decimal_match)
+    except (FileNotFoundError, ValueError) as exc:
         print(f"audit-rewards: {exc}", file=sys.stderr)
         return 2
     return 0

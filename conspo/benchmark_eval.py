@@ -54,6 +54,7 @@ class EvalSettings:
     output_dir: str = ""
     verify_timeout_s: float = 5.0
     answer_extraction: str = "lenient"
+    decimal_match: str = "exact"  # conspo.rewards.math.parse_decimal_match
     dtype: str = "auto"
     threads: int = 0  # torch CPU threads; 0: torch's default (one per core)
     overwrite: bool = False
@@ -210,11 +211,16 @@ def run_eval(settings: EvalSettings, *, log=print) -> dict:
                                unknown_token_fraction)
     from conspo.rollout import ignored_generation_settings, sampler_settings, stop_rule
     from conspo.rewards import MathVerifier
+    from conspo.rewards.math import parse_decimal_match
 
     if settings.k < 1:
         raise ConfigError(f"--k must be >= 1, got {settings.k}")
     if settings.threads < 0:
         raise ConfigError(f"--threads must be >= 0 (0: torch's default), got {settings.threads}")
+    try:
+        parse_decimal_match(settings.decimal_match)
+    except ValueError as e:
+        raise ConfigError(f"--decimal-match: {e}") from None
     backend = _pick_backend(settings.backend)
     settings.model = resolve_model_dir(settings.model)
     marker = Path(settings.model) / TINY_MARKER
@@ -236,7 +242,8 @@ def run_eval(settings: EvalSettings, *, log=print) -> dict:
     except (OSError, ValueError) as e:
         raise ConfigError(f"--model {settings.model}: could not load its tokenizer: {str(e).splitlines()[0]}") from None
     lenient = settings.answer_extraction == "lenient"
-    with MathVerifier(timeout_s=settings.verify_timeout_s, lenient=lenient) as verifier:
+    with MathVerifier(timeout_s=settings.verify_timeout_s, lenient=lenient,
+                      decimal_match=settings.decimal_match) as verifier:
         benchmarks = [_builtin_benchmark(name, settings) if name in BUILTIN_TASKS
                       else _math_benchmark(name, settings, tokenizer, verifier) for name in settings.benchmarks]
         for b in benchmarks:
@@ -277,7 +284,7 @@ def run_eval(settings: EvalSettings, *, log=print) -> dict:
 
         results: dict = {"settings": {k: v for k, v in vars(settings).items() if k != "extra"}, "backend": backend,
                          "grader": f"conspo.rewards.MathVerifier(timeout_s={settings.verify_timeout_s}, "
-                                   f"lenient={lenient}); built-in tasks: the task's own exact check",
+                                   f"lenient={lenient}, decimal_match={settings.decimal_match!r}); built-in tasks: the task's own exact check",
                          "sampler": {mode: {k: v for k, v in sampler_settings(  # limits: per benchmark below
                                          stop, greedy=mode == "greedy", temperature=settings.temperature,
                                          top_p=settings.top_p, max_new_tokens=0).items() if k != "max_new_tokens"}

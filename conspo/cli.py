@@ -183,6 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     p_eval.add_argument("--answer-extraction", default="lenient", choices=["lenient", "strict"],
                         help="a completion without an answer marker is judged by its last math expression "
                         "(lenient, as published graders do) or scores 0 (strict) (default: lenient)")
+    p_eval.add_argument("--decimal-match", default="exact", metavar="exact|places:N|sig:N",
+                        help="when a decimal counts for an exact gold such as pi or 1/3: exact (math-verify's own "
+                        "comparison, 6 places; the default), places:N or sig:N (a correctly rounded decimal with at "
+                        "least N places / significant digits); see docs/rewards.md")
     p_eval.add_argument("--template", default="qwen_math_boxed", help="prompt template: qwen_math_boxed, r1, plain, raw")
     p_eval.add_argument("--data-dir", default=None, help="folder of the benchmark sets (default: $CONSPO_DATA_DIR, else ../shared/data beside a development checkout)")
     p_eval.add_argument("--limit", type=int, default=0, help="first N problems of each benchmark (0: all)")

@@ -46,6 +46,10 @@ class TrainConfig:
     """task=math: qwen_math_boxed, r1 or plain (rendered with the tokenizer's chat template when it has one)."""
     answer_extraction: Literal["lenient", "strict"] = "lenient"
     """task=math: a completion with no answer marker (box, "Answer:", ...) is judged by its last math expression (lenient, as published graders do) or scores 0 (strict: also teaches the model to mark its answer)."""
+    reward_audit_every: int = 0
+    """task=math: every N-th scored batch, also score it with plain math-verify and strict extraction and log how often they disagree with the reward (reward/second_opinion_disagree_frac, _fn_frac, _fp_frac), so a reward that silently drifts shows. 0: off."""
+    decimal_match: str = "exact"
+    """task=math: when a decimal counts for an exact gold (pi, 1/3): `exact` (math-verify's own comparison at 6 places, so a coarse 3.1 for pi earns nothing), `places:N` or `sig:N` (a correctly rounded decimal with at least N places / significant digits). See docs/rewards.md."""
     engine: Literal["native", "trl"] = "native"
     """`native` (conspo/train.py) or `trl` (the same task and options through TRL's GRPOTrainer; ConSPO via conspo.integrations.trl)."""
     seed: int = 0
@@ -208,12 +212,17 @@ class TrainConfig:
             choices = get_args(hints[f.name]) if getattr(hints[f.name], "__origin__", None) is Literal else ()
             if choices and getattr(self, f.name) not in choices:
                 bad(f.name, f"must be one of {', '.join(choices)}")
+        from conspo.rewards.math import parse_decimal_match  # no sympy import
+        try:
+            parse_decimal_match(self.decimal_match)
+        except ValueError as e:
+            bad("decimal_match", str(e))
         for name in ("steps", "prompts_per_step", "group_size", "updates_per_batch", "sft_batch_size"):
             if getattr(self, name) < 1:
                 bad(name, "must be >= 1")
         for name in ("max_new_tokens", "micro_batch_size", "max_tokens_per_micro_batch", "lora_r", "lr_warmup_steps", "eval_every", "eval_size",
                      "log_samples_every", "save_every", "margin_horizon", "stop_after", "sft_steps", "sft_decay_steps", "threads",
-                     "keep_checkpoints", "max_consecutive_skips", "overlong_buffer"):
+                     "keep_checkpoints", "max_consecutive_skips", "overlong_buffer", "reward_audit_every"):
             if getattr(self, name) < 0:
                 bad(name, "must be >= 0")
         if get_objective(self.objective).couples_group and self.group_size < 2:
@@ -414,7 +423,7 @@ _NATIVE = ("native",)
 _TRL = ("trl",)
 ENGINE_SUPPORT: dict[str, tuple[str, ...]] = {
     **{f: _BOTH for f in (
-        "objective", "model", "task", "reward", "reward_weights", "prompt_field", "train_data", "eval_data", "data_dir", "prompt_template", "answer_extraction", "engine", "seed",
+        "objective", "model", "task", "reward", "reward_weights", "prompt_field", "train_data", "eval_data", "data_dir", "prompt_template", "answer_extraction", "decimal_match", "engine", "seed",
         "output_dir", "overwrite", "steps", "prompts_per_step", "group_size", "max_new_tokens", "temperature",
         "top_p", "updates_per_batch", "group_mode", "lr", "lr_warmup_steps", "weight_decay", "max_grad_norm",
         "tau", "margin_schedule", "margin_start", "margin_end", "margin_horizon", "positive_threshold",
@@ -426,7 +435,7 @@ ENGINE_SUPPORT: dict[str, tuple[str, ...]] = {
         "resume", "stop_after", "save_every", "keep_checkpoints")},
     **{f: _NATIVE for f in (
         "reward_errors", "micro_batch_size", "max_tokens_per_micro_batch", "dynamic_sampling", "dynamic_oversample", "max_consecutive_skips",
-        "log_samples_every")},
+        "log_samples_every", "reward_audit_every")},
     **{f: _TRL for f in (
         "vllm_mode", "vllm_gpu_memory_utilization", "vllm_tensor_parallel_size", "vllm_server_host", "vllm_server_port")},
 }
@@ -443,6 +452,7 @@ ENGINE_HINTS: dict[str, str] = {
     "reward_errors": "--engine trl passes your rewards to TRL unchanged, and TRL stops on a reward that raises; "
                      "use --engine native to score such completions 0",
     "log_samples_every": "TRL logs completions through its own log_completions option (examples/trl/)",
+    "reward_audit_every": "the TRL engine does not log the task's reward metrics; use --engine native",
     **{f: "vLLM generation goes through TRL: use --engine trl (the native trainer generates with transformers)"
        for f in ("vllm_mode", "vllm_gpu_memory_utilization", "vllm_tensor_parallel_size", "vllm_server_host",
                  "vllm_server_port")},

@@ -37,7 +37,7 @@ OPTION_NEEDS: dict[str, Need] = {
     "margin_horizon": _CONSPO, "positive_rule": _CONSPO, "positive_threshold": _CONSPO, "score": _CONSPO,
     "eps_low": _CLIPPED, "eps_high": _CLIPPED,
     "train_data": _DATA, "eval_data": _DATA, "data_dir": _DATA,
-    "prompt_template": _MATH, "answer_extraction": _MATH,
+    "prompt_template": _MATH, "answer_extraction": _MATH, "decimal_match": _MATH, "reward_audit_every": _MATH,
     "prompt_field": Need("task", ("data",), "only --train-data with --reward (task data) reads a prompt column: "
                                             "drop it, or add --reward"),
     # cache_dir is not here: a place, not a setting (scripts pass it whatever the model)

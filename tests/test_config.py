@@ -25,7 +25,7 @@ def _other_value(name):
         return ["r.py:f"] if name == "reward" else [2.0]
     special = {"report_to": "tensorboard", "group_size": 4, "micro_batch_size": 16, "dtype": "bfloat16",
                "device": "cpu", "resume": "runs/x", "top_p": 0.9, "max_new_tokens": 7, "beta": 0.1,
-               "sft_decay_steps": 1000, "mixed_precision": "bf16"}
+               "sft_decay_steps": 1000, "mixed_precision": "bf16", "decimal_match": "sig:2"}
     if name in special:
         return special[name]
     if typing.get_origin(hint) is typing.Literal:

@@ -486,18 +486,20 @@ def test_extract_answer_issue11(text, expected):
         (r"\boxed{0, 1}", "0.1", 0),
         (r"\boxed{3.5}", "3,5", 0),
         (r"\boxed{3, 5}", "3,5", 1),
-        # approximations: the exact part decides; a decimal counts when correctly rounded (2+ digits)
+        # approximations: the exact part decides; under the default decimal policy ("exact") a
+        # decimal counts for an exact gold only at math-verify's 6-place precision
         (r"\boxed{\frac{1}{3} \approx 0.33}", r"\frac13", 1),
         (r"\boxed{\frac{1}{4} \approx 0.33}", r"\frac13", 0),
         (r"\boxed{\frac{\sqrt3}{3} \approx 0.577}", r"\frac{\sqrt{3}}{3}", 1),
         (r"The answer is $\frac{70}{9} \approx 7.78$.", "7.78", 1),
-        (r"\boxed{0.3333}", r"\frac{1}{3}", 1),
-        (r"\boxed{0.33}", r"\frac{1}{3}", 1),
+        (r"\boxed{0.3333}", r"\frac{1}{3}", 0),
+        (r"\boxed{0.33}", r"\frac{1}{3}", 0),
+        (r"\boxed{0.333333}", r"\frac{1}{3}", 1),
         (r"\boxed{0.3}", r"\frac{1}{3}", 0),
         (r"\boxed{0.34}", r"\frac{1}{3}", 0),
         (r"\boxed{7.8}", "7.78", 0),
-        (r"\boxed{\begin{pmatrix} 0.33 \\ 0.25 \end{pmatrix}}", r"\begin{pmatrix} \frac13 \\ \frac14 \end{pmatrix}", 1),
-        (r"\boxed{(0.4, 1.6667]}", r"\left(\frac25, \frac53\right]", 1),
+        (r"\boxed{\begin{pmatrix} 0.33 \\ 0.25 \end{pmatrix}}", r"\begin{pmatrix} \frac13 \\ \frac14 \end{pmatrix}", 0),
+        (r"\boxed{(0.4, 1.6667]}", r"\left(\frac25, \frac53\right]", 0),
         # matrices: environments are interchangeable, rows are rows
         (r"\boxed{\begin{bmatrix} 1 & 2 \\ 3 & 4 \end{bmatrix}}", r"\begin{pmatrix} 1 & 2 \\ 3 & 4 \end{pmatrix}", 1),
         (r"\boxed{\begin{bmatrix} 1 & 2 \\ 3 & 4 \end{bmatrix}}", r"\begin{pmatrix} 1 & 3 \\ 2 & 4 \end{pmatrix}", 0),
@@ -517,6 +519,39 @@ def test_extract_answer_issue11(text, expected):
 )
 def test_issue11_rules(verifier, completion, gold, expected):
     assert verifier.score([completion], [gold]).scores == [float(expected)]
+
+
+ROUNDING_CASES = [
+    # (completion, gold, scores under "exact", "places:2", "places:4", "sig:2", "sig:4")
+    (r"\boxed{0.3333}", r"\frac{1}{3}", (0, 1, 1, 1, 1)),
+    (r"\boxed{0.33}", r"\frac{1}{3}", (0, 1, 0, 1, 0)),
+    (r"\boxed{0.3}", r"\frac{1}{3}", (0, 0, 0, 0, 0)),
+    (r"\boxed{0.34}", r"\frac{1}{3}", (0, 0, 0, 0, 0)),
+    (r"\boxed{3.1}", r"\pi", (0, 0, 0, 1, 0)),
+    (r"\boxed{3.14}", r"\pi", (0, 1, 0, 1, 0)),
+    (r"\boxed{3.1416}", r"\pi", (0, 1, 1, 1, 1)),
+    (r"\boxed{3.1415}", r"\pi", (0, 0, 0, 0, 0)),  # truncated, not rounded
+    (r"\boxed{0.577}", r"\frac{\sqrt{3}}{3}", (0, 1, 0, 1, 0)),
+    (r"\boxed{\begin{pmatrix} 0.33 \\ 0.25 \end{pmatrix}}", r"\begin{pmatrix} \frac13 \\ \frac14 \end{pmatrix}", (0, 1, 0, 1, 0)),
+    (r"\boxed{(0.4, 1.6667]}", r"\left(\frac25, \frac53\right]", (0, 1, 1, 1, 1)),
+    (r"\boxed{7.8}", "7.78", (0, 0, 0, 0, 0)),  # a decimal gold is never rounded
+    (r"\boxed{0.333333}", r"\frac{1}{3}", (1, 1, 1, 1, 1)),  # math-verify's own precision
+]
+DECIMAL_POLICIES = ("exact", "places:2", "places:4", "sig:2", "sig:4")
+
+
+@pytest.mark.parametrize("policy_index", range(len(DECIMAL_POLICIES)), ids=DECIMAL_POLICIES)
+def test_decimal_match_policies(policy_index):
+    policy = DECIMAL_POLICIES[policy_index]
+    with MathVerifier(num_workers=1, decimal_match=policy) as v:
+        got = v.score([c for c, _, _ in ROUNDING_CASES], [g for _, g, _ in ROUNDING_CASES]).scores
+    assert got == [float(e[policy_index]) for _, _, e in ROUNDING_CASES]
+
+
+@pytest.mark.parametrize("bad", ["", "loose", "places", "places:0", "sig:x", "sig:6", "places:-1", None])
+def test_decimal_match_rejects_bad_values(bad):
+    with pytest.raises(ValueError, match="decimal_match"):
+        MathVerifier(num_workers=1, decimal_match=bad)
 
 
 def test_lenient_and_strict_verifiers():
@@ -717,3 +752,18 @@ def test_pool_rejects_bad_arguments():
         HardTimeoutPool("time:sleep", timeout_s=0)
     with pytest.raises(ValueError, match="module-level"):
         HardTimeoutPool(lambda: None)
+
+
+def test_decimal_match_config_and_eval_option():
+    from conspo.benchmark_eval import EvalSettings
+    from conspo.config import TrainConfig
+    from conspo.errors import ConfigError
+
+    assert TrainConfig().decimal_match == "exact" and EvalSettings(model="m").decimal_match == "exact"
+    TrainConfig(decimal_match="places:3").validate()
+    with pytest.raises(ConfigError, match="decimal_match"):
+        TrainConfig(decimal_match="round").validate()
+    from conspo.benchmark_eval import run_eval
+
+    with pytest.raises(ConfigError, match="--decimal-match"):  # before any model is loaded
+        run_eval(EvalSettings(model="no-such-model", decimal_match="sig:9"))

@@ -95,7 +95,8 @@ def task_from_config(cfg) -> Task:
         if cfg.task == "math":
             return get_task("math", train=cfg.train_data or "math_train", heldout=cfg.eval_data or "math500",
                             data_dir=cfg.data_dir or None, template=cfg.prompt_template,
-                            answer_extraction=cfg.answer_extraction)
+                            answer_extraction=cfg.answer_extraction, decimal_match=cfg.decimal_match,
+                            reward_audit_every=cfg.reward_audit_every)
         if cfg.task == "data":
             return get_task("data", train=cfg.train_data, heldout=cfg.eval_data, data_dir=cfg.data_dir or None,
                             prompt_field=cfg.prompt_field, reward_funcs=load_rewards(cfg.reward),

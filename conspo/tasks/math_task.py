@@ -16,7 +16,7 @@ class MathTask:
 
     def __init__(self, train: str = "math_train", heldout: str = "math500", *, data_dir: str | None = None,
                  template: str = "qwen_math_boxed", max_new_tokens: int = 1024, verify_timeout_s: float = 5.0,
-                 answer_extraction: str = "lenient"):
+                 answer_extraction: str = "lenient", decimal_match: str = "exact", reward_audit_every: int = 0):
         from conspo.tasks.data import load_problem_set
         from conspo.tasks.math_data import PROMPT_TEMPLATES
 
@@ -30,6 +30,15 @@ class MathTask:
         if answer_extraction not in ("lenient", "strict"):
             raise ValueError(f"answer_extraction must be lenient or strict, got {answer_extraction!r}")
         self.lenient = answer_extraction == "lenient"
+        from conspo.rewards.math import parse_decimal_match
+
+        parse_decimal_match(decimal_match)  # ValueError naming the accepted values
+        self.decimal_match = decimal_match
+        if reward_audit_every < 0:
+            raise ValueError(f"reward_audit_every must be >= 0, got {reward_audit_every}")
+        self.reward_audit_every = reward_audit_every  # every N-th scored batch: a second opinion's disagreement
+        self._scored_batches = 0
+        self._second_opinion = None
         self._tokenizer = None
         self._verifier = None
         self._cache: dict[str, list[Problem]] = {}
@@ -64,11 +73,21 @@ class MathTask:
         from conspo.rewards import MathVerifier
 
         if self._verifier is None:
-            self._verifier = MathVerifier(timeout_s=self.verify_timeout_s, lenient=self.lenient)
+            self._verifier = MathVerifier(timeout_s=self.verify_timeout_s, lenient=self.lenient,
+                                          decimal_match=self.decimal_match)
         result = self._verifier.score(completions, [p.answer for p in problems])
         self._last_metrics = {"reward/no_answer_frac": result.fraction("no_answer"),
                               "reward/timeout_frac": result.fraction("timeout"),
-                              "reward/gold_unparsable_frac": result.fraction("gold_unparsable")}
+                              "reward/gold_unparsable_frac": result.fraction("gold_unparsable"),
+                              "reward/ambiguous_frac": result.fraction("ambiguous")}
+        self._scored_batches += 1
+        if self.reward_audit_every and self._scored_batches % self.reward_audit_every == 0:
+            from conspo.rewards.second_opinion import SecondOpinion
+
+            if self._second_opinion is None:
+                self._second_opinion = SecondOpinion(timeout_s=self.verify_timeout_s, decimal_match=self.decimal_match)
+            self._last_metrics.update(self._second_opinion.disagreement(
+                completions, [p.answer for p in problems], result.scores))
         return result.scores
 
     def last_score_metrics(self) -> dict[str, float]:
