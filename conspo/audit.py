@@ -62,8 +62,12 @@ def _read_rows(path: Path) -> tuple[list[dict], int]:
             except json.JSONDecodeError:
                 skipped += 1
                 continue
-            if not isinstance(row, dict) or not isinstance(row.get("completion"), str) \
-                    or not isinstance(row.get("answer"), str) or not row["answer"].strip():
+            if (
+                not isinstance(row, dict)
+                or not isinstance(row.get("completion"), str)
+                or not isinstance(row.get("answer"), str)
+                or not row["answer"].strip()
+            ):
                 skipped += 1
                 continue
             row["_line"] = line_no
@@ -118,13 +122,24 @@ def _clip(text: str | None, n: int) -> str:
 
 def _tail(text: str, n: int) -> str:
     text = " ".join(text.split())
-    return text if len(text) <= n else "..." + text[-(n - 3):]
+    return text if len(text) <= n else "..." + text[-(n - 3) :]
 
 
-def audit(path: str | Path, *, strict: bool = False, timeout_s: float = 5.0, workers: int | None = None,
-          samples: int = 3, benchmark: str | None = None, seed: int = 0, max_chars: int = 300,
-          out: str | Path | None = None, log=print, second_opinion: bool = False,
-          decimal_match: str = "exact") -> dict:
+def audit(
+    path: str | Path,
+    *,
+    strict: bool = False,
+    timeout_s: float = 5.0,
+    workers: int | None = None,
+    samples: int = 3,
+    benchmark: str | None = None,
+    seed: int = 0,
+    max_chars: int = 300,
+    out: str | Path | None = None,
+    log=print,
+    second_opinion: bool = False,
+    decimal_match: str = "exact",
+) -> dict:
     """Check every completion saved under ``path`` again and print the report; returns the counts.
 
     Returns {"file", "n", "skipped", "counts", "by_group", "changed", "gold_near_end"}, and with
@@ -144,16 +159,29 @@ def audit(path: str | Path, *, strict: bool = False, timeout_s: float = 5.0, wor
     if benchmark:
         rows = [r for r in rows if r.get("benchmark") == benchmark]
     kind = "evaluation completions" if file.name == "completions.jsonl" else "training samples"
-    log(f"audit-rewards: {file} ({len(rows)} {kind}"
-        + (f"; {skipped} line(s) without a completion and gold answer skipped" if skipped else "") + ")")
-    log(f"verifier: {'strict' if strict else 'lenient'} extraction, decimal_match={decimal_match}, "
-        f"{timeout_s:g} s limit per answer")
+    log(
+        f"audit-rewards: {file} ({len(rows)} {kind}"
+        + (f"; {skipped} line(s) without a completion and gold answer skipped" if skipped else "")
+        + ")"
+    )
+    log(
+        f"verifier: {'strict' if strict else 'lenient'} extraction, decimal_match={decimal_match}, "
+        f"{timeout_s:g} s limit per answer"
+    )
     if not rows:
         log("nothing to audit")
-        return {"file": str(file), "n": 0, "skipped": skipped, "counts": {}, "by_group": {}, "changed": 0,
-                "gold_near_end": 0}
-    with MathVerifier(num_workers=workers, timeout_s=timeout_s, lenient=not strict,
-                      decimal_match=decimal_match) as verifier:
+        return {
+            "file": str(file),
+            "n": 0,
+            "skipped": skipped,
+            "counts": {},
+            "by_group": {},
+            "changed": 0,
+            "gold_near_end": 0,
+        }
+    with MathVerifier(
+        num_workers=workers, timeout_s=timeout_s, lenient=not strict, decimal_match=decimal_match
+    ) as verifier:
         result = verifier.score([r["completion"] for r in rows], [r["answer"] for r in rows])
     for r, status, answer, score in zip(rows, result.statuses, result.answers, result.scores):
         r["_status"], r["_answer"], r["_score"] = status, answer, score
@@ -173,19 +201,27 @@ def audit(path: str | Path, *, strict: bool = False, timeout_s: float = 5.0, wor
             log("|---|---:|" + "---:|" * len(STATUSES))
             for name, c in by_group.items():
                 total = sum(c.values())
-                log(f"| {name} | {total} | " + " | ".join(f"{c.get(s, 0)} ({c.get(s, 0) / total:.0%})" for s in STATUSES) + " |")
+                log(
+                    f"| {name} | {total} | "
+                    + " | ".join(f"{c.get(s, 0)} ({c.get(s, 0) / total:.0%})" for s in STATUSES)
+                    + " |"
+                )
 
     changed = [r for r in rows if _recorded(r) is not None and _recorded(r) != r["_score"]]  # exact scores
     n_recorded = sum(1 for r in rows if _recorded(r) is not None)
     if n_recorded:
-        log(f"\nrecorded scores this check does not reproduce: {len(changed)} of {n_recorded}"
-            + (" (the verifier or its settings changed since they were written)" if changed else ""))
+        log(
+            f"\nrecorded scores this check does not reproduce: {len(changed)} of {n_recorded}"
+            + (" (the verifier or its settings changed since they were written)" if changed else "")
+        )
 
     wrong = [r for r in rows if r["_status"] == "wrong"]
     near = [r for r in wrong if _gold_near_end(r)]
     if wrong:
-        log(f"wrong answers whose gold appears near the end of the completion: {len(near)} of {len(wrong)} "
-            "(look at these first: possible false negatives)")
+        log(
+            f"wrong answers whose gold appears near the end of the completion: {len(near)} of {len(wrong)} "
+            "(look at these first: possible false negatives)"
+        )
 
     rng = random.Random(seed)
     for status in STATUSES:
@@ -212,38 +248,64 @@ def audit(path: str | Path, *, strict: bool = False, timeout_s: float = 5.0, wor
     if changed and samples > 0:
         log(f"\n== recorded score differs: {min(samples, len(changed))} of {len(changed)}")
         for r in changed[:samples]:
-            log(f"- {_where(r)}: recorded {_recorded(r):g}, now {r['_score']:g} ({r['_status']}); "
-                f"gold {_clip(r['answer'], 80)!r}, extracted {_clip(r['_answer'], 80)!r}")
+            log(
+                f"- {_where(r)}: recorded {_recorded(r):g}, now {r['_score']:g} ({r['_status']}); "
+                f"gold {_clip(r['answer'], 80)!r}, extracted {_clip(r['_answer'], 80)!r}"
+            )
 
     opinion_summary = None
     if second_opinion:
-        opinion_summary = _second_opinion(rows, workers=workers, timeout_s=timeout_s, decimal_match=decimal_match,
-                                          samples=samples, max_chars=max_chars, log=log)
+        opinion_summary = _second_opinion(
+            rows,
+            workers=workers,
+            timeout_s=timeout_s,
+            decimal_match=decimal_match,
+            samples=samples,
+            max_chars=max_chars,
+            log=log,
+        )
 
     if out:
         with open(out, "w") as f:
             for r in rows:
                 record = {k: v for k, v in r.items() if not k.startswith("_") and k != "prompt"}
-                record.update(status=r["_status"], extracted=r["_answer"], rescored=r["_score"],
-                              gold_near_end=(r["_status"] == "wrong" and _gold_near_end(r)))
+                record.update(
+                    status=r["_status"],
+                    extracted=r["_answer"],
+                    rescored=r["_score"],
+                    gold_near_end=(r["_status"] == "wrong" and _gold_near_end(r)),
+                )
                 if "_mv" in r:
                     record.update(math_verify=r["_mv"], strict=r["_strict"])
                 f.write(json.dumps(record) + "\n")
         log(f"\nper-completion statuses: {out}")
-    summary = {"file": str(file), "n": n, "skipped": skipped, "counts": dict(counts),
-               "by_group": {k: dict(v) for k, v in by_group.items()}, "changed": len(changed), "gold_near_end": len(near)}
+    summary = {
+        "file": str(file),
+        "n": n,
+        "skipped": skipped,
+        "counts": dict(counts),
+        "by_group": {k: dict(v) for k, v in by_group.items()},
+        "changed": len(changed),
+        "gold_near_end": len(near),
+    }
     if opinion_summary is not None:
         summary["second_opinion"] = opinion_summary
     return summary
 
 
-def _second_opinion(rows: list[dict], *, workers, timeout_s: float, decimal_match: str, samples: int,
-                    max_chars: int, log) -> dict:
+def _second_opinion(
+    rows: list[dict], *, workers, timeout_s: float, decimal_match: str, samples: int, max_chars: int, log
+) -> dict:
     """Re-score with plain math-verify and strict extraction; print and count the disagreements."""
     from conspo.rewards.second_opinion import second_opinions
 
-    opinions = second_opinions([r["completion"] for r in rows], [r["answer"] for r in rows], workers=workers,
-                               timeout_s=timeout_s, decimal_match=decimal_match)
+    opinions = second_opinions(
+        [r["completion"] for r in rows],
+        [r["answer"] for r in rows],
+        workers=workers,
+        timeout_s=timeout_s,
+        decimal_match=decimal_match,
+    )
     fn, fp, d_mv, d_strict = [], [], 0, 0
     for r, o in zip(rows, opinions):
         r["_mv"], r["_strict"] = o.math_verify, o.strict
@@ -258,9 +320,14 @@ def _second_opinion(rows: list[dict], *, workers, timeout_s: float, decimal_matc
         elif base and mv is False:
             fp.append(r)
     n = len(rows)
-    log(f"\nsecond opinion (plain math-verify, LaTeX extraction; strict extraction) against the recorded reward "
-        f"(this check's score where none was recorded), {n} completions:")
-    log(f"- plain math-verify disagrees on {d_mv} ({d_mv / n:.1%}); strict extraction on {d_strict} ({d_strict / n:.1%})")
+    log(
+        f"\nsecond opinion (plain math-verify, LaTeX extraction; strict extraction) against the recorded reward "
+        f"(this check's score where none was recorded), {n} completions:"
+    )
+    log(
+        f"- plain math-verify disagrees on {d_mv} ({d_mv / n:.1%}); "
+        f"strict extraction on {d_strict} ({d_strict / n:.1%})"
+    )
     log(f"- false-negative candidates (recorded 0, a second opinion says 1): {len(fn)}")
     log(f"- false-positive candidates (recorded 1, plain math-verify says 0): {len(fp)}")
     for title, group in (("false-negative candidates", fn), ("false-positive candidates", fp)):
@@ -270,13 +337,20 @@ def _second_opinion(rows: list[dict], *, workers, timeout_s: float, decimal_matc
         for r in group[:samples]:
             rec = _recorded(r)
             mv = "timeout/error" if r["_mv"] is None else f"{r['_mv']:g}"
-            log(f"- {_where(r)}: recorded {'-' if rec is None else f'{rec:g}'}, now {r['_score']:g} ({r['_status']}), "
-                f"math-verify {mv}, strict {r['_strict']:g}")
+            log(
+                f"- {_where(r)}: recorded {'-' if rec is None else f'{rec:g}'}, now {r['_score']:g} ({r['_status']}), "
+                f"math-verify {mv}, strict {r['_strict']:g}"
+            )
             log(f"  gold:      {_clip(r['answer'], 160)}")
             log(f"  extracted: {_clip(r['_answer'], 160)}")
             log(f"  end of completion: {_tail(r['completion'], max_chars)!r}")
-    return {"compared": n, "fn_candidates": len(fn), "fp_candidates": len(fp), "disagree_math_verify": d_mv,
-            "disagree_strict": d_strict}
+    return {
+        "compared": n,
+        "fn_candidates": len(fn),
+        "fp_candidates": len(fp),
+        "disagree_math_verify": d_mv,
+        "disagree_strict": d_strict,
+    }
 
 
 def _run_config(file: Path) -> dict | None:
@@ -296,9 +370,12 @@ def _samples_coverage(rows: list[dict], config: dict) -> str:
     if not every:
         return "the run recorded no samples (--log-samples-every 0)"
     if total and total <= every:
-        return f"every completion of steps {steps[0] if steps else '-'}..{steps[-1] if steps else '-'} (a run no longer than --log-samples-every {every})"
-    return (f"one group every {every} steps ({len(steps)} steps recorded); a run of at most --log-samples-every "
-            "steps records every completion: pass --log-samples-every >= --steps for that")
+        span = f"{steps[0]}..{steps[-1]}" if steps else "-"
+        return f"every completion of steps {span} (a run no longer than --log-samples-every {every})"
+    return (
+        f"one group every {every} steps ({len(steps)} steps recorded); a run of at most --log-samples-every "
+        "steps records every completion: pass --log-samples-every >= --steps for that"
+    )
 
 
 def audit_own_rewards(file: Path, config: dict, *, samples: int = 3, log=print) -> dict:
@@ -321,8 +398,10 @@ def audit_own_rewards(file: Path, config: dict, *, samples: int = 3, log=print) 
         log("nothing to audit")
         return {"file": str(file), "n": 0, "rewards": rewards.names, "changed": 0, "coverage": coverage}
     prompts = [r.get("reward_prompt", r.get("prompt")) for r in rows]
-    completions = [[{"role": "assistant", "content": r["completion"]}] if isinstance(p, list) else r["completion"]
-                   for r, p in zip(rows, prompts)]
+    completions = [
+        [{"role": "assistant", "content": r["completion"]}] if isinstance(p, list) else r["completion"]
+        for r, p in zip(rows, prompts)
+    ]
     columns = [r.get("columns") or {"answer": r.get("answer")} for r in rows]
     scored = rewards.score(prompts, completions, columns)
     changed = []
@@ -334,47 +413,87 @@ def audit_own_rewards(file: Path, config: dict, *, samples: int = 3, log=print) 
             recorded = {scored.names[0]: r.get("reward")}
         if recorded is not None and any(recorded.get(name) != value for name, value in now.items()):
             changed.append((r, recorded, now))
-    log(f"recorded scores the run's rewards do not reproduce exactly: {len(changed)} of {len(rows)}"
-        + (" (the reward code or its inputs changed since the run, or a reward is not deterministic)" if changed else ""))
+    log(
+        f"recorded scores the run's rewards do not reproduce exactly: {len(changed)} of {len(rows)}"
+        + (
+            " (the reward code or its inputs changed since the run, or a reward is not deterministic)"
+            if changed
+            else ""
+        )
+    )
     if shaped and not any("rewards" in r for r in rows):
-        log("(the recorded rewards include the overlong penalty: only rewards given with --reward are recorded unshaped)")
-    for r, recorded, now in changed[:max(samples, 0)]:
-        log(f"- step {r.get('step', '?')}: recorded {recorded}, now {now}; end of completion {_tail(r['completion'], 120)!r}")
+        log(
+            "(the recorded rewards include the overlong penalty: "
+            "only rewards given with --reward are recorded unshaped)"
+        )
+    for r, recorded, now in changed[: max(samples, 0)]:
+        log(
+            f"- step {r.get('step', '?')}: recorded {recorded}, now {now}; "
+            f"end of completion {_tail(r['completion'], 120)!r}"
+        )
     return {"file": str(file), "n": len(rows), "rewards": scored.names, "changed": len(changed), "coverage": coverage}
 
 
 def build_parser(prog: str = "conspo audit-rewards") -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("path", metavar="RUN_OR_EVAL_DIR",
-                    help="a training run directory (samples.jsonl), a `conspo eval` output directory "
-                         "(completions.jsonl), or one of those files")
+    ap = argparse.ArgumentParser(
+        prog=prog, description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "path",
+        metavar="RUN_OR_EVAL_DIR",
+        help="a training run directory (samples.jsonl), a `conspo eval` output directory "
+        "(completions.jsonl), or one of those files",
+    )
     ap.add_argument("--samples", type=int, default=3, help="completions shown per status (default 3; 0: none)")
-    ap.add_argument("--strict", action="store_true",
-                    help="strict extraction: a completion without an answer marker has no answer "
-                         "(default: lenient, the last math expression counts)")
+    ap.add_argument(
+        "--strict",
+        action="store_true",
+        help="strict extraction: a completion without an answer marker has no answer "
+        "(default: lenient, the last math expression counts)",
+    )
     ap.add_argument("--timeout", type=float, default=5.0, help="time limit per answer, seconds (default 5)")
-    ap.add_argument("--workers", type=int, default=None,
-                    help="verification processes (default: the CPUs this process may use, at most 8; "
-                         "CONSPO_REWARD_WORKERS overrides)")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="verification processes (default: the CPUs this process may use, at most 8; "
+        "CONSPO_REWARD_WORKERS overrides)",
+    )
     ap.add_argument("--benchmark", default=None, help="only this benchmark of an eval directory")
     ap.add_argument("--max-chars", type=int, default=300, help="characters of each completion's end to show")
     ap.add_argument("--seed", type=int, default=0, help="which completions are sampled")
     ap.add_argument("--out", default=None, help="write every completion with its status to this JSONL file")
-    ap.add_argument("--second-opinion", action="store_true",
-                    help="also re-score with plain math-verify and strict extraction and list where they disagree "
-                         "with the recorded reward, false-negative candidates first")
-    ap.add_argument("--decimal-match", default="exact", metavar="exact|places:N|sig:N",
-                    help="the reward's decimal policy (default exact; see docs/rewards.md)")
+    ap.add_argument(
+        "--second-opinion",
+        action="store_true",
+        help="also re-score with plain math-verify and strict extraction and list where they disagree "
+        "with the recorded reward, false-negative candidates first",
+    )
+    ap.add_argument(
+        "--decimal-match",
+        default="exact",
+        metavar="exact|places:N|sig:N",
+        help="the reward's decimal policy (default exact; see docs/rewards.md)",
+    )
     return ap
 
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
-        audit(args.path, strict=args.strict, timeout_s=args.timeout, workers=args.workers, samples=args.samples,
-              benchmark=args.benchmark, seed=args.seed, max_chars=args.max_chars, out=args.out,
-              second_opinion=args.second_opinion, decimal_match=args.decimal_match)
+        audit(
+            args.path,
+            strict=args.strict,
+            timeout_s=args.timeout,
+            workers=args.workers,
+            samples=args.samples,
+            benchmark=args.benchmark,
+            seed=args.seed,
+            max_chars=args.max_chars,
+            out=args.out,
+            second_opinion=args.second_opinion,
+            decimal_match=args.decimal_match,
+        )
     except (FileNotFoundError, ValueError) as exc:
         print(f"audit-rewards: {exc}", file=sys.stderr)
         return 2

@@ -26,8 +26,8 @@ import random
 import shutil
 from pathlib import Path
 
-import torch
 import numpy as np
+import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model
 
@@ -91,7 +91,9 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict[str, to
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
-def save_checkpoint(run_dir: Path, step: int, model, optimizer, py_rng: random.Random, extra: dict, keep: int = 2) -> Path:
+def save_checkpoint(
+    run_dir: Path, step: int, model, optimizer, py_rng: random.Random, extra: dict, keep: int = 2
+) -> Path:
     """Write ``run_dir/checkpoint-<step>`` atomically; keep the newest ``keep`` checkpoints."""
     run_dir = Path(run_dir)
     final = run_dir / f"{PREFIX}{step}"
@@ -128,12 +130,15 @@ def _write_checkpoint_files(tmp: Path, step: int, model, optimizer, py_rng: rand
     save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
     save_file(torch_rng_tensors(), str(tmp / "rng.safetensors"))
     version, internal, gauss = py_rng.getstate()
-    write_json(tmp / "state.json", {
-        "step": step,
-        "optimizer": opt_meta,
-        "python_rng": [version, list(internal), gauss],
-        **extra,
-    })
+    write_json(
+        tmp / "state.json",
+        {
+            "step": step,
+            "optimizer": opt_meta,
+            "python_rng": [version, list(internal), gauss],
+            **extra,
+        },
+    )
     for f in tmp.iterdir():  # before the rename makes it visible
         fsync_file(f)
     _fsync_dir(tmp)
@@ -143,7 +148,7 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     """Complete checkpoints of a run, oldest first."""
     found = []
     for path in Path(run_dir).glob(f"{PREFIX}*"):
-        suffix = path.name[len(PREFIX):]
+        suffix = path.name[len(PREFIX) :]
         if path.is_dir() and suffix.isdigit() and (path / "state.json").exists():
             found.append((int(suffix), path))
     return [p for _, p in sorted(found)]
@@ -183,7 +188,10 @@ def load_checkpoint(checkpoint: Path, model, optimizer, py_rng: random.Random) -
     if missing or unexpected:
         raise ValueError(f"checkpoint {checkpoint} does not fit the model: missing {missing}, unexpected {unexpected}")
     device = next(model.parameters()).device
-    opt_tensors = {k: v.to(device) if not k.endswith(".step") else v for k, v in load_file(str(checkpoint / "optimizer.safetensors")).items()}
+    opt_tensors = {
+        k: v.to(device) if not k.endswith(".step") else v
+        for k, v in load_file(str(checkpoint / "optimizer.safetensors")).items()
+    }
     load_optimizer_state(optimizer, opt_tensors, state["optimizer"])
     restore_torch_rng(load_file(str(checkpoint / "rng.safetensors")))
     version, internal, gauss = state["python_rng"]
@@ -202,7 +210,9 @@ def torch_rng_tensors() -> dict[str, torch.Tensor]:
 
 def restore_torch_rng(rng: dict[str, torch.Tensor]) -> None:
     torch.set_rng_state(rng["torch_cpu"])
-    cuda_states = [rng[k] for k in sorted((k for k in rng if k.startswith("torch_cuda_")), key=lambda k: int(k.rsplit("_", 1)[1]))]
+    cuda_states = [
+        rng[k] for k in sorted((k for k in rng if k.startswith("torch_cuda_")), key=lambda k: int(k.rsplit("_", 1)[1]))
+    ]
     if cuda_states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda_states)
 
@@ -227,7 +237,10 @@ def save_rng_file(path: Path, py_rng=random) -> None:
     kind, keys, position, has_gauss, cached_gauss = np.random.get_state()
     version, internal, gauss = py_rng.getstate()
     tensors = {**torch_rng_tensors(), "numpy_keys": torch.from_numpy(np.asarray(keys, dtype=np.int64))}
-    header = {"numpy": [kind, int(position), int(has_gauss), float(cached_gauss)], "python": [version, list(internal), gauss]}
+    header = {
+        "numpy": [kind, int(position), int(has_gauss), float(cached_gauss)],
+        "python": [version, list(internal), gauss],
+    }
     save_file(tensors, str(path), metadata={"rng": json.dumps(header)})
     fsync_file(path)
 

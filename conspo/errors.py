@@ -6,7 +6,8 @@ class ConfigError(ValueError):
 
 
 class RunError(RuntimeError):
-    """The run cannot go on (disk full, repeated non-finite steps, ...); the message says what is intact. Exit code 1."""
+    """The run cannot go on (disk full, repeated non-finite steps, ...); the message says what is intact.
+    Exit code 1."""
 
 
 class Interrupted(RunError):

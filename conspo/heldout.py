@@ -28,8 +28,15 @@ class EvalResult:
 
 @torch.no_grad()
 def evaluate_greedy(
-    model, tokenizer, task: Task, problems: list[Problem], *, max_new_tokens: int, batch_size: int = 256,
-    rewards=None, positive_threshold: float = 0.5,
+    model,
+    tokenizer,
+    task: Task,
+    problems: list[Problem],
+    *,
+    max_new_tokens: int,
+    batch_size: int = 256,
+    rewards=None,
+    positive_threshold: float = 0.5,
 ) -> tuple[EvalResult, list[str]]:
     """Greedy-decode every problem once (stopping as training's rollouts do) and score it with the task's
     verifier, or with ``rewards`` (a ``RewardSet``: accuracy is then the mean total reward, unscored
@@ -37,8 +44,14 @@ def evaluate_greedy(
     completions, lengths, truncated = [], [], []
     for start in range(0, len(problems), batch_size):
         chunk = problems[start : start + batch_size]
-        rollouts = generate(model, tokenizer, [p.prompt for p in chunk], max_new_tokens=max_new_tokens, greedy=True,
-                            stop_strings=getattr(task, "stop_strings", ()))
+        rollouts = generate(
+            model,
+            tokenizer,
+            [p.prompt for p in chunk],
+            max_new_tokens=max_new_tokens,
+            greedy=True,
+            stop_strings=getattr(task, "stop_strings", ()),
+        )
         completions += rollouts.texts
         lengths += rollouts.completion_mask.sum(1).tolist()
         truncated += rollouts.truncated.tolist()
@@ -67,7 +80,11 @@ def _score_with_rewards(rewards, problems, completions, positive_threshold) -> t
     per_reward = scored.tensor()
     total = combine_rewards(per_reward, torch.tensor(rewards.weights, dtype=per_reward.dtype))
     kept = total[~torch.isnan(total)]
-    metrics = {"heldout/positive_frac": float(at_threshold(kept, positive_threshold).double().mean()) if len(kept) else math.nan}
+    metrics = {
+        "heldout/positive_frac": float(at_threshold(kept, positive_threshold).double().mean())
+        if len(kept)
+        else math.nan
+    }
     for k, name in enumerate(scored.names):
         column = per_reward[:, k][~torch.isnan(per_reward[:, k])]
         metrics[f"heldout/rewards/{name}/mean"] = float(column.mean()) if len(column) else math.nan

@@ -209,7 +209,9 @@ def chunked_head_logprobs(
     if not (math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
     if hidden.ndim != 2 or token_ids.shape != hidden.shape[:1]:
-        raise ValueError(f"expected hidden (N, H) and token_ids (N,), got {tuple(hidden.shape)} and {tuple(token_ids.shape)}")
+        raise ValueError(
+            f"expected hidden (N, H) and token_ids (N,), got {tuple(hidden.shape)} and {tuple(token_ids.shape)}"
+        )
     device = hidden.device
     if torch.is_autocast_enabled(device.type):
         compute = torch.get_autocast_dtype(device.type)
@@ -217,8 +219,17 @@ def chunked_head_logprobs(
         compute = weight.dtype
     if chunk_tokens is None:
         chunk_tokens = default_chunk_tokens(weight.shape[0], device)
-    return ChunkedHeadLogProbs.apply(hidden, weight, bias, token_ids, float(temperature), float(logit_scale),
-                                     float(softcap) if softcap else None, int(chunk_tokens), compute)
+    return ChunkedHeadLogProbs.apply(
+        hidden,
+        weight,
+        bias,
+        token_ids,
+        float(temperature),
+        float(logit_scale),
+        float(softcap) if softcap else None,
+        int(chunk_tokens),
+        compute,
+    )
 
 
 # ---- finding a transformers model's backbone and head, safely --------------------------------
@@ -234,7 +245,9 @@ class HeadSpec:
     softcap: float | None
 
 
-_SPECS: "weakref.WeakKeyDictionary[nn.Module, tuple[nn.Module | None, HeadSpec | None, str]]" = weakref.WeakKeyDictionary()
+_SPECS: "weakref.WeakKeyDictionary[nn.Module, tuple[nn.Module | None, HeadSpec | None, str]]" = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _base(model: nn.Module) -> nn.Module:
@@ -295,13 +308,16 @@ def _check(model: nn.Module, spec: HeadSpec, sample_ids: torch.Tensor) -> str:
         return "its head input is not the backbone's last hidden state"
     half = logits.dtype in (torch.float16, torch.bfloat16)
     tol = 2e-2 if half else 1e-4
-    if not torch.allclose(captured[0].float(), hidden.float(), rtol=tol, atol=tol * max(1.0, float(hidden.abs().max()))):
+    if not torch.allclose(
+        captured[0].float(), hidden.float(), rtol=tol, atol=tol * max(1.0, float(hidden.abs().max()))
+    ):
         return "its head input is not the backbone's last hidden state"
     ours = nn.functional.linear(hidden, spec.head.weight, spec.head.bias).to(_work_dtype(hidden.dtype))
     _transform_(ours, spec.logit_scale, spec.softcap, 1.0)
     reference = logits.to(ours.dtype)
     if ours.shape != reference.shape or not torch.allclose(
-            ours, reference, rtol=tol, atol=tol * max(1.0, float(reference.abs().max()))):
+        ours, reference, rtol=tol, atol=tol * max(1.0, float(reference.abs().max()))
+    ):
         return "its logits are not f(logit_scale * head(hidden)) (an unknown logit transform)"
     return ""
 

@@ -35,8 +35,16 @@ def build_char_tokenizer(chars: str = TINY_CHARS):
     return tokenizer
 
 
-def build_tiny_model(vocab_size: int, *, hidden: int = 128, layers: int = 4, ffn: int = 512, heads: int = 4,
-                     max_positions: int = 64, seed: int = 0):
+def build_tiny_model(
+    vocab_size: int,
+    *,
+    hidden: int = 128,
+    layers: int = 4,
+    ffn: int = 512,
+    heads: int = 4,
+    max_positions: int = 64,
+    seed: int = 0,
+):
     """A small Qwen2 (tied embeddings) with the geometry from docs/design.md section 8 (~1.05M params).
 
     ``max_positions`` is the longest prompt + completion it is meant for (rotary positions: it
@@ -73,7 +81,9 @@ def save_pretrained(model, tokenizer, directory: str | Path, *, tiny_task: str =
     model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
     if tiny_task:
-        (directory / TINY_MARKER).write_text(json.dumps({"tokenizer": "char", "chars": TINY_CHARS, "task": tiny_task}) + "\n")
+        (directory / TINY_MARKER).write_text(
+            json.dumps({"tokenizer": "char", "chars": TINY_CHARS, "task": tiny_task}) + "\n"
+        )
 
 
 def looks_local(name_or_path: str) -> bool:
@@ -95,13 +105,17 @@ def load_model_config(name_or_path: str, option: str = "--model"):
     if looks_local(name_or_path) and not path.exists():
         raise ConfigError(f"{option} {name_or_path}: no such folder (a local path; hub ids look like org/name)")
     if path.is_dir() and not (path / "config.json").exists():
-        raise ConfigError(f"{option} {name_or_path}: the folder has no config.json (a transformers model folder has "
-                          "config.json, tokenizer files and *.safetensors weights)")
+        raise ConfigError(
+            f"{option} {name_or_path}: the folder has no config.json (a transformers model folder has "
+            "config.json, tokenizer files and *.safetensors weights)"
+        )
     try:
         return AutoConfig.from_pretrained(str(path) if path.exists() else name_or_path)
     except (OSError, ValueError) as e:
-        raise ConfigError(f"{option} {name_or_path}: not a local model directory with a config.json nor a hub id "
-                          f"reachable from here: {str(e).splitlines()[0]}") from None
+        raise ConfigError(
+            f"{option} {name_or_path}: not a local model directory with a config.json nor a hub id "
+            f"reachable from here: {str(e).splitlines()[0]}"
+        ) from None
 
 
 def max_positions(config) -> int | None:
@@ -127,10 +141,15 @@ def check_positions(name: str, config, tokenizer, prompts: list[str], max_new_to
     longest = max(len(ids) for ids in tokenizer(with_bos(tokenizer, prompts), add_special_tokens=False)["input_ids"])
     if longest + max_new_tokens > positions:
         room = positions - longest
-        what = (f"lower --max-new-tokens to at most {room}" if room > 0 else
-                "its prompts alone are longer than that: use shorter prompts or a model with more positions")
-        raise ConfigError(f"--model {name}: the longest prompt ({longest} tokens) plus max_new_tokens={max_new_tokens} "
-                          f"needs {longest + max_new_tokens} positions, more than the model's {positions}: {what}")
+        what = (
+            f"lower --max-new-tokens to at most {room}"
+            if room > 0
+            else "its prompts alone are longer than that: use shorter prompts or a model with more positions"
+        )
+        raise ConfigError(
+            f"--model {name}: the longest prompt ({longest} tokens) plus max_new_tokens={max_new_tokens} "
+            f"needs {longest + max_new_tokens} positions, more than the model's {positions}: {what}"
+        )
 
 
 def load_tokenizer(name_or_path: str):
@@ -183,7 +202,11 @@ def lora_config(*, r: int, alpha: int, dropout: float, target_modules: str):
         from conspo.errors import ConfigError
 
         raise ConfigError("LoRA (--lora-r > 0) needs peft: pip install 'conspo[lora]'") from e
-    targets = target_modules if target_modules == "all-linear" else [t.strip() for t in target_modules.split(",") if t.strip()]
+    targets = (
+        target_modules
+        if target_modules == "all-linear"
+        else [t.strip() for t in target_modules.split(",") if t.strip()]
+    )
     return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM")
 
 

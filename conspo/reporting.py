@@ -27,15 +27,18 @@ class MetricsWriter:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as e:
-                raise RuntimeError("--report-to tensorboard needs the tensorboard package: pip install tensorboard") from e
+                raise RuntimeError(
+                    "--report-to tensorboard needs the tensorboard package: pip install tensorboard"
+                ) from e
             self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
         if "wandb" in report_to:
             try:
                 import wandb
             except ImportError as e:
                 raise RuntimeError("--report-to wandb needs the wandb package: pip install wandb") from e
-            self._wandb = wandb.init(project=os.environ.get("WANDB_PROJECT", "conspo"), config=config,
-                                     dir=str(run_dir), resume="allow")
+            self._wandb = wandb.init(
+                project=os.environ.get("WANDB_PROJECT", "conspo"), config=config, dir=str(run_dir), resume="allow"
+            )
 
     def write(self, step: int, metrics: dict) -> None:
         record = {"step": step, **{k: _clean(v) for k, v in metrics.items()}}
@@ -98,7 +101,10 @@ def plot_run(metrics: list[dict], out_png: Path, title: str) -> None:
     axes[0].plot(steps, rewards, lw=0.8, alpha=0.5, label="per step")
     if len(rewards) >= 10:
         w = max(len(rewards) // 20, 5)
-        smooth = [sum(rewards[max(0, i - w + 1) : i + 1]) / len(rewards[max(0, i - w + 1) : i + 1]) for i in range(len(rewards))]
+        smooth = [
+            sum(rewards[max(0, i - w + 1) : i + 1]) / len(rewards[max(0, i - w + 1) : i + 1])
+            for i in range(len(rewards))
+        ]
         axes[0].plot(steps, smooth, lw=1.8, label=f"mean of last {w}")
     axes[0].set(xlabel="optimizer step", ylabel="mean reward (sampled)", title="training reward")
     axes[0].legend()

@@ -49,9 +49,13 @@ class Rollouts:
         )
 
 
-def completion_mask_from_eos(completion_ids: torch.Tensor, eos_token_id: int | list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def completion_mask_from_eos(
+    completion_ids: torch.Tensor, eos_token_id: int | list[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mask of the tokens up to and including the first EOS, and whether a row had none."""
-    eos_ids = torch.tensor(eos_token_id if isinstance(eos_token_id, list) else [eos_token_id], device=completion_ids.device)
+    eos_ids = torch.tensor(
+        eos_token_id if isinstance(eos_token_id, list) else [eos_token_id], device=completion_ids.device
+    )
     is_eos = torch.isin(completion_ids, eos_ids)
     # number of EOS strictly before position t; keep t while it is zero
     eos_before = torch.cumsum(is_eos.int(), dim=1) - is_eos.int()
@@ -82,8 +86,9 @@ def chat_turn_token_ids(tokenizer) -> list[int]:
     if not getattr(tokenizer, "chat_template", None):
         return []
     try:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": "1"}, {"role": "assistant", "content": "2"}],
-                                             tokenize=False)
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "1"}, {"role": "assistant", "content": "2"}], tokenize=False
+        )
     except Exception:  # noqa: BLE001 - a template that needs other roles or tools: no markers known
         return []
     special = {i for i, token in tokenizer.added_tokens_decoder.items() if token.special}
@@ -95,13 +100,25 @@ def stop_rule(generation_config, tokenizer, strings: tuple[str, ...] = ()) -> St
     """Every id a completion stops at: the model's ``generation_config`` EOS ids (Llama-3 instruct lists three;
     None: no generation config), the tokenizer's EOS and the chat template's turn markers; plus the prompt
     template's stop ``strings``."""
-    ids = _as_list(getattr(generation_config, "eos_token_id", None)) + _as_list(tokenizer.eos_token_id) + chat_turn_token_ids(tokenizer)
+    ids = (
+        _as_list(getattr(generation_config, "eos_token_id", None))
+        + _as_list(tokenizer.eos_token_id)
+        + chat_turn_token_ids(tokenizer)
+    )
     return StopRule(tuple(dict.fromkeys(i for i in ids if i is not None)), tuple(strings))
 
 
 #: generation_config fields that describe the model rather than a sampling choice
-_NOT_SAMPLING = {"bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id", "transformers_version",
-                 "_from_model_config", "use_cache", "cache_implementation"}
+_NOT_SAMPLING = {
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+    "decoder_start_token_id",
+    "transformers_version",
+    "_from_model_config",
+    "use_cache",
+    "cache_implementation",
+}
 
 
 def ignored_generation_settings(config) -> dict:
@@ -115,8 +132,9 @@ def ignored_generation_settings(config) -> dict:
 def sampler_settings(stop: StopRule, *, greedy: bool, temperature: float, top_p: float, max_new_tokens: int) -> dict:
     """The whole generation config conspo samples with: nothing else is taken from the model."""
     settings = {"max_new_tokens": max_new_tokens, "eos_token_id": list(stop.token_ids)}
-    settings.update({"do_sample": False} if greedy else {"do_sample": True, "temperature": temperature, "top_p": top_p,
-                                                         "top_k": 0})
+    settings.update(
+        {"do_sample": False} if greedy else {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
+    )
     if stop.strings:
         settings["stop_strings"] = list(stop.strings)
     return settings
@@ -165,7 +183,7 @@ def _stop_string_ends(tokenizer, completion_ids: torch.Tensor, mask: torch.Tenso
         text, end = "", None
         for t, piece in enumerate(pieces):
             text += piece
-            if any(s in text[-(len(piece) + len(s)):] for s in strings):
+            if any(s in text[-(len(piece) + len(s)) :] for s in strings):
                 end = t
                 break
         ends.append(end)
@@ -201,15 +219,22 @@ def generate(
     encoded = tokenizer(repeated, return_tensors="pt", padding=True, add_special_tokens=False)
     prompt_ids = encoded["input_ids"].to(device)
     prompt_mask = encoded["attention_mask"].to(device)
-    config = GenerationConfig(**sampler_settings(stop, greedy=greedy, temperature=temperature, top_p=top_p,
-                                                 max_new_tokens=max_new_tokens),
-                              pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, use_cache=True)
+    config = GenerationConfig(
+        **sampler_settings(stop, greedy=greedy, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        use_cache=True,
+    )
     was_training = model.training
     model.eval()
     try:
         with _OwnGenerationConfig(model, config):
-            output = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config,
-                                    **({"tokenizer": tokenizer} if stop.strings else {}))
+            output = model.generate(
+                input_ids=prompt_ids,
+                attention_mask=prompt_mask,
+                generation_config=config,
+                **({"tokenizer": tokenizer} if stop.strings else {}),
+            )
     finally:
         model.train(was_training)
     completion_ids = output[:, prompt_ids.shape[1] :]
@@ -224,11 +249,16 @@ def generate(
                 truncated[r] = False
                 keep[r] = end + 1
     # Tokens after the stop are padding: make them the pad id so nothing downstream reads them.
-    completion_ids = torch.where(completion_mask.bool(), completion_ids, torch.full_like(completion_ids, tokenizer.pad_token_id))
-    texts = tokenizer.batch_decode([row[:n] for row, n in zip(completion_ids.tolist(), keep.tolist())],
-                                   skip_special_tokens=True)
+    completion_ids = torch.where(
+        completion_mask.bool(), completion_ids, torch.full_like(completion_ids, tokenizer.pad_token_id)
+    )
+    texts = tokenizer.batch_decode(
+        [row[:n] for row, n in zip(completion_ids.tolist(), keep.tolist())], skip_special_tokens=True
+    )
     if stop.strings:
-        texts = [_cut_at_stop_string(text, stop.strings) if end is not None else text for text, end in zip(texts, cut_at)]
+        texts = [
+            _cut_at_stop_string(text, stop.strings) if end is not None else text for text, end in zip(texts, cut_at)
+        ]
     return Rollouts(prompt_ids, prompt_mask, completion_ids, completion_mask, truncated, texts)
 
 
@@ -291,8 +321,9 @@ class _SelectedLogProbs(torch.autograd.Function):
         return grad.view_as(logits), None, None, None
 
 
-def selective_log_softmax(logits: torch.Tensor, token_ids: torch.Tensor, *, chunk_tokens: int | None = None,
-                          temperature: float = 1.0) -> torch.Tensor:
+def selective_log_softmax(
+    logits: torch.Tensor, token_ids: torch.Tensor, *, chunk_tokens: int | None = None, temperature: float = 1.0
+) -> torch.Tensor:
     """(B, T) log softmax(logits / T)[token_ids] without a full fp32 (B, T, V) log-softmax.
 
         log p(x_t) = z[t, x_t] - logsumexp_v z[t, v],    z = logits / temperature
@@ -310,8 +341,10 @@ _WARNED_FALLBACK: set[str] = set()
 
 def _model_inputs(rollouts: Rollouts) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if rollouts.prompt_ids.shape[1] == 0:
-        raise ValueError("token_logprobs needs at least one prompt token per row (the first completion token is "
-                         "predicted from the last prompt position)")
+        raise ValueError(
+            "token_logprobs needs at least one prompt token per row (the first completion token is "
+            "predicted from the last prompt position)"
+        )
     input_ids = torch.cat([rollouts.prompt_ids, rollouts.completion_ids], dim=1)
     attention_mask = torch.cat([rollouts.prompt_mask, torch.ones_like(rollouts.completion_mask)], dim=1)
     # Left-padded prompts: positions count real tokens only, as during generate.
@@ -338,7 +371,9 @@ def full_logits_logprobs(model, rollouts: Rollouts, *, temperature: float = 1.0)
     return logps.masked_fill(~rollouts.completion_mask.bool(), 0.0)
 
 
-def token_logprobs(model, rollouts: Rollouts, *, temperature: float = 1.0, chunk_tokens: int | None = None) -> torch.Tensor:
+def token_logprobs(
+    model, rollouts: Rollouts, *, temperature: float = 1.0, chunk_tokens: int | None = None
+) -> torch.Tensor:
     """(B, Tc) log pi(o_t | q, o_<t) of the completion tokens under ``model`` (with grad if enabled).
 
         log pi(o_t) = z_t[o_t] - logsumexp_v z_t[v],   z_t = f(s * (W h_t + b)) / temperature
@@ -363,8 +398,12 @@ def token_logprobs(model, rollouts: Rollouts, *, temperature: float = 1.0, chunk
         name = type(model).__name__
         if name not in _WARNED_FALLBACK:
             _WARNED_FALLBACK.add(name)
-            warnings.warn(f"conspo.rollout.token_logprobs: {name} is scored through its full (B, T, V) logits "
-                          f"(much more memory): {reason}.", RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"conspo.rollout.token_logprobs: {name} is scored through its full (B, T, V) logits "
+                f"(much more memory): {reason}.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         return full_logits_logprobs(model, rollouts, temperature=temperature)
     n_prompt = rollouts.prompt_ids.shape[1]
     n_completion = rollouts.completion_ids.shape[1]
@@ -372,19 +411,29 @@ def token_logprobs(model, rollouts: Rollouts, *, temperature: float = 1.0, chunk
     out = spec.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
     hidden = out.last_hidden_state[:, n_prompt - 1 : n_prompt - 1 + n_completion]  # position t-1 predicts token t
     weight, bias = spec.head.weight, spec.head.bias
-    logps = chunked_head_logprobs(hidden[mask].to(weight.device), weight, bias,
-                                  rollouts.completion_ids[mask].to(weight.device), temperature=temperature,
-                                  logit_scale=spec.logit_scale, softcap=spec.softcap, chunk_tokens=chunk_tokens)
+    logps = chunked_head_logprobs(
+        hidden[mask].to(weight.device),
+        weight,
+        bias,
+        rollouts.completion_ids[mask].to(weight.device),
+        temperature=temperature,
+        logit_scale=spec.logit_scale,
+        softcap=spec.softcap,
+        chunk_tokens=chunk_tokens,
+    )
     return logps.new_zeros(mask.shape).masked_scatter(mask.to(logps.device), logps)
 
 
 @torch.no_grad()
-def token_logprobs_no_grad(model, rollouts: Rollouts, *, temperature: float = 1.0, micro_batch_size: int = 0,
-                           chunk_tokens: int | None = None) -> torch.Tensor:
+def token_logprobs_no_grad(
+    model, rollouts: Rollouts, *, temperature: float = 1.0, micro_batch_size: int = 0, chunk_tokens: int | None = None
+) -> torch.Tensor:
     """``token_logprobs`` without autograd, ``micro_batch_size`` rows per pass (0: all): the
     old-policy log-probs for importance ratios and the reference policy's for the KL term, through
     the same chunked head and formula as the training pass."""
     step = micro_batch_size or len(rollouts)
-    parts = [token_logprobs(model, rollouts.rows(slice(i, i + step)), temperature=temperature, chunk_tokens=chunk_tokens)
-             for i in range(0, len(rollouts), step)]
+    parts = [
+        token_logprobs(model, rollouts.rows(slice(i, i + step)), temperature=temperature, chunk_tokens=chunk_tokens)
+        for i in range(0, len(rollouts), step)
+    ]
     return torch.cat(parts) if parts else torch.zeros_like(rollouts.completion_mask, dtype=torch.float32)

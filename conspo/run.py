@@ -22,7 +22,6 @@ from conspo.config import TrainConfig
 from conspo.errors import ConfigError, RunError
 from conspo.rollout import ignored_generation_settings
 
-
 # What a run writes into its directory; --overwrite deletes exactly these (and nothing else).
 RUN_FILES = ("metrics.jsonl", "samples.jsonl", "summary.json", "curves.png", "config.yaml")
 RUN_DIRS = ("final", "tensorboard", "wandb", "trl")
@@ -41,10 +40,14 @@ def prepare_run_dir(cfg: TrainConfig, log=print) -> Path:
         raise ConfigError(f"output_dir {run_dir} is a file, not a directory: choose another --output-dir")
     if run_dir.is_dir() and any(run_dir.iterdir()) and not cfg.resume and not cfg.overwrite:
         if list_checkpoints(run_dir):
-            raise ConfigError(f"output_dir {run_dir} holds a run: pass --resume {run_dir} to continue it, "
-                              "--overwrite to delete it and start over, or another --output-dir")
-        raise ConfigError(f"output_dir {run_dir} is not empty and holds no checkpoint to resume (a run stopped "
-                          "before its first save?): pass --overwrite to start over there, or another --output-dir")
+            raise ConfigError(
+                f"output_dir {run_dir} holds a run: pass --resume {run_dir} to continue it, "
+                "--overwrite to delete it and start over, or another --output-dir"
+            )
+        raise ConfigError(
+            f"output_dir {run_dir} is not empty and holds no checkpoint to resume (a run stopped "
+            "before its first save?): pass --overwrite to start over there, or another --output-dir"
+        )
     if cfg.overwrite and not cfg.resume and run_dir.is_dir():
         removed = clear_run(run_dir)
         if removed:
@@ -63,8 +66,11 @@ def clear_run(run_dir: Path) -> list[str]:
     """Delete what a run wrote into ``run_dir`` (checkpoints, final/, logs, summary); return the names."""
     import shutil
 
-    doomed = [p for p in run_dir.iterdir() if p.name in RUN_FILES or p.name in RUN_DIRS
-              or p.name.startswith(("checkpoint-", ".tmp-checkpoint-"))]
+    doomed = [
+        p
+        for p in run_dir.iterdir()
+        if p.name in RUN_FILES or p.name in RUN_DIRS or p.name.startswith(("checkpoint-", ".tmp-checkpoint-"))
+    ]
     for path in sorted(doomed):
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     return sorted(p.name for p in doomed)
@@ -87,14 +93,18 @@ def checkpoint_to_resume(path: str | Path, engine: str | None = None) -> Path:
     try:
         checkpoint = find_checkpoint(path)
     except FileNotFoundError as e:
-        raise ConfigError(f"{e}; a run stopped before its first checkpoint cannot be resumed: start it again "
-                          "with the same options and --overwrite") from None
+        raise ConfigError(
+            f"{e}; a run stopped before its first checkpoint cannot be resumed: start it again "
+            "with the same options and --overwrite"
+        ) from None
     if engine is not None:
         with open(checkpoint / "state.json") as f:
             written_by = json.load(f).get("engine", "native")
         if written_by != engine:
-            raise ConfigError(f"--resume {path}: {checkpoint.name} was written by --engine {written_by}; "
-                              f"resume it with --engine {written_by}")
+            raise ConfigError(
+                f"--resume {path}: {checkpoint.name} was written by --engine {written_by}; "
+                f"resume it with --engine {written_by}"
+            )
     if (Path(path) / "state.json").exists():  # a checkpoint named directly: the user chose it
         return checkpoint
     siblings = list_checkpoints(checkpoint.parent) if checkpoint.name.startswith("checkpoint-") else [checkpoint]
@@ -104,8 +114,10 @@ def checkpoint_to_resume(path: str | Path, engine: str | None = None) -> Path:
             ids[sibling.name] = json.load(f).get("run_id")
     if len(set(ids.values())) > 1:
         listing = ", ".join(f"{name} (run {run_id})" for name, run_id in ids.items())
-        raise ConfigError(f"--resume {path}: checkpoints of different runs in {checkpoint.parent}: {listing}; "
-                          "move the other run's checkpoints away or resume a checkpoint-<step> directory directly")
+        raise ConfigError(
+            f"--resume {path}: checkpoints of different runs in {checkpoint.parent}: {listing}; "
+            "move the other run's checkpoints away or resume a checkpoint-<step> directory directly"
+        )
     return checkpoint
 
 
@@ -122,14 +134,19 @@ class StopRequest:
 
     def _handle(self, signum, frame) -> None:
         self.requested = True
-        self._log("Ctrl-C: finishing this step, then saving a checkpoint and stopping "
-                  "(Ctrl-C again stops at once and loses the steps since the last checkpoint)")
+        self._log(
+            "Ctrl-C: finishing this step, then saving a checkpoint and stopping "
+            "(Ctrl-C again stops at once and loses the steps since the last checkpoint)"
+        )
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def __enter__(self) -> "StopRequest":
         # only in the main thread (signals can only be caught there), and not when SIGINT is ignored
         # (a job started with nohup or in the background of a non-interactive shell)
-        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        if (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
+        ):
             self._previous = signal.signal(signal.SIGINT, self._handle)
         return self
 
@@ -150,8 +167,11 @@ def remove_if_empty(run_dir: Path) -> None:
 def resolve_device_dtype(cfg: TrainConfig) -> tuple[torch.device, torch.dtype]:
     """``auto`` device: CUDA when available. The weight dtype: ``auto`` is float32 everywhere (master weights and
     AdamW state; on a GPU the compute runs in bfloat16 under autocast: ``compute_dtype``)."""
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
+    device = torch.device(
+        "cuda"
+        if cfg.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if cfg.device == "auto" else cfg.device)
+    )
     return device, torch.float32 if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
 
 
@@ -160,7 +180,12 @@ def compute_dtype(cfg: TrainConfig, device: torch.device, dtype: torch.dtype) ->
     with bf16 and float32 weights), else None (compute in the weights' dtype)."""
     if cfg.mixed_precision == "bf16":
         return torch.bfloat16
-    if cfg.mixed_precision == "auto" and dtype == torch.float32 and device.type == "cuda" and torch.cuda.is_bf16_supported():
+    if (
+        cfg.mixed_precision == "auto"
+        and dtype == torch.float32
+        and device.type == "cuda"
+        and torch.cuda.is_bf16_supported()
+    ):
         return torch.bfloat16
     return None
 
@@ -170,8 +195,10 @@ def precision_summary(cfg: TrainConfig, device: torch.device, dtype: torch.dtype
     name = lambda d: str(d).removeprefix("torch.")  # noqa: E731
     compute = compute_dtype(cfg, device, dtype)
     trainable = "LoRA adapter float32 over a frozen " + name(dtype) + " base" if cfg.lora_r else name(dtype)
-    return (f"weights {trainable}, compute {name(compute) + ' (autocast)' if compute else name(dtype)}, "
-            f"AdamW state {'float32' if cfg.lora_r else name(dtype)}")
+    return (
+        f"weights {trainable}, compute {name(compute) + ' (autocast)' if compute else name(dtype)}, "
+        f"AdamW state {'float32' if cfg.lora_r else name(dtype)}"
+    )
 
 
 def updates_lost_fraction(parameters, lr: float) -> float:
@@ -204,9 +231,17 @@ def load_model(cfg: TrainConfig, task, device, dtype, log):
     from conspo.warmup import tiny_base
 
     if cfg.model == "tiny":
-        model, tokenizer, _ = tiny_base(task, steps=cfg.sft_steps, lr=cfg.sft_lr, batch_size=cfg.sft_batch_size,
-                                        seed=cfg.sft_seed, cache_dir=cfg.cache_dir, decay_steps=cfg.sft_decay_steps,
-                                        stop_accuracy=cfg.sft_stop_accuracy, log=log)
+        model, tokenizer, _ = tiny_base(
+            task,
+            steps=cfg.sft_steps,
+            lr=cfg.sft_lr,
+            batch_size=cfg.sft_batch_size,
+            seed=cfg.sft_seed,
+            cache_dir=cfg.cache_dir,
+            decay_steps=cfg.sft_decay_steps,
+            stop_accuracy=cfg.sft_stop_accuracy,
+            log=log,
+        )
         if hasattr(task, "set_tokenizer"):
             task.set_tokenizer(tokenizer)
         return model.to(device=device, dtype=dtype), tokenizer
@@ -217,7 +252,9 @@ def load_model(cfg: TrainConfig, task, device, dtype, log):
         raise ConfigError(f"--model {cfg.model}: could not load its tokenizer: {str(e).splitlines()[0]}") from None
     if hasattr(task, "set_tokenizer"):
         task.set_tokenizer(tokenizer)
-    prompts = [p.prompt for p in task.train_problems()] + [p.prompt for p in task.heldout_problems()[: cfg.eval_size or None]]
+    prompts = [p.prompt for p in task.train_problems()] + [
+        p.prompt for p in task.heldout_problems()[: cfg.eval_size or None]
+    ]
     check_positions(cfg.model, config, tokenizer, prompts, cfg.max_new_tokens or task.max_new_tokens)
     check_memory(cfg, config, device, dtype)
     try:
@@ -226,8 +263,11 @@ def load_model(cfg: TrainConfig, task, device, dtype, log):
         raise ConfigError(f"--model {cfg.model}: could not load it: {str(e).splitlines()[0]}") from None
     ignored = ignored_generation_settings(model.generation_config)
     if ignored:
-        log("note: the model's generation_config sets " + ", ".join(f"{k}={v!r}" for k, v in ignored.items())
-            + ": ignored; rollouts and evaluations sample only with the run's settings (config.yaml, `resolved`)")
+        log(
+            "note: the model's generation_config sets "
+            + ", ".join(f"{k}={v!r}" for k, v in ignored.items())
+            + ": ignored; rollouts and evaluations sample only with the run's settings (config.yaml, `resolved`)"
+        )
     return model, tokenizer
 
 
@@ -249,11 +289,12 @@ def check_memory(cfg: TrainConfig, config, device: torch.device, dtype: torch.dt
     needed = n_params * width + trainable * (width + 8) + (n_params * width if cfg.beta and not cfg.lora_r else 0)
     free = free_memory_bytes(device)
     if free is not None and needed > free:
-        gib = 2 ** 30
+        gib = 2**30
         raise ConfigError(
             f"--model {cfg.model}: {n_params / 1e9:.2f}B parameters need at least {needed / gib:.1f} GiB for weights, "
             f"gradients and AdamW state in {str(dtype).removeprefix('torch.')} (activations come on top), but "
-            f"{device} has {free / gib:.1f} GiB free. Use LoRA (--lora-r 16), a smaller model, or a GPU")
+            f"{device} has {free / gib:.1f} GiB free. Use LoRA (--lora-r 16), a smaller model, or a GPU"
+        )
 
 
 def free_memory_bytes(device: torch.device) -> int | None:
@@ -281,10 +322,16 @@ def prepare_for_training(model, cfg: TrainConfig):
 
         from conspo.models import lora_config
 
-        with warnings.catch_warnings():  # peft 0.21 calls a transformers method deprecated in 5.x: not the user's concern
+        with (
+            warnings.catch_warnings()
+        ):  # peft 0.21 calls a transformers method deprecated in 5.x: not the user's concern
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            model = get_peft_model(model, lora_config(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-                                                      target_modules=cfg.lora_target_modules))
+            model = get_peft_model(
+                model,
+                lora_config(
+                    r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, target_modules=cfg.lora_target_modules
+                ),
+            )
     return model
 
 
@@ -315,16 +362,19 @@ def merge_resumed_config(cfg: TrainConfig, explicit: set[str]) -> TrainConfig:
 def save_run_checkpoint(run_dir: Path, step: int, model, optimizer, py_rng, cfg: TrainConfig, **state) -> None:
     """An atomic checkpoint holding the config and ``state``; a failed write says what is intact."""
     try:
-        save_checkpoint(run_dir, step, model, optimizer, py_rng, keep=cfg.keep_checkpoints,
-                        extra={"config": asdict(cfg), **state})
+        save_checkpoint(
+            run_dir, step, model, optimizer, py_rng, keep=cfg.keep_checkpoints, extra={"config": asdict(cfg), **state}
+        )
     except OSError as e:
         raise RunError(f"could not write checkpoint-{step} in {run_dir}: {e}. {what_is_intact(run_dir)}") from e
 
 
 def what_is_intact(run_dir: Path) -> str:
     kept = [p.name for p in list_checkpoints(run_dir)]
-    return (f"Earlier checkpoints are intact ({', '.join(kept) or 'none yet'}); free space and continue with "
-            f"--resume {run_dir}")
+    return (
+        f"Earlier checkpoints are intact ({', '.join(kept) or 'none yet'}); free space and continue with "
+        f"--resume {run_dir}"
+    )
 
 
 def write_config(run_dir: Path, cfg: TrainConfig, resolved: dict | None = None) -> None:
@@ -342,12 +392,16 @@ def resolved_settings(cfg: TrainConfig, model, tokenizer, task, device, dtype, m
     from conspo.rollout import sampler_settings, stop_rule
 
     stop = stop_rule(model.generation_config, tokenizer, tuple(getattr(task, "stop_strings", ())))
-    return {"sampler": sampler_settings(stop, greedy=False, temperature=cfg.temperature, top_p=cfg.top_p,
-                                        max_new_tokens=max_new_tokens),
-            "stop_tokens": tokenizer.convert_ids_to_tokens(list(stop.token_ids)),
-            "ignored_model_generation_settings": {k: repr(v) for k, v in
-                                                  ignored_generation_settings(model.generation_config).items()},
-            "precision": precision_summary(cfg, device, dtype)}
+    return {
+        "sampler": sampler_settings(
+            stop, greedy=False, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=max_new_tokens
+        ),
+        "stop_tokens": tokenizer.convert_ids_to_tokens(list(stop.token_ids)),
+        "ignored_model_generation_settings": {
+            k: repr(v) for k, v in ignored_generation_settings(model.generation_config).items()
+        },
+        "precision": precision_summary(cfg, device, dtype),
+    }
 
 
 def warn_low_precision(cfg: TrainConfig, model, dtype: torch.dtype, log) -> None:
@@ -355,13 +409,27 @@ def warn_low_precision(cfg: TrainConfig, model, dtype: torch.dtype, log) -> None
     if not cfg.low_precision_weights:
         return
     lost = updates_lost_fraction((p for p in model.parameters() if p.requires_grad), cfg.lr)
-    log(f"WARNING --low-precision-weights: AdamW updates {str(dtype).removeprefix('torch.')} weights directly; an update "
+    log(
+        f"WARNING --low-precision-weights: AdamW updates {str(dtype).removeprefix('torch.')} weights directly; "
+        "an update "
         f"of size lr={cfg.lr:g} leaves {lost:.1%} of this model's weights unchanged (rounded away). --dtype auto keeps "
-        "float32 weights and loses none")
+        "float32 weights and loses none"
+    )
 
 
-def finish_run(cfg: TrainConfig, run_dir: Path, model, tokenizer, *, accuracy_before: float, wall: float,
-               skipped_steps: int, engine: str, log, run_id: str | None = None) -> dict:
+def finish_run(
+    cfg: TrainConfig,
+    run_dir: Path,
+    model,
+    tokenizer,
+    *,
+    accuracy_before: float,
+    wall: float,
+    skipped_steps: int,
+    engine: str,
+    log,
+    run_id: str | None = None,
+) -> dict:
     """Write final/ (model), summary.json and curves.png from metrics.jsonl; log the summary table."""
     from conspo.models import save_final
     from conspo.reporting import plot_run, read_metrics
@@ -385,7 +453,9 @@ def finish_run(cfg: TrainConfig, run_dir: Path, model, tokenizer, *, accuracy_be
         "skipped_steps": skipped_steps,
         "wall_seconds": round(wall, 1),
     }
-    save_final(model, tokenizer, run_dir / "final", tiny_task=cfg.task if cfg.model == "tiny" else "", lora_save=cfg.lora_save)
+    save_final(
+        model, tokenizer, run_dir / "final", tiny_task=cfg.task if cfg.model == "tiny" else "", lora_save=cfg.lora_save
+    )
     with open(run_dir / "summary.json", "w") as f:
         json.dump(summary, f, indent=1)
     via = "" if engine == "native" else f" via {engine.upper()}"
@@ -402,7 +472,10 @@ def format_summary(s: dict, run_dir: Path) -> str:
         ("held-out accuracy before (greedy)", f"{s['heldout_accuracy_before']:.1%}"),
         ("held-out accuracy after (greedy)", f"{s['heldout_accuracy_after']:.1%}"),
         ("change", f"{gain * 100:+.1f} points"),
-        ("mean reward, first -> last 10% of steps", f"{s['reward_mean_first_10pct']:.3f} -> {s['reward_mean_last_10pct']:.3f}"),
+        (
+            "mean reward, first -> last 10% of steps",
+            f"{s['reward_mean_first_10pct']:.3f} -> {s['reward_mean_last_10pct']:.3f}",
+        ),
         ("wall time", f"{s['wall_seconds']:.0f} s"),
     ]
     width = max(len(k) for k, _ in rows)

@@ -20,19 +20,43 @@ from pathlib import Path
 import torch
 
 from conspo.heldout import evaluate_greedy
-from conspo.models import TINY_MARKER, build_char_tokenizer, build_tiny_model, load_policy, load_tokenizer, save_pretrained
+from conspo.models import (
+    TINY_MARKER,
+    build_char_tokenizer,
+    build_tiny_model,
+    load_policy,
+    load_tokenizer,
+    save_pretrained,
+)
 from conspo.tasks import Task
 
 
-def tiny_base(task: Task, *, steps: int, lr: float, batch_size: int, seed: int, cache_dir: str | Path,
-              decay_steps: int = 0, stop_accuracy: float = 0.0, log=print):
+def tiny_base(
+    task: Task,
+    *,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    cache_dir: str | Path,
+    decay_steps: int = 0,
+    stop_accuracy: float = 0.0,
+    log=print,
+):
     """Return (model, tokenizer, path) of the warmed-up tiny base, training it once if not cached.
 
     ``decay_steps``, ``stop_accuracy``: see :func:`supervised_warmup` (0: the learning rate reaches
     zero at ``steps``; no early stop).
     """
-    settings = {"task": task.name, "digits": getattr(task, "digits", None), "steps": steps, "lr": lr,
-                "batch_size": batch_size, "seed": seed, "version": 1}
+    settings = {
+        "task": task.name,
+        "digits": getattr(task, "digits", None),
+        "steps": steps,
+        "lr": lr,
+        "batch_size": batch_size,
+        "seed": seed,
+        "version": 1,
+    }
     stops_early = bool(decay_steps) and decay_steps != steps  # a warm-up stopped before its lr reaches zero
     if stops_early:  # only then in the key: the keys of bases cached before the option stay valid
         settings["decay_steps"] = decay_steps
@@ -46,15 +70,28 @@ def tiny_base(task: Task, *, steps: int, lr: float, batch_size: int, seed: int, 
         log(f"tiny base: cached at {path}")
         return load_policy(str(path)), load_tokenizer(str(path)), path
     schedule = f" of a {decay_steps}-step schedule" if stops_early else ""
-    until = (f", or until {stop_accuracy:.0%} of {WARMUP_CHECK_PROBLEMS} training problems are solved"
-             if stop_accuracy else "")
+    until = (
+        f", or until {stop_accuracy:.0%} of {WARMUP_CHECK_PROBLEMS} training problems are solved"
+        if stop_accuracy
+        else ""
+    )
     log(f"tiny base: supervised warm-up for {steps} steps{schedule}{until} (once; cached at {path})")
     tokenizer = build_char_tokenizer()
     longest = max(len(p.prompt) for p in task.train_problems()) + task.max_new_tokens
     model = build_tiny_model(len(tokenizer), max_positions=64 if longest <= 64 else 128, seed=seed)
     started = time.time()
-    trained = supervised_warmup(model, tokenizer, task, steps=steps, lr=lr, batch_size=batch_size, seed=seed,
-                                decay_steps=decay_steps, stop_accuracy=stop_accuracy, log=log)
+    trained = supervised_warmup(
+        model,
+        tokenizer,
+        task,
+        steps=steps,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        decay_steps=decay_steps,
+        stop_accuracy=stop_accuracy,
+        log=log,
+    )
     log(f"tiny base: warm-up took {time.time() - started:.1f}s ({trained} steps)")
     tmp = path.with_name(path.name + f".tmp{random.randrange(1 << 30)}")
     try:
@@ -76,8 +113,19 @@ WARMUP_CHECK_EVERY = 25
 WARMUP_CHECK_PROBLEMS = 200
 
 
-def supervised_warmup(model, tokenizer, task: Task, *, steps: int, lr: float, batch_size: int, seed: int,
-                      decay_steps: int = 0, stop_accuracy: float = 0.0, log=print) -> int:
+def supervised_warmup(
+    model,
+    tokenizer,
+    task: Task,
+    *,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    decay_steps: int = 0,
+    stop_accuracy: float = 0.0,
+    log=print,
+) -> int:
     """Teacher-forced cross-entropy on ``prompt + solution + <eos>``, loss on the solution tokens only.
 
     The solution is ``task.solution(problem)`` where the task has one (a worked chain), else the answer.

@@ -8,8 +8,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = sorted([ROOT / "README.md", ROOT / "BENCHMARKS.md", ROOT / "CHANGELOG.md", ROOT / "CONTRIBUTING.md",
-               *(ROOT / "docs").rglob("*.md"), *(ROOT / "bench").glob("*.md")])
+DOCS = sorted(
+    [
+        ROOT / "README.md",
+        ROOT / "BENCHMARKS.md",
+        ROOT / "CHANGELOG.md",
+        ROOT / "CONTRIBUTING.md",
+        *(ROOT / "docs").rglob("*.md"),
+        *(ROOT / "bench").glob("*.md"),
+    ]
+)
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 
 
@@ -27,8 +35,9 @@ def test_every_relative_link_resolves(doc):
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_user_docs_do_not_cite_issue_numbers(doc):
-    assert not re.search(r"\bissues? ?#?\d+|issue-\d+", doc.read_text(), re.I), \
+    assert not re.search(r"\bissues? ?#?\d+|issue-\d+", doc.read_text(), re.I), (
         f"{doc.relative_to(ROOT)} cites an issue number: say what the thing is instead"
+    )
 
 
 def test_the_readme_is_a_front_page():

@@ -8,8 +8,7 @@ import sys
 import pytest
 import torch
 
-from conspo.benchmark_eval import summarise_benchmark
-from conspo.benchmark_eval import pass_at_k
+from conspo.benchmark_eval import pass_at_k, summarise_benchmark
 from conspo.errors import ConfigError
 
 
@@ -42,29 +41,49 @@ def test_summarise_benchmark():
     assert r["mean_length"] == 2.75 and r["truncated_frac"] == 1 / 8
 
 
-
-
 @pytest.mark.slow
 def test_eval_cli_end_to_end_matches_hand_count(tmp_path):
     from conspo.tasks import get_task
-    from conspo.warmup import tiny_base
-
     from conspo.tasks.math_data import default_data_dir
+    from conspo.warmup import tiny_base
 
     if default_data_dir() is None:
         pytest.skip("shared benchmark data not available")
     task = get_task("addition")
-    _, _, base = tiny_base(task, steps=200, lr=1.5e-3, batch_size=128, seed=0, cache_dir=tmp_path / "cache",
-                           log=lambda *a: None)
+    _, _, base = tiny_base(
+        task, steps=200, lr=1.5e-3, batch_size=128, seed=0, cache_dir=tmp_path / "cache", log=lambda *a: None
+    )
     addition = tmp_path / "addition.jsonl"
     with open(addition, "w") as f:
         for p in task.heldout_problems()[:24]:
             f.write(json.dumps({"id": p.id, "problem": p.prompt, "answer": p.answer}) + "\n")
     names = ["math500", "aime24", "aime25", "amc23", "minerva_math", "olympiadbench", "gsm8k"]
     out = tmp_path / "eval"
-    proc = subprocess.run([sys.executable, "-m", "conspo", "eval", "--model", str(base), "--benchmarks",
-                           ",".join([str(addition)] + names), "--limit", "24", "--k", "4", "--max-new-tokens", "6",
-                           "--template", "raw", "--output-dir", str(out)], capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "conspo",
+            "eval",
+            "--model",
+            str(base),
+            "--benchmarks",
+            ",".join([str(addition)] + names),
+            "--limit",
+            "24",
+            "--k",
+            "4",
+            "--max-new-tokens",
+            "6",
+            "--template",
+            "raw",
+            "--output-dir",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.load(open(out / "results.json"))
     assert set(results["benchmarks"]) == {str(addition), *names}
@@ -106,14 +125,16 @@ def test_eval_defaults_to_the_tiny_models_own_task_and_warns_on_unreadable_promp
     from conspo.warmup import tiny_base
 
     task = get_task("addition")
-    model, tokenizer, _ = tiny_base(task, steps=30, lr=1.5e-3, batch_size=64, seed=0, cache_dir=tmp_path / "cache",
-                                    log=lambda *a: None)
+    model, tokenizer, _ = tiny_base(
+        task, steps=30, lr=1.5e-3, batch_size=64, seed=0, cache_dir=tmp_path / "cache", log=lambda *a: None
+    )
     run = tmp_path / "run"
     save_pretrained(model, tokenizer, run / "final", tiny_task="addition")
     messages, threads = [], []
     monkeypatch.setattr(torch, "set_num_threads", threads.append)  # --threads reaches torch (and no further)
-    results = run_eval(EvalSettings(model=str(run), k=2, limit=12, output_dir=str(tmp_path / "eval"), threads=1),
-                       log=messages.append)
+    results = run_eval(
+        EvalSettings(model=str(run), k=2, limit=12, output_dir=str(tmp_path / "eval"), threads=1), log=messages.append
+    )
     assert threads == [1] and results["settings"]["threads"] == 1
     with pytest.raises(ConfigError, match="--threads must be >= 0"):
         run_eval(EvalSettings(model=str(run), threads=-1, output_dir=str(tmp_path / "eval3")))
@@ -128,8 +149,17 @@ def test_eval_defaults_to_the_tiny_models_own_task_and_warns_on_unreadable_promp
     words = tmp_path / "words.jsonl"
     words.write_text(json.dumps({"id": "w", "problem": "What is two plus two?", "answer": "4"}) + "\n")
     messages.clear()
-    run_eval(EvalSettings(model=str(run), benchmarks=[str(words)], k=1, max_new_tokens=2, template="raw",
-                          output_dir=str(tmp_path / "eval2")), log=messages.append)
+    run_eval(
+        EvalSettings(
+            model=str(run),
+            benchmarks=[str(words)],
+            k=1,
+            max_new_tokens=2,
+            template="raw",
+            output_dir=str(tmp_path / "eval2"),
+        ),
+        log=messages.append,
+    )
     assert any("unknown to this model's tokenizer" in m for m in messages), messages
 
 
@@ -137,8 +167,10 @@ def test_late_generation_averages_the_last_tenth_of_steps():
     from conspo.compare import generation_curve, late_generation
 
     metrics = [{"step": 0, "heldout/accuracy": 0.1}]
-    metrics += [{"step": s, "gen/completion_len_mean": float(s), "gen/truncated_frac": 0.5 if s > 18 else 0.0}
-                for s in range(1, 21)]
+    metrics += [
+        {"step": s, "gen/completion_len_mean": float(s), "gen/truncated_frac": 0.5 if s > 18 else 0.0}
+        for s in range(1, 21)
+    ]
     curve = generation_curve(metrics)
     assert curve[0] == (1, 1.0, 0.0) and len(curve) == 20
     assert late_generation({"generation": curve}) == (19.5, 0.5)  # steps 19 and 20
@@ -148,8 +180,13 @@ def test_late_generation_averages_the_last_tenth_of_steps():
 def test_compare_table_rows_have_a_cell_per_column():
     from conspo.compare import format_table, summarise
 
-    run = {"heldout_accuracy_before": 0.5, "heldout_accuracy_after": 0.7, "curve": [(0, 0.5), (10, 0.7)],
-           "wall_seconds": 12.0, "generation": [(1, 30.0, 0.0), (2, 32.0, 0.25)]}
+    run = {
+        "heldout_accuracy_before": 0.5,
+        "heldout_accuracy_after": 0.7,
+        "curve": [(0, 0.5), (10, 0.7)],
+        "wall_seconds": 12.0,
+        "generation": [(1, 30.0, 0.0), (2, 32.0, 0.25)],
+    }
     lines = format_table(summarise({"conspo": [run, run]}, 0.6), 0.6, steps=10).splitlines()
     header, row = lines[0], lines[2]
     assert header.count("|") == row.count("|") == 9, (header, row)
@@ -176,8 +213,13 @@ def test_compare_takes_seeds_from_seed():
                 os.makedirs(f"{tmp}/{name}-seed{seed}")
                 with open(f"{tmp}/{name}-seed{seed}/metrics.jsonl", "w") as f:
                     f.write('{"step": 0, "heldout/accuracy": 0.1}\n')
-        compare(TrainConfig(seed=5, output_dir=tmp), objectives=["conspo", "grpo"], seeds=2, train_fn=fake_train,
-                log=lambda *a: None)
+        compare(
+            TrainConfig(seed=5, output_dir=tmp),
+            objectives=["conspo", "grpo"],
+            seeds=2,
+            train_fn=fake_train,
+            log=lambda *a: None,
+        )
     assert seen == [("conspo", 5), ("conspo", 6), ("grpo", 5), ("grpo", 6)]
 
 
@@ -201,12 +243,18 @@ def test_summarize_compare_reads_compare_folders_and_plain_train_runs_once_each(
         (path / "config.yaml").write_text(yaml.safe_dump(asdict(TrainConfig(objective=objective, seed=seed, lr=lr))))
         summary = {"objective": objective, "seed": seed, "heldout_accuracy_before": 0.5, "heldout_accuracy_after": 0.7}
         (path / "summary.json").write_text(json.dumps(summary))
-        (path / "metrics.jsonl").write_text(json.dumps({"step": 0, "heldout/accuracy": 0.5}) + "\n"
-                                            + json.dumps({"step": 4, "heldout/accuracy": 0.7}) + "\n")
+        (path / "metrics.jsonl").write_text(
+            json.dumps({"step": 0, "heldout/accuracy": 0.5})
+            + "\n"
+            + json.dumps({"step": 4, "heldout/accuracy": 0.7})
+            + "\n"
+        )
         return summary
 
     listed = run_dir(tmp_path / "cmp" / "conspo-seed0", "conspo", 0, 1e-6)
-    (tmp_path / "cmp" / "compare.json").write_text(json.dumps({"runs": {"conspo": [{**listed, "curve": [[0, 0.5], [4, 0.7]]}]}}))
+    (tmp_path / "cmp" / "compare.json").write_text(
+        json.dumps({"runs": {"conspo": [{**listed, "curve": [[0, 0.5], [4, 0.7]]}]}})
+    )
     run_dir(tmp_path / "solo", "grpo", 3, 2e-6)
     rows = collect([str(tmp_path)])
     assert sorted(rows) == ["conspo [lr=1e-06]", "grpo [lr=2e-06]"]

@@ -18,8 +18,18 @@ from conspo.logprobs import ChunkedHeadLogProbs, chunked_head_logprobs, head_spe
 from conspo.rollout import Rollouts, full_logits_logprobs, token_logprobs, token_logprobs_no_grad
 
 VOCAB = 61
-SMALL = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-             max_position_embeddings=64, vocab_size=VOCAB, pad_token_id=0, eos_token_id=1, bos_token_id=None)
+SMALL = dict(
+    hidden_size=16,
+    intermediate_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    max_position_embeddings=64,
+    vocab_size=VOCAB,
+    pad_token_id=0,
+    eos_token_id=1,
+    bos_token_id=None,
+)
 
 
 def _model(kind: str, dtype=torch.float64, seed=0):
@@ -58,8 +68,9 @@ def _rollouts(seed=1, batch=3, n_prompt=5, n_completion=7, left_padding=True):
     completion_mask[2, 1:] = 0
     prompt_ids = torch.randint(2, VOCAB, (batch, n_prompt), generator=gen).masked_fill(prompt_mask == 0, 0)
     completion_ids = torch.randint(2, VOCAB, (batch, n_completion), generator=gen).masked_fill(completion_mask == 0, 0)
-    return Rollouts(prompt_ids, prompt_mask, completion_ids, completion_mask, torch.zeros(batch, dtype=torch.bool),
-                    [""] * batch)
+    return Rollouts(
+        prompt_ids, prompt_mask, completion_ids, completion_mask, torch.zeros(batch, dtype=torch.bool), [""] * batch
+    )
 
 
 def _grads(model, fn, weights):
@@ -82,21 +93,25 @@ def test_chunked_equals_full_logits_values_and_gradients(kind, temperature):
     assert int(rollouts.completion_mask.sum()) == 12  # chunks of 5 do not divide it, 6 do; 1 and None: extremes
     spec, reason = head_spec(model, torch.cat([rollouts.prompt_ids, rollouts.completion_ids], 1))
     assert spec is not None, reason
-    weights = torch.randn(rollouts.completion_ids.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    weights = torch.randn(
+        rollouts.completion_ids.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2)
+    )
     ref, ref_grads = _grads(model, lambda: full_logits_logprobs(model, rollouts, temperature=temperature), weights)
     assert set(ref_grads) == {n for n, p in model.named_parameters()}
     head = model.get_output_embeddings()
     assert ref_grads[[n for n, p in model.named_parameters() if p is head.weight][0]].abs().max() > 0
     for chunk in (1, 5, 6, None):
         ours, ours_grads = _grads(
-            model, lambda: token_logprobs(model, rollouts, temperature=temperature, chunk_tokens=chunk), weights)
+            model, lambda: token_logprobs(model, rollouts, temperature=temperature, chunk_tokens=chunk), weights
+        )
         assert ours.dtype == torch.float64
         torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
         assert ours[~rollouts.completion_mask.bool()].eq(0).all()
         assert set(ours_grads) == set(ref_grads)
         for name in ref_grads:
-            torch.testing.assert_close(ours_grads[name], ref_grads[name], rtol=1e-10, atol=1e-12,
-                                       msg=lambda m: f"{name}, chunk {chunk}: {m}")
+            torch.testing.assert_close(
+                ours_grads[name], ref_grads[name], rtol=1e-10, atol=1e-12, msg=lambda m: f"{name}, chunk {chunk}: {m}"
+            )
 
 
 def test_tied_head_gradient_reaches_the_embedding():
@@ -107,7 +122,9 @@ def test_tied_head_gradient_reaches_the_embedding():
     names = [n for n, _ in model.named_parameters()]
     assert "lm_head.weight" not in names and model.model.embed_tokens.weight.grad is not None
     # rows of tokens that appear nowhere in the batch get gradient only through the head's softmax
-    unused = sorted(set(range(VOCAB)) - set(torch.cat([rollouts.prompt_ids, rollouts.completion_ids], 1).flatten().tolist()))
+    unused = sorted(
+        set(range(VOCAB)) - set(torch.cat([rollouts.prompt_ids, rollouts.completion_ids], 1).flatten().tolist())
+    )
     assert model.model.embed_tokens.weight.grad[unused].abs().sum() > 0
 
 
@@ -121,8 +138,9 @@ def test_function_gradcheck(softcap, bias):
     ids = torch.randint(0, 11, (7,), generator=gen)
 
     def f(h, w, *rest):
-        return chunked_head_logprobs(h, w, rest[0] if rest else None, ids, temperature=0.7, logit_scale=0.5,
-                                     softcap=softcap, chunk_tokens=3)
+        return chunked_head_logprobs(
+            h, w, rest[0] if rest else None, ids, temperature=0.7, logit_scale=0.5, softcap=softcap, chunk_tokens=3
+        )
 
     inputs = (hidden, weight) + ((b,) if bias else ())
     assert torch.autograd.gradcheck(f, inputs)
@@ -153,15 +171,21 @@ def test_no_tokens_by_vocab_tensor_in_forward_or_backward():
     import transformers
 
     vocab, hidden = 4000, 8
-    config = transformers.Qwen2Config(**{**SMALL, "vocab_size": vocab, "hidden_size": hidden, "intermediate_size": 16},
-                                      tie_word_embeddings=True)
+    config = transformers.Qwen2Config(
+        **{**SMALL, "vocab_size": vocab, "hidden_size": hidden, "intermediate_size": 16}, tie_word_embeddings=True
+    )
     torch.manual_seed(0)
     model = transformers.Qwen2ForCausalLM(config)
     gen = torch.Generator().manual_seed(0)
     batch, n_prompt, n_completion, chunk = 4, 8, 48, 16
-    rollouts = Rollouts(torch.randint(0, vocab, (batch, n_prompt), generator=gen), torch.ones(batch, n_prompt, dtype=torch.long),
-                        torch.randint(0, vocab, (batch, n_completion), generator=gen),
-                        torch.ones(batch, n_completion, dtype=torch.long), torch.zeros(batch, dtype=torch.bool), [""] * batch)
+    rollouts = Rollouts(
+        torch.randint(0, vocab, (batch, n_prompt), generator=gen),
+        torch.ones(batch, n_prompt, dtype=torch.long),
+        torch.randint(0, vocab, (batch, n_completion), generator=gen),
+        torch.ones(batch, n_completion, dtype=torch.long),
+        torch.zeros(batch, dtype=torch.bool),
+        [""] * batch,
+    )
     token_logprobs(model, rollouts)  # the one-time head check runs outside the recorded region
     with _LargestTensor() as seen:
         token_logprobs(model, rollouts, chunk_tokens=chunk).sum().backward()
@@ -255,8 +279,14 @@ def test_no_grad_helper_matches_and_splits_rows():
 def test_empty_completions_stay_connected_to_the_graph():
     model = _model("qwen2-tied")
     rollouts = _rollouts()
-    empty = Rollouts(rollouts.prompt_ids, rollouts.prompt_mask, rollouts.completion_ids,
-                     torch.zeros_like(rollouts.completion_mask), rollouts.truncated, rollouts.texts)
+    empty = Rollouts(
+        rollouts.prompt_ids,
+        rollouts.prompt_mask,
+        rollouts.completion_ids,
+        torch.zeros_like(rollouts.completion_mask),
+        rollouts.truncated,
+        rollouts.texts,
+    )
     out = token_logprobs(model, empty)
     assert out.eq(0).all() and out.requires_grad
     out.sum().backward()  # no error; zero gradient
@@ -276,4 +306,6 @@ def test_function_returns_weight_grad_in_weight_dtype_with_fp32_accumulation():
     ref = torch.log_softmax(z, -1).gather(1, ids[:, None]).squeeze(1)
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
     z_grad = torch.softmax(z, -1).neg().scatter_add(1, ids[:, None], torch.ones(40, 1))
-    torch.testing.assert_close(weight.grad.float(), z_grad.t() @ h.detach().to(torch.bfloat16).float(), rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(
+        weight.grad.float(), z_grad.t() @ h.detach().to(torch.bfloat16).float(), rtol=1e-2, atol=1e-2
+    )

@@ -23,8 +23,9 @@ from conspo.tasks.math_data import (
 
 DATA = Path(__file__).parent / "data"
 SHARED = default_data_dir() or Path("/nonexistent")
-needs_shared = pytest.mark.skipif(not (SHARED / "math500" / "test.jsonl").is_file(),
-                                  reason=f"shared benchmark data not found at {SHARED}")
+needs_shared = pytest.mark.skipif(
+    not (SHARED / "math500" / "test.jsonl").is_file(), reason=f"shared benchmark data not found at {SHARED}"
+)
 
 
 # ------------------------------------------------------------------------------------------
@@ -141,12 +142,14 @@ def test_skip_mode_counts():
     assert [e.id for e in examples] == ["ok1", "ok2"]
     rep = examples.report
     assert (rep.n_rows, rep.n_loaded, rep.n_skipped) == (8, 2, 6)
-    assert [int(re.search(r"line (\d+):", m).group(1)) for m in rep.skipped] == [l for l, _, _ in MALFORMED]
+    assert [int(re.search(r"line (\d+):", m).group(1)) for m in rep.skipped] == [line for line, _, _ in MALFORMED]
 
 
 def test_non_utf8_row(tmp_path):
     path = tmp_path / "latin1.jsonl"
-    path.write_bytes(b'{"id": "a", "problem": "1+1?", "answer": "2"}\n{"id": "b", "problem": "caf\xe9", "answer": "1"}\n')
+    path.write_bytes(
+        b'{"id": "a", "problem": "1+1?", "answer": "2"}\n{"id": "b", "problem": "caf\xe9", "answer": "1"}\n'
+    )
     with pytest.raises(ValueError, match=r"latin1\.jsonl line 2: not valid UTF-8 \(byte 0xe9"):
         load_jsonl(path)
     assert len(load_jsonl(path, on_error="skip")) == 1
@@ -195,18 +198,24 @@ def test_hf_loader_local_json(tmp_path):
     ]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     examples = load_hf_dataset(
-        str(path), "train", problem_field="question",
-        answer_fn=lambda r: gsm8k_final_answer(r["answer"]), cache_dir=str(tmp_path / "cache"),
+        str(path),
+        "train",
+        problem_field="question",
+        answer_fn=lambda r: gsm8k_final_answer(r["answer"]),
+        cache_dir=str(tmp_path / "cache"),
     )
     assert [(e.id, e.answer) for e in examples] == [("gsm_like-train-0", "5"), ("gsm_like-train-1", "12")]
     assert examples[0].source == "gsm_like" and examples[0].extra == {}
     # The "json" builder with data_files, an id column, and validation naming the row and field.
     path2 = tmp_path / "with_ids.json"
-    path2.write_text(json.dumps([{"uid": "p1", "problem": "1+1?", "answer": "2"}, {"uid": "p2", "problem": "", "answer": "3"}]))
+    path2.write_text(
+        json.dumps([{"uid": "p1", "problem": "1+1?", "answer": "2"}, {"uid": "p2", "problem": "", "answer": "3"}])
+    )
     with pytest.raises(ValueError, match=r"json\[train\] row 1: field 'problem' is empty"):
         load_hf_dataset("json", "train", data_files=str(path2), id_field="uid", cache_dir=str(tmp_path / "cache"))
-    ok = load_hf_dataset("json", "train", data_files=str(path2), id_field="uid", on_error="skip",
-                         cache_dir=str(tmp_path / "cache"))
+    ok = load_hf_dataset(
+        "json", "train", data_files=str(path2), id_field="uid", on_error="skip", cache_dir=str(tmp_path / "cache")
+    )
     assert [e.id for e in ok] == ["p1"] and ok.report.n_skipped == 1
 
 
@@ -263,7 +272,9 @@ def test_chat_template_rendering():
         "<|im_start|>system\nPlease reason step by step, and put your final answer within \\boxed{}.<|im_end|>\n"
         "<|im_start|>user\nWhat is $1+1$?<|im_end|>\n<|im_start|>assistant\n"
     )
-    assert build_prompt(EX, "plain", tok) == "<|im_start|>user\nWhat is $1+1$?\nAnswer:<|im_end|>\n<|im_start|>assistant\n"
+    assert (
+        build_prompt(EX, "plain", tok) == "<|im_start|>user\nWhat is $1+1$?\nAnswer:<|im_end|>\n<|im_start|>assistant\n"
+    )
     assert build_prompt(EX, "plain", tok, chat=False) == "What is $1+1$?\nAnswer:"
     merged = build_prompt(EX, "r1", _chat_tokenizer(NO_SYSTEM))
     assert merged.startswith("[user] A conversation between User and Assistant.") and merged.endswith("[assistant]")

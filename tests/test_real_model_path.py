@@ -25,10 +25,13 @@ def _load(directory):
 
 
 def _chat(tokenizer, text):
-    return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+    )
 
 
 # ---- precision ---------------------------------------------------------------------------------------------
+
 
 def _on_a_bf16_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -78,16 +81,23 @@ def test_the_lost_update_share_matches_what_adamw_does_to_bf16_weights():
 
 # ---- the sampler -------------------------------------------------------------------------------------------
 
+
 def test_the_models_generation_config_does_not_change_the_sampler(tmp_path):
     plain = build_standin("qwen2.5", tmp_path / "plain", max_positions=256)
-    penalised = build_standin("qwen2.5", tmp_path / "penalised", max_positions=256,
-                              generation_config=dict(repetition_penalty=1.3, no_repeat_ngram_size=2, do_sample=True, top_k=5))
+    penalised = build_standin(
+        "qwen2.5",
+        tmp_path / "penalised",
+        max_positions=256,
+        generation_config=dict(repetition_penalty=1.3, no_repeat_ngram_size=2, do_sample=True, top_k=5),
+    )
     (model_a, tok), (model_b, _) = _load(plain), _load(penalised)
     prompts = [_chat(tok, q) for q in ("What is 1+2?", "Compute 7*8.", "Solve x+1=3.")]
     ids = tok(prompts[:1], return_tensors="pt", add_special_tokens=False)["input_ids"]
     # the stand-in's own config does change its greedy output when transformers applies it: the test has teeth
-    assert not torch.equal(model_a.generate(ids, max_new_tokens=24, do_sample=False, top_k=None),
-                           model_b.generate(ids, max_new_tokens=24, do_sample=False, top_k=None))
+    assert not torch.equal(
+        model_a.generate(ids, max_new_tokens=24, do_sample=False, top_k=None),
+        model_b.generate(ids, max_new_tokens=24, do_sample=False, top_k=None),
+    )
     a = generate(model_a, tok, prompts, max_new_tokens=24, greedy=True)
     b = generate(model_b, tok, prompts, max_new_tokens=24, greedy=True)
     assert torch.equal(a.completion_ids, b.completion_ids) and a.texts == b.texts
@@ -96,9 +106,12 @@ def test_the_models_generation_config_does_not_change_the_sampler(tmp_path):
     torch.manual_seed(0)
     b = generate(model_b, tok, prompts, num_generations=2, max_new_tokens=12, temperature=0.7)
     assert torch.equal(a.completion_ids, b.completion_ids)
-    assert ignored_generation_settings(model_b.generation_config) == {"do_sample": True, "no_repeat_ngram_size": 2,
-                                                                      "repetition_penalty": 1.3,
-                                                                      "top_k": 5}
+    assert ignored_generation_settings(model_b.generation_config) == {
+        "do_sample": True,
+        "no_repeat_ngram_size": 2,
+        "repetition_penalty": 1.3,
+        "top_k": 5,
+    }
     assert model_b.generation_config.repetition_penalty == 1.3  # the model's own config is left as it was
 
 
@@ -109,30 +122,43 @@ def test_conspo_eval_gives_the_same_greedy_completions_whatever_the_models_gener
     penalised = build_standin("qwen2.5", tmp_path / "penalised", max_positions=256)
     write_generation_config(penalised, repetition_penalty=1.3, do_sample=True, temperature=0.7)
     data = tmp_path / "bench.jsonl"
-    data.write_text("".join(json.dumps({"id": f"q{i}", "problem": f"What is {i}+{i}?", "answer": str(2 * i)}) + "\n"
-                            for i in range(4)))
+    data.write_text(
+        "".join(
+            json.dumps({"id": f"q{i}", "problem": f"What is {i}+{i}?", "answer": str(2 * i)}) + "\n" for i in range(4)
+        )
+    )
     logs, completions = [], {}
     for name, model in (("plain", plain), ("penalised", penalised)):
         out = tmp_path / f"eval-{name}"
-        results = run_eval(EvalSettings(model=str(model), benchmarks=[str(data)], k=1, max_new_tokens=20, backend="hf",
-                                        output_dir=str(out)), log=logs.append)
+        results = run_eval(
+            EvalSettings(
+                model=str(model), benchmarks=[str(data)], k=1, max_new_tokens=20, backend="hf", output_dir=str(out)
+            ),
+            log=logs.append,
+        )
         rows = [json.loads(line) for line in (out / "completions.jsonl").read_text().splitlines()]
         completions[name] = [r["completion"] for r in rows if r["sample"] == "greedy"]
     assert completions["plain"] == completions["penalised"]
-    assert results["ignored_model_generation_settings"] == {"do_sample": "True", "repetition_penalty": "1.3",
-                                                            "temperature": "0.7"}
+    assert results["ignored_model_generation_settings"] == {
+        "do_sample": "True",
+        "repetition_penalty": "1.3",
+        "temperature": "0.7",
+    }
     assert results["sampler"]["greedy"] == {"eos_token_id": [256, 257, 258], "do_sample": False}
     assert any("repetition_penalty=1.3" in line and "ignored" in line for line in logs)
 
 
 # ---- stop tokens, chat turns, BOS ---------------------------------------------------------------------------
 
+
 def test_a_completion_ends_at_the_chat_turn_marker_and_the_next_turn_is_never_scored(tmp_path):
     from conspo.rewards import MathVerifier
 
     model, tok = _load(build_standin("qwen2.5", tmp_path / "m"))  # a base model: its EOS is <|endoftext|> alone
     prompt = _chat(tok, "What is 1+2?")
-    memorize(model, tok, prompt, "\\boxed{3}<|im_end|><|im_start|>user\nAgain?<|im_end|>\n<|im_start|>assistant\n\\boxed{5}")
+    memorize(
+        model, tok, prompt, "\\boxed{3}<|im_end|><|im_start|>user\nAgain?<|im_end|>\n<|im_start|>assistant\n\\boxed{5}"
+    )
     rollouts = generate(model, tok, [prompt], max_new_tokens=40, greedy=True)
     assert rollouts.texts == ["\\boxed{3}"]
     ids = rollouts.completion_ids[0, : int(rollouts.completion_mask.sum())].tolist()
@@ -144,8 +170,12 @@ def test_a_completion_ends_at_the_chat_turn_marker_and_the_next_turn_is_never_sc
 def test_every_eos_of_a_llama3_generation_config_ends_a_completion(tmp_path):
     model, tok = _load(build_standin("llama3", tmp_path / "m"))
     ids = tok.convert_tokens_to_ids
-    assert set(stop_rule(model.generation_config, tok).token_ids) >= {ids("<|end_of_text|>"), ids("<|eom_id|>"),
-                                                                      ids("<|eot_id|>"), ids("<|start_header_id|>")}
+    assert set(stop_rule(model.generation_config, tok).token_ids) >= {
+        ids("<|end_of_text|>"),
+        ids("<|eom_id|>"),
+        ids("<|eot_id|>"),
+        ids("<|start_header_id|>"),
+    }
     prompt = _chat(tok, "What is 2+2?")
     memorize(model, tok, prompt, "The answer is 4.<|eom_id|> and then 9")
     rollouts = generate(model, tok, [prompt], max_new_tokens=30, greedy=True)
@@ -179,6 +209,7 @@ def test_the_plain_template_stops_at_the_end_of_the_line(tmp_path):
 
 # ---- checks before any weight is read ---------------------------------------------------------------------
 
+
 def test_a_generation_limit_past_the_models_positions_fails_before_the_weights_load(tmp_path, monkeypatch):
     import conspo.models
     from conspo.run import load_model, make_task
@@ -187,9 +218,14 @@ def test_a_generation_limit_past_the_models_positions_fails_before_the_weights_l
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps({"problem": "What is 1+2?", "answer": "3"}) + "\n")
     monkeypatch.setattr(conspo.models, "load_policy", lambda *a, **k: pytest.fail("weights were loaded"))
-    cfg = TrainConfig(model=str(model_dir), task="math", train_data=str(data), eval_data=str(data), max_new_tokens=100_000)
-    with pytest.raises(ConfigError, match=r"longest prompt \(\d+ tokens\) plus max_new_tokens=100000 .* the model's 256: "
-                                          r"lower --max-new-tokens to at most \d+"):
+    cfg = TrainConfig(
+        model=str(model_dir), task="math", train_data=str(data), eval_data=str(data), max_new_tokens=100_000
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"longest prompt \(\d+ tokens\) plus max_new_tokens=100000 .* the model's 256: "
+        r"lower --max-new-tokens to at most \d+",
+    ):
         load_model(cfg, make_task(cfg), torch.device("cpu"), torch.float32, print)
 
 
@@ -208,9 +244,17 @@ def test_a_mistyped_local_model_path_fails_at_once_without_asking_the_hub(tmp_pa
 
 # ---- the whole path, both engines, and conspo eval --------------------------------------------------------
 
-STOP_TOKENS = {"qwen2.5": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-               "llama3": ["<|end_of_text|>", "<|eom_id|>", "<|eot_id|>", "<|begin_of_text|>", "<|start_header_id|>",
-                          "<|end_header_id|>"]}
+STOP_TOKENS = {
+    "qwen2.5": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+    "llama3": [
+        "<|end_of_text|>",
+        "<|eom_id|>",
+        "<|eot_id|>",
+        "<|begin_of_text|>",
+        "<|start_header_id|>",
+        "<|end_header_id|>",
+    ],
+}
 
 
 @pytest.mark.slow
@@ -226,29 +270,75 @@ def test_rehearsal_math_on_a_standin(tmp_path, kind, engine):
         pytest.importorskip("trl")
     from conspo.tasks.math_data import build_prompt, load_benchmark
 
-    model_dir = build_standin(kind, tmp_path / "model", max_positions=4096,
-                              generation_config=dict(repetition_penalty=1.05, top_k=20, do_sample=True))
+    model_dir = build_standin(
+        kind,
+        tmp_path / "model",
+        max_positions=4096,
+        generation_config=dict(repetition_penalty=1.05, top_k=20, do_sample=True),
+    )
     # two shared-data problems whose answers the stand-in has half learned, so that groups mix right and wrong
     examples = list(load_benchmark("gsm8k_train"))[:2]
     data = tmp_path / "two.jsonl"
     data.write_text("".join(json.dumps({"problem": e.problem, "answer": e.answer}) + "\n" for e in examples))
     model, tok = _load(model_dir)
     turn_end = {"qwen2.5": "<|im_end|>", "llama3": "<|eot_id|>"}[kind]
-    memorize(model, tok, [build_prompt(e, "qwen_math_boxed", tok) for e in examples],
-             [f"\\boxed{{{e.answer}}}{turn_end}" for e in examples], mean_loss_below=0.06)
+    memorize(
+        model,
+        tok,
+        [build_prompt(e, "qwen_math_boxed", tok) for e in examples],
+        [f"\\boxed{{{e.answer}}}{turn_end}" for e in examples],
+        mean_loss_below=0.06,
+    )
     model.save_pretrained(model_dir, safe_serialization=True)
     run = tmp_path / "run"
-    rc = main(["train", "--model", str(model_dir), "--task", "math", "--train-data", str(data), "--eval-data", "math500",
-               "--eval-size", "2", "--steps", "2", "--prompts-per-step", "2", "--group-size", "4", "--max-new-tokens", "12",
-               "--lr", "1e-3", "--lr-warmup-steps", "0", "--eval-every", "0", "--save-every", "0", "--engine", engine,
-               "--output-dir", str(run), "--no-progress", "--temperature", "1.0"])
+    rc = main(
+        [
+            "train",
+            "--model",
+            str(model_dir),
+            "--task",
+            "math",
+            "--train-data",
+            str(data),
+            "--eval-data",
+            "math500",
+            "--eval-size",
+            "2",
+            "--steps",
+            "2",
+            "--prompts-per-step",
+            "2",
+            "--group-size",
+            "4",
+            "--max-new-tokens",
+            "12",
+            "--lr",
+            "1e-3",
+            "--lr-warmup-steps",
+            "0",
+            "--eval-every",
+            "0",
+            "--save-every",
+            "0",
+            "--engine",
+            engine,
+            "--output-dir",
+            str(run),
+            "--no-progress",
+            "--temperature",
+            "1.0",
+        ]
+    )
     assert rc == 0
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert any(0 < m["reward/mean"] for m in metrics if "reward/mean" in m)  # the verifier read the stand-in's answers
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["resolved"]["stop_tokens"] == STOP_TOKENS[kind]
-    assert config["resolved"]["ignored_model_generation_settings"] == {"do_sample": "True", "repetition_penalty": "1.05",
-                                                                      "top_k": "20"}
+    assert config["resolved"]["ignored_model_generation_settings"] == {
+        "do_sample": "True",
+        "repetition_penalty": "1.05",
+        "top_k": "20",
+    }
     assert config["resolved"]["precision"] == "weights float32, compute float32, AdamW state float32"
     from safetensors.torch import load_file
 
@@ -257,8 +347,28 @@ def test_rehearsal_math_on_a_standin(tmp_path, kind, engine):
     assert json.loads((run / "final" / "generation_config.json").read_text())["repetition_penalty"] == 1.05
     if engine == "native":
         out = tmp_path / "eval"
-        assert main(["eval", "--model", str(run), "--benchmarks", "math500,gsm8k", "--limit", "2", "--k", "2",
-                     "--max-new-tokens", "12", "--backend", "hf", "--output-dir", str(out)]) == 0
+        assert (
+            main(
+                [
+                    "eval",
+                    "--model",
+                    str(run),
+                    "--benchmarks",
+                    "math500,gsm8k",
+                    "--limit",
+                    "2",
+                    "--k",
+                    "2",
+                    "--max-new-tokens",
+                    "12",
+                    "--backend",
+                    "hf",
+                    "--output-dir",
+                    str(out),
+                ]
+            )
+            == 0
+        )
         results = json.loads((out / "results.json").read_text())
         assert set(results["benchmarks"]) == {"math500", "gsm8k"}
         assert results["sampler"]["sampled"]["top_k"] == 0
@@ -288,11 +398,29 @@ def test_the_vllm_backend_gets_the_same_sampler_stops_and_one_bos(tmp_path, monk
     tok = load_tokenizer(str(build_standin("llama3", tmp_path / "m")))
     stop = stop_rule(None, tok)
     progress = types.SimpleNamespace(update=lambda n: None)
-    _vllm_generate(FakeLLM(), tok, [_chat(tok, "2+2?"), "2+2?\nAnswer:"], n=2, greedy=False, progress=progress,
-                   settings=EvalSettings(model="m", temperature=0.6, top_p=0.95), max_new_tokens=7, stop_strings=("\n",),
-                   stop_ids=stop.token_ids)
+    _vllm_generate(
+        FakeLLM(),
+        tok,
+        [_chat(tok, "2+2?"), "2+2?\nAnswer:"],
+        n=2,
+        greedy=False,
+        progress=progress,
+        settings=EvalSettings(model="m", temperature=0.6, top_p=0.95),
+        max_new_tokens=7,
+        stop_strings=("\n",),
+        stop_ids=stop.token_ids,
+    )
     for prompt in seen["prompts"]:
-        assert prompt["prompt_token_ids"][0] == tok.bos_token_id and prompt["prompt_token_ids"].count(tok.bos_token_id) == 1
+        assert (
+            prompt["prompt_token_ids"][0] == tok.bos_token_id
+            and prompt["prompt_token_ids"].count(tok.bos_token_id) == 1
+        )
     p = seen["params"]
-    assert (p["temperature"], p["top_p"], p["top_k"], p["repetition_penalty"], p["max_tokens"]) == (0.6, 0.95, -1, 1.0, 7)
+    assert (p["temperature"], p["top_p"], p["top_k"], p["repetition_penalty"], p["max_tokens"]) == (
+        0.6,
+        0.95,
+        -1,
+        1.0,
+        7,
+    )
     assert p["stop_token_ids"] == list(stop.token_ids) and p["stop"] == ["\n"]

@@ -57,16 +57,25 @@ def test_timeout_status():
 def run_dir(tmp_path):
     d = tmp_path / "run"
     d.mkdir()
-    _write_jsonl(d / "samples.jsonl", [
-        {"step": 10, "prompt": "p", "answer": "12", "completion": r"so $\boxed{12}$", "reward": 1.0},
-        {"step": 10, "prompt": "p", "answer": "12", "completion": r"so $\boxed{13}$", "reward": 0.0},
-        # the gold is in the text but the box says otherwise: shown first among the wrong ones
-        {"step": 10, "prompt": "p", "answer": "12", "completion": "It could be 12.\nSo $\\boxed{21}$", "reward": 0.0},
-        {"step": 20, "prompt": "p", "answer": "7", "completion": "no idea\nreally", "reward": 0.0},
-        # recorded as wrong by an older verifier, correct now
-        {"step": 20, "prompt": "p", "answer": r"\frac{1}{3}", "completion": r"$\boxed{0.333333}$", "reward": 0.0},
-        {"step": 20, "prompt": "p", "answer": "np.arcsin(10/13)", "completion": r"\boxed{1}", "reward": 0.0},
-    ])
+    _write_jsonl(
+        d / "samples.jsonl",
+        [
+            {"step": 10, "prompt": "p", "answer": "12", "completion": r"so $\boxed{12}$", "reward": 1.0},
+            {"step": 10, "prompt": "p", "answer": "12", "completion": r"so $\boxed{13}$", "reward": 0.0},
+            # the gold is in the text but the box says otherwise: shown first among the wrong ones
+            {
+                "step": 10,
+                "prompt": "p",
+                "answer": "12",
+                "completion": "It could be 12.\nSo $\\boxed{21}$",
+                "reward": 0.0,
+            },
+            {"step": 20, "prompt": "p", "answer": "7", "completion": "no idea\nreally", "reward": 0.0},
+            # recorded as wrong by an older verifier, correct now
+            {"step": 20, "prompt": "p", "answer": r"\frac{1}{3}", "completion": r"$\boxed{0.333333}$", "reward": 0.0},
+            {"step": 20, "prompt": "p", "answer": "np.arcsin(10/13)", "completion": r"\boxed{1}", "reward": 0.0},
+        ],
+    )
     return d
 
 
@@ -90,11 +99,23 @@ def test_audit_eval_dir_cli(tmp_path, capsys):
     d = tmp_path / "eval"
     d.mkdir()
     rows = []
-    for bench, gold, texts in [("math500", r"\frac{3}{4}", [r"\boxed{0.75}", r"\boxed{3/4}", "nothing\nhere"]),
-                               ("gsm8k", "18", ["She earns 9 * 2 = 18 dollars.\n#### 18", "#### 20"])]:
+    for bench, gold, texts in [
+        ("math500", r"\frac{3}{4}", [r"\boxed{0.75}", r"\boxed{3/4}", "nothing\nhere"]),
+        ("gsm8k", "18", ["She earns 9 * 2 = 18 dollars.\n#### 18", "#### 20"]),
+    ]:
         for j, text in enumerate(texts):
-            rows.append({"benchmark": bench, "id": f"{bench}-0", "sample": j, "answer": gold, "completion": text,
-                         "score": 1.0 if j == 0 else 0.0, "length": 10, "truncated": False})
+            rows.append(
+                {
+                    "benchmark": bench,
+                    "id": f"{bench}-0",
+                    "sample": j,
+                    "answer": gold,
+                    "completion": text,
+                    "score": 1.0 if j == 0 else 0.0,
+                    "length": 10,
+                    "truncated": False,
+                }
+            )
     _write_jsonl(d / "completions.jsonl", rows)
     out_file = tmp_path / "statuses.jsonl"
     assert main([str(d), "--workers", "1", "--samples", "1", "--out", str(out_file)]) == 0
@@ -118,20 +139,40 @@ def test_audit_missing_files(tmp_path, capsys):
 def test_audit_second_opinion(tmp_path, capsys):
     d = tmp_path / "run"
     d.mkdir()
-    _write_jsonl(d / "samples.jsonl", [
-        {"step": 1, "prompt": "p", "answer": "12", "completion": r"so $\boxed{12}$", "reward": 1.0},  # all agree
-        # recorded 0 (an older verifier), plain math-verify and strict extraction say 1: false-negative candidate
-        {"step": 1, "prompt": "p", "answer": r"\frac{1}{3}", "completion": r"$\boxed{0.333333}$", "reward": 0.0},
-        # recorded 1, plain math-verify reads the thin spaces as a product: false-positive candidate to look at
-        {"step": 2, "prompt": "p", "answer": "3628800", "completion": r"$10! = \boxed{3\,628\,800}$", "reward": 1.0},
-        # recorded 1 with no marker: strict extraction disagrees, plain math-verify agrees
-        {"step": 2, "prompt": "p", "answer": "7", "completion": "We add $3+4$.\nSo the total is $7$", "reward": 1.0},
-    ])
+    _write_jsonl(
+        d / "samples.jsonl",
+        [
+            {"step": 1, "prompt": "p", "answer": "12", "completion": r"so $\boxed{12}$", "reward": 1.0},  # all agree
+            # recorded 0 (an older verifier), plain math-verify and strict extraction say 1: false-negative candidate
+            {"step": 1, "prompt": "p", "answer": r"\frac{1}{3}", "completion": r"$\boxed{0.333333}$", "reward": 0.0},
+            # recorded 1, plain math-verify reads the thin spaces as a product: false-positive candidate to look at
+            {
+                "step": 2,
+                "prompt": "p",
+                "answer": "3628800",
+                "completion": r"$10! = \boxed{3\,628\,800}$",
+                "reward": 1.0,
+            },
+            # recorded 1 with no marker: strict extraction disagrees, plain math-verify agrees
+            {
+                "step": 2,
+                "prompt": "p",
+                "answer": "7",
+                "completion": "We add $3+4$.\nSo the total is $7$",
+                "reward": 1.0,
+            },
+        ],
+    )
     summary = audit(d, workers=1, samples=3, second_opinion=True)
     out = capsys.readouterr().out
     so = summary["second_opinion"]
-    assert so == {"compared": 4, "fn_candidates": 1, "fp_candidates": 1, "disagree_math_verify": 2,
-                  "disagree_strict": 2}
+    assert so == {
+        "compared": 4,
+        "fn_candidates": 1,
+        "fp_candidates": 1,
+        "disagree_math_verify": 2,
+        "disagree_strict": 2,
+    }
     assert out.index("== false-negative candidates: 1 of 1") < out.index("== false-positive candidates: 1 of 1")
     assert "0.333333" in out and "math-verify 1, strict 1" in out
     assert main([str(d), "--workers", "1", "--second-opinion", "--decimal-match", "nonsense"]) == 2
@@ -147,8 +188,12 @@ def test_math_task_reward_audit_every(tmp_path):
     data = tmp_path / "p.jsonl"
     _write_jsonl(data, [{"problem": "1+1?", "answer": "2"}, {"problem": "6!?", "answer": "720"}])
     task = MathTask(train=str(data), heldout=str(data), reward_audit_every=2)
-    problems = [Problem(id="0", prompt="p", answer="2"), Problem(id="1", prompt="p", answer="3628800"),
-                Problem(id="2", prompt="p", answer="5"), Problem(id="3", prompt="p", answer="7")]
+    problems = [
+        Problem(id="0", prompt="p", answer="2"),
+        Problem(id="1", prompt="p", answer="3628800"),
+        Problem(id="2", prompt="p", answer="5"),
+        Problem(id="3", prompt="p", answer="7"),
+    ]
     completions = [r"\boxed{2}", r"$\boxed{3\,628\,800}$", r"\boxed{4}", "We add $3+4$.\nSo the total is $7$"]
     assert task.score(problems, completions) == [1.0, 1.0, 0.0, 1.0]
     assert "reward/second_opinion_disagree_frac" not in task.last_score_metrics()  # first batch: no audit

@@ -46,8 +46,9 @@ def test_every_gold_answer_parses_or_matches_as_text():
     from conspo.rewards.pool import HardTimeoutPool
 
     report, too_many = [], []
-    with HardTimeoutPool("conspo.rewards.math:gold_parses", num_workers=min(2, os.cpu_count() or 1),
-                         timeout_s=20.0) as pool:
+    with HardTimeoutPool(
+        "conspo.rewards.math:gold_parses", num_workers=min(2, os.cpu_count() or 1), timeout_s=20.0
+    ) as pool:
         for path in files:
             name = f"{path.parent.name}/{path.name}"
             with open(path) as f:
@@ -58,9 +59,11 @@ def test_every_gold_answer_parses_or_matches_as_text():
             outcomes = pool.run([(g,) for g in rest])
             bad = [g for g, o in zip(rest, outcomes) if not (o.status == "ok" and o.value)]
             solutions = sum(1 for g in golds if gold_answer(g) != g)
-            report.append(f"{name}: {len(golds)} gold answers, {len(bad)} do not parse"
-                          + (f" (e.g. {', '.join(repr(b[:60]) for b in bad[:3])})" if bad else "")
-                          + (f"; {solutions} are worked solutions" if solutions else ""))
+            report.append(
+                f"{name}: {len(golds)} gold answers, {len(bad)} do not parse"
+                + (f" (e.g. {', '.join(repr(b[:60]) for b in bad[:3])})" if bad else "")
+                + (f"; {solutions} are worked solutions" if solutions else "")
+            )
             if len(bad) > MAX_UNPARSABLE.get(name, 0):
                 too_many.append(f"{name}: {len(bad)} > {MAX_UNPARSABLE.get(name, 0)}: {bad}")
     print("\n" + "\n".join(report))

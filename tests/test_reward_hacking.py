@@ -242,8 +242,9 @@ def test_hack_scores_zero(verifier, completion, gold):
 @pytest.mark.parametrize("completion,gold", _cases(EQUIVALENTS))
 def test_equivalent_scores_one(verifier, completion, gold):
     result = verifier.score([completion], [gold])
-    assert result.scores == [1.0], (f"{completion!r} is the answer {gold!r} but scored 0 "
-                                    f"({result.statuses[0]}, read as {result.answers[0]!r})")
+    assert result.scores == [1.0], (
+        f"{completion!r} is the answer {gold!r} but scored 0 ({result.statuses[0]}, read as {result.answers[0]!r})"
+    )
 
 
 def test_spaced_digits_are_never_a_sum():
@@ -282,14 +283,21 @@ def test_hedges_for_random_integers(verifier, gold, other):
         hedges.append(rf"\boxed{{\pm {abs(gold)}}}")
     r = verifier.score(hedges, [str(gold)] * len(hedges))
     assert r.scores == [0.0] * len(hedges), [h for h, s in zip(hedges, r.scores) if s]
-    same = [rf"\boxed{{{gold}}}", rf"\boxed{{x = {gold}}}", rf"\boxed{{\frac{{{2 * gold}}}{{2}}}}", rf"\boxed{{{gold}.0}}",
-            rf"The answer is ${gold}$."]
+    same = [
+        rf"\boxed{{{gold}}}",
+        rf"\boxed{{x = {gold}}}",
+        rf"\boxed{{\frac{{{2 * gold}}}{{2}}}}",
+        rf"\boxed{{{gold}.0}}",
+        rf"The answer is ${gold}$.",
+    ]
     assert verifier.score(same, [str(gold)] * len(same)).scores == [1.0] * len(same)
 
 
 @PROPERTY
-@given(digits=st.lists(st.integers(0, 9), min_size=2, max_size=6).filter(lambda d: d[0] != 0),
-       sep=st.sampled_from([" ", r"\,", r"\ ", "~"]))
+@given(
+    digits=st.lists(st.integers(0, 9), min_size=2, max_size=6).filter(lambda d: d[0] != 0),
+    sep=st.sampled_from([" ", r"\,", r"\ ", "~"]),
+)
 def test_spelled_digits_are_one_number(verifier, digits, sep):
     boxed = r"\boxed{" + sep.join(map(str, digits)) + "}"
     number = int("".join(map(str, digits)))

@@ -11,7 +11,6 @@ bench/VERIFY_RESULTS.md cite that list).
 from __future__ import annotations
 
 import builtins
-import math
 import os
 import re
 import threading
@@ -103,8 +102,11 @@ EQUIVALENCE_CASES: list[tuple[str, str, int]] = [
     (r"\[\sin (a + b) - \sin (a - b) = \boxed{2 \sin b \cos a}.\]", r"$2 \sin b \cos a$", 1),
     (r"The answer is $\boxed{\frac{\pi r}{h+r}}$.", r"$\frac{\pi r}{h+r}$", 1),
     (r"The distance is $\boxed{125\textnormal{ miles}}.$", "$125$ miles", 1),
-    (r"The solution set is $\boxed{[-1, -\tfrac12) \cup (-\tfrac12, 0) \cup (0, 1) \cup (1, \infty)}.$",
-     r"$[-1, -\frac{1}{2}) \cup (-\frac{1}{2}, 0) \cup (0, 1) \cup (1, \infty)$", 1),
+    (
+        r"The solution set is $\boxed{[-1, -\tfrac12) \cup (-\tfrac12, 0) \cup (0, 1) \cup (1, \infty)}.$",
+        r"$[-1, -\frac{1}{2}) \cup (-\frac{1}{2}, 0) \cup (0, 1) \cup (1, \infty)$",
+        1,
+    ),
     (r"The answer is $\boxed{\sqrt 2+\sqrt 5}$", r"$\sqrt{2}+\sqrt{5}$", 1),
     (r"Therefore $\boxed{\frac94\pi}$.", r"$\frac{9}{4}\pi$", 1),
     (r"x \in \boxed{\{-1\} \cup [0,7)}.$", r"x \in \boxed{\{-1\} \cup [0,7)}.$", 1),
@@ -137,18 +139,33 @@ EQUIVALENCE_CASES: list[tuple[str, str, int]] = [
     (r"$x = 5+5+1 = 1/3 \approx 11$", "$x = 1/3$", 1),
     (r"$x=1/3\approx1.3$", "$1/3$", 1),
     # --- Math-Verify tests/test_all.py :: test_matrix_extraction --------------------------------
-    (r"The identity matrix is $ \begin{pmatrix}1 & 0 \\ 0 & 1\end{pmatrix} $.",
-     r"$\begin{pmatrix}1 & 0 \\ 0 & 1\end{pmatrix}$", 1),
-    (r"Here is a zero matrix: $ \begin{pmatrix}0 & 0 \\0 & 0\end{pmatrix} $",
-     r"$\begin{bmatrix}0 & 0 \\0 & 0\end{bmatrix}$", 1),
-    (r"Special matrix: $ \left[\begin{array}{cc}1 & 2 \\3 & 4\end{array}\right] $",
-     r"$\begin{pmatrix}1 & 2 \\3 & 4\end{pmatrix}$", 1),
-    (r"Matrix with fractions: $ \begin{pmatrix}\frac{1}{2} & \frac{3}{4} \\ \frac{5}{6} & \frac{7}{8}\end{pmatrix} $",
-     r"$\begin{pmatrix}\frac{1}{2} & \frac{3}{4} \\ \frac{5}{6} & \frac{7}{8}\end{pmatrix}$", 1),
-    (r"The sum is $\begin{pmatrix}1 & 2 \\ 3 & 4\end{pmatrix} + \begin{pmatrix}5 & 6 \\ 7 & 8\end{pmatrix}$",
-     r"$\begin{pmatrix}6 & 8 \\ 10 & 12\end{pmatrix}$", 1),
-    (r"The matrix is $\begin{pmatrix}1 & 2 \\ 3 & 5\end{pmatrix}$",
-     r"$\begin{pmatrix}1 & 2 \\ 3 & 4\end{pmatrix}$", 0),
+    (
+        r"The identity matrix is $ \begin{pmatrix}1 & 0 \\ 0 & 1\end{pmatrix} $.",
+        r"$\begin{pmatrix}1 & 0 \\ 0 & 1\end{pmatrix}$",
+        1,
+    ),
+    (
+        r"Here is a zero matrix: $ \begin{pmatrix}0 & 0 \\0 & 0\end{pmatrix} $",
+        r"$\begin{bmatrix}0 & 0 \\0 & 0\end{bmatrix}$",
+        1,
+    ),
+    (
+        r"Special matrix: $ \left[\begin{array}{cc}1 & 2 \\3 & 4\end{array}\right] $",
+        r"$\begin{pmatrix}1 & 2 \\3 & 4\end{pmatrix}$",
+        1,
+    ),
+    (
+        r"Matrix with fractions: "
+        r"$ \begin{pmatrix}\frac{1}{2} & \frac{3}{4} \\ \frac{5}{6} & \frac{7}{8}\end{pmatrix} $",
+        r"$\begin{pmatrix}\frac{1}{2} & \frac{3}{4} \\ \frac{5}{6} & \frac{7}{8}\end{pmatrix}$",
+        1,
+    ),
+    (
+        r"The sum is $\begin{pmatrix}1 & 2 \\ 3 & 4\end{pmatrix} + \begin{pmatrix}5 & 6 \\ 7 & 8\end{pmatrix}$",
+        r"$\begin{pmatrix}6 & 8 \\ 10 & 12\end{pmatrix}$",
+        1,
+    ),
+    (r"The matrix is $\begin{pmatrix}1 & 2 \\ 3 & 5\end{pmatrix}$", r"$\begin{pmatrix}1 & 2 \\ 3 & 4\end{pmatrix}$", 0),
     # --- Math-Verify tests/test_all.py :: test_complex_math_expressions ("tests from qwen parser")
     ("$0.0833333333333333$", r"$\frac{1}{12}$", 1),
     ("$(1,4.5)$", r"$(1,\frac{9}{2})$", 1),
@@ -162,34 +179,67 @@ EQUIVALENCE_CASES: list[tuple[str, str, int]] = [
     ("$1$", r"$1\sqrt{19}$", 0),
     ("$x+1$", "$x+2n+1$", 0),
     # --- Math-Verify tests/test_all.py :: test_math_extraction_edge_cases / model-output issues -
-    (r"Rounded to the nearest cent, Paula's investment is worth $\boxed{\$16,\!386.20}$ at the end. "
-     r"The answer is $16,\!386.20$.", "$16386.20$", 1),
+    (
+        r"Rounded to the nearest cent, Paula's investment is worth $\boxed{\$16,\!386.20}$ at the end. "
+        r"The answer is $16,\!386.20$.",
+        "$16386.20$",
+        1,
+    ),
     ("Final Answer: The final answer is 12,000,023. I hope it is correct. <|im_start|>user", "12000023", 1),
     (r"Final Answer: The smallest possible value of $N$ is $\boxed{14{,}916}$. I hope it is correct.", "$14916$", 1),
-    (r"Thus, $(p,q) = \boxed{\left( \frac{1}{5}, \frac{1}{6} \right)}.$",
-     r"$\\left(\\frac{1}{5},\\frac{1}{6}\\right)$", 1),
-    (r"Thus, $(t,u) = \boxed{\left( \frac{4}{5}, \frac{1}{5} \right)}.$",
-     r"$\\left(\\frac{4}{5},\\frac{1}{5}\\right)$", 1),
-    (r"Final Answer: The final answer is $\frac{10\sqrt{10.5}}{27}$. I hope it is correct.",
-     r"$\frac{5\sqrt{42}}{27}$", 1),
+    (
+        r"Thus, $(p,q) = \boxed{\left( \frac{1}{5}, \frac{1}{6} \right)}.$",
+        r"$\\left(\\frac{1}{5},\\frac{1}{6}\\right)$",
+        1,
+    ),
+    (
+        r"Thus, $(t,u) = \boxed{\left( \frac{4}{5}, \frac{1}{5} \right)}.$",
+        r"$\\left(\\frac{4}{5},\\frac{1}{5}\\right)$",
+        1,
+    ),
+    (
+        r"Final Answer: The final answer is $\frac{10\sqrt{10.5}}{27}$. I hope it is correct.",
+        r"$\frac{5\sqrt{42}}{27}$",
+        1,
+    ),
     (r"Rounded to the nearest cent, Paula's investment is worth $\boxed{\$16386.17}$ after 5 years.", "$16386.17$", 1),
-    (r"=\frac{1 }{5 }=\boxed{20 \%}. $$ Final Answer: The final answer is $20 \%$.",
-     r"So we have the equation $x=\frac{1}{4}(1-x)$. Solving for $x$ yields $x=1/5$, or $\boxed{20}$ percent.", 1),
+    (
+        r"=\frac{1 }{5 }=\boxed{20 \%}. $$ Final Answer: The final answer is $20 \%$.",
+        r"So we have the equation $x=\frac{1}{4}(1-x)$. Solving for $x$ yields $x=1/5$, or $\boxed{20}$ percent.",
+        1,
+    ),
     ("Final Answer: The largest $n$ is 34.", "$34$", 1),
     ("${1,3}$", "$(3,1)$", 0),
     ("${1,3}$", "$(1,3)$", 1),
-    (r"So, Paula's investment is worth approximately $\boxed{16386.16}$ dollars at the end of the 5 years.",
-     "$16386.16$", 1),
+    (
+        r"So, Paula's investment is worth approximately $\boxed{16386.16}$ dollars at the end of the 5 years.",
+        "$16386.16$",
+        1,
+    ),
     (r"So, the sum of the integers on Camy's list is $\boxed{5866608}$.", "$5866608$", 1),
-    (r"$1 \times 5! \times 5! = 120 \times 120 = \boxed{14400}$. Final Answer: The final answer is 14400.", "$14400$", 1),
-    (r"Therefore, the point where the line intersects $\overline{CD}$ is $\boxed{(0, 0)}$.",
-     r"$(\tfrac{27}{8},\tfrac{15}{8})$", 0),
-    (r"the domain is $\boxed{[-3, 2]}$. ... Therefore, the domain is $\boxed{(-\infty, -3] \cup [2, \infty)}$.",
-     "$[-3,2]$", 0),
+    (
+        r"$1 \times 5! \times 5! = 120 \times 120 = \boxed{14400}$. Final Answer: The final answer is 14400.",
+        "$14400$",
+        1,
+    ),
+    (
+        r"Therefore, the point where the line intersects $\overline{CD}$ is $\boxed{(0, 0)}$.",
+        r"$(\tfrac{27}{8},\tfrac{15}{8})$",
+        0,
+    ),
+    (
+        r"the domain is $\boxed{[-3, 2]}$. ... Therefore, the domain is $\boxed{(-\infty, -3] \cup [2, \infty)}$.",
+        "$[-3,2]$",
+        0,
+    ),
     # Lenient extraction (the default since issue 11): with no answer marker the last number of
     # the text counts, as in Math-Verify (this row expected 0 under the old strict rule).
-    ("Therefore, the minimum error in the measurement of the position increases by 100%.\n"
-     "This follows from the uncertainty principle applied to both measurements.", "$100%$", 1),
+    (
+        "Therefore, the minimum error in the measurement of the position increases by 100%.\n"
+        "This follows from the uncertainty principle applied to both measurements.",
+        "$100%$",
+        1,
+    ),
     # --- huggingface/Math-Verify issues #14, #37, #41, #60 (user reports) ------------------------
     (r"$\frac{1}{2006!}$", r"$\frac{1}{2004!}$", 0),  # #14: tiny values compared as floats
     (r"$\frac{1}{2^{98}}$", r"$\frac{1}{2^{99}}$", 0),  # #14
@@ -233,8 +283,11 @@ EQUIVALENCE_CASES: list[tuple[str, str, int]] = [
     ("x = 10", "10", 1),
     (r"\begin{pmatrix}1&2\\3&4\end{pmatrix}", r"\begin{pmatrix}1&2\\3&4\end{pmatrix}", 1),
     (r"\begin{pmatrix}1&2\\3&5\end{pmatrix}", r"\begin{pmatrix}1&2\\3&4\end{pmatrix}", 0),
-    (r"\begin{pmatrix}-\frac{7}{4}&-2\\4&\frac{1}{4}\end{pmatrix}",
-     r"(\begin{pmatrix}-\frac{7}{4}&-2\\4&\frac{1}{4}\\\end{pmatrix})", 1),
+    (
+        r"\begin{pmatrix}-\frac{7}{4}&-2\\4&\frac{1}{4}\end{pmatrix}",
+        r"(\begin{pmatrix}-\frac{7}{4}&-2\\4&\frac{1}{4}\\\end{pmatrix})",
+        1,
+    ),
     # --- EleutherAI/lm-evaluation-harness issue #4038 / PR #4039: thousands separators vs tuples
     # (gold answers of the MATH test set quoted in the issue)
     ("115000", "115,000", 1),
@@ -252,8 +305,11 @@ EQUIVALENCE_CASES: list[tuple[str, str, int]] = [
     (r"\sqrt[3]{8}", "2", 1),
     (r"\sqrt[3]2", r"\sqrt[3]{2}", 1),
     # --- huggingface/lighteval PR #162 (MATH normalisation of "\frac 12" inside intervals) --------
-    (r"$$\boxed{\left(-\infty,-\frac 12\right)\cup \left(-\frac 12,\infty\right)}.$$",
-     r"(-\infty,-\frac{1}{2})\cup(-\frac{1}{2},\infty)", 1),
+    (
+        r"$$\boxed{\left(-\infty,-\frac 12\right)\cup \left(-\frac 12,\infty\right)}.$$",
+        r"(-\infty,-\frac{1}{2})\cup(-\frac{1}{2},\infty)",
+        1,
+    ),
     # --- yashm-cerebras/SkyRL skyrl-gym/tests/test_aime.py ----------------------------------------
     (r"Answer: \boxed{42}", "42", 1),
     ("Answer: 42", "42", 1),
@@ -342,11 +398,7 @@ def test_equivalence_table(verifier):
     completions = [c for c, _, _ in EQUIVALENCE_CASES]
     golds = [g for _, g, _ in EQUIVALENCE_CASES]
     result = verifier.score(completions, golds)
-    failures = [
-        (c, g, exp, got)
-        for (c, g, exp), got in zip(EQUIVALENCE_CASES, result.scores)
-        if got != float(exp)
-    ]
+    failures = [(c, g, exp, got) for (c, g, exp), got in zip(EQUIVALENCE_CASES, result.scores) if got != float(exp)]
     n = len(EQUIVALENCE_CASES)
     rate = 1 - len(failures) / n
     report = "\n".join(f"  expected {exp}, got {got}: {c[:90]!r} vs gold {g!r}" for c, g, exp, got in failures)
@@ -383,8 +435,14 @@ def test_extract_answer(text, expected):
 
 def test_extraction_is_fast_on_adversarial_text():
     """Extraction runs in the trainer process without a time limit, so it must stay linear."""
-    texts = ["\\boxed{" * 30000, "answer: " * 30000, "<answer>" * 30000, "$" * 100000,
-             "</think>" * 20000 + "\\boxed{" * 1000, "\\boxed{" * 20000 + "1" + "}" * 20000]
+    texts = [
+        "\\boxed{" * 30000,
+        "answer: " * 30000,
+        "<answer>" * 30000,
+        "$" * 100000,
+        "</think>" * 20000 + "\\boxed{" * 1000,
+        "\\boxed{" * 20000 + "1" + "}" * 20000,
+    ]
     t0 = time.perf_counter()
     for text in texts:
         ans = extract_answer(text, lenient=True)
@@ -463,10 +521,15 @@ def test_normalize_answer(raw, norm):
         ("\\[ \\boxed{-1} \\quad \\text{and} \\quad \\boxed{4}. \\]", "-1, 4"),
         ("- $\\boxed{2}$\n- $\\boxed{3}$", "2, 3"),
         (r"the answer is \boxed{5}. To check: \boxed{5}", "5"),  # a repeat counts once
-        (r"we get $\boxed{7}$ for part one, and after the rest of the long computation the answer is $\boxed{9}$.", "9"),
+        (
+            r"we get $\boxed{7}$ for part one, and after the rest of the long computation the answer is $\boxed{9}$.",
+            "9",
+        ),
         # a "final answer" sentence after the last box wins
-        ("first $\\boxed{200}$, then more work.\nFinal Answer: The final answer is $10,455$. I hope it is correct.",
-         "10,455"),
+        (
+            "first $\\boxed{200}$, then more work.\nFinal Answer: The final answer is $10,455$. I hope it is correct.",
+            "10,455",
+        ),
         ("Soucis : 2,74 $ a..", "2,74"),  # a stray dollar sign is currency, not math
         ("She pays 9 dollars.\n#### 9", "9"),
     ],
@@ -532,7 +595,11 @@ ROUNDING_CASES = [
     (r"\boxed{3.1416}", r"\pi", (0, 1, 1, 1, 1)),
     (r"\boxed{3.1415}", r"\pi", (0, 0, 0, 0, 0)),  # truncated, not rounded
     (r"\boxed{0.577}", r"\frac{\sqrt{3}}{3}", (0, 1, 0, 1, 0)),
-    (r"\boxed{\begin{pmatrix} 0.33 \\ 0.25 \end{pmatrix}}", r"\begin{pmatrix} \frac13 \\ \frac14 \end{pmatrix}", (0, 1, 0, 1, 0)),
+    (
+        r"\boxed{\begin{pmatrix} 0.33 \\ 0.25 \end{pmatrix}}",
+        r"\begin{pmatrix} \frac13 \\ \frac14 \end{pmatrix}",
+        (0, 1, 0, 1, 0),
+    ),
     (r"\boxed{(0.4, 1.6667]}", r"\left(\frac25, \frac53\right]", (0, 1, 1, 1, 1)),
     (r"\boxed{7.8}", "7.78", (0, 0, 0, 0, 0)),  # a decimal gold is never rounded
     (r"\boxed{0.333333}", r"\frac{1}{3}", (1, 1, 1, 1, 1)),  # math-verify's own precision
@@ -569,9 +636,17 @@ def test_gold_may_be_a_number(verifier):
 def test_fast_path_needs_no_workers():
     v = MathVerifier(num_workers=1)
     try:
-        r = v.score([r"\boxed{\dfrac{1}{2}}", r"The answer is $1{,}000$.", "no answer at all here...",
-                     r"\boxed{0.5}", r"\boxed{17}", r"\boxed{0.75}"],
-                    [r"\frac{1}{2}", "1000", "5", r"\frac{1}{2}", "18", "0.7"])
+        r = v.score(
+            [
+                r"\boxed{\dfrac{1}{2}}",
+                r"The answer is $1{,}000$.",
+                "no answer at all here...",
+                r"\boxed{0.5}",
+                r"\boxed{17}",
+                r"\boxed{0.75}",
+            ],
+            [r"\frac{1}{2}", "1000", "5", r"\frac{1}{2}", "18", "0.7"],
+        )
         assert r.scores == [1.0, 1.0, 0.0, 1.0, 0.0, 0.0]
         assert r.statuses == ["correct", "correct", "no_answer", "correct", "wrong", "wrong"]
         assert r.fast_path == 5 and r.no_answer == 1
@@ -760,9 +835,11 @@ def test_decimal_match_config_and_eval_option():
     from conspo.errors import ConfigError
 
     assert TrainConfig().decimal_match == "exact" and EvalSettings(model="m").decimal_match == "exact"
-    TrainConfig(decimal_match="places:3").validate()
+    TrainConfig(task="math", model="some/model", decimal_match="places:3").validate()
     with pytest.raises(ConfigError, match="decimal_match"):
-        TrainConfig(decimal_match="round").validate()
+        TrainConfig(task="math", model="some/model", decimal_match="round").validate()
+    with pytest.raises(ConfigError, match="decimal_match='places:3' has no effect with task addition"):
+        TrainConfig(decimal_match="places:3").validate()
     from conspo.benchmark_eval import run_eval
 
     with pytest.raises(ConfigError, match="--decimal-match"):  # before any model is loaded

@@ -48,10 +48,18 @@ def test_token_logprobs_equal_generation_scores_with_left_padding():
     tok = build_char_tokenizer()
     model = build_tiny_model(len(tok), hidden=32, layers=2, ffn=64, heads=2)
     rollouts = generate(model, tok, ["07+45=", "1+2="], num_generations=2, max_new_tokens=4, greedy=True)
-    out = model.generate(input_ids=rollouts.prompt_ids, attention_mask=rollouts.prompt_mask, max_new_tokens=4,
-                         do_sample=False, output_logits=True, return_dict_in_generate=True, pad_token_id=0, eos_token_id=1)
+    out = model.generate(
+        input_ids=rollouts.prompt_ids,
+        attention_mask=rollouts.prompt_mask,
+        max_new_tokens=4,
+        do_sample=False,
+        output_logits=True,
+        return_dict_in_generate=True,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
     steps = len(out.logits)
-    ref = torch.stack([torch.log_softmax(l.float(), -1) for l in out.logits], 1)
+    ref = torch.stack([torch.log_softmax(step.float(), -1) for step in out.logits], 1)
     ref = ref.gather(-1, rollouts.completion_ids[:, :steps].unsqueeze(-1)).squeeze(-1)
     ours = token_logprobs(model, rollouts)[:, :steps]
     mask = rollouts.completion_mask[:, :steps].bool()
@@ -81,9 +89,19 @@ def test_tempered_token_logprobs_equal_the_sampling_distribution():
     with torch.no_grad():
         model.lm_head.weight.mul_(4.0)  # neither flat nor one-hot: the temperature matters
     encoded = tok(["07+45=", "1+2=", "1+2="], return_tensors="pt", padding=True, add_special_tokens=False)
-    out = model.generate(**encoded, max_new_tokens=5, do_sample=True, temperature=0.7, top_k=0, top_p=1.0,
-                         output_scores=True, return_dict_in_generate=True, pad_token_id=0, eos_token_id=1)
-    completion_ids = out.sequences[:, encoded["input_ids"].shape[1]:]
+    out = model.generate(
+        **encoded,
+        max_new_tokens=5,
+        do_sample=True,
+        temperature=0.7,
+        top_k=0,
+        top_p=1.0,
+        output_scores=True,
+        return_dict_in_generate=True,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
+    completion_ids = out.sequences[:, encoded["input_ids"].shape[1] :]
     mask, truncated = completion_mask_from_eos(completion_ids, 1)
     rollouts = Rollouts(encoded["input_ids"], encoded["attention_mask"], completion_ids, mask, truncated, [""] * 3)
     steps = len(out.scores)

@@ -136,28 +136,47 @@ class RewardSet:
         self.errors = errors
         self.names = [reward_name(f) for f in funcs]
 
-    def score(self, prompts: Sequence, completions: Sequence, columns: Sequence[Mapping[str, Any]], *,
-              completion_ids: Sequence[Sequence[int]] | None = None, trainer_state: Any = None) -> RewardScores:
+    def score(
+        self,
+        prompts: Sequence,
+        completions: Sequence,
+        columns: Sequence[Mapping[str, Any]],
+        *,
+        completion_ids: Sequence[Sequence[int]] | None = None,
+        trainer_state: Any = None,
+    ) -> RewardScores:
         """Call every reward on the batch; ``columns[i]`` is row i's data (every column but the prompt)."""
         n = len(completions)
         if len(prompts) != n or len(columns) != n:
-            raise ValueError(f"prompts, completions and columns must have the same length, got "
-                             f"{len(prompts)}, {n}, {len(columns)}")
+            raise ValueError(
+                f"prompts, completions and columns must have the same length, got {len(prompts)}, {n}, {len(columns)}"
+            )
         keys = list(columns[0]) if n else []
         metrics: dict[str, float] = {}
 
         def log_metric(name, value):
             metrics[str(name)] = float(value)
 
-        common = dict(completion_ids=completion_ids, trainer_state=trainer_state, log_metric=log_metric,
-                      log_extra=lambda *a, **k: None)
+        common = dict(
+            completion_ids=completion_ids,
+            trainer_state=trainer_state,
+            log_metric=log_metric,
+            log_extra=lambda *a, **k: None,
+        )
         per_reward, errors = [], []
         for fn, name in zip(self.funcs, self.names):
+
             def batch(rows):
-                return dict(prompts=[prompts[i] for i in rows], completions=[completions[i] for i in rows],
-                            **{k: [columns[i].get(k) for i in rows] for k in keys},
-                            **{**common, "completion_ids": None if completion_ids is None else
-                               [completion_ids[i] for i in rows]})
+                return dict(
+                    prompts=[prompts[i] for i in rows],
+                    completions=[completions[i] for i in rows],
+                    **{k: [columns[i].get(k) for i in rows] for k in keys},
+                    **{
+                        **common,
+                        "completion_ids": None if completion_ids is None else [completion_ids[i] for i in rows],
+                    },
+                )
+
             values, n_errors = self._score_one(fn, name, batch, n, columns)
             per_reward.append(values)
             errors.append(n_errors)
@@ -170,8 +189,10 @@ class RewardSet:
             out = None
         if out is not None and (not isinstance(out, Sequence) or isinstance(out, (str, bytes)) or len(out) != n):
             got = f"{len(out)} values" if isinstance(out, Sequence) else f"a {type(out).__name__}"
-            raise RewardError(f"reward {name} returned {got} for {n} completions: return a list with one float "
-                              "(or None) per completion")
+            raise RewardError(
+                f"reward {name} returned {got} for {n} completions: return a list with one float "
+                "(or None) per completion"
+            )
         values, n_errors = [], 0
         for i in range(n):
             if out is not None:
@@ -188,8 +209,10 @@ class RewardSet:
             if self.errors == "raise":
                 row_id = columns[i].get("id") if isinstance(columns[i], Mapping) else None
                 where = f"row {i}" + (f" (id={row_id!r})" if row_id is not None else "")
-                raise RewardError(f"reward {name} {checked} on {where} of the batch; fix the reward, or pass "
-                                  "--reward-errors zero to score such completions 0 and count them") from cause
+                raise RewardError(
+                    f"reward {name} {checked} on {where} of the batch; fix the reward, or pass "
+                    "--reward-errors zero to score such completions 0 and count them"
+                ) from cause
             n_errors += 1
             values.append(0.0)
         return values, n_errors
@@ -206,16 +229,31 @@ class SilentRewardWatch:
         self.varied = [False] * len(self.names)  # differed within some group at all
         self.steps, self.done = 0, not after
 
-    def update(self, per_reward, present, group_size: int, *, weights=None, couples_group: bool = True,
-               positive_rule: str = "group_mean", positive_threshold: float = 0.5) -> list[str]:
+    def update(
+        self,
+        per_reward,
+        present,
+        group_size: int,
+        *,
+        weights=None,
+        couples_group: bool = True,
+        positive_rule: str = "group_mean",
+        positive_threshold: float = 0.5,
+    ) -> list[str]:
         """Record one batch ((B, K) rewards); return the warnings due now (each at most once)."""
         if self.done:
             return []
         from conspo.objectives import rewards_that_move_the_update
 
-        moved = rewards_that_move_the_update(per_reward, present, group_size, weights=weights,
-                                             couples_group=couples_group, positive_rule=positive_rule,
-                                             positive_threshold=positive_threshold)
+        moved = rewards_that_move_the_update(
+            per_reward,
+            present,
+            group_size,
+            weights=weights,
+            couples_group=couples_group,
+            positive_rule=positive_rule,
+            positive_threshold=positive_threshold,
+        )
         varied = rewards_that_move_the_update(per_reward, present, group_size, weights=weights, couples_group=False)
         self.moved = [a or b for a, b in zip(self.moved, moved)]
         self.varied = [a or b for a, b in zip(self.varied, varied)]
@@ -224,9 +262,14 @@ class SilentRewardWatch:
             return []
         self.done = True
         alike = "it scored the completions of every group alike (or not at all)"
-        across = (f"under positive_rule=threshold a completion is positive when its total reward is >= "
-                  f"{positive_threshold:g}, and this reward never moved one across that bar: use positive_rule "
-                  "group_mean (the default), or give it a larger weight")
-        return [f"WARNING reward {name}: its differences within groups changed no update in the first {self.steps} "
-                f"steps: {across if varied and couples_group and positive_rule == 'threshold' else alike}"
-                for name, m, varied in zip(self.names, self.moved, self.varied) if not m]
+        across = (
+            f"under positive_rule=threshold a completion is positive when its total reward is >= "
+            f"{positive_threshold:g}, and this reward never moved one across that bar: use positive_rule "
+            "group_mean (the default), or give it a larger weight"
+        )
+        return [
+            f"WARNING reward {name}: its differences within groups changed no update in the first {self.steps} "
+            f"steps: {across if varied and couples_group and positive_rule == 'threshold' else alike}"
+            for name, m, varied in zip(self.names, self.moved, self.varied)
+            if not m
+        ]

@@ -120,8 +120,10 @@ def parse_decimal_match(spec: str) -> tuple[str, int]:
     kind, sep, num = text.partition(":")
     if sep and kind in ("places", "sig") and num.isdigit() and 1 <= int(num) <= 5:
         return kind, int(num)
-    raise ValueError(f"decimal_match {spec!r} is not one of 'exact', 'places:N', 'sig:N' (N from 1 to 5; "
-                     "6 or more places is math-verify's own precision, i.e. 'exact')")
+    raise ValueError(
+        f"decimal_match {spec!r} is not one of 'exact', 'places:N', 'sig:N' (N from 1 to 5; "
+        "6 or more places is math-verify's own precision, i.e. 'exact')"
+    )
 
 
 def _written_precision(norm: str, decimal_match: str = DECIMAL_MATCH_DEFAULT) -> int | None:
@@ -178,8 +180,7 @@ def _cardinality_mismatch(gold_parsed, pred_parsed) -> bool:
     def big_set(x) -> bool:
         return isinstance(x, sympy.FiniteSet) and len(x) >= 2
 
-    return all((_single_value(g) and big_set(p)) or (big_set(g) and _single_value(p))
-               for g in g_items for p in p_items)
+    return all((_single_value(g) and big_set(p)) or (big_set(g) and _single_value(p)) for g in g_items for p in p_items)
 
 
 def _verify(gold_parsed, pred_parsed, pred_norm: str, decimal_match: str = DECIMAL_MATCH_DEFAULT) -> bool:
@@ -195,8 +196,12 @@ def _verify(gold_parsed, pred_parsed, pred_norm: str, decimal_match: str = DECIM
     # A decimal approximation of an exact gold, at the precision it is written with.
     gold_items = _sympy_items(gold_parsed)
     pred_items = _sympy_items(pred_parsed)
-    if gold_items and pred_items and not any(g.has(sympy.Float) for g in gold_items if hasattr(g, "has")) \
-            and any(p.has(sympy.Float) for p in pred_items if hasattr(p, "has")):
+    if (
+        gold_items
+        and pred_items
+        and not any(g.has(sympy.Float) for g in gold_items if hasattr(g, "has"))
+        and any(p.has(sympy.Float) for p in pred_items if hasattr(p, "has"))
+    ):
         places = _written_precision(pred_norm, decimal_match)
         if places is not None:
             return bool(mv["verify"](gold, pred_parsed, float_rounding=places, timeout_seconds=None))
@@ -282,5 +287,3 @@ def warm_up() -> None:
     """Worker initializer: import sympy/math-verify before the first task's clock starts."""
     check_answer("x + 1", "1 + x")  # parse + symbolic comparison
     check_answer("0.33", "\\frac{1}{3}", "sig:2")  # decimals and the rounding rule
-
-

@@ -29,8 +29,15 @@ MAX_ONE_LINE_CHARS = 300
 # chat-turn cut, <answer> tags, GSM8K "####" and the strict switch that math-verify lacks.
 
 #: Chat/special tokens after which text belongs to another turn (decoders sometimes keep them).
-_TURN_MARKERS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>",
-                 "<｜end▁of▁sentence｜>", "</s>")
+_TURN_MARKERS = (
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|endoftext|>",
+    "<|eot_id|>",
+    "<|end_of_text|>",
+    "<｜end▁of▁sentence｜>",
+    "</s>",
+)
 _TURN_RE = re.compile("|".join(re.escape(m) for m in _TURN_MARKERS))
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])\s*")
 _PHRASE_RE = re.compile(
@@ -150,8 +157,11 @@ def box_run(text: str) -> _Box | None:
             continue
         gap = text[prev.end : run[-1].start]
         bare = _GAP_NOISE_RE.sub(" ", gap) if len(gap) < 70 else gap
-        if _GAP_PUNCT_RE.fullmatch(bare) or _GAP_JUNK_RE.fullmatch(bare.strip()) or (len(gap) < 70 and prev.content.strip() != run[-1].content.strip()
-                                            and _BOX_SEPARATOR_RE.search(bare)):
+        if (
+            _GAP_PUNCT_RE.fullmatch(bare)
+            or _GAP_JUNK_RE.fullmatch(bare.strip())
+            or (len(gap) < 70 and prev.content.strip() != run[-1].content.strip() and _BOX_SEPARATOR_RE.search(bare))
+        ):
             run.append(prev)
         else:
             break
@@ -427,5 +437,3 @@ def gold_answer(gold: str) -> str:
         if ans is not None and ans.strip():
             return ans
     return gold
-
-

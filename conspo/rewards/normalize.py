@@ -12,12 +12,34 @@ from functools import lru_cache
 
 from conspo.rewards.extract import balanced_group, box_run, gold_answer
 
-__all__ = ["APPROX_TOKEN", "fast_key", "is_ambiguous", "normalize_answer", "normalize_cached", "normalize_gold",
-           "number_verdict", "simple_rhs"]
+__all__ = [
+    "APPROX_TOKEN",
+    "fast_key",
+    "is_ambiguous",
+    "normalize_answer",
+    "normalize_cached",
+    "normalize_gold",
+    "number_verdict",
+    "simple_rhs",
+]
 
 
-_TEXT_CMDS = ("text", "textbf", "textit", "textnormal", "textrm", "textsf", "texttt", "mathrm",
-              "mathbf", "mathit", "mathsf", "mbox", "hbox", "rm")
+_TEXT_CMDS = (
+    "text",
+    "textbf",
+    "textit",
+    "textnormal",
+    "textrm",
+    "textsf",
+    "texttt",
+    "mathrm",
+    "mathbf",
+    "mathit",
+    "mathsf",
+    "mbox",
+    "hbox",
+    "rm",
+)
 _TEXT_CMD_RE = re.compile(r"\\(" + "|".join(_TEXT_CMDS) + r")(?![A-Za-z])\s*(?=\{)")
 _UNITS = sorted(
     """cm mm km meters meter metres metre inches inch feet foot ft yards yard miles mile mph kph
@@ -56,9 +78,7 @@ _BOUND_RE = re.compile(
 #: "2,075" is thousands and excluded by the rule before) or points group the thousands ("1.000,5").
 #: A list element is not written "05", and "1.000" is not a list element either.
 _DECIMAL_COMMA_NUMBER_RE = re.compile(r"[+-]?(?:\d+,0\d+|\d{1,3}(?:\.\d{3})+,\d+)")
-_SIMPLE_LHS_RE = re.compile(
-    r"\s*(?:[A-Za-z]|\\[A-Za-z]+|[A-Z]{2,3})(?:_\{?[\w\\ ]+\}?)?'*(?:\([^()=]*\))?\s*"
-)
+_SIMPLE_LHS_RE = re.compile(r"\s*(?:[A-Za-z]|\\[A-Za-z]+|[A-Z]{2,3})(?:_\{?[\w\\ ]+\}?)?'*(?:\([^()=]*\))?\s*")
 _MIXED_RE = re.compile(r"([+-]?)(\d+)\s*(?:\s(\d+)/(\d+)|\\frac\{(\d+)\}\{(\d+)\})")
 #: Spacing inside a number: "10,\! 000", "3\,628\,800", "1{,}000", "40\;320", "1~000", "12\ 345".
 _NUMBER_SPACING_RE = re.compile(r"(?<=\d)(?:\{,\}|,?\s*\\[!,;: ]|~)\s*(?=\d{3}(?!\d))")
@@ -85,15 +105,15 @@ def _join_spaced_digits(s: str) -> str:
     """
     if " " not in s or not re.search(r"\d \d", s):
         return s
-    s = _SPACED_RUN_RE.sub(lambda m: m.group(0).replace(" ", "") if _THOUSANDS_RUN_RE.fullmatch(m.group(0))
-                           else m.group(0), s)
+    s = _SPACED_RUN_RE.sub(
+        lambda m: m.group(0).replace(" ", "") if _THOUSANDS_RUN_RE.fullmatch(m.group(0)) else m.group(0), s
+    )
     m = re.fullmatch(r"([+-]?)(\d(?: \d)+)", s)
     if m:
         return m.group(1) + m.group(2).replace(" ", "")
     if len(_split_top_level(s, _COMMA_RE)) == 1:
         parts = _split_top_level(s, _EQ_RE)
-        if len(parts) == 2 and _SIMPLE_LHS_RE.fullmatch(parts[0]) \
-                and re.fullmatch(r"\s*[+-]?\d(?: \d)+\s*", parts[1]):
+        if len(parts) == 2 and _SIMPLE_LHS_RE.fullmatch(parts[0]) and re.fullmatch(r"\s*[+-]?\d(?: \d)+\s*", parts[1]):
             return parts[0].strip() + " = " + parts[1].replace(" ", "")
     return s
 
@@ -204,7 +224,11 @@ def _approx(s: str) -> str:
         return parts[0]
     exact = parts[0]
     eq = _split_top_level(exact, _EQ_RE)
-    if not exact or (_SIMPLE_LHS_RE.fullmatch(exact) and exact.strip() != "\\pi") or (len(eq) == 2 and not eq[1].strip()):
+    if (
+        not exact
+        or (_SIMPLE_LHS_RE.fullmatch(exact) and exact.strip() != "\\pi")
+        or (len(eq) == 2 and not eq[1].strip())
+    ):
         return approx  # "x \approx 3.14", "\approx 0.43": a named value, judged by the value
     return exact + APPROX_TOKEN + approx
 
@@ -361,7 +385,7 @@ def _rational(norm: str):
 
 
 def number_verdict(pred_norm: str, gold_norm: str) -> str | None:
-    """"correct"/"wrong" when both answers are plain numbers and the verdict needs no rounding
+    """ "correct"/"wrong" when both answers are plain numbers and the verdict needs no rounding
     rule; None otherwise (the worker decides).
 
     Integers and fractions are compared exactly (which also avoids math-verify's float compare of
@@ -389,5 +413,3 @@ def normalize_gold(gold: str) -> tuple[str, str]:
     """(normalised gold, fast key); cached because every rollout of a group shares its gold."""
     norm = normalize_answer(gold_answer(gold))
     return norm, fast_key(norm)
-
-

@@ -134,9 +134,7 @@ def _function_path(fn: Callable | str) -> str:
         return fn
     module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", "")
     if not module or module == "__main__" or "<" in qualname:
-        raise ValueError(
-            f"{fn!r} must be a module-level function of an importable module (workers import it by name)"
-        )
+        raise ValueError(f"{fn!r} must be a module-level function of an importable module (workers import it by name)")
     return f"{module}:{qualname}"
 
 
@@ -208,8 +206,14 @@ class _Worker:
         c2p_r, c2p_w = os.pipe()  # child -> parent (the child's stdout)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
-        cmd = [sys.executable, "-m", "conspo.rewards._worker", fn_path, init_path or "none",
-               "none" if max_memory_mb is None else str(int(max_memory_mb))]
+        cmd = [
+            sys.executable,
+            "-m",
+            "conspo.rewards._worker",
+            fn_path,
+            init_path or "none",
+            "none" if max_memory_mb is None else str(int(max_memory_mb)),
+        ]
         try:
             self.process = subprocess.Popen(cmd, stdin=p2c_r, stdout=c2p_w, env=env, close_fds=True)
         finally:
@@ -411,4 +415,3 @@ class HardTimeoutPool:
             self._close_locked()
         except Exception:  # noqa: BLE001 - interpreter shutdown
             pass
-

@@ -65,12 +65,17 @@ class SecondOpinion:
     """Workers kept for repeated second opinions (``task=math`` with ``reward_audit_every``);
     ``close()`` when done. ``second_opinions`` is the one-shot form."""
 
-    def __init__(self, *, workers: int | None = 1, timeout_s: float = DEFAULT_TIMEOUT_S,
-                 decimal_match: str = DECIMAL_MATCH_DEFAULT):
-        self._strict = MathVerifier(num_workers=workers, timeout_s=timeout_s, lenient=False,
-                                    decimal_match=decimal_match)
-        self._pool = HardTimeoutPool(plain_math_verify, num_workers=workers, timeout_s=timeout_s,
-                                     initializer=_warm_up)
+    def __init__(
+        self,
+        *,
+        workers: int | None = 1,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        decimal_match: str = DECIMAL_MATCH_DEFAULT,
+    ):
+        self._strict = MathVerifier(
+            num_workers=workers, timeout_s=timeout_s, lenient=False, decimal_match=decimal_match
+        )
+        self._pool = HardTimeoutPool(plain_math_verify, num_workers=workers, timeout_s=timeout_s, initializer=_warm_up)
 
     def opinions(self, completions: Sequence[str], golds: Sequence[str]) -> list[Opinion]:
         """Plain math-verify's and strict extraction's verdict on every pair, in input order."""
@@ -96,8 +101,11 @@ class SecondOpinion:
             disagree += mv is not None and mv != got
             fn += not got and (bool(mv) or o.strict >= 0.5)
             fp += got and mv is False
-        return {"reward/second_opinion_disagree_frac": disagree / n, "reward/second_opinion_fn_frac": fn / n,
-                "reward/second_opinion_fp_frac": fp / n}
+        return {
+            "reward/second_opinion_disagree_frac": disagree / n,
+            "reward/second_opinion_fn_frac": fn / n,
+            "reward/second_opinion_fp_frac": fp / n,
+        }
 
     def close(self) -> None:
         self._strict.close()
@@ -110,9 +118,14 @@ class SecondOpinion:
         self.close()
 
 
-def second_opinions(completions: Sequence[str], golds: Sequence[str], *, workers: int | None = None,
-                    timeout_s: float = DEFAULT_TIMEOUT_S,
-                    decimal_match: str = DECIMAL_MATCH_DEFAULT) -> list[Opinion]:
+def second_opinions(
+    completions: Sequence[str],
+    golds: Sequence[str],
+    *,
+    workers: int | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    decimal_match: str = DECIMAL_MATCH_DEFAULT,
+) -> list[Opinion]:
     """Plain math-verify's and strict extraction's verdict on every pair, in input order."""
     if len(completions) != len(golds):
         raise ValueError(f"got {len(completions)} completions but {len(golds)} gold answers")

@@ -38,7 +38,6 @@ MAX_ANSWER_CHARS = 4000
 STATUSES = ("correct", "wrong", "no_answer", "ambiguous", "timeout", "gold_unparsable", "error")
 
 
-
 @dataclass
 class VerifyResult:
     """Scores of one batch and what happened while computing them.
@@ -100,7 +99,7 @@ class MathVerifier:
     """
 
     def __init__(
-    self,
+        self,
         num_workers: int | None = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         *,
@@ -112,7 +111,7 @@ class MathVerifier:
         parse_decimal_match(decimal_match)  # fail here, not in a worker
         self.decimal_match = decimal_match.strip().lower()
         self.pool = HardTimeoutPool(
-    check_answer,
+            check_answer,
             num_workers=num_workers,
             timeout_s=timeout_s,
             max_memory_mb=max_memory_mb,
@@ -128,7 +127,9 @@ class MathVerifier:
     def num_workers(self) -> int:
         return self.pool.num_workers
 
-    def score(self, completions: Sequence[str], golds: Sequence[str], *, timeout_s: float | None = None) -> VerifyResult:
+    def score(
+        self, completions: Sequence[str], golds: Sequence[str], *, timeout_s: float | None = None
+    ) -> VerifyResult:
         """Score ``completions[i]`` against ``golds[i]`` for every i (1.0 equivalent, else 0.0)."""
         t0 = time.perf_counter()
         if len(completions) != len(golds):
@@ -234,8 +235,9 @@ def _default_verifier(decimal_match: str = DECIMAL_MATCH_DEFAULT) -> MathVerifie
         return v
 
 
-def math_reward(completion: str, gold: str, *, timeout_s: float | None = None,
-                decimal_match: str = DECIMAL_MATCH_DEFAULT) -> float:
+def math_reward(
+    completion: str, gold: str, *, timeout_s: float | None = None, decimal_match: str = DECIMAL_MATCH_DEFAULT
+) -> float:
     """1.0 if the final answer in ``completion`` is mathematically equivalent to ``gold``, else 0.0.
 
     Safe from any thread: the symbolic step runs in a shared one-worker ``MathVerifier`` with a
@@ -244,4 +246,3 @@ def math_reward(completion: str, gold: str, *, timeout_s: float | None = None,
     ``decimal_match``: the decimal policy (``parse_decimal_match``).
     """
     return _default_verifier(decimal_match).score([completion], [gold], timeout_s=timeout_s).scores[0]
-

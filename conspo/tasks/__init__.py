@@ -46,7 +46,9 @@ def reward_inputs(problems: list[Problem], texts: list[str]) -> tuple[list, list
     messages) gets its completion as ``[{"role": "assistant", "content": text}]``; columns are the row's
     own (``--train-data``) or, for the built-in tasks, ``id`` and ``answer``."""
     prompts = [p.meta.get("reward_prompt", p.prompt) for p in problems]
-    completions = [[{"role": "assistant", "content": t}] if isinstance(pr, list) else t for pr, t in zip(prompts, texts)]
+    completions = [
+        [{"role": "assistant", "content": t}] if isinstance(pr, list) else t for pr, t in zip(prompts, texts)
+    ]
     columns = [p.meta["columns"] if "columns" in p.meta else {"id": p.id, "answer": p.answer} for p in problems]
     return prompts, completions, columns
 
@@ -75,7 +77,13 @@ def get_task(name: str, **options) -> Task:
     if name == "chain":
         from conspo.tasks.chain import ChainTask
 
-        return ChainTask(**{k: v for k, v in options.items() if k in ("min_terms", "max_terms", "largest_term", "heldout_size", "seed")})
+        return ChainTask(
+            **{
+                k: v
+                for k, v in options.items()
+                if k in ("min_terms", "max_terms", "largest_term", "heldout_size", "seed")
+            }
+        )
     if name == "math":
         from conspo.tasks.math_task import MathTask
 
@@ -93,14 +101,27 @@ def task_from_config(cfg) -> Task:
 
     try:
         if cfg.task == "math":
-            return get_task("math", train=cfg.train_data or "math_train", heldout=cfg.eval_data or "math500",
-                            data_dir=cfg.data_dir or None, template=cfg.prompt_template,
-                            answer_extraction=cfg.answer_extraction, decimal_match=cfg.decimal_match,
-                            reward_audit_every=cfg.reward_audit_every)
+            return get_task(
+                "math",
+                train=cfg.train_data or "math_train",
+                heldout=cfg.eval_data or "math500",
+                data_dir=cfg.data_dir or None,
+                template=cfg.prompt_template,
+                answer_extraction=cfg.answer_extraction,
+                decimal_match=cfg.decimal_match,
+                reward_audit_every=cfg.reward_audit_every,
+            )
         if cfg.task == "data":
-            return get_task("data", train=cfg.train_data, heldout=cfg.eval_data, data_dir=cfg.data_dir or None,
-                            prompt_field=cfg.prompt_field, reward_funcs=load_rewards(cfg.reward),
-                            reward_weights=cfg.reward_weights or None, reward_errors=cfg.reward_errors)
+            return get_task(
+                "data",
+                train=cfg.train_data,
+                heldout=cfg.eval_data,
+                data_dir=cfg.data_dir or None,
+                prompt_field=cfg.prompt_field,
+                reward_funcs=load_rewards(cfg.reward),
+                reward_weights=cfg.reward_weights or None,
+                reward_errors=cfg.reward_errors,
+            )
     except (ValueError, OSError) as e:  # the loaders name the file, line and field
         raise ConfigError(f"task {cfg.task}: {e}") from None
     return get_task(cfg.task)

@@ -40,8 +40,15 @@ def final_answer(completion: str) -> int | None:
 class ChainTask:
     name = "chain"
 
-    def __init__(self, min_terms: int = 4, max_terms: int = 7, largest_term: int = 19, train_size: int = 100_000,
-                 heldout_size: int = 500, seed: int = 4321):
+    def __init__(
+        self,
+        min_terms: int = 4,
+        max_terms: int = 7,
+        largest_term: int = 19,
+        train_size: int = 100_000,
+        heldout_size: int = 500,
+        seed: int = 4321,
+    ):
         if not 2 <= min_terms <= max_terms <= 8:
             raise ValueError(f"chain terms must satisfy 2 <= min_terms <= max_terms <= 8, got {min_terms}..{max_terms}")
         if not 2 <= largest_term <= 99:
@@ -50,12 +57,20 @@ class ChainTask:
             raise ValueError(f"chain train_size and heldout_size must be >= 1, got {train_size}, {heldout_size}")
         distinct = sum(largest_term**k for k in range(min_terms, max_terms + 1))
         if heldout_size + train_size > distinct:  # the draw below would never finish
-            raise ValueError(f"chain: only {distinct} distinct problems with these terms, fewer than "
-                             f"train_size + heldout_size = {train_size + heldout_size}")
+            raise ValueError(
+                f"chain: only {distinct} distinct problems with these terms, fewer than "
+                f"train_size + heldout_size = {train_size + heldout_size}"
+            )
         self.min_terms, self.max_terms = min_terms, max_terms
         #: What the problems depend on; the cached tiny base's key includes it (conspo.warmup).
-        self.settings = {"min_terms": min_terms, "max_terms": max_terms, "largest_term": largest_term,
-                         "train_size": train_size, "heldout_size": heldout_size, "seed": seed}
+        self.settings = {
+            "min_terms": min_terms,
+            "max_terms": max_terms,
+            "largest_term": largest_term,
+            "train_size": train_size,
+            "heldout_size": heldout_size,
+            "seed": seed,
+        }
         longest = len(worked_chain([largest_term] * max_terms))
         self.max_new_tokens = longest + 6  # the longest correct chain, its <eos>, and slack to fail visibly
         # Fixed problem sets that do not depend on the training seed. Distinct term lists are drawn
@@ -74,8 +89,12 @@ class ChainTask:
     @staticmethod
     def _problem(terms: tuple[int, ...]) -> Problem:
         expression = "+".join(map(str, terms))
-        return Problem(id=expression, prompt=f"{expression}=", answer=str(sum(terms)),
-                       meta={"solution": worked_chain(list(terms)), "terms": len(terms)})
+        return Problem(
+            id=expression,
+            prompt=f"{expression}=",
+            answer=str(sum(terms)),
+            meta={"solution": worked_chain(list(terms)), "terms": len(terms)},
+        )
 
     def train_problems(self) -> list[Problem]:
         return self._train

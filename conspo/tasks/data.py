@@ -24,14 +24,17 @@ HELDOUT_FRACTION, HELDOUT_MAX = 0.1, 200
 
 
 def resolve_data_source(source: str, data_dir: str | None = None) -> tuple[str, str]:
-    """("jsonl", path) | ("disk", folder) | ("hub", id) for a short name, a JSONL file, a datasets folder or a Hub id."""
+    """("jsonl", path) | ("disk", folder) | ("hub", id) for a short name, a JSONL file, a datasets folder
+    or a Hub id."""
     from conspo.tasks.math_data import BENCHMARKS, default_data_dir
 
     if source in BENCHMARKS:
         root = Path(data_dir).expanduser() if data_dir else default_data_dir()
         if root is None:
-            raise FileNotFoundError(f"{source!r}: a shared set's short name, but no data folder: pass --data-dir "
-                                    "(or set CONSPO_DATA_DIR) to the folder that holds it")
+            raise FileNotFoundError(
+                f"{source!r}: a shared set's short name, but no data folder: pass --data-dir "
+                "(or set CONSPO_DATA_DIR) to the folder that holds it"
+            )
         return "jsonl", str(root / BENCHMARKS[source])
     path = Path(source).expanduser()
     if path.is_dir():
@@ -42,8 +45,10 @@ def resolve_data_source(source: str, data_dir: str | None = None) -> tuple[str, 
         return "jsonl", str(path)
     if source.count("/") == 1 and not source.startswith((".", "/", "~")):
         return "hub", source
-    raise FileNotFoundError(f"{source!r}: not a shared set's short name ({', '.join(BENCHMARKS)}), a JSONL file, a "
-                            "datasets folder or a Hub id (owner/name)")
+    raise FileNotFoundError(
+        f"{source!r}: not a shared set's short name ({', '.join(BENCHMARKS)}), a JSONL file, a "
+        "datasets folder or a Hub id (owner/name)"
+    )
 
 
 def load_rows(source: str, data_dir: str | None = None, *, split: str = "train") -> list[dict]:
@@ -69,16 +74,20 @@ def load_rows(source: str, data_dir: str | None = None, *, split: str = "train")
         loaded = datasets.load_from_disk(where)
         if isinstance(loaded, datasets.DatasetDict):
             if split not in loaded:
-                raise ValueError(f"{where}: a DatasetDict without a {split!r} split (splits: {', '.join(loaded)}); "
-                                 f"pass the folder of one split")
+                raise ValueError(
+                    f"{where}: a DatasetDict without a {split!r} split (splits: {', '.join(loaded)}); "
+                    f"pass the folder of one split"
+                )
             loaded = loaded[split]
         return [dict(row) for row in loaded]
     try:
         return [dict(row) for row in datasets.load_dataset(where, split=split)]
     except Exception as e:  # noqa: BLE001 - offline, unknown id, gated: one line
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{where}: could not load it from the Hugging Face Hub ({first}); use a JSONL file or a "
-                         "datasets folder (save_to_disk) instead") from None
+        raise ValueError(
+            f"{where}: could not load it from the Hugging Face Hub ({first}); use a JSONL file or a "
+            "datasets folder (save_to_disk) instead"
+        ) from None
 
 
 def _prompt_field(rows: Sequence[dict], prompt_field: str, origin: str) -> str:
@@ -90,14 +99,19 @@ def _prompt_field(rows: Sequence[dict], prompt_field: str, origin: str) -> str:
         value = row.get(field)
         if not (isinstance(value, str) and value) and not _is_messages(value):
             have = ", ".join(sorted(row)) or "no fields"
-            raise ValueError(f"{origin} row {i}: field {field!r} must be a non-empty string or a list of chat "
-                             f"messages (the row has {have}); --prompt-field names the prompt column")
+            raise ValueError(
+                f"{origin} row {i}: field {field!r} must be a non-empty string or a list of chat "
+                f"messages (the row has {have}); --prompt-field names the prompt column"
+            )
     return field
 
 
 def _is_messages(value: Any) -> bool:
-    return (isinstance(value, list) and bool(value)
-            and all(isinstance(m, dict) and "role" in m and "content" in m for m in value))
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(m, dict) and "role" in m and "content" in m for m in value)
+    )
 
 
 class DataTask:
@@ -105,9 +119,18 @@ class DataTask:
 
     name = "data"
 
-    def __init__(self, train: str, heldout: str = "", *, reward_funcs: Sequence, reward_weights=None,
-                 prompt_field: str = "", data_dir: str | None = None, max_new_tokens: int = 256,
-                 reward_errors: str = "raise"):
+    def __init__(
+        self,
+        train: str,
+        heldout: str = "",
+        *,
+        reward_funcs: Sequence,
+        reward_weights=None,
+        prompt_field: str = "",
+        data_dir: str | None = None,
+        max_new_tokens: int = 256,
+        reward_errors: str = "raise",
+    ):
         from conspo.rewards import RewardSet
 
         train_rows = load_rows(train, data_dir)
@@ -154,10 +177,14 @@ class DataTask:
                 columns = {k: v for k, v in row.items() if k != "prompt"}  # as TRL: every column but the prompt
                 text = self.render(raw)
                 # the prompt the rewards get is the one TRL would pass: the row's own prompt column, else the text
-                problems.append(Problem(id=str(row.get("id", f"{key}-{i}")), prompt=text,
-                                        answer=str(row.get("answer", "")),
-                                        meta={"reward_prompt": raw if self.prompt_field == "prompt" else text,
-                                              "columns": columns}))
+                problems.append(
+                    Problem(
+                        id=str(row.get("id", f"{key}-{i}")),
+                        prompt=text,
+                        answer=str(row.get("answer", "")),
+                        meta={"reward_prompt": raw if self.prompt_field == "prompt" else text, "columns": columns},
+                    )
+                )
             self._cache[key] = problems
         return self._cache[key]
 
@@ -210,9 +237,17 @@ def load_problem_set(source: str, data_dir: str | None = None, *, split: str = "
     examples = []
     for i, row in enumerate(rows):
         if not (isinstance(row.get("problem"), str) and row.get("answer") not in (None, "")):
-            raise ValueError(f"{source} row {i}: needs a `problem` string and an `answer` (has {', '.join(sorted(row))})")
-        examples.append(Example(id=str(row.get("id", f"{Path(where).name}-{i}")), problem=row["problem"],
-                                answer=str(row["answer"]), source=source,
-                                extra={k: v for k, v in row.items() if k not in ("id", "problem", "answer")}))
+            raise ValueError(
+                f"{source} row {i}: needs a `problem` string and an `answer` (has {', '.join(sorted(row))})"
+            )
+        examples.append(
+            Example(
+                id=str(row.get("id", f"{Path(where).name}-{i}")),
+                problem=row["problem"],
+                answer=str(row["answer"]),
+                source=source,
+                extra={k: v for k, v in row.items() if k not in ("id", "problem", "answer")},
+            )
+        )
     report = LoadReport(origin=source, n_rows=len(rows), n_loaded=len(examples))
     return LoadedExamples(examples, report)

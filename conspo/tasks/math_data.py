@@ -144,7 +144,9 @@ def _as_text(value: Any, field_name: str, *, numbers_ok: bool) -> str:
     if value is None:
         raise _RowError(f"field {field_name!r} is null", field_name)
     allowed = "a string or a number" if numbers_ok else "a string"
-    raise _RowError(f"field {field_name!r} must be {allowed}, got {type(value).__name__} {str(value)[:60]!r}", field_name)
+    raise _RowError(
+        f"field {field_name!r} must be {allowed}, got {type(value).__name__} {str(value)[:60]!r}", field_name
+    )
 
 
 def _row_to_example(
@@ -255,7 +257,8 @@ def load_jsonl(
             )
             if ex.id in first_line_of_id:
                 raise _RowError(
-                    f"field {id_field!r}: duplicate id {ex.id!r} (first seen on line {first_line_of_id[ex.id]})", id_field
+                    f"field {id_field!r}: duplicate id {ex.id!r} (first seen on line {first_line_of_id[ex.id]})",
+                    id_field,
                 )
         except _RowError as exc:
             message = f"{where}: {exc}"
@@ -303,14 +306,17 @@ def load_benchmark(name: str, data_dir: str | os.PathLike | None = None, *, on_e
     if name not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {name!r}; valid names are: {', '.join(BENCHMARKS)}")
     root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
-    how_to_set = (f"Pass --data-dir PATH (or set {_DATA_DIR_ENV}=PATH) pointing at the folder that holds "
-                  f"{BENCHMARKS[name]}")
+    how_to_set = (
+        f"Pass --data-dir PATH (or set {_DATA_DIR_ENV}=PATH) pointing at the folder that holds {BENCHMARKS[name]}"
+    )
     if root is None:
         raise FileNotFoundError(f"benchmark {name!r}: no data directory given. {how_to_set}.")
     path = root / BENCHMARKS[name]
     if not path.is_file():
-        how = "the data_dir argument" if data_dir is not None else (
-            f"${_DATA_DIR_ENV}" if os.environ.get(_DATA_DIR_ENV) else "the development checkout's ../shared/data"
+        how = (
+            "the data_dir argument"
+            if data_dir is not None
+            else (f"${_DATA_DIR_ENV}" if os.environ.get(_DATA_DIR_ENV) else "the development checkout's ../shared/data")
         )
         raise FileNotFoundError(
             f"benchmark {name!r} not found: {path} does not exist (data directory {root}, from {how}). "
@@ -382,7 +388,9 @@ def load_hf_dataset(
                 answer_fn=answer_fn,
             )
             if ex.id in seen:
-                raise _RowError(f"field {id_field!r}: duplicate id {ex.id!r} (first seen in row {seen[ex.id]})", id_field)
+                raise _RowError(
+                    f"field {id_field!r}: duplicate id {ex.id!r} (first seen in row {seen[ex.id]})", id_field
+                )
         except _RowError as exc:
             message = f"{origin} row {i}: {exc}"
             if on_error == "raise":
@@ -471,7 +479,9 @@ def _problem_text(example: Example | Mapping[str, Any] | str) -> str:
         return example
     if isinstance(example, Mapping) and isinstance(example.get("problem"), str):
         return example["problem"]
-    raise TypeError(f"build_prompt needs an Example, a dict with a 'problem' string, or a str; got {type(example).__name__}")
+    raise TypeError(
+        f"build_prompt needs an Example, a dict with a 'problem' string, or a str; got {type(example).__name__}"
+    )
 
 
 def uses_chat_template(tokenizer, chat: bool | None = None) -> bool:
@@ -505,7 +515,9 @@ def build_prompt(
     """
     if isinstance(template, str):
         if template not in PROMPT_TEMPLATES:
-            raise ValueError(f"unknown prompt template {template!r}; valid templates are: {', '.join(PROMPT_TEMPLATES)}")
+            raise ValueError(
+                f"unknown prompt template {template!r}; valid templates are: {', '.join(PROMPT_TEMPLATES)}"
+            )
         template = PROMPT_TEMPLATES[template]
     problem = _problem_text(example)
     if not uses_chat_template(tokenizer, chat):
@@ -521,4 +533,3 @@ def build_prompt(
             raise
         merged = [{"role": "user", "content": template.system + "\n\n" + user}]
         return tokenizer.apply_chat_template(merged, tokenize=False, add_generation_prompt=True)
-

@@ -14,9 +14,19 @@ from conspo.tasks import Problem
 class MathTask:
     name = "math"
 
-    def __init__(self, train: str = "math_train", heldout: str = "math500", *, data_dir: str | None = None,
-                 template: str = "qwen_math_boxed", max_new_tokens: int = 1024, verify_timeout_s: float = 5.0,
-                 answer_extraction: str = "lenient", decimal_match: str = "exact", reward_audit_every: int = 0):
+    def __init__(
+        self,
+        train: str = "math_train",
+        heldout: str = "math500",
+        *,
+        data_dir: str | None = None,
+        template: str = "qwen_math_boxed",
+        max_new_tokens: int = 1024,
+        verify_timeout_s: float = 5.0,
+        answer_extraction: str = "lenient",
+        decimal_match: str = "exact",
+        reward_audit_every: int = 0,
+    ):
         from conspo.tasks.data import load_problem_set
         from conspo.tasks.math_data import PROMPT_TEMPLATES
 
@@ -59,8 +69,10 @@ class MathTask:
         from conspo.tasks.math_data import build_prompt
 
         if key not in self._cache:
-            self._cache[key] = [Problem(id=e.id, prompt=build_prompt(e, self.template, self._tokenizer), answer=e.answer)
-                                for e in examples]
+            self._cache[key] = [
+                Problem(id=e.id, prompt=build_prompt(e, self.template, self._tokenizer), answer=e.answer)
+                for e in examples
+            ]
         return self._cache[key]
 
     def train_problems(self) -> list[Problem]:
@@ -73,21 +85,25 @@ class MathTask:
         from conspo.rewards import MathVerifier
 
         if self._verifier is None:
-            self._verifier = MathVerifier(timeout_s=self.verify_timeout_s, lenient=self.lenient,
-                                          decimal_match=self.decimal_match)
+            self._verifier = MathVerifier(
+                timeout_s=self.verify_timeout_s, lenient=self.lenient, decimal_match=self.decimal_match
+            )
         result = self._verifier.score(completions, [p.answer for p in problems])
-        self._last_metrics = {"reward/no_answer_frac": result.fraction("no_answer"),
-                              "reward/timeout_frac": result.fraction("timeout"),
-                              "reward/gold_unparsable_frac": result.fraction("gold_unparsable"),
-                              "reward/ambiguous_frac": result.fraction("ambiguous")}
+        self._last_metrics = {
+            "reward/no_answer_frac": result.fraction("no_answer"),
+            "reward/timeout_frac": result.fraction("timeout"),
+            "reward/gold_unparsable_frac": result.fraction("gold_unparsable"),
+            "reward/ambiguous_frac": result.fraction("ambiguous"),
+        }
         self._scored_batches += 1
         if self.reward_audit_every and self._scored_batches % self.reward_audit_every == 0:
             from conspo.rewards.second_opinion import SecondOpinion
 
             if self._second_opinion is None:
                 self._second_opinion = SecondOpinion(timeout_s=self.verify_timeout_s, decimal_match=self.decimal_match)
-            self._last_metrics.update(self._second_opinion.disagreement(
-                completions, [p.answer for p in problems], result.scores))
+            self._last_metrics.update(
+                self._second_opinion.disagreement(completions, [p.answer for p in problems], result.scores)
+            )
         return result.scores
 
     def last_score_metrics(self) -> dict[str, float]:

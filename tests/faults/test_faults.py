@@ -9,10 +9,9 @@ import time
 
 import pytest
 import torch
+from helpers import TINY, comparable, pause_before, read_jsonl, run_cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from helpers import TINY, comparable, pause_before, read_jsonl, run_cli
 
 COMMON = [*TINY, "--steps", "8", "--eval-every", "4", "--save-every", "2", "--seed", "5"]
 
@@ -57,11 +56,17 @@ def test_kill_9_mid_run_then_resume_equals_uninterrupted(tmp_path, cache_dir):
 def test_crash_while_writing_a_checkpoint_never_loads_the_half_written_one(tmp_path, cache_dir, uninterrupted):
     out = tmp_path / "run"
     # The CLI in a child process whose checkpoint seam dies (SIGKILL) with checkpoint-4 written but not renamed.
-    crash_at_4 = ("import os, signal, sys\nimport conspo.checkpoint as c\nfrom conspo.cli import main\n"
-                  "c.before_publish = lambda tmp, step: step == 4 and os.kill(os.getpid(), signal.SIGKILL)\n"
-                  "sys.exit(main(sys.argv[1:]))")
-    proc = subprocess.run([sys.executable, "-c", crash_at_4, "train", *COMMON, "--output-dir", str(out),
-                           "--cache-dir", cache_dir], capture_output=True, text=True, timeout=600)
+    crash_at_4 = (
+        "import os, signal, sys\nimport conspo.checkpoint as c\nfrom conspo.cli import main\n"
+        "c.before_publish = lambda tmp, step: step == 4 and os.kill(os.getpid(), signal.SIGKILL)\n"
+        "sys.exit(main(sys.argv[1:]))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", crash_at_4, "train", *COMMON, "--output-dir", str(out), "--cache-dir", cache_dir],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == -signal.SIGKILL
     assert (out / "checkpoint-2").exists() and not (out / "checkpoint-4").exists()
     assert list(out.glob(".tmp-checkpoint-4-*")), "the half-written checkpoint should be left as a temp dir"
@@ -91,9 +96,19 @@ def test_non_finite_steps_are_skipped_then_the_run_stops(tmp_path, monkeypatch):
         return metrics
 
     monkeypatch.setattr(train_module, "accumulate_gradients", poisoned)
-    cfg = TrainConfig(steps=10, sft_steps=3, prompts_per_step=4, group_size=4, eval_size=20, eval_every=0,
-                      save_every=0, max_consecutive_skips=3, output_dir=str(tmp_path / "run"),
-                      cache_dir=str(tmp_path / "cache"), progress=False)
+    cfg = TrainConfig(
+        steps=10,
+        sft_steps=3,
+        prompts_per_step=4,
+        group_size=4,
+        eval_size=20,
+        eval_every=0,
+        save_every=0,
+        max_consecutive_skips=3,
+        output_dir=str(tmp_path / "run"),
+        cache_dir=str(tmp_path / "cache"),
+        progress=False,
+    )
     messages = []
     with pytest.raises(RuntimeError, match="3 consecutive non-finite steps"):
         train(cfg, log=messages.append)
@@ -129,10 +144,49 @@ def test_output_dir_that_cannot_be_created_fails_before_work(tmp_path, cache_dir
 
 # --- the math verifier under random and adversarial strings ---------------------------------
 
-PIECES = ["\\boxed{", "}", "{", "\\frac{", "^{", "9", "\\sqrt", "(", ")", "[", "]", ",", "\\pi", "x", "=", "\\approx",
-          "\\text{", "\\left(", "\\right)", "__import__('os').system('touch /tmp/conspo_fuzz_pwned')", "lambda: 0",
-          "\\$", "%", "\\%", "\\infty", "\\cup", "1e308", "-", ".", "\\\\", "$", "\\(", "\\)", "\n", "Answer:",
-          "\\begin{pmatrix}", "\\end{pmatrix}", "&", "\x00", "é", "\ud7ff"]
+PIECES = [
+    "\\boxed{",
+    "}",
+    "{",
+    "\\frac{",
+    "^{",
+    "9",
+    "\\sqrt",
+    "(",
+    ")",
+    "[",
+    "]",
+    ",",
+    "\\pi",
+    "x",
+    "=",
+    "\\approx",
+    "\\text{",
+    "\\left(",
+    "\\right)",
+    "__import__('os').system('touch /tmp/conspo_fuzz_pwned')",
+    "lambda: 0",
+    "\\$",
+    "%",
+    "\\%",
+    "\\infty",
+    "\\cup",
+    "1e308",
+    "-",
+    ".",
+    "\\\\",
+    "$",
+    "\\(",
+    "\\)",
+    "\n",
+    "Answer:",
+    "\\begin{pmatrix}",
+    "\\end{pmatrix}",
+    "&",
+    "\x00",
+    "é",
+    "\ud7ff",
+]
 
 
 @pytest.mark.slow
@@ -179,15 +233,28 @@ def test_disk_full_while_checkpointing_stops_cleanly_and_keeps_earlier_checkpoin
 
     monkeypatch.setattr(checkpoint, "save_file", full_disk)
     run = tmp_path / "run"
-    cfg = TrainConfig(steps=6, sft_steps=3, prompts_per_step=4, group_size=4, eval_size=20, eval_every=0, save_every=2,
-                      output_dir=str(run), cache_dir=str(tmp_path / "cache"), progress=False)
+    cfg = TrainConfig(
+        steps=6,
+        sft_steps=3,
+        prompts_per_step=4,
+        group_size=4,
+        eval_size=20,
+        eval_every=0,
+        save_every=2,
+        output_dir=str(run),
+        cache_dir=str(tmp_path / "cache"),
+        progress=False,
+    )
     with pytest.raises(RunError, match="No space left on device.*Earlier checkpoints are intact \\(checkpoint-2\\)"):
         train(cfg, log=lambda *a: None)
     assert (run / "checkpoint-2" / "state.json").exists()
     assert not list(run.glob(".tmp-*")) and not (run / "checkpoint-4").exists()
     monkeypatch.setattr(checkpoint, "save_file", real)  # space freed: the run continues from step 2
-    summary = run_training(TrainConfig(resume=str(run), progress=False, cache_dir=str(tmp_path / "cache")),
-                    log=lambda *a: None, explicit={"cache_dir"})
+    summary = run_training(
+        TrainConfig(resume=str(run), progress=False, cache_dir=str(tmp_path / "cache")),
+        log=lambda *a: None,
+        explicit={"cache_dir"},
+    )
     assert summary["steps"] == 6
 
 
@@ -207,7 +274,17 @@ def test_disk_full_while_logging_stops_cleanly(tmp_path, monkeypatch):
         return real(self, step, metrics)
 
     monkeypatch.setattr(reporting.MetricsWriter, "write", full_disk)
-    cfg = TrainConfig(steps=6, sft_steps=3, prompts_per_step=4, group_size=4, eval_size=20, eval_every=0, save_every=2,
-                      output_dir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"), progress=False)
+    cfg = TrainConfig(
+        steps=6,
+        sft_steps=3,
+        prompts_per_step=4,
+        group_size=4,
+        eval_size=20,
+        eval_every=0,
+        save_every=2,
+        output_dir=str(tmp_path / "run"),
+        cache_dir=str(tmp_path / "cache"),
+        progress=False,
+    )
     with pytest.raises(RunError, match="logs of step 3.*No space left.*intact \\(checkpoint-2\\)"):
         train(cfg, log=lambda *a: None)
