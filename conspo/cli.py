@@ -21,7 +21,7 @@ from dataclasses import MISSING, fields
 
 import yaml
 
-from conspo.config import HELP_SECTIONS, TrainConfig, field_help, task_defaults
+from conspo.config import HELP_SECTIONS, TrainConfig, field_help
 from conspo.errors import ConfigError, Interrupted, RunError
 
 
@@ -91,8 +91,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, set[str]]:
     if "task" not in values and values.get("train_data") and values.get("reward"):
         values["task"] = "data"  # your data with your reward: no --task needed (config.yaml records it)
     # the task's own calibrated defaults (e.g. --task chain's warm-up and budget), under what was given
-    task_default = task_defaults(values.get("task", TrainConfig.task))
-    return TrainConfig(**{**task_default, **values}), set(values)
+    return TrainConfig.for_task(values.get("task", TrainConfig.task), **values), set(values)
 
 
 def _coerce(key, value, hint, source):

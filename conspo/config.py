@@ -199,6 +199,13 @@ class TrainConfig:
     progress: bool = True
     """Show a progress bar."""
 
+    @classmethod
+    def for_task(cls, task: str = "addition", **options) -> "TrainConfig":
+        """The config of a run on ``task``: the task's calibrated defaults (``TASK_DEFAULTS``, e.g. the chain
+        task's warm-up and learning rate) under ``options``. ``TrainConfig(task="chain")`` alone keeps the
+        global defaults; from Python, as from the command line, use this."""
+        return cls(**{**task_defaults(task), **options, "task": task})
+
     def validate(self) -> None:
         """Raise ConfigError naming the first invalid field."""
 

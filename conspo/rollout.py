@@ -267,10 +267,6 @@ def _cut_at_stop_string(text: str, strings) -> str:
     return text[: min(found)] if found else text
 
 
-#: fp32 elements per chunk in selective_log_softmax (16M: 64 MB of transient fp32 per chunk).
-CHUNK_ELEMENTS = 1 << 24
-
-
 class _SelectedLogProbs(torch.autograd.Function):
     """log p(x_t) = z[t, x_t] - logsumexp_v z[t, v] with z = logits / T, token-chunk by token-chunk in fp32.
 
@@ -332,6 +328,8 @@ def selective_log_softmax(
     many as fit in CHUNK_ELEMENTS), with a hand-written backward (``_SelectedLogProbs``).
     """
     if chunk_tokens is None:
+        from conspo.logprobs import CHUNK_ELEMENTS  # one chunk budget for both log-prob paths
+
         chunk_tokens = max(1, CHUNK_ELEMENTS // logits.shape[-1])
     return _SelectedLogProbs.apply(logits, token_ids, chunk_tokens, float(temperature))
 

@@ -293,3 +293,15 @@ def test_each_rule_is_written_once():
     assert where("% group_size != 0") == ["objectives.py"]
     assert where("eps_high: float = 0.28") == ["objectives.py"]
     assert where("epsilon_high=0.28") == [] and where("epsilon=3e-4") == []
+
+
+def test_task_defaults_are_applied_by_the_library_not_only_the_cli():
+    import argparse
+
+    from conspo.cli import config_from_args
+
+    chain = TrainConfig.for_task("chain")
+    assert (chain.task, chain.lr, chain.steps, chain.sft_lr) == ("chain", 3e-6, 300, 1e-3)
+    assert TrainConfig.for_task("chain", lr=1e-5).lr == 1e-5  # what is given wins
+    assert TrainConfig.for_task("addition") == TrainConfig()
+    assert config_from_args(argparse.Namespace(task="chain", seed=3))[0] == TrainConfig.for_task("chain", seed=3)
