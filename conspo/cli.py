@@ -91,7 +91,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, set[str]]:
     if "task" not in values and values.get("train_data") and values.get("reward"):
         values["task"] = "data"  # your data with your reward: no --task needed (config.yaml records it)
     # the task's own calibrated defaults (e.g. --task chain's warm-up and budget), under what was given
-    return TrainConfig.for_task(values.get("task", TrainConfig.task), **values), set(values)
+    return TrainConfig.for_task(**values), set(values)
 
 
 def _coerce(key, value, hint, source):
