@@ -63,16 +63,17 @@ def check_reference(reference: str | None, objectives: list[str]) -> str:
 
 
 def report(root: Path, *, reference: str | None = None, target_accuracy: float | None = None, log=print) -> dict:
-    """The tables and plots of ``compare`` from finished runs already in ``root`` (``<objective>-seed<seed>`` folders
-    holding summary.json and metrics.jsonl), without training."""
+    """The tables and plots of ``compare`` from finished runs already under ``root`` (``<objective>-seed<seed>`` folders
+    holding summary.json and metrics.jsonl, at any depth; grouped by the summary's objective), without training."""
     runs: dict[str, list[dict]] = {}
-    for run_dir in sorted(Path(root).glob("*-seed*")):
-        if not (run_dir / "summary.json").exists():
-            continue
+    for path in sorted(Path(root).rglob("*-seed*/summary.json")):  # also one compare per run (bench scripts)
+        run_dir = path.parent
         name, _, seed = run_dir.name.rpartition("-seed")
-        with open(run_dir / "summary.json") as f:
+        if not seed.isdigit():
+            continue
+        with open(path) as f:
             summary = json.load(f)
-        runs.setdefault(name, []).append(run_record(run_dir, {**summary, "seed": int(seed)}))
+        runs.setdefault(summary.get("objective", name), []).append(run_record(run_dir, {**summary, "seed": int(seed)}))
     if not runs:
         raise ConfigError(f"--from-runs {root}: no finished runs (<objective>-seed<seed>/summary.json) there")
     for rs in runs.values():

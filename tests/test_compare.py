@@ -112,3 +112,13 @@ def test_cli_compare_from_runs(tmp_path):
     proc = run_cli("compare", "--from-runs", str(tmp_path / "runs"), "--reference", "disco",
                    cache_dir=str(tmp_path / "cache"))
     assert "| objective - disco | paired seeds |" in proc.stdout and "| conspo | 3 |" in proc.stdout
+
+
+def test_report_finds_runs_at_any_depth_grouped_by_their_objective(tmp_path):
+    """bench/chain_comparison.sh runs one compare per run: final/<objective>-lr<rate>-seed<s>/<objective>-seed<s>/."""
+    for name, seeds in CURVES.items():
+        for seed, accs in seeds.items():
+            write_run(tmp_path / "final" / f"{name}-lr1e-6-seed{seed}", name, seed, list(zip((0, 5, 10), accs)))
+    out = report(tmp_path / "final", log=lambda text: None)
+    assert {r["objective"]: r["seeds"] for r in out["table"]} == {"conspo": 3, "disco": 3, "real": 1}
+    assert out["reference"] == "conspo"
