@@ -2,7 +2,10 @@
 
 Every function here is a pure function of tensors: no model, no optimizer, no globals.
 The trainer, the TRL plug-in and the benchmarks all import these; there is no second
-copy of any loss in the project.
+copy of any loss in the project. This module holds ConSPO and the registry of every
+objective; the GRPO family is in ``conspo.grpo_family``, the shared pieces in
+``conspo.loss_pieces`` (both importable from here too), the sequence-score interface,
+DisCO and REAL in ``conspo.score_objectives``.
 
 Layout (shared by every function)
 ---------------------------------
@@ -33,91 +36,16 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-Metrics = dict[str, float]
-
-#: Added to the group reward std before dividing, as TRL and the GRPO paper's code do.
-ADVANTAGE_STD_EPS = 1e-4
-
-
-# ---------------------------------------------------------------------------------------
-# Shared pieces
-# ---------------------------------------------------------------------------------------
-
-
-def check_layout(mask: torch.Tensor, rewards: torch.Tensor, group_size: int) -> int:
-    """Validate the group layout and return the number of groups."""
-    if not isinstance(group_size, int) or group_size < 1:
-        raise ValueError(f"group_size must be a positive int, got {group_size!r}")
-    if mask.dim() != 2:
-        raise ValueError(f"mask must be (B, T), got shape {tuple(mask.shape)}")
-    batch = mask.shape[0]
-    if rewards.shape != (batch,):
-        raise ValueError(f"rewards must be (B,) = ({batch},), got shape {tuple(rewards.shape)}")
-    if batch % group_size != 0:
-        raise ValueError(
-            f"batch of {batch} rows is not a whole number of groups of group_size={group_size}; "
-            "rows must be laid out as n_groups * group_size with each group contiguous"
-        )
-    return batch // group_size
-
-
-def masked_sum(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Sum over the last dim of ``values`` where ``mask`` is set.
-
-    ``torch.where`` (not ``values * mask``) so that padding positions holding -inf or NaN
-    log-probs cannot poison the sum or its gradient.
-    """
-    return torch.where(mask.bool(), values, torch.zeros_like(values)).sum(-1)
-
-
-def sequence_scores(token_logps: torch.Tensor, mask: torch.Tensor, *, normalize_by_length: bool = True) -> torch.Tensor:
-    """Length-normalised sequence log-probability, (B,).
-
-        s_i = (1/|o_i|) * sum_t m_{i,t} * log pi(o_{i,t} | q, o_{i,<t})
-
-    Rows with |o_i| = 0 get score 0 (callers exclude them). With
-    ``normalize_by_length=False`` the score is the plain sum (an ablation, not the default).
-    """
-    if token_logps.shape != mask.shape:
-        raise ValueError(f"token_logps {tuple(token_logps.shape)} and mask {tuple(mask.shape)} differ in shape")
-    total = masked_sum(token_logps, mask)
-    if not normalize_by_length:
-        return total
-    lengths = mask.bool().sum(-1).to(token_logps.dtype)
-    return total / lengths.clamp(min=1)
-
-
-def group_advantages(rewards: torch.Tensor, group_size: int, *, scale_by_std: bool = True) -> torch.Tensor:
-    """GRPO advantages, (B,).
-
-        A_i = (r_i - mean_g r) / (std_g r + 1e-4)      (std unbiased, as TRL)
-        A_i =  r_i - mean_g r                          (scale_by_std=False: Dr.GRPO)
-
-    Groups where every reward is equal get A = 0. With group_size 1 the std is undefined;
-    we return zero advantages (no within-group signal), where TRL would produce NaN then 0.
-    """
-    grouped = rewards.view(-1, group_size)
-    centered = grouped - grouped.mean(dim=1, keepdim=True)
-    if not scale_by_std:
-        return centered.reshape(-1)
-    if group_size == 1:
-        return torch.zeros_like(rewards)
-    std = grouped.std(dim=1, unbiased=True, keepdim=True)
-    return (centered / (std + ADVANTAGE_STD_EPS)).reshape(-1)
-
-
-def kl_k3(token_logps: torch.Tensor, ref_token_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """k3 estimator of KL(pi_theta || pi_ref), seq-mean-token-mean, scalar.
-
-        kl_t = exp(ref_t - logp_t) - (ref_t - logp_t) - 1        (Schulman, "Approximating KL")
-
-    Optional extra for any objective: ``loss + beta * kl_k3(...)``.
-    """
-    delta = ref_token_logps - token_logps
-    per_token = torch.exp(delta) - delta - 1
-    lengths = mask.bool().sum(-1).to(token_logps.dtype)
-    return (masked_sum(per_token, mask) / lengths.clamp(min=1)).mean()
-
+from conspo.grpo_family import dapo_loss, dr_grpo_loss, grpo_loss, gspo_loss
+from conspo.loss_pieces import (  # noqa: F401 (the shared pieces are part of this module's public names)
+    ADVANTAGE_STD_EPS,
+    Metrics,
+    check_layout,
+    group_advantages,
+    kl_k3,
+    masked_sum,
+    sequence_scores,
+)
 
 # ---------------------------------------------------------------------------------------
 # ConSPO
@@ -426,153 +354,6 @@ def coefficient_surrogate(coefficients: torch.Tensor, scores: torch.Tensor) -> t
     The value is not the loss (report the loss from ``conspo_coefficients_and_metrics``).
     """
     return (coefficients.to(scores.dtype) * scores).sum()
-
-
-# ---------------------------------------------------------------------------------------
-# GRPO family
-# ---------------------------------------------------------------------------------------
-
-
-def _clipped_surrogate(log_ratio: torch.Tensor, advantages: torch.Tensor, eps_low: float, eps_high: float):
-    """PPO clipped per-element loss -min(rho*A, clip(rho, 1-eps_low, 1+eps_high)*A) and clip flags."""
-    ratio = torch.exp(log_ratio)
-    clipped = torch.clamp(ratio, 1 - eps_low, 1 + eps_high)
-    loss = -torch.minimum(ratio * advantages, clipped * advantages)
-    low = (ratio < 1 - eps_low) & (advantages < 0)
-    high = (ratio > 1 + eps_high) & (advantages > 0)
-    return loss, low, high
-
-
-@torch.no_grad()
-def _clip_metrics(low: torch.Tensor, high: torch.Tensor, mask: torch.Tensor) -> Metrics:
-    """Fraction of tokens (or sequences, for sequence-level ratios) whose ratio was clipped."""
-    if low.shape != mask.shape:  # sequence-level: one flag per row with a completion
-        weights = mask.bool().any(-1)
-        low, high = low.squeeze(-1), high.squeeze(-1)
-    else:
-        weights = mask.bool()
-    count = weights.sum().clamp(min=1)
-    return {
-        "clip/low_frac": float((low & weights).sum() / count),
-        "clip/high_frac": float((high & weights).sum() / count),
-        "clip/region_frac": float(((low | high) & weights).sum() / count),
-    }
-
-
-def _token_surrogate(token_logps, old_token_logps, mask, rewards, group_size, eps_low, eps_high, scale_by_std=True):
-    """Per-token clipped surrogate with group advantages: the shared core of GRPO, Dr.GRPO and DAPO."""
-    check_layout(mask, rewards, group_size)
-    advantages = group_advantages(_as_float(rewards, token_logps), group_size, scale_by_std=scale_by_std)
-    return _clipped_surrogate(token_logps - old_token_logps, advantages[:, None], eps_low, eps_high)
-
-
-def _as_float(rewards: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Rewards in the log-probs' dtype, but never below fp32 (advantages in bf16 lose ~3 digits)."""
-    return rewards.to(torch.promote_types(like.dtype, torch.float32))
-
-
-def _seq_mean_token_mean(per_token: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    lengths = mask.bool().sum(-1).to(per_token.dtype)
-    return (masked_sum(per_token, mask) / lengths.clamp(min=1)).mean()
-
-
-def grpo_loss(
-    token_logps: torch.Tensor,
-    old_token_logps: torch.Tensor,
-    mask: torch.Tensor,
-    rewards: torch.Tensor,
-    group_size: int,
-    *,
-    eps_low: float = 0.2,
-    eps_high: float = 0.2,
-) -> tuple[torch.Tensor, Metrics]:
-    """GRPO (Shao et al. 2024) with TRL's ``loss_type="grpo"`` aggregation.
-
-        A_i     = (r_i - mean_g r) / (std_g r + 1e-4)
-        rho_t   = exp(logp_t - old_logp_t)
-        L       = (1/B) sum_i (1/|o_i|) sum_t -min(rho_t A_i, clip(rho_t, 1-eps_low, 1+eps_high) A_i)
-
-    Zero-length rows count in B with a zero term (as TRL does).
-    """
-    per_token, low, high = _token_surrogate(token_logps, old_token_logps, mask, rewards, group_size, eps_low, eps_high)
-    loss = _seq_mean_token_mean(per_token, mask)
-    return loss, {"objective/loss": float(loss.detach()), **_clip_metrics(low, high, mask)}
-
-
-def dr_grpo_loss(
-    token_logps: torch.Tensor,
-    old_token_logps: torch.Tensor,
-    mask: torch.Tensor,
-    rewards: torch.Tensor,
-    group_size: int,
-    *,
-    eps_low: float = 0.2,
-    eps_high: float = 0.2,
-    max_completion_length: int | None = None,
-) -> tuple[torch.Tensor, Metrics]:
-    """Dr.GRPO (Liu et al. 2025): no std scaling, no per-sequence length normalisation.
-
-        A_i = r_i - mean_g r
-        L   = (1/(B * L_max)) sum_i sum_t -min(rho_t A_i, clip(rho_t) A_i)
-
-    L_max = ``max_completion_length`` (default: T, the padded width of the batch; pass the
-    generation limit to match TRL exactly when batches are padded shorter than it).
-    """
-    per_token, low, high = _token_surrogate(token_logps, old_token_logps, mask, rewards, group_size, eps_low, eps_high,
-                                            scale_by_std=False)
-    width = mask.shape[1] if max_completion_length is None else max_completion_length
-    loss = masked_sum(per_token, mask).sum() / (mask.shape[0] * width)
-    return loss, {"objective/loss": float(loss.detach()), **_clip_metrics(low, high, mask)}
-
-
-def dapo_loss(
-    token_logps: torch.Tensor,
-    old_token_logps: torch.Tensor,
-    mask: torch.Tensor,
-    rewards: torch.Tensor,
-    group_size: int,
-    *,
-    eps_low: float = 0.2,
-    eps_high: float = 0.28,
-) -> tuple[torch.Tensor, Metrics]:
-    """DAPO (Yu et al. 2025) loss: clip-higher and token-mean over the whole batch.
-
-        A_i = (r_i - mean_g r) / (std_g r + 1e-4)
-        L   = (1 / sum_i |o_i|) sum_i sum_t -min(rho_t A_i, clip(rho_t, 1-eps_low, 1+eps_high) A_i)
-
-    DAPO's dynamic sampling (drop groups without signal and refill) is a trainer option,
-    not part of the loss.
-    """
-    per_token, low, high = _token_surrogate(token_logps, old_token_logps, mask, rewards, group_size, eps_low, eps_high)
-    n_tokens = mask.bool().sum().clamp(min=1).to(token_logps.dtype)
-    loss = masked_sum(per_token, mask).sum() / n_tokens
-    return loss, {"objective/loss": float(loss.detach()), **_clip_metrics(low, high, mask)}
-
-
-def gspo_loss(
-    token_logps: torch.Tensor,
-    old_token_logps: torch.Tensor,
-    mask: torch.Tensor,
-    rewards: torch.Tensor,
-    group_size: int,
-    *,
-    eps_low: float = 3e-4,
-    eps_high: float = 4e-4,
-) -> tuple[torch.Tensor, Metrics]:
-    """GSPO (Zheng et al. 2025): one length-normalised importance ratio per sequence.
-
-        rho_i = exp( (1/|o_i|) sum_t (logp_t - old_logp_t) )
-        L     = (1/B) sum_{i: |o_i|>0} -min(rho_i A_i, clip(rho_i, 1-eps_low, 1+eps_high) A_i)
-
-    Equal to TRL's ``importance_sampling_level="sequence"`` with ``loss_type="grpo"``.
-    """
-    check_layout(mask, rewards, group_size)
-    advantages = group_advantages(_as_float(rewards, token_logps), group_size)
-    log_ratio = sequence_scores(token_logps - old_token_logps, mask)[:, None]  # (B, 1)
-    per_seq, low, high = _clipped_surrogate(log_ratio, advantages[:, None], eps_low, eps_high)
-    present = mask.bool().any(-1)
-    loss = torch.where(present, per_seq.squeeze(-1), torch.zeros_like(per_seq.squeeze(-1))).mean()
-    return loss, {"objective/loss": float(loss.detach()), **_clip_metrics(low, high, mask)}
 
 
 # ---------------------------------------------------------------------------------------

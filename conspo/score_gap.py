@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from conspo.objectives import ADVANTAGE_STD_EPS, Metrics, check_layout, masked_sum
+from conspo.loss_pieces import ADVANTAGE_STD_EPS, Metrics, check_layout, masked_sum
 
 
 
