@@ -281,9 +281,11 @@ class TrainConfig:
             bad("mixed_precision", f"keeps float32 weights under bf16 autocast; with dtype={self.dtype} the weights "
                 "are already half precision: use dtype float32 (or auto) with it")
         try:
-            resolve_group_mode(self.group_mode, couples_group=get_objective(self.objective).couples_group,
+            objective = get_objective(self.objective)
+            resolve_group_mode(self.group_mode, couples_group=objective.couples_group,
                                rows_per_micro_batch=self.micro_batch_size, group_size=self.group_size,
-                               token_budget=bool(self.max_tokens_per_micro_batch))
+                               token_budget=bool(self.max_tokens_per_micro_batch),
+                               in_graph=objective.normalizer is not None)
         except ValueError as e:
             bad("micro_batch_size" if self.micro_batch_size else "group_mode", str(e))
         self._validate_engine()

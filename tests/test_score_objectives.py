@@ -132,3 +132,34 @@ def test_registering_a_score_objective_and_its_errors():
         so.disco_loss(s, torch.tensor([1.0, 0.0]), torch.ones(2, dtype=bool), 2, tau=0.0)
     with pytest.raises(ValueError, match="needs the sampling policy"):
         so.sequence_score("mean_log_ratio", torch.zeros(1, 2), None, torch.ones(1, 2))
+
+
+def test_train_config_routes_and_refusals():
+    from conspo.config import TrainConfig
+    from conspo.errors import ConfigError
+
+    cfg = TrainConfig(objective="disco", score_tau=5.0)
+    cfg.validate()
+    assert get_objective("disco").options(cfg.objective_settings(margin=0.0, max_new_tokens=4)) == {"tau": 5.0}
+    assert get_objective("real").options(TrainConfig(objective="real").objective_settings(margin=0.0,
+                                                                                          max_new_tokens=4)) == {}
+    with pytest.raises(ConfigError, match="tau=0.5 has no effect with objective disco"):
+        TrainConfig(objective="disco", tau=0.5).validate()
+    with pytest.raises(ConfigError, match="score_tau=2.0 has no effect with objective conspo"):
+        TrainConfig(score_tau=2.0).validate()
+    with pytest.raises(ConfigError, match="group_mode=whole exists for conspo only"):
+        TrainConfig(objective="real", group_mode="whole").validate()
+    with pytest.raises(ConfigError, match="score_tau=-1.0: must be a finite number >= 0"):
+        TrainConfig(objective="real", score_tau=-1.0).validate()
+
+
+def test_trl_engine_runs_score_objectives_on_the_score_objective_trainer():
+    pytest.importorskip("trl")
+    from conspo.config import TrainConfig
+    from conspo.integrations.trl import ScoreObjectiveConfig
+    from conspo.integrations.trl_engine import trl_arguments
+
+    args = trl_arguments(TrainConfig(engine="trl", objective="real", score_tau=0.7), max_new_tokens=8, output_dir="x",
+                         use_cpu=True)
+    assert (args["objective"], args["score_tau"], args["beta"]) == ("real", 0.7, 0.0)
+    assert ScoreObjectiveConfig(**args).objective == "real"
