@@ -8,7 +8,14 @@ from __future__ import annotations
 
 import torch
 
-from conspo.loss_pieces import Metrics, check_layout, group_advantages, masked_sum, sequence_scores
+from conspo.loss_pieces import (
+    Metrics,
+    check_layout,
+    group_advantages,
+    masked_sum,
+    sequence_scores,
+)
+
 
 def _clipped_surrogate(log_ratio: torch.Tensor, advantages: torch.Tensor, eps_low: float, eps_high: float):
     """PPO clipped per-element loss -min(rho*A, clip(rho, 1-eps_low, 1+eps_high)*A) and clip flags."""

@@ -325,33 +325,10 @@ def conspo_coefficients(
     return (c_pos + c_neg).reshape(-1)
 
 
-@torch.no_grad()
-def conspo_coefficients_and_metrics(
-    scores: torch.Tensor,
-    rewards: torch.Tensor,
-    group_size: int,
-    *,
-    present: torch.Tensor,
-    margin: float,
-    tau: float,
-    positive_threshold: float = 0.5,
-    positive_rule: str = DEFAULT_POSITIVE_RULE,
-) -> tuple[torch.Tensor, Metrics]:
-    """The coefficient route in one call: c = dL/ds (``conspo_coefficients``) and the batch's metrics.
-
-    Every engine (native trainer, TRL, verl) calls this on the no-grad scores of the WHOLE
-    optimizer batch, then back-propagates ``coefficient_surrogate(c, s(theta))`` piece by piece.
-    """
-    options = dict(margin=margin, tau=tau, positive_threshold=positive_threshold, positive_rule=positive_rule)
-    coefficients = conspo_coefficients(scores, rewards, group_size, present=present, **options)
-    _, metrics = conspo_loss_from_scores(scores, present, rewards, group_size, **options)
-    return coefficients, metrics
-
-
 def coefficient_surrogate(coefficients: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
     """sum_i c_i * s_i(theta): its gradient is the objective's gradient when c = dL/ds at the current scores.
 
-    The value is not the loss (report the loss from ``conspo_coefficients_and_metrics``).
+    The value is not the loss (report the loss from ``conspo.score_objectives.score_coefficients``).
     """
     return (coefficients.to(scores.dtype) * scores).sum()
 

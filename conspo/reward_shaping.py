@@ -13,7 +13,6 @@ import torch
 from conspo.objectives import DEFAULT_POSITIVE_RULE, contrastive_sets
 
 
-
 def overlong_penalty(lengths: torch.Tensor, max_length: int, buffer: int, *, factor: float = 1.0) -> torch.Tensor:
     """DAPO's soft overlong punishment (Yu et al. 2025, arXiv 2503.14476, Eq. 13) times ``factor``, (B,) float64.
 

@@ -10,7 +10,6 @@ import torch
 from conspo.loss_pieces import ADVANTAGE_STD_EPS, Metrics, check_layout, masked_sum
 
 
-
 @dataclass(frozen=True)
 class GRPOScoreGap:
     """GRPO's loss written as a weighted positive-minus-negative score difference.

@@ -25,8 +25,8 @@ and ``register_score_objective`` (docs/objectives.md, examples/score_objective/)
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

@@ -6,17 +6,17 @@ import math
 import statistics
 
 import pytest
+from helpers import run_cli
 
 from conspo.compare import report
 from conspo.errors import ConfigError
 from conspo.paired_stats import T_975, paired_difference, t_quantile_975
-from helpers import run_cli
 
 
 def t_cdf(x, df, steps=20000):
     """P(T <= x) for Student's t by Simpson's rule on [0, x] of the density (independent of the table)."""
     c = math.gamma((df + 1) / 2) / (math.sqrt(df * math.pi) * math.gamma(df / 2))
-    f = lambda t: c * (1 + t * t / df) ** (-(df + 1) / 2)  # noqa: E731
+    f = lambda t: c * (1 + t * t / df) ** (-(df + 1) / 2)
     h = x / steps
     area = f(0) + f(x) + sum((4 if i % 2 else 2) * f(i * h) for i in range(1, steps))
     return 0.5 + area * h / 3
@@ -55,8 +55,7 @@ def write_run(root, name, seed, curve, steps=10):
     run = root / f"{name}-seed{seed}"
     run.mkdir(parents=True)
     with open(run / "metrics.jsonl", "w") as f:
-        for step, acc in curve:
-            f.write(json.dumps({"step": step, "heldout/accuracy": acc}) + "\n")
+        f.writelines(json.dumps({"step": step, "heldout/accuracy": acc}) + "\n" for step, acc in curve)
     json.dump({"objective": name, "steps": steps, "heldout_accuracy_before": curve[0][1],
                "heldout_accuracy_after": curve[-1][1], "wall_seconds": 1.0}, open(run / "summary.json", "w"))
 

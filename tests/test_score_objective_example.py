@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import make_batch
 
 from conspo import score_objectives as so
 from conspo.objectives import coefficient_surrogate, get_objective
-from helpers import make_batch
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "score_objective" / "plackett_luce.py"
 

@@ -3,11 +3,11 @@ papers' formulas, coefficients by autograd against ConSPO's closed form, and the
 
 import pytest
 import torch
+from helpers import make_batch
+from reference import disco_loss_loop, real_loss_loop
 
 from conspo import score_objectives as so
 from conspo.objectives import coefficient_surrogate, conspo_coefficients, get_objective
-from helpers import make_batch
-from reference import disco_loss_loop, real_loss_loop
 
 LOOPS = {
     "disco": lambda x, old, mask, r, G, tau: disco_loss_loop(x, old, mask, r, G, tau, "mean_logp"),

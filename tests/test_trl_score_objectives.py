@@ -11,7 +11,7 @@ import pytest
 import torch
 
 pytest.importorskip("trl")
-from helpers import make_trainer, reference_gradient  # noqa: E402
+from helpers import make_trainer, reference_gradient
 
 NOT_CONSPO = dict(tau=0.3, margin_start=0.0)  # make_trainer's ConSPO settings back at their defaults
 
