@@ -17,6 +17,7 @@ pytest.importorskip("transfer_queue", reason="verl's v1 trainer needs TransferQu
 import torch
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
+import conspo.loss_pieces as loss_pieces
 import conspo.objectives as objectives
 import verl_sim as vs
 from conspo.integrations.verl import ConSPOTrainerSync
@@ -193,7 +194,7 @@ def test_grpo_through_verls_stock_trainer_equals_grpo_loss(monkeypatch):
     record, _, _ = vs.run_step(PPOTrainerSync, config, policy, rows, dp=2, monkeypatch=monkeypatch)
     assert_scattered(record)
 
-    monkeypatch.setattr(objectives, "ADVANTAGE_STD_EPS", 1e-6)
+    monkeypatch.setattr(loss_pieces, "ADVANTAGE_STD_EPS", 1e-6)  # where group_advantages reads it
     policy.zero_grad(set_to_none=True)
     logps, mask = policy.padded_response_logps(rows)
     loss, _ = grpo_loss(logps, logps.detach(), mask, rewards_of(rows), G)
