@@ -23,6 +23,16 @@
 # (docs/experiments/chain.md section 2): `sweep`, then `final` with each objective's best rate from the sweep.
 # The runs on the present chain default base (docs/experiments/chain.md section 3): OUT=runs/chain2 STEPS=300 EVAL_EVERY=50,
 # `sweep` with LRS="1e-6 3e-6 1e-5", then `final` with FINAL_SEEDS=2 ABLATION_SEEDS="0 1 2" and two ablations.
+# The sequence-score comparison (ConSPO, DisCO, REAL, GRPO, Dr.GRPO; NOT RUN YET, docs/experiments/chain.md
+# section 4): a 3-rate sweep on seeds 0 1, then 3 fresh seeds at each objective's own best rate, no ablations:
+#   OUT=runs/chain_score STEPS=300 EVAL_EVERY=50 LRS="1e-6 3e-6 1e-5" OBJECTIVES="conspo disco real grpo dr_grpo" \
+#     ABLATIONS= bench/chain_comparison.sh sweep
+#   .venv/bin/python bench/summarize_compare.py runs/chain_score/sweep        # pick each objective's best rate
+#   OUT=runs/chain_score STEPS=300 EVAL_EVERY=50 ABLATIONS= FINAL_SEEDS="2 3 4" \
+#     BEST="conspo=R disco=R real=R grpo=R dr_grpo=R" bench/chain_comparison.sh final
+#   .venv/bin/python -m conspo compare --from-runs runs/chain_score/final --reference conspo   # paired 95% CIs
+# (OBJECTIVES="... disco_ratio" adds DisCO's likelihood-ratio variant.) About 30 sweep runs and 15 final runs
+# of ~4.5 minutes each on one thread, two lanes: about 70 + 35 minutes on an otherwise idle 2-core machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}

@@ -159,6 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     p_cmp.add_argument("--seeds", type=int, default=3, help="N runs per objective, seeds S..S+N-1 with S from --seed (default: 3)")
     p_cmp.add_argument("--target-accuracy", type=float, default=None,
                        help="report steps to reach this held-out accuracy (default: mean accuracy before + 0.10)")
+    p_cmp.add_argument("--reference", default=None, help="objective the others are compared with, seed by seed "
+                       "(paired difference, 95%% CI; default: conspo when compared, else the first)")
+    p_cmp.add_argument("--from-runs", default="", metavar="DIR", help="train nothing: the tables and plots of the "
+                       "finished runs in DIR (<objective>-seed<seed> folders, as compare writes them)")
     p_cmp.add_argument("--config", help="YAML file of training options shared by every run")
     p_cmp.add_argument_group("training options", "every option of `conspo train` (see conspo train --help) applies "
                              "to each run, e.g. --steps 300 --task addition --lr 1e-4; --seed is the first seed")
@@ -233,10 +237,13 @@ def main(argv: list[str] | None = None) -> int:
 
             run_training(cfg, log=tqdm.write, explicit=explicit)
         else:
-            from conspo.compare import compare
+            from conspo.compare import compare, report
 
-            compare(cfg, objectives=[o.strip() for o in args.objectives.split(",") if o.strip()], seeds=args.seeds,
-                    target_accuracy=args.target_accuracy, train_fn=run_training)
+            if args.from_runs:
+                report(Path(args.from_runs), reference=args.reference, target_accuracy=args.target_accuracy)
+            else:
+                compare(cfg, objectives=[o.strip() for o in args.objectives.split(",") if o.strip()], seeds=args.seeds,
+                        target_accuracy=args.target_accuracy, train_fn=run_training, reference=args.reference)
     except ConfigError as e:
         print(f"conspo {args.command}: error: {e}", file=sys.stderr)
         return 2

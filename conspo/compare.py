@@ -1,9 +1,13 @@
 """``conspo compare``: the same task and budget for several objectives and seeds.
 
 Each (objective, seed) is a full ``train`` run in ``<output_dir>/<objective>-seed<seed>``;
-the table reports final held-out accuracy (mean +- sample std over seeds), steps to a
-target accuracy and wall time, and one plot shows each objective's curve with its spread.
-Results are what they are: nothing here favours any objective.
+the table reports held-out accuracy at the last step and at the best evaluated step (the best is
+chosen on the evaluation set itself, so it is optimistic), each as mean +- sample std over seeds,
+steps to a target accuracy and wall time; a second table gives each objective's paired per-seed
+difference to a reference objective with a 95% Student-t confidence interval
+(``conspo.paired_stats``). One plot shows each objective's curve with its spread. ``report``
+builds the same tables from runs already on disk. Results are what they are: nothing here
+favours any objective.
 """
 
 from __future__ import annotations
@@ -16,11 +20,12 @@ from pathlib import Path
 
 from conspo.config import TrainConfig
 from conspo.errors import ConfigError
+from conspo.paired_stats import paired_difference
 from conspo.reporting import read_metrics
 
 
 def compare(base: TrainConfig, *, objectives: list[str], seeds: int, target_accuracy: float | None = None, log=print,
-            train_fn=None) -> dict:
+            train_fn=None, reference: str | None = None) -> dict:
     """Train every (objective, seed) with ``train_fn(cfg, log=...)`` (default: the native trainer); table and plot.
 
     Seeds are ``base.seed, base.seed + 1, ..., base.seed + seeds - 1``.
@@ -35,6 +40,7 @@ def compare(base: TrainConfig, *, objectives: list[str], seeds: int, target_accu
         if getattr(base, option):
             raise ConfigError(f"--{option.replace('_', '-')} is an option of conspo train, not of compare: every "
                               "compared run trains to --steps (resume one run with conspo train --resume RUN_DIR)")
+    reference = check_reference(reference, objectives)
     root = Path(base.output_dir or f"runs/compare-{datetime.now():%Y%m%d-%H%M%S}")
     for name in objectives:  # fail before hours of training, not after
         replace(base, objective=name).validate()
@@ -43,18 +49,56 @@ def compare(base: TrainConfig, *, objectives: list[str], seeds: int, target_accu
         for seed in range(base.seed, base.seed + seeds):  # --seed S --seeds N: seeds S..S+N-1
             cfg = replace(base, objective=name, seed=seed, output_dir=str(root / f"{name}-seed{seed}"), resume="")
             summary = train_fn(cfg, log=tqdm.write)
-            runs.setdefault(name, []).append(run_record(Path(cfg.output_dir), summary))
+            runs.setdefault(name, []).append(run_record(Path(cfg.output_dir), {**summary, "seed": seed}))
+    return write_report(runs, root, target_accuracy=target_accuracy, reference=reference, steps=base.steps, log=log)
+
+
+def check_reference(reference: str | None, objectives: list[str]) -> str:
+    """The reference objective of the paired differences: ``reference``, else conspo when compared, else the first."""
+    if reference is None:
+        return "conspo" if "conspo" in objectives else objectives[0]
+    if reference not in objectives:
+        raise ConfigError(f"--reference {reference}: not among the compared objectives ({', '.join(objectives)})")
+    return reference
+
+
+def report(root: Path, *, reference: str | None = None, target_accuracy: float | None = None, log=print) -> dict:
+    """The tables and plots of ``compare`` from finished runs already under ``root`` (``<objective>-seed<seed>`` folders
+    holding summary.json and metrics.jsonl, at any depth; grouped by the summary's objective), without training."""
+    runs: dict[str, list[dict]] = {}
+    for path in sorted(Path(root).rglob("*-seed*/summary.json")):  # also one compare per run (bench scripts)
+        run_dir = path.parent
+        name, _, seed = run_dir.name.rpartition("-seed")
+        if not seed.isdigit():
+            continue
+        with open(path) as f:
+            summary = json.load(f)
+        runs.setdefault(summary.get("objective", name), []).append(run_record(run_dir, {**summary, "seed": int(seed)}))
+    if not runs:
+        raise ConfigError(f"--from-runs {root}: no finished runs (<objective>-seed<seed>/summary.json) there")
+    for rs in runs.values():
+        rs.sort(key=lambda r: r["seed"])
+    steps = max(int(r.get("steps", 0)) for rs in runs.values() for r in rs)
+    return write_report(runs, Path(root), target_accuracy=target_accuracy,
+                        reference=check_reference(reference, list(runs)), steps=steps, log=log)
+
+
+def write_report(runs: dict[str, list[dict]], root: Path, *, target_accuracy: float | None, reference: str, steps: int,
+                 log=print) -> dict:
+    """Tables (printed), plots and compare.json of finished runs."""
     if target_accuracy is None:
         befores = [r["heldout_accuracy_before"] for rs in runs.values() for r in rs]
         target_accuracy = round(statistics.mean(befores) + 0.10, 3)
     table = summarise(runs, target_accuracy)
-    text = format_table(table, target_accuracy, base.steps)
+    paired = paired_table(runs, reference)
+    text = format_table(table, target_accuracy, steps) + "\n\n" + format_paired(paired, reference)
     plot_comparison(runs, root / "compare.png", target_accuracy)
     plot_generation(runs, root / "compare_lengths.png")
     with open(root / "compare.json", "w") as f:
-        json.dump({"target_accuracy": target_accuracy, "table": table, "runs": runs}, f, indent=1)
+        json.dump({"target_accuracy": target_accuracy, "table": table, "reference": reference, "paired": paired,
+                   "runs": runs}, f, indent=1)
     log(text + f"\n\nplots: {root / 'compare.png'}, {root / 'compare_lengths.png'}  data: {root / 'compare.json'}")
-    return {"table": table, "runs": runs, "target_accuracy": target_accuracy}
+    return {"table": table, "paired": paired, "reference": reference, "runs": runs, "target_accuracy": target_accuracy}
 
 
 def run_record(run_dir: Path, summary: dict) -> dict:
@@ -79,6 +123,42 @@ def late_generation(run: dict, fraction: float = 0.1) -> tuple[float, float] | N
     return statistics.mean(r[1] for r in last), statistics.mean(r[2] for r in last)
 
 
+def best_accuracy(run: dict) -> float:
+    """Highest held-out accuracy over the run's evaluated steps (chosen on the evaluation set: optimistic)."""
+    return max([a for _, a in run["curve"]] or [run["heldout_accuracy_after"]])
+
+
+def paired_table(runs: dict[str, list[dict]], reference: str) -> list[dict]:
+    """Per objective other than ``reference``: paired per-seed differences of last-step and best-step accuracy."""
+    def by_seed(rs, value):
+        return {r.get("seed", i): value(r) for i, r in enumerate(rs)}
+
+    rows = []
+    for name, rs in runs.items():
+        if name == reference:
+            continue
+        rows.append({"objective": name,
+                     "last": paired_difference(by_seed(rs, lambda r: r["heldout_accuracy_after"]),
+                                               by_seed(runs[reference], lambda r: r["heldout_accuracy_after"])),
+                     "best": paired_difference(by_seed(rs, best_accuracy), by_seed(runs[reference], best_accuracy))})
+    return rows
+
+
+def format_paired(rows: list[dict], reference: str) -> str:
+    def cell(d):
+        if d["mean"] is None:
+            return "no common seed"
+        ci = "(CI needs >= 2 seeds)" if d["low"] is None else f"[{d['low'] * 100:+.1f}, {d['high'] * 100:+.1f}]"
+        return f"{d['mean'] * 100:+.1f} {ci}"
+
+    lines = [f"| objective - {reference} | paired seeds | last step: difference (points), 95% CI | "
+             "best step (chosen on the eval set): difference, 95% CI |", "|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['objective']} | {r['last']['seeds']} | {cell(r['last'])} | {cell(r['best'])} |")
+    return "\n".join(lines) + ("\n(paired by seed: the same seed's run of each objective; CI = mean +- t(0.975, n-1) "
+                               "* sd / sqrt(n), Student's t)")
+
+
 def steps_to_target(curve: list[tuple[int, float]], target: float) -> int | None:
     """First evaluated step whose held-out accuracy is >= target (None if never)."""
     return next((step for step, acc in curve if acc >= target), None)
@@ -92,6 +172,7 @@ def summarise(runs: dict[str, list[dict]], target: float) -> list[dict]:
     rows = []
     for name, rs in runs.items():
         after_mean, after_std = _mean_std([r["heldout_accuracy_after"] for r in rs])
+        best_mean, best_std = _mean_std([best_accuracy(r) for r in rs])
         gain_mean, gain_std = _mean_std([r["heldout_accuracy_after"] - r["heldout_accuracy_before"] for r in rs])
         reached = [s for s in (steps_to_target(r["curve"], target) for r in rs) if s is not None]
         late = [g for g in (late_generation(r) for r in rs) if g is not None]
@@ -100,6 +181,8 @@ def summarise(runs: dict[str, list[dict]], target: float) -> list[dict]:
             "seeds": len(rs),
             "accuracy_after_mean": after_mean,
             "accuracy_after_std": after_std,
+            "accuracy_best_mean": best_mean,
+            "accuracy_best_std": best_std,
             "gain_mean": gain_mean,
             "gain_std": gain_std,
             "reached_target": len(reached),
@@ -113,12 +196,13 @@ def summarise(runs: dict[str, list[dict]], target: float) -> list[dict]:
 
 
 def format_table(rows: list[dict], target: float, steps: int) -> str:
-    lines = [f"| objective | seeds | held-out accuracy after | change (points) | steps to {target:.0%} (median, reached/seeds) | "
-             "sample length, last 10% | truncated, last 10% | wall s/run |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [f"| objective | seeds | held-out accuracy, last step | best step (chosen on the eval set) | change (points) | "
+             f"steps to {target:.0%} (median, reached/seeds) | sample length, last 10% | truncated, last 10% | wall s/run |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         reach = "never" if r["steps_to_target_median"] is None else f"{r['steps_to_target_median']:.0f}"
         lines.append(f"| {r['objective']} | {r['seeds']} | {r['accuracy_after_mean']:.1%} +- {r['accuracy_after_std']:.1%} | "
+                     f"{r['accuracy_best_mean']:.1%} +- {r['accuracy_best_std']:.1%} | "
                      f"{r['gain_mean'] * 100:+.1f} +- {r['gain_std'] * 100:.1f} | {reach} ({r['reached_target']}/{r['seeds']}) | "
                      f"{late_cell(r['late_length_mean'], '.1f')} | {late_cell(r['late_truncated_mean'], '.1%')} | "
                      f"{r['wall_seconds_mean']:.0f} |")
@@ -178,7 +262,8 @@ def plot_generation(runs: dict[str, list[dict]], out_png: Path, window: int = 20
             ax.plot(shown, mean, label=f"{name} (n={len(rows)})")
     ax_len.set(xlabel="optimizer step", ylabel="sampled completion length (tokens)")
     ax_trunc.set(xlabel="optimizer step", ylabel="truncated fraction of samples")
-    ax_len.legend(fontsize=8)
+    if ax_len.lines:
+        ax_len.legend(fontsize=8)
     fig.suptitle(f"mean over seeds, moving average over {window} steps", fontsize=9)
     fig.tight_layout()
     fig.savefig(out_png, dpi=90)

@@ -22,8 +22,8 @@ from conspo.errors import ConfigError
 @dataclass
 class TrainConfig:
     # ---- what to train -------------------------------------------------------------
-    objective: Literal["conspo", "grpo", "dr_grpo", "dapo", "gspo"] = "conspo"
-    """Policy objective: conspo, grpo, dr_grpo, dapo or gspo (all in conspo.objectives)."""
+    objective: Literal["conspo", "grpo", "dr_grpo", "dapo", "gspo", "disco", "disco_ratio", "real"] = "conspo"
+    """Policy objective: conspo, grpo, dr_grpo, dapo, gspo (conspo.objectives), or the sequence-score objectives disco (DisCO, length-normalised log-likelihood), disco_ratio (DisCO, likelihood ratio) and real (REAL) (conspo.score_objectives); also a score objective registered with conspo.score_objectives.register_score_objective (from Python)."""
     model: str = "tiny"
     """`tiny`: a ~1M-parameter Qwen2 warmed up on the task (built once, cached). Otherwise any transformers causal LM, local path or hub id."""
     task: Literal["addition", "chain", "math", "data"] = "addition"
@@ -116,6 +116,8 @@ class TrainConfig:
     """positive_rule `threshold`: a completion is positive when its reward is >= this. Also the bar of held-out `positive_frac` (a held-out completion has no group)."""
     positive_rule: Literal["threshold", "group_mean"] = "group_mean"
     """How ConSPO picks a group's positives: `group_mean` (reward strictly above the mean reward of its group: for 0/1 rewards exactly the completions scoring 1, and it works for graded rewards; a group whose rewards are all equal has no positive) or `threshold` (reward at least positive_threshold)."""
+    score_tau: float = 0.0
+    """Temperature of disco, disco_ratio and real; 0: the objective's published default (DisCO 10 with the log-likelihood score, 1 with the likelihood ratio; REAL 0.5)."""
     score: Literal["mean", "sum"] = "mean"
     """ConSPO's sequence score: `mean` token log-prob (length-normalised, the paper's) or `sum` (ablation)."""
     eps_low: float | None = None
@@ -212,11 +214,16 @@ class TrainConfig:
         def bad(name, why):
             raise ConfigError(f"invalid config: {name}={getattr(self, name)!r}: {why}")
 
-        from conspo.objectives import get_objective, resolve_group_mode  # here: `conspo --help` needs no torch
+        from conspo.objectives import get_objective  # here: `conspo --help` needs no torch
+        from conspo.update import resolve_group_mode
 
         hints = get_type_hints(TrainConfig)
+        from conspo.score_objectives import REGISTERED
+
         for f in fields(self):
             choices = get_args(hints[f.name]) if getattr(hints[f.name], "__origin__", None) is Literal else ()
+            if f.name == "objective":  # a score objective registered from Python is a valid objective too
+                choices = (*choices, *REGISTERED)
             if choices and getattr(self, f.name) not in choices:
                 bad(f.name, f"must be one of {', '.join(choices)}")
         from conspo.rewards.math import parse_decimal_match  # no sympy import
@@ -233,7 +240,9 @@ class TrainConfig:
             if getattr(self, name) < 0:
                 bad(name, "must be >= 0")
         if get_objective(self.objective).couples_group and self.group_size < 2:
-            bad("group_size", "ConSPO contrasts completions of the same prompt: needs >= 2")
+            bad("group_size", f"{self.objective} contrasts completions of the same prompt: needs >= 2")
+        if not (math.isfinite(self.score_tau) and self.score_tau >= 0):
+            bad("score_tau", "must be a finite number >= 0 (0: the objective's default)")
         for name in ("lr", "tau", "temperature", "dynamic_oversample", "overlong_penalty_factor"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
@@ -288,9 +297,11 @@ class TrainConfig:
             bad("mixed_precision", f"keeps float32 weights under bf16 autocast; with dtype={self.dtype} the weights "
                 "are already half precision: use dtype float32 (or auto) with it")
         try:
-            resolve_group_mode(self.group_mode, couples_group=get_objective(self.objective).couples_group,
+            objective = get_objective(self.objective)
+            resolve_group_mode(self.group_mode, couples_group=objective.couples_group,
                                rows_per_micro_batch=self.micro_batch_size, group_size=self.group_size,
-                               token_budget=bool(self.max_tokens_per_micro_batch))
+                               token_budget=bool(self.max_tokens_per_micro_batch),
+                               in_graph=objective.normalizer is not None)
         except ValueError as e:
             bad("micro_batch_size" if self.micro_batch_size else "group_mode", str(e))
         self._validate_engine()
@@ -342,9 +353,11 @@ class TrainConfig:
                     raise ConfigError(f"invalid config: {name}={getattr(self, name)} with updates_per_batch="
                                       f"{self.updates_per_batch} on --engine trl: must be a multiple of updates_per_batch, "
                                       "so that checkpoints fall between generation batches and a resume stays exact")
-            if self.objective == "conspo" and self.beta:
-                raise ConfigError(f"invalid config: beta={self.beta!r}: ConSPO on TRL has no KL term; use --beta 0 "
-                                  "or --engine native")
+            from conspo.objectives import get_objective
+
+            if get_objective(self.objective).score_objective and self.beta:
+                raise ConfigError(f"invalid config: beta={self.beta!r}: {self.objective} on TRL (ConSPOTrainer) has no KL "
+                                  "term; use --beta 0 or --engine native")
             self._validate_vllm()
 
     def _validate_vllm(self) -> None:
@@ -386,7 +399,9 @@ class TrainConfig:
 
     def objective_settings(self, *, margin: float, max_new_tokens: int) -> dict:
         """Every objective option this config sets; ``Objective.options`` keeps those its loss takes."""
-        return dict(margin=margin, tau=self.tau, positive_threshold=self.positive_threshold,
+        # tau is ConSPO's (0.3); the other score objectives take score_tau (0: keep their own default)
+        tau = self.tau if self.objective == "conspo" else (self.score_tau or None)
+        return dict(margin=margin, tau=tau, positive_threshold=self.positive_threshold,
                     positive_rule=self.positive_rule, normalize_by_length=self.score == "mean",
                     eps_low=self.eps_low, eps_high=self.eps_high,
                     max_completion_length=max_new_tokens)  # Dr.GRPO's L_max is the generation limit, as in TRL
@@ -434,7 +449,7 @@ ENGINE_SUPPORT: dict[str, tuple[str, ...]] = {
         "output_dir", "overwrite", "steps", "prompts_per_step", "group_size", "max_new_tokens", "temperature",
         "top_p", "updates_per_batch", "group_mode", "lr", "lr_warmup_steps", "weight_decay", "max_grad_norm",
         "tau", "margin_schedule", "margin_start", "margin_end", "margin_horizon", "positive_threshold",
-        "positive_rule", "score",
+        "positive_rule", "score", "score_tau",
         "eps_low", "eps_high", "beta", "overlong_buffer", "overlong_penalty_factor", "mask_truncated",
         "gradient_checkpointing", "mixed_precision", "low_precision_weights", "lora_r", "lora_alpha",
         "lora_dropout", "lora_target_modules", "lora_save", "sft_steps", "sft_seed", "sft_lr", "sft_decay_steps", "sft_batch_size", "sft_stop_accuracy", "cache_dir",

@@ -73,7 +73,8 @@ def evaluate_greedy(
 
 
 def _score_with_rewards(rewards, problems, completions, positive_threshold) -> tuple[float, dict]:
-    from conspo.objectives import at_threshold, combine_rewards
+    from conspo.objectives import at_threshold
+    from conspo.reward_shaping import combine_rewards
     from conspo.tasks import reward_inputs
 
     scored = rewards.score(*reward_inputs(problems, completions))

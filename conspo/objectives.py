@@ -2,7 +2,10 @@
 
 Every function here is a pure function of tensors: no model, no optimizer, no globals.
 The trainer, the TRL plug-in and the benchmarks all import these; there is no second
-copy of any loss in the project.
+copy of any loss in the project. This module holds ConSPO and the registry of every
+objective; the GRPO family is in ``conspo.grpo_family``, the shared pieces in
+``conspo.loss_pieces`` (both importable from here too), the sequence-score interface,
+DisCO and REAL in ``conspo.score_objectives``.
 
 Layout (shared by every function)
 ---------------------------------
@@ -27,143 +30,22 @@ normalisations follow TRL 1.16 ``GRPOTrainer`` (tested against it in tests/test_
 from __future__ import annotations
 
 import inspect
-import math
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-Metrics = dict[str, float]
-
-#: Added to the group reward std before dividing, as TRL and the GRPO paper's code do.
-ADVANTAGE_STD_EPS = 1e-4
-
-
-# ---------------------------------------------------------------------------------------
-# Shared pieces
-# ---------------------------------------------------------------------------------------
-
-
-def _check_layout(mask: torch.Tensor, rewards: torch.Tensor, group_size: int) -> int:
-    """Validate the group layout and return the number of groups."""
-    if not isinstance(group_size, int) or group_size < 1:
-        raise ValueError(f"group_size must be a positive int, got {group_size!r}")
-    if mask.dim() != 2:
-        raise ValueError(f"mask must be (B, T), got shape {tuple(mask.shape)}")
-    batch = mask.shape[0]
-    if rewards.shape != (batch,):
-        raise ValueError(f"rewards must be (B,) = ({batch},), got shape {tuple(rewards.shape)}")
-    if batch % group_size != 0:
-        raise ValueError(
-            f"batch of {batch} rows is not a whole number of groups of group_size={group_size}; "
-            "rows must be laid out as n_groups * group_size with each group contiguous"
-        )
-    return batch // group_size
-
-
-def _masked_sum(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Sum over the last dim of ``values`` where ``mask`` is set.
-
-    ``torch.where`` (not ``values * mask``) so that padding positions holding -inf or NaN
-    log-probs cannot poison the sum or its gradient.
-    """
-    return torch.where(mask.bool(), values, torch.zeros_like(values)).sum(-1)
-
-
-def sequence_scores(token_logps: torch.Tensor, mask: torch.Tensor, *, normalize_by_length: bool = True) -> torch.Tensor:
-    """Length-normalised sequence log-probability, (B,).
-
-        s_i = (1/|o_i|) * sum_t m_{i,t} * log pi(o_{i,t} | q, o_{i,<t})
-
-    Rows with |o_i| = 0 get score 0 (callers exclude them). With
-    ``normalize_by_length=False`` the score is the plain sum (an ablation, not the default).
-    """
-    if token_logps.shape != mask.shape:
-        raise ValueError(f"token_logps {tuple(token_logps.shape)} and mask {tuple(mask.shape)} differ in shape")
-    total = _masked_sum(token_logps, mask)
-    if not normalize_by_length:
-        return total
-    lengths = mask.bool().sum(-1).to(token_logps.dtype)
-    return total / lengths.clamp(min=1)
-
-
-def group_advantages(rewards: torch.Tensor, group_size: int, *, scale_by_std: bool = True) -> torch.Tensor:
-    """GRPO advantages, (B,).
-
-        A_i = (r_i - mean_g r) / (std_g r + 1e-4)      (std unbiased, as TRL)
-        A_i =  r_i - mean_g r                          (scale_by_std=False: Dr.GRPO)
-
-    Groups where every reward is equal get A = 0. With group_size 1 the std is undefined;
-    we return zero advantages (no within-group signal), where TRL would produce NaN then 0.
-    """
-    grouped = rewards.view(-1, group_size)
-    centered = grouped - grouped.mean(dim=1, keepdim=True)
-    if not scale_by_std:
-        return centered.reshape(-1)
-    if group_size == 1:
-        return torch.zeros_like(rewards)
-    std = grouped.std(dim=1, unbiased=True, keepdim=True)
-    return (centered / (std + ADVANTAGE_STD_EPS)).reshape(-1)
-
-
-def kl_k3(token_logps: torch.Tensor, ref_token_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """k3 estimator of KL(pi_theta || pi_ref), seq-mean-token-mean, scalar.
-
-        kl_t = exp(ref_t - logp_t) - (ref_t - logp_t) - 1        (Schulman, "Approximating KL")
-
-    Optional extra for any objective: ``loss + beta * kl_k3(...)``.
-    """
-    delta = ref_token_logps - token_logps
-    per_token = torch.exp(delta) - delta - 1
-    lengths = mask.bool().sum(-1).to(token_logps.dtype)
-    return (_masked_sum(per_token, mask) / lengths.clamp(min=1)).mean()
-
-
-# ---------------------------------------------------------------------------------------
-# Overlong completions (DAPO): reward shaping and row masking, for any objective
-# ---------------------------------------------------------------------------------------
-
-
-def overlong_penalty(lengths: torch.Tensor, max_length: int, buffer: int, *, factor: float = 1.0) -> torch.Tensor:
-    """DAPO's soft overlong punishment (Yu et al. 2025, arXiv 2503.14476, Eq. 13) times ``factor``, (B,) float64.
-
-    With L_max = ``max_length`` (the generation limit), L_cache = ``buffer`` and |o_i| = ``lengths[i]``
-    (completion tokens, EOS included, as TRL counts them):
-
-        R_i = 0                                     if |o_i| <= L_max - L_cache
-        R_i = (L_max - L_cache - |o_i|) / L_cache   if L_max - L_cache < |o_i| <= L_max
-        R_i = -1                                    if |o_i| > L_max
-        returned: factor * R_i   ( = factor * clamp((L_max - L_cache - |o_i|) / L_cache, -1, 0) )
-
-    It is added to the task's reward before any objective sees it. The paper generates up to
-    L_max = 20480 tokens with L_cache = 4096 (penalty from 16384 tokens on) and factor 1. Equals TRL's
-    ``trl.rewards.get_soft_overlong_punishment(L_max, L_cache)`` with reward weight ``factor``
-    (tests/test_overlong.py). ``buffer=0`` is off: all zeros.
-    """
-    if not (isinstance(buffer, int) and 0 <= buffer <= max_length):
-        raise ValueError(f"buffer must be an int in [0, max_length={max_length}], got {buffer!r}")
-    n = lengths.to(torch.float64)
-    if buffer == 0:
-        return torch.zeros_like(n)
-    # the piecewise form is one clamp: above L_max the ramp passes -1, below L_max - L_cache it is positive
-    return factor * ((max_length - buffer - n) / buffer).clamp(min=-1.0, max=0.0)
-
-
-def mask_truncated_rows(mask: torch.Tensor, truncated: torch.Tensor) -> torch.Tensor:
-    """DAPO's overlong filtering, TRL's ``mask_truncated_completions``: ``mask`` with truncated rows zeroed.
-
-        m'_{i,t} = m_{i,t} * [o_i ended with EOS]
-
-    Every objective here treats an all-zero row as an empty completion, which gets no gradient:
-    GRPO, Dr.GRPO and GSPO still count it in B and DAPO drops its tokens from the token count, as TRL
-    does; ConSPO leaves it out of P_g, N_g and the group mean. Its reward still enters its group's mean
-    and std in the GRPO family (TRL computes advantages before masking).
-    """
-    if truncated.shape != mask.shape[:1]:
-        raise ValueError(f"truncated must be (B,) = ({mask.shape[0]},), got shape {tuple(truncated.shape)}")
-    return torch.where(truncated.bool()[:, None], torch.zeros_like(mask), mask)
-
+from conspo.grpo_family import dapo_loss, dr_grpo_loss, grpo_loss, gspo_loss
+from conspo.loss_pieces import (  # noqa: F401 (the shared pieces are part of this module's public names)
+    ADVANTAGE_STD_EPS,
+    Metrics,
+    check_layout,
+    group_advantages,
+    kl_k3,
+    masked_sum,
+    sequence_scores,
+)
 
 # ---------------------------------------------------------------------------------------
 # ConSPO
@@ -235,52 +117,6 @@ def contrastive_sets(
     is_negative = ~above & present
     valid = is_positive.any(dim=1) & is_negative.any(dim=1)
     return is_positive & valid[:, None], is_negative & valid[:, None], valid
-
-
-def combine_rewards(per_reward: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """(B, K) rewards of K reward functions -> (B,) total: the weighted sum over the rewards that scored
-    the row (NaN = no score, as TRL's ``nansum``); a row no reward scored stays NaN (it takes part in nothing)."""
-    per_reward = per_reward.to(torch.float64) if not per_reward.is_floating_point() else per_reward
-    w = torch.ones(per_reward.shape[1], dtype=per_reward.dtype) if weights is None else weights.to(per_reward)
-    total = (per_reward * w).nansum(dim=1)
-    return torch.where(torch.isnan(per_reward).all(dim=1), torch.full_like(total, float("nan")), total)
-
-
-def rewards_that_move_the_update(
-    per_reward: torch.Tensor, present: torch.Tensor, group_size: int, *, weights: torch.Tensor | None = None,
-    couples_group: bool = True, positive_threshold: float = 0.5, positive_rule: str = DEFAULT_POSITIVE_RULE,
-) -> list[bool]:
-    """For each of the K rewards of a (B, K) batch: do its differences within a group change the update?
-
-    ConSPO (``couples_group``): reward k moves the update when flattening it to its group's mean changes
-    which completions are positive or negative in some group (``contrastive_sets`` on the combined reward);
-    e.g. a 0.2 format bonus on top of 0/1 accuracy never does under ``threshold`` at 0.5. Advantage-based
-    objectives: reward k moves the update when it differs within some group among the rows taking part.
-    """
-    taking_part = present.bool() & ~torch.isnan(combine_rewards(per_reward, weights))
-    shape = (-1, group_size)
-
-    def sets(r):
-        pos, neg, _ = contrastive_sets(torch.nan_to_num(combine_rewards(r, weights)), taking_part, group_size,
-                                       positive_threshold, positive_rule)
-        return pos, neg
-
-    base = sets(per_reward) if couples_group else None
-    moved = []
-    for k in range(per_reward.shape[1]):
-        r = per_reward[:, k].view(shape)
-        scored = ~torch.isnan(r) & taking_part.view(shape)
-        if not couples_group:
-            hi = torch.where(scored, r, torch.full_like(r, -math.inf)).max(dim=1).values
-            lo = torch.where(scored, r, torch.full_like(r, math.inf)).min(dim=1).values
-            moved.append(bool((scored.sum(dim=1) > 1).logical_and(hi > lo).any()))
-            continue
-        mean = torch.where(scored, r, torch.zeros_like(r)).sum(dim=1, keepdim=True) / scored.sum(dim=1, keepdim=True).clamp(min=1)
-        flattened = per_reward.clone()
-        flattened[:, k] = torch.where(torch.isnan(r), r, mean.expand_as(r)).reshape(-1)
-        pos, neg = sets(flattened)
-        moved.append(not (torch.equal(pos, base[0]) and torch.equal(neg, base[1])))
-    return moved
 
 
 def _contrastive_groups(
@@ -360,7 +196,7 @@ def conspo_loss(
     every negative of their group), ``conspo/pos_softmax_share`` (mean over positives of
     exp((s_i-m)/tau)/Z_i), ``conspo/margin``, ``conspo/tau``.
     """
-    _check_layout(mask, rewards, group_size)
+    check_layout(mask, rewards, group_size)
     scores = sequence_scores(token_logps, mask, normalize_by_length=normalize_by_length)
     return conspo_loss_from_scores(scores, mask.bool().any(dim=-1), rewards, group_size, margin=margin, tau=tau,
                                    positive_threshold=positive_threshold, positive_rule=positive_rule)
@@ -489,283 +325,12 @@ def conspo_coefficients(
     return (c_pos + c_neg).reshape(-1)
 
 
-@torch.no_grad()
-def conspo_coefficients_and_metrics(
-    scores: torch.Tensor,
-    rewards: torch.Tensor,
-    group_size: int,
-    *,
-    present: torch.Tensor,
-    margin: float,
-    tau: float,
-    positive_threshold: float = 0.5,
-    positive_rule: str = DEFAULT_POSITIVE_RULE,
-) -> tuple[torch.Tensor, Metrics]:
-    """The coefficient route in one call: c = dL/ds (``conspo_coefficients``) and the batch's metrics.
-
-    Every engine (native trainer, TRL, verl) calls this on the no-grad scores of the WHOLE
-    optimizer batch, then back-propagates ``coefficient_surrogate(c, s(theta))`` piece by piece.
-    """
-    options = dict(margin=margin, tau=tau, positive_threshold=positive_threshold, positive_rule=positive_rule)
-    coefficients = conspo_coefficients(scores, rewards, group_size, present=present, **options)
-    _, metrics = conspo_loss_from_scores(scores, present, rewards, group_size, **options)
-    return coefficients, metrics
-
-
 def coefficient_surrogate(coefficients: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-    """sum_i c_i * s_i(theta): its gradient is the ConSPO gradient when c = dL/ds at the current scores.
+    """sum_i c_i * s_i(theta): its gradient is the objective's gradient when c = dL/ds at the current scores.
 
-    The value is not the loss (report the loss from ``conspo_coefficients_and_metrics``).
+    The value is not the loss (report the loss from ``conspo.score_objectives.score_coefficients``).
     """
     return (coefficients.to(scores.dtype) * scores).sum()
-
-
-GROUP_MODES = ("auto", "whole", "coefficients")
-
-
-def resolve_group_mode(mode: str, *, couples_group: bool, rows_per_micro_batch: int, group_size: int,
-                       token_budget: bool = False) -> str:
-    """How an objective stays exact when a batch is split into micro-batches of ``rows_per_micro_batch``
-    rows (0: unsplit), or by a token budget (``token_budget``).
-
-    ``whole``: every micro-batch holds whole groups (needs rows % group_size == 0);
-    ``coefficients``: ConSPO's closed-form route, any split; ``auto``: coefficients for a group-coupled
-    objective whose micro-batches split groups or are packed by a token budget (rows then pack
-    freely), else whole. Raises ValueError naming the fix when the combination cannot be exact.
-    """
-    if mode not in GROUP_MODES:
-        raise ValueError(f"group_mode must be one of {', '.join(GROUP_MODES)}, got {mode!r}")
-    splits_groups = bool(rows_per_micro_batch) and rows_per_micro_batch % group_size != 0
-    if mode == "coefficients" and not couples_group:
-        raise ValueError("group_mode=coefficients exists for conspo only")
-    if mode == "auto":
-        mode = "coefficients" if couples_group and (splits_groups or token_budget) else "whole"
-    if mode == "whole" and splits_groups:
-        why = ("group_mode=whole" if couples_group else "this objective (advantages are computed per group)")
-        fix = ", or group_mode=coefficients (or auto) to split groups exactly" if couples_group else ""
-        raise ValueError(f"micro-batches of {rows_per_micro_batch} rows would split groups of {group_size}, but {why} "
-                         f"needs whole groups per micro-batch: use a multiple of {group_size}{fix}")
-    return mode
-
-
-# ---------------------------------------------------------------------------------------
-# GRPO family
-# ---------------------------------------------------------------------------------------
-
-
-def _clipped_surrogate(log_ratio: torch.Tensor, advantages: torch.Tensor, eps_low: float, eps_high: float):
-    """PPO clipped per-element loss -min(rho*A, clip(rho, 1-eps_low, 1+eps_high)*A) and clip flags."""
-    ratio = torch.exp(log_ratio)
-    clipped = torch.clamp(ratio, 1 - eps_low, 1 + eps_high)
-    loss = -torch.minimum(ratio * advantages, clipped * advantages)
-    low = (ratio < 1 - eps_low) & (advantages < 0)
-    high = (ratio > 1 + eps_high) & (advantages > 0)
-    return loss, low, high
-
-
-@torch.no_grad()
-def _clip_metrics(low: torch.Tensor, high: torch.Tensor, mask: torch.Tensor) -> Metrics:
-    """Fraction of tokens (or sequences, for sequence-level ratios) whose ratio was clipped."""
-    if low.shape != mask.shape:  # sequence-level: one flag per row with a completion
-        weights = mask.bool().any(-1)
-        low, high = low.squeeze(-1), high.squeeze(-1)
-    else:
-        weights = mask.bool()
-    count = weights.sum().clamp(min=1)
-    return {
-        "clip/low_frac": float((low & weights).sum() / count),
-        "clip/high_frac": float((high & weights).sum() / count),
-        "clip/region_frac": float(((low | high) & weights).sum() / count),
-    }
-
-
-def _token_surrogate(token_logps, old_token_logps, mask, rewards, group_size, eps_low, eps_high, scale_by_std=True):
-    """Per-token clipped surrogate with group advantages: the shared core of GRPO, Dr.GRPO and DAPO."""
-    _check_layout(mask, rewards, group_size)
-    advantages = group_advantages(_as_float(rewards, token_logps), group_size, scale_by_std=scale_by_std)
-    return _clipped_surrogate(token_logps - old_token_logps, advantages[:, None], eps_low, eps_high)
-
-
-def _as_float(rewards: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Rewards in the log-probs' dtype, but never below fp32 (advantages in bf16 lose ~3 digits)."""
-    return rewards.to(torch.promote_types(like.dtype, torch.float32))
-
-
-def _seq_mean_token_mean(per_token: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    lengths = mask.bool().sum(-1).to(per_token.dtype)
-    return (_masked_sum(per_token, mask) / lengths.clamp(min=1)).mean()
-
-
-def grpo_loss(
-    token_logps: torch.Tensor,
-    old_token_logps: torch.Tensor,
-    mask: torch.Tensor,
-    rewards: torch.Tensor,
-    group_size: int,
-    *,
-    eps_low: float = 0.2,
-    eps_high: float = 0.2,
-) -> tuple[torch.Tensor, Metrics]:
-    """GRPO (Shao et al. 2024) with TRL's ``loss_type="grpo"`` aggregation.
-
-        A_i     = (r_i - mean_g r) / (std_g r + 1e-4)
-        rho_t   = exp(logp_t - old_logp_t)
-        L       = (1/B) sum_i (1/|o_i|) sum_t -min(rho_t A_i, clip(rho_t, 1-eps_low, 1+eps_high) A_i)
-
-    Zero-length rows count in B with a zero term (as TRL does).
-    """
-    per_token, low, high = _token_surrogate(token_logps, old_token_logps, mask, rewards, group_size, eps_low, eps_high)
-    loss = _seq_mean_token_mean(per_token, mask)
-    return loss, {"objective/loss": float(loss.detach()), **_clip_metrics(low, high, mask)}
-
-
-def dr_grpo_loss(
-    token_logps: torch.Tensor,
-    old_token_logps: torch.Tensor,
-    mask: torch.Tensor,
-    rewards: torch.Tensor,
-    group_size: int,
-    *,
-    eps_low: float = 0.2,
-    eps_high: float = 0.2,
-    max_completion_length: int | None = None,
-) -> tuple[torch.Tensor, Metrics]:
-    """Dr.GRPO (Liu et al. 2025): no std scaling, no per-sequence length normalisation.
-
-        A_i = r_i - mean_g r
-        L   = (1/(B * L_max)) sum_i sum_t -min(rho_t A_i, clip(rho_t) A_i)
-
-    L_max = ``max_completion_length`` (default: T, the padded width of the batch; pass the
-    generation limit to match TRL exactly when batches are padded shorter than it).
-    """
-    per_token, low, high = _token_surrogate(token_logps, old_token_logps, mask, rewards, group_size, eps_low, eps_high,
-                                            scale_by_std=False)
-    width = mask.shape[1] if max_completion_length is None else max_completion_length
-    loss = _masked_sum(per_token, mask).sum() / (mask.shape[0] * width)
-    return loss, {"objective/loss": float(loss.detach()), **_clip_metrics(low, high, mask)}
-
-
-def dapo_loss(
-    token_logps: torch.Tensor,
-    old_token_logps: torch.Tensor,
-    mask: torch.Tensor,
-    rewards: torch.Tensor,
-    group_size: int,
-    *,
-    eps_low: float = 0.2,
-    eps_high: float = 0.28,
-) -> tuple[torch.Tensor, Metrics]:
-    """DAPO (Yu et al. 2025) loss: clip-higher and token-mean over the whole batch.
-
-        A_i = (r_i - mean_g r) / (std_g r + 1e-4)
-        L   = (1 / sum_i |o_i|) sum_i sum_t -min(rho_t A_i, clip(rho_t, 1-eps_low, 1+eps_high) A_i)
-
-    DAPO's dynamic sampling (drop groups without signal and refill) is a trainer option,
-    not part of the loss.
-    """
-    per_token, low, high = _token_surrogate(token_logps, old_token_logps, mask, rewards, group_size, eps_low, eps_high)
-    n_tokens = mask.bool().sum().clamp(min=1).to(token_logps.dtype)
-    loss = _masked_sum(per_token, mask).sum() / n_tokens
-    return loss, {"objective/loss": float(loss.detach()), **_clip_metrics(low, high, mask)}
-
-
-def gspo_loss(
-    token_logps: torch.Tensor,
-    old_token_logps: torch.Tensor,
-    mask: torch.Tensor,
-    rewards: torch.Tensor,
-    group_size: int,
-    *,
-    eps_low: float = 3e-4,
-    eps_high: float = 4e-4,
-) -> tuple[torch.Tensor, Metrics]:
-    """GSPO (Zheng et al. 2025): one length-normalised importance ratio per sequence.
-
-        rho_i = exp( (1/|o_i|) sum_t (logp_t - old_logp_t) )
-        L     = (1/B) sum_{i: |o_i|>0} -min(rho_i A_i, clip(rho_i, 1-eps_low, 1+eps_high) A_i)
-
-    Equal to TRL's ``importance_sampling_level="sequence"`` with ``loss_type="grpo"``.
-    """
-    _check_layout(mask, rewards, group_size)
-    advantages = group_advantages(_as_float(rewards, token_logps), group_size)
-    log_ratio = sequence_scores(token_logps - old_token_logps, mask)[:, None]  # (B, 1)
-    per_seq, low, high = _clipped_surrogate(log_ratio, advantages[:, None], eps_low, eps_high)
-    present = mask.bool().any(-1)
-    loss = torch.where(present, per_seq.squeeze(-1), torch.zeros_like(per_seq.squeeze(-1))).mean()
-    return loss, {"objective/loss": float(loss.detach()), **_clip_metrics(low, high, mask)}
-
-
-# ---------------------------------------------------------------------------------------
-# GRPO as a score difference (docs/design.md section 1)
-# ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class GRPOScoreGap:
-    """GRPO's loss written as a weighted positive-minus-negative score difference.
-
-    ``weights`` w_g, ``positive_score`` mean_{i in P_g} S+_i and ``negative_score``
-    mean_{j in N_g} S-_j are (n_groups,), zero for groups without both kinds;
-    ``loss`` = -(1/B) sum_g w_g (positive_score_g - negative_score_g) equals ``grpo_loss``.
-    """
-
-    weights: torch.Tensor
-    positive_score: torch.Tensor
-    negative_score: torch.Tensor
-    loss: torch.Tensor
-
-    def metrics(self) -> Metrics:
-        mixed = self.weights > 0
-        if not bool(mixed.any()):
-            return {"grpo/weight_mean": 0.0, "grpo/pos_score_mean": 0.0, "grpo/neg_score_mean": 0.0}
-        return {
-            "grpo/weight_mean": float(self.weights[mixed].mean()),
-            "grpo/pos_score_mean": float(self.positive_score[mixed].mean()),
-            "grpo/neg_score_mean": float(self.negative_score[mixed].mean()),
-        }
-
-
-def grpo_score_gap(
-    token_logps: torch.Tensor,
-    old_token_logps: torch.Tensor,
-    mask: torch.Tensor,
-    rewards: torch.Tensor,
-    group_size: int,
-    *,
-    eps_low: float = 0.2,
-    eps_high: float = 0.2,
-) -> GRPOScoreGap:
-    """The discriminative reformulation of GRPO for binary (0/1) rewards.
-
-    Group of G rollouts, k positive, p = k/G, sigma = unbiased std of the rewards:
-
-        S+_i = mean_t min(rho_t, 1+eps_high)        S-_j = mean_t max(rho_t, 1-eps_low)
-        w_g  = k (G - k) / (G (sigma_g + 1e-4))
-        L    = -(1/B) sum_g w_g ( mean_{i in P_g} S+_i - mean_{j in N_g} S-_j )
-
-    because min(rho A, clip(rho) A) = A min(rho, 1+eps_high) for A > 0 and
-    A max(rho, 1-eps_low) for A < 0. The weight depends only on the group's success rate,
-    not on how well the scores are already separated ("score-insensitive credit
-    assignment"). Raises on non-binary rewards, where the identity does not hold.
-    """
-    _check_layout(mask, rewards, group_size)
-    if not bool(((rewards == 0) | (rewards == 1)).all()):
-        raise ValueError("grpo_score_gap needs binary 0/1 rewards; the score-gap identity does not hold otherwise")
-    shape = (-1, group_size)
-    ratio = torch.exp(token_logps - old_token_logps)
-    lengths = mask.bool().sum(-1).to(token_logps.dtype).clamp(min=1)
-    score_pos = (_masked_sum(torch.clamp(ratio, max=1 + eps_high), mask) / lengths).view(shape)
-    score_neg = (_masked_sum(torch.clamp(ratio, min=1 - eps_low), mask) / lengths).view(shape)
-    is_pos = rewards.view(shape) == 1
-    k = is_pos.sum(1).to(token_logps.dtype)
-    n_neg = group_size - k
-    sigma = rewards.view(shape).to(token_logps.dtype).std(dim=1, unbiased=True) if group_size > 1 else k * 0
-    weights = k * n_neg / (group_size * (sigma + ADVANTAGE_STD_EPS))
-    zeros = torch.zeros_like(score_pos)
-    pos_mean = torch.where(is_pos, score_pos, zeros).sum(1) / k.clamp(min=1)
-    neg_mean = torch.where(~is_pos, score_neg, zeros).sum(1) / n_neg.clamp(min=1)
-    loss = -(weights * (pos_mean - neg_mean)).sum() / rewards.shape[0]
-    return GRPOScoreGap(weights=weights, positive_score=pos_mean, negative_score=neg_mean, loss=loss)
 
 
 # ---------------------------------------------------------------------------------------
@@ -785,18 +350,26 @@ class Objective:
     ``normalizer(mask, rewards, group_size, **options)`` is the count the loss divides by
     (rows, tokens or valid groups). A batch split into micro-batches of whole groups has
     loss = sum_k loss_k * normalizer_k / normalizer, which is how the trainer accumulates
-    gradients exactly.
+    gradients exactly. None: no in-graph route for split batches (the coefficient route only).
+
+    ``score_objective``: the name of its sequence-score form (``conspo.score_objectives``), which the
+    coefficient route trains; None for the advantage-based objectives.
     """
 
     name: str
     loss: Callable[..., tuple[torch.Tensor, Metrics]]
     couples_group: bool
     uses_old_logps: bool
-    normalizer: Callable[..., float]
+    normalizer: Callable[..., float] | None
+    score_objective: str | None = None
 
     @property
     def option_defaults(self) -> dict[str, object]:
         """The loss's keyword options and their defaults, read from its signature (the one place they live)."""
+        if self.normalizer is None:  # a score objective's options are its score loss's
+            from conspo.score_objectives import get_score_objective  # here: that module builds on this one
+
+            return get_score_objective(self.score_objective).option_defaults
         return {name: p.default for name, p in inspect.signature(self.loss).parameters.items()
                 if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
@@ -826,21 +399,45 @@ def _conspo_uniform(token_logps, old_token_logps, mask, rewards, group_size, *, 
                        normalize_by_length=normalize_by_length)
 
 
+def score_objective_entry(name: str, *, uses_old_logps: bool) -> Objective:
+    """The uniform ``Objective`` of the score objective ``name``: its loss scores the rows, then applies the
+    score loss (in-graph, for an unsplit batch and for metrics); it trains by the coefficient route."""
+
+    def loss(token_logps, old_token_logps, mask, rewards, group_size, **options):
+        from conspo.score_objectives import get_score_objective, sequence_score  # here: it builds on this module
+
+        objective = get_score_objective(name)
+        scores = sequence_score(objective.score_kind(options), token_logps, old_token_logps, mask)
+        return objective.loss(scores, rewards.to(scores.dtype), mask.bool().any(-1), group_size, **options)
+
+    return Objective(name=name, loss=loss, couples_group=True, uses_old_logps=uses_old_logps, normalizer=None,
+                     score_objective=name)
+
+
 OBJECTIVES: dict[str, Objective] = {
     "conspo": Objective(name="conspo", loss=_conspo_uniform, couples_group=True, uses_old_logps=False,
-                        normalizer=count_valid_groups),
+                        normalizer=count_valid_groups, score_objective="conspo"),
     "grpo": Objective(name="grpo", loss=grpo_loss, couples_group=False, uses_old_logps=True, normalizer=_count_rows),
     # Dr.GRPO divides by B * L_max with L_max fixed: per micro-batch the share is its rows.
     "dr_grpo": Objective(name="dr_grpo", loss=dr_grpo_loss, couples_group=False, uses_old_logps=True,
                          normalizer=_count_rows),
     "dapo": Objective(name="dapo", loss=dapo_loss, couples_group=False, uses_old_logps=True, normalizer=_count_tokens),
     "gspo": Objective(name="gspo", loss=gspo_loss, couples_group=False, uses_old_logps=True, normalizer=_count_rows),
+    # sequence-score objectives (conspo.score_objectives): DisCO (arXiv 2505.12366), REAL (arXiv 2602.05630)
+    "disco": score_objective_entry("disco", uses_old_logps=False),
+    "disco_ratio": score_objective_entry("disco_ratio", uses_old_logps=True),
+    "real": score_objective_entry("real", uses_old_logps=True),
 }
 
 
 def get_objective(name: str) -> Objective:
-    """Look up an objective by name: one of ``conspo, grpo, dr_grpo, dapo, gspo``."""
-    try:
+    """Look up an objective by name: a built-in one (``OBJECTIVES``) or a score objective registered with
+    ``conspo.score_objectives.register_score_objective``."""
+    if name in OBJECTIVES:
         return OBJECTIVES[name]
-    except KeyError:
-        raise ValueError(f"unknown objective {name!r}; valid objectives are: {', '.join(OBJECTIVES)}") from None
+    from conspo.score_objectives import REGISTERED  # here: that module builds on this one
+
+    if name in REGISTERED:
+        return score_objective_entry(name, uses_old_logps=REGISTERED[name].uses_old_logps)
+    valid = ", ".join([*OBJECTIVES, *REGISTERED])
+    raise ValueError(f"unknown objective {name!r}; valid objectives are: {valid}") from None

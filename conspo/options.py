@@ -19,8 +19,10 @@ class Need:
 
 
 _CONSPO = Need("objective", ("conspo",), "it is a ConSPO option: use --objective conspo, or drop it")
+_SCORE_TAU = Need("objective", ("disco", "disco_ratio", "real"),
+                  "it is the temperature of disco, disco_ratio and real: use one of them, or --tau for conspo")
 _CLIPPED = Need("objective", ("grpo", "dr_grpo", "dapo", "gspo"),
-                "ConSPO has no importance ratio to clip: drop it, or use a clipped objective (grpo, dr_grpo, dapo, gspo)")
+                "this objective clips no importance ratio: drop it, or use a clipped objective (grpo, dr_grpo, dapo, gspo)")
 _CURRICULUM = Need("margin_schedule", ("curriculum",),
                    "the margin schedule is constant (margin_start throughout): add --margin-schedule linear, cosine "
                    "or step for a curriculum from --margin-start to --margin-end, or set --margin-start for a constant margin")
@@ -35,6 +37,7 @@ _REWARD = Need("reward", ("given",), "it applies to the rewards given with --rew
 OPTION_NEEDS: dict[str, Need] = {
     "tau": _CONSPO, "margin_schedule": _CONSPO, "margin_start": _CONSPO, "margin_end": _CONSPO,
     "margin_horizon": _CONSPO, "positive_rule": _CONSPO, "positive_threshold": _CONSPO, "score": _CONSPO,
+    "score_tau": _SCORE_TAU,
     "eps_low": _CLIPPED, "eps_high": _CLIPPED,
     "train_data": _DATA, "eval_data": _DATA, "data_dir": _DATA,
     "prompt_template": _MATH, "answer_extraction": _MATH, "decimal_match": _MATH, "reward_audit_every": _MATH,

@@ -30,7 +30,8 @@ import torch
 from conspo.checkpoint import load_checkpoint
 from conspo.config import TrainConfig
 from conspo.heldout import evaluate_greedy
-from conspo.objectives import combine_rewards, get_objective, overlong_penalty
+from conspo.objectives import get_objective
+from conspo.reward_shaping import combine_rewards, overlong_penalty
 from conspo.reporting import MetricsWriter
 from conspo.rollout import Rollouts, generate, token_logprobs
 from conspo.errors import Interrupted, RunError

@@ -7,8 +7,9 @@ back-propagates exactly the full-batch gradient (docs/design.md section 4):
 * ``whole``: every micro-batch holds whole groups; its loss is computed in-graph and weighted
   by its share of the objective's normaliser (rows, tokens or valid groups), not by
   1/number-of-micro-batches, so splitting never changes the update.
-* ``coefficients`` (ConSPO): score every row without gradient, get c = dL/ds in closed form
-  for the whole batch, then back-propagate sum_i c_i * s_i(theta) micro-batch by micro-batch.
+* ``coefficients`` (any sequence-score objective, conspo.score_objectives): score every row without
+  gradient, get c = dL/ds for the whole batch (autograd on the detached scores, or a closed form), then
+  back-propagate sum_i c_i * s_i(theta) micro-batch by micro-batch.
 """
 
 from __future__ import annotations
@@ -17,16 +18,42 @@ import dataclasses
 
 import torch
 
-from conspo.objectives import (
-    coefficient_surrogate,
-    conspo_coefficients_and_metrics,
-    get_objective,
-    kl_k3,
-    mask_truncated_rows,
-    resolve_group_mode,
-    sequence_scores,
-)
+from conspo.objectives import coefficient_surrogate, get_objective, kl_k3
+from conspo.reward_shaping import mask_truncated_rows
 from conspo.rollout import Rollouts, token_logprobs
+from conspo.score_objectives import get_score_objective, score_coefficients, sequence_score
+
+GROUP_MODES = ("auto", "whole", "coefficients")
+
+
+def resolve_group_mode(mode: str, *, couples_group: bool, rows_per_micro_batch: int, group_size: int,
+                       token_budget: bool = False, in_graph: bool = True) -> str:
+    """How an objective stays exact when a batch is split into micro-batches of ``rows_per_micro_batch``
+    rows (0: unsplit), or by a token budget (``token_budget``).
+
+    ``whole``: every micro-batch holds whole groups (needs rows % group_size == 0);
+    ``coefficients``: the sequence-score route, any split; ``auto``: coefficients for a group-coupled
+    objective whose micro-batches split groups or are packed by a token budget (rows then pack
+    freely), or that has no in-graph route (``in_graph=False``: DisCO, REAL, your own score objective),
+    else whole. Raises ValueError naming the fix when the combination cannot be exact.
+    """
+    if mode not in GROUP_MODES:
+        raise ValueError(f"group_mode must be one of {', '.join(GROUP_MODES)}, got {mode!r}")
+    splits_groups = bool(rows_per_micro_batch) and rows_per_micro_batch % group_size != 0
+    if mode == "coefficients" and not couples_group:
+        raise ValueError("group_mode=coefficients exists for the group-coupled score objectives only "
+                         "(conspo, disco, disco_ratio, real, your own)")
+    if mode == "whole" and couples_group and not in_graph:
+        raise ValueError("group_mode=whole exists for conspo only; this score objective trains by the coefficient "
+                         "route: use group_mode=coefficients (or auto)")
+    if mode == "auto":
+        mode = "coefficients" if couples_group and (splits_groups or token_budget or not in_graph) else "whole"
+    if mode == "whole" and splits_groups:
+        why = ("group_mode=whole" if couples_group else "this objective (advantages are computed per group)")
+        fix = ", or group_mode=coefficients (or auto) to split groups exactly" if couples_group else ""
+        raise ValueError(f"micro-batches of {rows_per_micro_batch} rows would split groups of {group_size}, but {why} "
+                         f"needs whole groups per micro-batch: use a multiple of {group_size}{fix}")
+    return mode
 
 
 def micro_slices(n_rows: int, micro: int) -> list[slice]:
@@ -137,7 +164,7 @@ def accumulate_gradients(
     budget = max_tokens_per_micro_batch
     group_mode = resolve_group_mode(group_mode, couples_group=objective.couples_group,
                                     rows_per_micro_batch=0 if budget else micro_batch_size, group_size=group_size,
-                                    token_budget=bool(budget))
+                                    token_budget=bool(budget), in_graph=objective.normalizer is not None)
     batches = micro_batches(rollouts, group_size, micro_batch_size=micro_batch_size, max_tokens=budget,
                             split_groups=group_mode == "coefficients")
 
@@ -155,21 +182,24 @@ def accumulate_gradients(
         return beta * kl_k3(logps, ref, part.completion_mask) * len(part) / n_rows
 
     if group_mode == "coefficients":
+        score_objective = get_score_objective(objective.score_objective)
         options = {**objective.option_defaults, **options}
-        normalize = options["normalize_by_length"]
+        kind = score_objective.score_kind(options)
+
+        def old_of(rows, logps):  # the sampling policy's log-probs; on-policy: the current ones, detached
+            return logps.detach() if old_token_logps is None else old_token_logps[rows][:, : logps.shape[1]].to(logps)
+
         scores = torch.empty(n_rows, dtype=torch.float64)
         with torch.no_grad():
             for rows in batches:
                 logps, part_mask, _ = forward(rows)
-                scores[rows] = sequence_scores(logps, part_mask, normalize_by_length=normalize).double()
+                scores[rows] = sequence_score(kind, logps, old_of(rows, logps), part_mask).double()
         scores = scores.to(logps.dtype)
-        coefficients, metrics = conspo_coefficients_and_metrics(
-            scores, rewards.to(scores.dtype), group_size, present=mask.bool().any(-1), margin=options["margin"],
-            tau=options["tau"], positive_threshold=options["positive_threshold"],
-            positive_rule=options["positive_rule"])
+        coefficients, metrics = score_coefficients(score_objective, scores, rewards.to(scores.dtype),
+                                                   mask.bool().any(-1), group_size, **options)
         for rows in batches:
             logps, part_mask, part = forward(rows)
-            s = sequence_scores(logps, part_mask, normalize_by_length=normalize)
+            s = sequence_score(kind, logps, old_of(rows, logps), part_mask)
             (coefficient_surrogate(coefficients[rows], s) + kl_term(part, logps)).backward()
         return metrics
 

@@ -136,8 +136,9 @@ def make_trainer(tmp_dir, *, per_device, G, gas, seed=0, model=None, reward_func
     return trainer, capture, initial
 
 
-def reference_gradient(trainer, initial, batch, G, *, tau=0.5, margin=0.1, **loss_options):
-    """Gradient of conspo_loss on the whole recorded generation batch, in one graph, at the initial weights.
+def reference_gradient(trainer, initial, batch, G, *, tau=0.5, margin=0.1, objective="conspo", **loss_options):
+    """Gradient of conspo_loss (or ``objective``'s in-graph loss, at its defaults, on-policy) on the whole recorded
+    generation batch, in one graph, at the initial weights.
 
     The trainer's own model object is reset to the initial weights (TRL patches its forward to return
     log-probs) and scored with TRL's own log-prob function, so only the grouping and weighting differ.
@@ -149,6 +150,14 @@ def reference_gradient(trainer, initial, batch, G, *, tau=0.5, margin=0.1, **los
     attention = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
     logps, _, _ = trainer._get_per_token_logps_and_entropies(model, input_ids, attention, batch["completion_ids"].size(1))
     order = torch.argsort(batch["conspo_row"])  # global group layout
+    if objective != "conspo":
+        from conspo.objectives import get_objective
+
+        x = logps[order]
+        loss, metrics = get_objective(objective).loss(x, x.detach(), batch["completion_mask"][order],
+                                                      batch["conspo_rewards"][order].to(x.dtype), G, **loss_options)
+        loss.backward()
+        return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}, metrics
     loss, metrics = conspo_loss(logps[order], batch["completion_mask"][order], batch["conspo_rewards"][order], G,
                                 margin=margin, tau=tau, **loss_options)
     loss.backward()

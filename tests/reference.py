@@ -153,3 +153,61 @@ def grpo_score_gap_loop(token_logps, old, mask, rewards, G, eps_low, eps_high):
                 s_neg.append(sum(max(x, 1 - eps_low) for x in rhos) / max(len(idx), 1))
         total += w * (sum(s_pos) / len(s_pos) - sum(s_neg) / len(s_neg))
     return -total / B
+
+
+# --- sequence-score objectives (DisCO, REAL): from the papers' formulas, one row and one group at a time ---
+
+
+def _score_loop(kind, logps_row, old_row, mask_row):
+    """One completion's score: mean_logp, mean_ratio (mean token pi/pi_old) or mean_log_ratio."""
+    total, count = torch.zeros((), dtype=logps_row.dtype), 0
+    for t in range(len(mask_row)):
+        if mask_row[t]:
+            if kind == "mean_logp":
+                total = total + logps_row[t]
+            elif kind == "mean_ratio":
+                total = total + torch.exp(logps_row[t] - old_row[t])
+            else:
+                assert kind == "mean_log_ratio", kind
+                total = total + (logps_row[t] - old_row[t])
+            count += 1
+    return (total / count if count else total), count
+
+
+def _labelled_groups(kind, token_logps, old, mask, rewards, G):
+    """Per group: (scores of its positives, scores of its negatives); positive = reward above the mean reward of
+    the group's non-empty completions (0/1 rewards: the correct ones); groups without both kinds are left out."""
+    groups = []
+    for g in range(token_logps.shape[0] // G):
+        scores = {}
+        for i in range(g * G, (g + 1) * G):
+            s, n = _score_loop(kind, token_logps[i], old[i], mask[i])
+            if n:
+                scores[i] = s
+        taking_part = [float(rewards[i]) for i in scores]
+        pos = [scores[i] for i in scores if _is_positive(float(rewards[i]), taking_part, 0.5, "group_mean")]
+        neg = [scores[i] for i in scores if not _is_positive(float(rewards[i]), taking_part, 0.5, "group_mean")]
+        if pos and neg:
+            groups.append((pos, neg))
+    return groups
+
+
+def disco_loss_loop(token_logps, old, mask, rewards, G, tau, kind="mean_logp"):
+    """DisCO (arXiv 2505.12366), negated: mean over groups of -mean_+ s + tau log mean_- exp(s/tau)."""
+    losses = []
+    for pos, neg in _labelled_groups(kind, token_logps, old, mask, rewards, G):
+        mean_pos = sum(pos) / len(pos)
+        mean_exp = sum(torch.exp(s / tau) for s in neg) / len(neg)
+        losses.append(-mean_pos + tau * torch.log(mean_exp))
+    return sum(losses) / len(losses) if losses else torch.zeros((), dtype=token_logps.dtype)
+
+
+def real_loss_loop(token_logps, old, mask, rewards, G, tau):
+    """REAL (arXiv 2602.05630): mean over groups of log(1 + sum_+ exp(-s/tau)) + log(1 + sum_- exp(s/tau)),
+    s = mean token log(pi/pi_old)."""
+    losses = []
+    for pos, neg in _labelled_groups("mean_log_ratio", token_logps, old, mask, rewards, G):
+        plus = 1 + sum(torch.exp(-s / tau) for s in pos)
+        minus = 1 + sum(torch.exp(s / tau) for s in neg)
+        losses.append(torch.log(plus) + torch.log(minus))
+    return sum(losses) / len(losses) if losses else torch.zeros((), dtype=token_logps.dtype)

@@ -11,7 +11,8 @@ import torch
 from conspo.config import ENGINE_HINTS, ENGINE_SUPPORT, TrainConfig
 from conspo.errors import ConfigError
 from conspo.integrations.trl_engine import trl_arguments
-from conspo.objectives import GROUP_MODES, OBJECTIVES, POSITIVE_RULES, get_objective
+from conspo.objectives import OBJECTIVES, POSITIVE_RULES, get_objective
+from conspo.update import GROUP_MODES
 from conspo.schedules import MARGIN_SCHEDULES
 
 FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]
@@ -290,8 +291,8 @@ def test_each_rule_is_written_once():
     assert where(">= positive_threshold") == ["objectives.py"]
     assert where("> group_mean") == ["objectives.py"]
     assert where("GRPO_ONLY_OPTIONS: dict") == ["integrations/trl.py"]
-    assert where("% group_size != 0") == ["objectives.py"]
-    assert where("eps_high: float = 0.28") == ["objectives.py"]
+    assert where("% group_size != 0") == ["loss_pieces.py", "objectives.py", "update.py"]  # layout checks; group mode
+    assert where("eps_high: float = 0.28") == ["grpo_family.py"]
     assert where("epsilon_high=0.28") == [] and where("epsilon=3e-4") == []
 
 

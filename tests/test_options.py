@@ -28,7 +28,7 @@ OTHER = {"tau": 0.7, "margin_schedule": "cosine", "margin_start": 0.1, "margin_e
          "train_data": "other.jsonl", "eval_data": "other.jsonl", "data_dir": "/elsewhere", "prompt_template": "r1",
          "answer_extraction": "strict", "prompt_field": "question", "sft_steps": 7, "sft_seed": 3, "sft_lr": 1e-4,
          "sft_decay_steps": 900, "sft_batch_size": 16, "sft_stop_accuracy": 0.3, "reward_weights": [2.0],
-         "reward_errors": "zero", "decimal_match": "sig:2", "reward_audit_every": 5}
+         "reward_errors": "zero", "decimal_match": "sig:2", "reward_audit_every": 5, "score_tau": 2.0}
 #: options that are only meaningful together with another one
 _RAMP = {"margin_schedule": "linear", "margin_end": 0.3}
 ALSO = {"positive_threshold": {"positive_rule": "threshold"}, "margin_end": _RAMP, "margin_schedule": _RAMP,

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from conspo import objectives as obj
+from conspo import reward_shaping as shaping
 from conspo.config import TrainConfig
 from conspo.errors import ConfigError
 from conspo.integrations.trl_engine import trl_arguments, trl_reward_functions
@@ -34,20 +35,20 @@ def test_overlong_penalty_is_dapos_formula_and_trls_function(l_max, l_cache):
     edge = l_max - l_cache
     lengths = sorted({0, 1, max(edge - 1, 0), edge, edge + 1, (edge + l_max) // 2, l_max - 1, l_max, l_max + 1,
                       l_max + 50})
-    ours = obj.overlong_penalty(torch.tensor(lengths), l_max, l_cache)
+    ours = shaping.overlong_penalty(torch.tensor(lengths), l_max, l_cache)
     assert ours.dtype == torch.float64
     assert ours.tolist() == [_eq13(n, l_max, l_cache) for n in lengths]
     trl = trl_rewards.get_soft_overlong_punishment(l_max, l_cache)([[7] * n for n in lengths])
     assert ours.tolist() == trl
     assert {0.0, -1.0} <= set(trl) and (l_cache == 1 or any(-1 < v < 0 for v in trl)), "every case is exercised"
-    scaled = obj.overlong_penalty(torch.tensor(lengths), l_max, l_cache, factor=0.5)
+    scaled = shaping.overlong_penalty(torch.tensor(lengths), l_max, l_cache, factor=0.5)
     assert scaled.tolist() == [0.5 * v for v in trl]
 
 
 def test_overlong_penalty_off_and_bad_buffer():
-    assert torch.count_nonzero(obj.overlong_penalty(torch.tensor([0, 5, 6, 9]), 6, 0)) == 0
+    assert torch.count_nonzero(shaping.overlong_penalty(torch.tensor([0, 5, 6, 9]), 6, 0)) == 0
     with pytest.raises(ValueError, match=r"buffer must be an int in \[0, max_length=6\], got 7"):
-        obj.overlong_penalty(torch.tensor([1]), 6, 7)
+        shaping.overlong_penalty(torch.tensor([1]), 6, 7)
 
 
 def _rollouts(lengths, truncated):
@@ -77,7 +78,7 @@ def _clip_defaults(name):
     return defaults["eps_low"], defaults["eps_high"]
 
 
-@pytest.mark.parametrize("name", list(obj.OBJECTIVES))
+@pytest.mark.parametrize("name", [n for n, o in obj.OBJECTIVES.items() if o.normalizer is not None])
 @pytest.mark.parametrize("G,binary", [(4, True), (3, False)])
 def test_truncated_rows_get_no_gradient_and_the_rest_match_the_loop_reference(name, G, binary):
     """float64: masked rows get exactly zero gradient; the loss and the other rows' gradients are those of the loop
@@ -87,7 +88,7 @@ def test_truncated_rows_get_no_gradient_and_the_rest_match_the_loop_reference(na
         old = logps + 1e-3 * torch.randn(logps.shape, dtype=logps.dtype, generator=torch.Generator().manual_seed(G))
     truncated = torch.zeros(len(rewards), dtype=torch.bool)
     truncated[[2, 3, G + 1, 3 * G, 3 * G + 1, 3 * G + 2]] = True
-    kept = obj.mask_truncated_rows(mask, truncated)
+    kept = shaping.mask_truncated_rows(mask, truncated)
     assert torch.count_nonzero(kept[truncated]) == 0 and torch.equal(kept[~truncated], mask[~truncated])
     objective = obj.get_objective(name)
     opts = {"max_completion_length": 6} if name == "dr_grpo" else {}
@@ -122,7 +123,7 @@ def test_conspo_truncated_row_leaves_the_group_sets():
     mask = torch.ones(6, 1, dtype=torch.long)
     rewards = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 0.0], dtype=torch.float64)
     truncated = torch.tensor([False, True, False, False, False, False])
-    kept = obj.mask_truncated_rows(mask, truncated)
+    kept = shaping.mask_truncated_rows(mask, truncated)
     _, before = obj.conspo_loss(logps, mask, rewards, 3)
     loss, after = obj.conspo_loss(logps, kept, rewards, 3)
     assert (before["conspo/valid_group_frac"], after["conspo/valid_group_frac"]) == (1.0, 0.5)
@@ -167,7 +168,7 @@ def test_trl_engine_maps_the_options_to_trls_own(objective):
     assert args(cfg)["mask_truncated_completions"] is True and args(cfg)["reward_weights"] == [1.0, 0.5]
     funcs = trl_reward_functions(cfg, task, max_new_tokens=8)
     assert funcs[0] is task and len(funcs) == 2
-    assert funcs[1]([[1] * n for n in range(10)]) == obj.overlong_penalty(torch.arange(10), 8, 3).tolist()
+    assert funcs[1]([[1] * n for n in range(10)]) == shaping.overlong_penalty(torch.arange(10), 8, 3).tolist()
 
 
 def test_trl_trainer_masks_truncated_rows_and_adds_the_weighted_penalty(tmp_path):
@@ -196,5 +197,5 @@ def test_trl_trainer_masks_truncated_rows_and_adds_the_weighted_penalty(tmp_path
     lengths = torch.where(has_eos, is_eos.int().argmax(1) + 1, 5)  # EOS included, as TRL's completion_ids lists
     assert has_eos.any() and (~has_eos).any(), "both kinds of completion occur"
     assert torch.count_nonzero(mask[~has_eos]) == 0 and torch.equal(mask[has_eos].sum(1), lengths[has_eos])
-    expected = torch.tensor(seen[0], dtype=torch.float64) + obj.overlong_penalty(lengths, 5, 3, factor=0.5)
+    expected = torch.tensor(seen[0], dtype=torch.float64) + shaping.overlong_penalty(lengths, 5, 3, factor=0.5)
     torch.testing.assert_close(batch["conspo_rewards"].double(), expected, rtol=1e-6, atol=1e-7)

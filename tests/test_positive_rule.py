@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from conspo import objectives as obj
+from conspo import reward_shaping as shaping
 from reference import conspo_loss_loop
 
 
@@ -85,21 +86,21 @@ def test_a_format_bonus_moves_nothing_under_the_threshold_rule_and_moves_the_def
     fmt = [0.2, 0.0, 0.0, 0.0, 0.2, 0.0, 0.2, 0.0]
     per_reward = torch.tensor([accuracy, fmt], dtype=torch.float64).T
     present = torch.ones(8, dtype=torch.bool)
-    assert obj.rewards_that_move_the_update(per_reward, present, 4, positive_rule="threshold") == [True, False]
-    assert obj.rewards_that_move_the_update(per_reward, present, 4) == [True, True]
+    assert shaping.rewards_that_move_the_update(per_reward, present, 4, positive_rule="threshold") == [True, False]
+    assert shaping.rewards_that_move_the_update(per_reward, present, 4) == [True, True]
     # a reward constant within every group moves nothing, whatever the rule or objective
     flat = torch.tensor([accuracy, [0.5] * 4 + [0.1] * 4], dtype=torch.float64).T
-    assert obj.rewards_that_move_the_update(flat, present, 4) == [True, False]
-    assert obj.rewards_that_move_the_update(flat, present, 4, couples_group=False) == [True, False]
-    assert obj.rewards_that_move_the_update(per_reward, present, 4, couples_group=False) == [True, True]
+    assert shaping.rewards_that_move_the_update(flat, present, 4) == [True, False]
+    assert shaping.rewards_that_move_the_update(flat, present, 4, couples_group=False) == [True, False]
+    assert shaping.rewards_that_move_the_update(per_reward, present, 4, couples_group=False) == [True, True]
     # weights count: a zero weight moves nothing; None (no score) rows are left out, not read as 0
-    assert obj.rewards_that_move_the_update(per_reward, present, 4, weights=torch.tensor([1.0, 0.0])) == [True, False]
+    assert shaping.rewards_that_move_the_update(per_reward, present, 4, weights=torch.tensor([1.0, 0.0])) == [True, False]
     with_none = per_reward.clone()
     with_none[4:8, 1] = float("nan")  # group 1 unscored by the bonus: group 0 still differs only in format
-    assert obj.rewards_that_move_the_update(with_none, present, 4) == [True, True]
+    assert shaping.rewards_that_move_the_update(with_none, present, 4) == [True, True]
 
 
 def test_combine_rewards_is_trl_nansum():
     per_reward = torch.tensor([[1.0, float("nan")], [float("nan"), float("nan")], [0.5, 0.25]], dtype=torch.float64)
-    total = obj.combine_rewards(per_reward, torch.tensor([1.0, 2.0]))
+    total = shaping.combine_rewards(per_reward, torch.tensor([1.0, 2.0]))
     assert total[0] == 1.0 and torch.isnan(total[1]) and total[2] == 1.0

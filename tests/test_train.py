@@ -154,7 +154,7 @@ def test_mask_truncated_update_is_the_full_batch_gradient_of_the_masked_loss(pol
     ConSPO under a token budget takes the coefficient route)."""
     import dataclasses
 
-    from conspo.objectives import mask_truncated_rows
+    from conspo.reward_shaping import mask_truncated_rows
 
     model, rollouts, rewards, G = policy_and_batch
     truncated = torch.zeros(len(rollouts), dtype=torch.bool)

@@ -15,6 +15,7 @@ import torch
 
 from helpers import make_batch
 from conspo import objectives as obj
+from conspo import reward_shaping as shaping
 
 trl_grpo = pytest.importorskip("trl.trainer.grpo_trainer")
 from trl.trainer.utils import nanstd  # noqa: E402
@@ -116,7 +117,7 @@ def test_mask_truncated_matches_trls_mask_truncated_completions(name, ours, trl_
     trl_mask = mask.to(logps.dtype) * (~truncated).unsqueeze(1).int()
     ours_x = logps.clone().requires_grad_(True)
     trl_x = logps.clone().requires_grad_(True)
-    loss, _ = ours(ours_x, old, obj.mask_truncated_rows(mask, truncated), rewards, G)
+    loss, _ = ours(ours_x, old, shaping.mask_truncated_rows(mask, truncated), rewards, G)
     trl_loss, _ = _trl_loss(trl_x, old, trl_mask, rewards, G, **trl_kwargs)
     torch.testing.assert_close(loss, trl_loss, rtol=1e-7, atol=1e-12)
     loss.backward()

@@ -1,6 +1,7 @@
 """Run under `torchrun --nproc_per_node 2` (gloo, CPU): one ConSPOTrainer step over two processes.
 
-argv: OUT_DIR MODE PER_DEVICE [STEPS_PER_GENERATION GRADIENT_ACCUMULATION_STEPS] (default 1 1). Rank 0
+argv: OUT_DIR MODE PER_DEVICE [STEPS_PER_GENERATION GRADIENT_ACCUMULATION_STEPS [OBJECTIVE]] (default 1 1 conspo;
+another sequence-score objective runs at its defaults and is compared with its in-graph loss). Rank 0
 compares the DDP-synchronised gradient of step 1 with the gradient of conspo_loss on the union of both
 processes' generation batches (one graph, one process; with several generation batches per step, their
 union normalised by all their valid groups) and writes OUT_DIR/ok on success.
@@ -19,9 +20,11 @@ from conspo.cli import leave_without_teardown
 
 out, mode, per_device = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 spg, gas = (int(sys.argv[4]), int(sys.argv[5])) if len(sys.argv) > 4 else (1, 1)
+objective = sys.argv[6] if len(sys.argv) > 6 else "conspo"
 G = 4
+conspo_options = {} if objective == "conspo" else dict(objective=objective, tau=0.3, margin_start=0.0)
 trainer, capture, initial = make_trainer(out / "trainer", per_device=per_device, G=G, gas=gas, group_mode=mode,
-                                         steps_per_generation=spg)
+                                         steps_per_generation=spg, **conspo_options)
 trainer.train()
 rank = dist.get_rank()
 assert dist.get_world_size() == 2, "expected two processes"
@@ -57,13 +60,13 @@ def merge(parts):
 if rank == 0:
     merged = [merge([load_file(str(out / f"batch{r}-{b}.safetensors")) for r in range(2)]) for b in range(n_batches)]
     if n_batches == 1:
-        reference, metrics = reference_gradient(trainer, initial, merged[0], G)
-        assert metrics["conspo/valid_group_frac"] > 0, "no mixed group: vacuous"
+        reference, metrics = reference_gradient(trainer, initial, merged[0], G, objective=objective)
+        assert metrics[f"{objective}/valid_group_frac"] > 0, "no mixed group: vacuous"
     else:
         reference = reference_gradient_of_union(trainer, initial, merged, G)
     for name, expected in reference.items():
         torch.testing.assert_close(capture.grads[name], expected, rtol=1e-4, atol=1e-7, msg=name)
-    print(f"two-process {mode}: gradients match on {len(reference)} tensors")
+    print(f"two-process {objective} {mode}: gradients match on {len(reference)} tensors")
     (out / "ok").write_text("ok")
 dist.barrier()
 dist.destroy_process_group()

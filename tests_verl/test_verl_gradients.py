@@ -17,6 +17,7 @@ pytest.importorskip("transfer_queue", reason="verl's v1 trainer needs TransferQu
 import torch
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
+import conspo.loss_pieces as loss_pieces
 import conspo.objectives as objectives
 import verl_sim as vs
 from conspo.integrations.verl import ConSPOTrainerSync
@@ -193,7 +194,7 @@ def test_grpo_through_verls_stock_trainer_equals_grpo_loss(monkeypatch):
     record, _, _ = vs.run_step(PPOTrainerSync, config, policy, rows, dp=2, monkeypatch=monkeypatch)
     assert_scattered(record)
 
-    monkeypatch.setattr(objectives, "ADVANTAGE_STD_EPS", 1e-6)
+    monkeypatch.setattr(loss_pieces, "ADVANTAGE_STD_EPS", 1e-6)  # where group_advantages reads it
     policy.zero_grad(set_to_none=True)
     logps, mask = policy.padded_response_logps(rows)
     loss, _ = grpo_loss(logps, logps.detach(), mask, rewards_of(rows), G)
@@ -201,3 +202,34 @@ def test_grpo_through_verls_stock_trainer_equals_grpo_loss(monkeypatch):
     want = vs.grads(policy)
     assert max(float(w.abs().max()) for w in want) > 1e-3
     assert_grads_equal(record.dp_average()[0], want, rtol=1e-7, atol=1e-12)
+
+
+@pytest.mark.parametrize("objective,score_tau", [("disco", None), ("disco_ratio", None), ("real", 0.7)])
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_score_objective_step_gradient_equals_single_graph(objective, score_tau, layout, monkeypatch):
+    """DisCO and REAL take ConSPO's route on verl (policy_loss.objective): the same single-graph equality, with groups
+    straddling ranks and micro-batches; the objective's value is logged as <objective>/loss."""
+    groups, masked = COMPOSITIONS["mixed"]
+    dp, layout_cfg = LAYOUTS[layout]
+    rows = vs.make_rows(groups, seed=5 + dp, masked=masked)
+    overrides = [f"+actor_rollout_ref.actor.policy_loss.objective={objective}"]
+    if score_tau is not None:
+        overrides.append(f"+actor_rollout_ref.actor.policy_loss.score_tau={score_tau}")
+    config = vs.verl_config(vs.CONSPO_OVERRIDES + overrides, prompts=PROMPTS, n=G, mini=PROMPTS, **layout_cfg)
+    policy = vs.ToyPolicy(seed=dp)
+
+    record, metrics, _ = vs.run_step(ConSPOTrainerSync, config, policy, rows, dp=dp, global_steps=1,
+                                     monkeypatch=monkeypatch)
+    policy.zero_grad(set_to_none=True)
+    logps, mask = policy.padded_response_logps(rows)  # on-policy: the old log-probs are the current ones
+    want_loss, want_metrics = objectives.get_objective(objective).loss(
+        logps, logps.detach(), mask, rewards_of(rows), G, **({} if score_tau is None else {"tau": score_tau}))
+    want_loss.backward()
+    want = vs.grads(policy)
+
+    assert_scattered(record)
+    steps = record.dp_average()
+    assert len(steps) == 1
+    assert_grads_equal(steps[0], want)
+    assert max(float(w.abs().max()) for w in want) > 1e-3
+    assert metrics[f"{objective}/loss"] == pytest.approx(float(want_loss.detach()), rel=1e-12, abs=1e-15)

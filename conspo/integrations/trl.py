@@ -1,7 +1,14 @@
-"""ConSPO on TRL's ``GRPOTrainer``: change one class, keep accelerate/DeepSpeed/FSDP/vLLM.
+"""ConSPO, and any sequence-score objective, on TRL's ``GRPOTrainer``: change one class, keep
+accelerate/DeepSpeed/FSDP/vLLM.
 
     from conspo.integrations.trl import ConSPOConfig, ConSPOTrainer
     trainer = ConSPOTrainer(model=..., reward_funcs=..., args=ConSPOConfig(..., tau=0.3), train_dataset=...)
+
+``ScoreObjectiveTrainer`` / ``ScoreObjectiveConfig`` are the same classes under the family's name:
+``ScoreObjectiveConfig(..., objective="disco")`` (or ``disco_ratio``, ``real``, or a score objective
+registered with ``conspo.score_objectives.register_score_objective``) trains that objective by the
+coefficient route below, with its own options (``score_tau``); ConSPO's own options must then keep
+their defaults.
 
 Why a subclass is needed at all: out of the box TRL shuffles completions before splitting a
 generation batch into gradient-accumulation micro-batches, lets a group straddle processes,
@@ -63,16 +70,14 @@ from conspo.objectives import (
     DEFAULT_POSITIVE_RULE,
     POSITIVE_RULES,
     coefficient_surrogate,
-    conspo_coefficients_and_metrics,
     conspo_loss,
-    conspo_loss_from_scores,
     contrastive_sets,
     count_valid_groups,
-    resolve_group_mode,
-    sequence_scores,
 )
 from conspo.rewards.base import SilentRewardWatch
+from conspo.score_objectives import get_score_objective, score_coefficients, sequence_score
 from conspo.schedules import MARGIN_SCHEDULES, margin_curriculum
+from conspo.update import resolve_group_mode
 
 SUPPORTED_TRL_VERSIONS = ("1.16.",)
 if not trl.__version__.startswith(SUPPORTED_TRL_VERSIONS):
@@ -166,6 +171,11 @@ class ConSPOConfig(GRPOConfig):
     length_normalized_score: bool = field(default=True, metadata={"help": "Score = mean token log-prob (else sum)."})
     group_mode: str = field(default="auto", metadata={"help": "whole, coefficients, or auto (whole when "
                                                               "per_device_train_batch_size % num_generations == 0)."})
+    objective: str = field(default="conspo", metadata={
+        "help": "The sequence-score objective: conspo, disco, disco_ratio, real, or one registered with "
+                "conspo.score_objectives.register_score_objective (conspo.score_objectives)."})
+    score_tau: float | None = field(default=None, metadata={
+        "help": "Temperature of a score objective other than conspo (disco, disco_ratio, real); None: its default."})
     no_valid_group_warn_steps: int = field(default=10, metadata={
         "help": "Warn when no group has had both a positive and a negative completion (so the loss and its "
                 "gradient are zero) for this many consecutive optimizer steps; 0: never."})
@@ -180,6 +190,23 @@ class ConSPOConfig(GRPOConfig):
                                  f"at its default ({defaults[name]!r}), or train with GRPOTrainer.")
         if not (math.isfinite(self.tau) and self.tau > 0):
             raise ValueError(f"ConSPOConfig.tau must be a finite number > 0, got {self.tau}")
+        try:
+            objective = get_score_objective(self.objective)
+        except ValueError as e:
+            raise ValueError(f"ConSPOConfig.objective: {e}") from None
+        if self.objective != "conspo":
+            for name in CONSPO_ONLY_OPTIONS:
+                default = next(f.default for f in fields(ConSPOConfig) if f.name == name)
+                if getattr(self, name) != default:
+                    raise ValueError(f"ConSPOConfig.{name}={getattr(self, name)!r} is a ConSPO option, which objective="
+                                     f"{self.objective!r} does not use: leave it at its default ({default!r})")
+        if self.score_tau is not None:
+            if self.objective == "conspo" or "tau" not in objective.option_defaults:
+                raise ValueError(f"ConSPOConfig.score_tau={self.score_tau!r} is not used by objective="
+                                 f"{self.objective!r}" + (" (use tau)" if self.objective == "conspo" else "")
+                                 + ": leave it at None")
+            if not (math.isfinite(self.score_tau) and self.score_tau > 0):
+                raise ValueError(f"ConSPOConfig.score_tau must be a finite number > 0, got {self.score_tau}")
         if self.margin_schedule not in MARGIN_SCHEDULES:
             raise ValueError(f"ConSPOConfig.margin_schedule must be one of {MARGIN_SCHEDULES}, got {self.margin_schedule!r}")
         if self.positive_rule not in POSITIVE_RULES:
@@ -194,9 +221,10 @@ class ConSPOConfig(GRPOConfig):
                              f"{self.no_valid_group_warn_steps}")
         per_device, G = self.per_device_train_batch_size, self.num_generations
         try:
-            resolve_group_mode(self.group_mode, couples_group=True, rows_per_micro_batch=per_device, group_size=G or 1)
+            resolve_group_mode(self.group_mode, couples_group=True, rows_per_micro_batch=per_device, group_size=G or 1,
+                               in_graph=self.objective == "conspo")
         except ValueError as e:
-            if self.group_mode != "whole":
+            if self.group_mode != "whole" or self.objective != "conspo":
                 raise ValueError(f"ConSPOConfig.group_mode: {e}") from None
             raise ValueError(
                 f"group_mode='whole' keeps each group of num_generations={G} completions inside one micro-batch, so "
@@ -207,7 +235,8 @@ class ConSPOConfig(GRPOConfig):
 
 
 class ConSPOTrainer(GRPOTrainer):
-    """``GRPOTrainer`` whose policy loss is ConSPO, exact across micro-batches and processes.
+    """``GRPOTrainer`` whose policy loss is ConSPO (or ``args.objective``, any sequence-score objective), exact
+    across micro-batches and processes.
 
     Same constructor as ``GRPOTrainer``. ``args=None`` builds a default ``ConSPOConfig`` (as GRPOTrainer builds a
     default GRPOConfig); a plain ``GRPOConfig`` is refused, since its GRPO-only options would be silently ignored.
@@ -228,9 +257,10 @@ class ConSPOTrainer(GRPOTrainer):
         G = self.num_generations
         if G < 2:
             raise ValueError("ConSPO contrasts completions of the same prompt: num_generations must be >= 2")
+        self.score_objective = get_score_objective(self.args.objective)
         self.conspo_group_mode = mode = resolve_group_mode(
             self.args.group_mode, couples_group=True, rows_per_micro_batch=self.args.per_device_train_batch_size,
-            group_size=G)
+            group_size=G, in_graph=self.args.objective == "conspo")
         gas = self.args.gradient_accumulation_steps
         generate_every = self.args.steps_per_generation * self.num_iterations  # micro-batches per generation batch
         # A generation batch is used at the weights it was scored at iff no optimizer step ends strictly inside it:
@@ -244,6 +274,12 @@ class ConSPOTrainer(GRPOTrainer):
             self._conspo_deferred_normaliser = generate_every % gas != 0
         else:
             self._conspo_deferred_normaliser = self._conspo_exact_coefficients and gas > generate_every
+        if self._conspo_deferred_normaliser and self.args.objective != "conspo":
+            raise ValueError(
+                f"ConSPOTrainer: objective={self.args.objective!r} with gradient_accumulation_steps={gas} and "
+                f"steps_per_generation * num_iterations={generate_every}: an optimizer step would span several "
+                "generation batches, whose joint normaliser only ConSPO's route knows: set steps_per_generation * "
+                "num_iterations to a multiple of gradient_accumulation_steps (TRL's default).")
         if self._conspo_deferred_normaliser and self.is_deepspeed_enabled:
             raise ValueError(
                 f"ConSPOTrainer: with gradient_accumulation_steps={gas} and steps_per_generation * num_iterations="
@@ -279,6 +315,19 @@ class ConSPOTrainer(GRPOTrainer):
 
     def _group_rule(self) -> dict:
         return dict(positive_threshold=self.args.positive_threshold, positive_rule=self.args.positive_rule)
+
+    def _score_options(self) -> dict:
+        """The score objective's keyword options at this step (ConSPO's margin follows its schedule)."""
+        if self.args.objective == "conspo":
+            return dict(margin=self.conspo_margin(), tau=self.args.tau,
+                        normalize_by_length=self.args.length_normalized_score, **self._group_rule())
+        return {} if self.args.score_tau is None else {"tau": self.args.score_tau}
+
+    def _scores(self, logps, mask, old_logps=None) -> torch.Tensor:
+        """(b,) scores of the objective's kind; ratio scores against ``old_logps`` (None: the current policy's,
+        detached: the policy that sampled, when the coefficients are fresh)."""
+        kind = self.score_objective.score_kind(self._score_options())
+        return sequence_score(kind, logps, logps.detach() if old_logps is None else old_logps, mask)
 
     # ---- rewards and group ids reach the loss --------------------------------------------
 
@@ -342,12 +391,11 @@ class ConSPOTrainer(GRPOTrainer):
                 self.model, input_ids, attention, output["completion_ids"].size(1),
                 batch_size=self.args.per_device_train_batch_size, **self._multimodal_inputs(output))
         mask = self._loss_mask(output)
-        scores = sequence_scores(logps, mask, normalize_by_length=self.args.length_normalized_score)
+        scores = self._scores(logps, mask)  # scored at the sampling weights: ratio scores are at 0 (or 1) here
         all_scores = self.accelerator.gather(scores)
         rewards = torch.nan_to_num(all_rewards, nan=0.0).to(all_scores.dtype)
-        coefficients, metrics = conspo_coefficients_and_metrics(
-            all_scores, rewards, self.num_generations, present=all_present, margin=self.conspo_margin(),
-            tau=self.args.tau, **self._group_rule())
+        coefficients, metrics = score_coefficients(self.score_objective, all_scores, rewards, all_present,
+                                                   self.num_generations, **self._score_options())
         for name, value in metrics.items():
             self._metrics["train"][name].append(value)
         self._conspo_scored_step = self.state.global_step
@@ -435,7 +483,7 @@ class ConSPOTrainer(GRPOTrainer):
     def _train_loss(self, logps, mask, inputs) -> torch.Tensor:
         world = self.accelerator.num_processes  # DDP / ZeRO / FSDP average gradients over processes
         if self.conspo_group_mode == "coefficients":
-            scores = sequence_scores(logps, mask, normalize_by_length=self.args.length_normalized_score)
+            scores = self._scores(logps, mask, inputs.get("old_per_token_logps"))
             staleness = self.state.global_step - self._conspo_scored_step
             self._metrics["train"]["conspo/coef_staleness_steps"].append(float(staleness))
             return coefficient_surrogate(inputs["conspo_coef"], scores) * world
@@ -480,7 +528,7 @@ class ConSPOTrainer(GRPOTrainer):
         the scores of all processes are gathered and every process reports the loss of the global batch.
         """
         G = self.num_generations_eval
-        scores = sequence_scores(logps, mask, normalize_by_length=self.args.length_normalized_score)
+        scores = self._scores(logps, mask)
         all_rows = self.accelerator.gather(inputs["conspo_row"])
         order = torch.argsort(all_rows)  # global row order: groups contiguous
         all_scores = self.accelerator.gather(scores)[order]
@@ -491,11 +539,20 @@ class ConSPOTrainer(GRPOTrainer):
                           f"num_generations_eval={G}; its ConSPO loss is reported as 0 (make the eval batch size a "
                           "multiple of num_generations_eval)", stacklevel=2)
             return logps.sum() * 0.0
-        loss, metrics = conspo_loss_from_scores(all_scores, all_present, all_rewards.to(all_scores.dtype), G,
-                                                margin=self.conspo_margin(), tau=self.args.tau, **self._group_rule())
+        loss, metrics = self.score_objective.loss(all_scores, all_rewards.to(all_scores.dtype), all_present, G,
+                                                  **self._score_options())
         for name, value in metrics.items():
             self._metrics["eval"][name].append(value)
         return loss
+
+
+#: The same classes under the family's name: ``ScoreObjectiveConfig(objective="disco", ...)``.
+ScoreObjectiveConfig = ConSPOConfig
+ScoreObjectiveTrainer = ConSPOTrainer
+
+#: ConSPOConfig options that only ConSPO uses: refused away from their defaults under another objective.
+CONSPO_ONLY_OPTIONS = ("tau", "margin_schedule", "margin_start", "margin_end", "margin_horizon", "positive_threshold",
+                       "positive_rule", "length_normalized_score")
 
 
 class _NoSignalWatch:

@@ -93,6 +93,9 @@ def trl_arguments(cfg: TrainConfig, *, max_new_tokens: int, output_dir: str, use
         **({"reward_weights": [*reward_weights(cfg), *([cfg.overlong_penalty_factor] if cfg.overlong_buffer else [])]}
            if cfg.overlong_buffer or cfg.reward_weights else {}),
     )
+    if get_objective(cfg.objective).score_objective and cfg.objective != "conspo":  # DisCO, REAL, your own
+        return {**args, "beta": 0.0, "objective": cfg.objective, "score_tau": cfg.score_tau or None,
+                "group_mode": cfg.group_mode}
     if cfg.objective == "conspo":
         return {**args, "beta": 0.0, "tau": cfg.tau, "margin_schedule": cfg.margin_schedule,
                 "margin_start": cfg.margin_start, "margin_end": cfg.margin_end, "margin_horizon": cfg.margin_horizon,
@@ -413,7 +416,7 @@ def run_trl_training(cfg: TrainConfig, *, log=print) -> dict:
         # TRL/transformers deprecation notices about options this adapter sets on the user's behalf
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
-        args, trainer_class = ((ConSPOConfig(**kwargs), ConSPOTrainer) if cfg.objective == "conspo" else
+        args, trainer_class = ((ConSPOConfig(**kwargs), ConSPOTrainer) if get_objective(cfg.objective).score_objective else
                                (GRPOConfig(**kwargs), GRPOTrainer))
         with StopRequest(log) as stop:  # Ctrl-C: finish the step, checkpoint, stop
             checkpoints = CheckpointCallback(cfg, run_dir, main=main, start_step=start_step, stop=stop, state=run_state)

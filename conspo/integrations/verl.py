@@ -43,8 +43,12 @@ logged (``conspo/optimizer_steps_per_batch``, ``conspo/coef_staleness_steps_max`
 ``actor/conspo/score_drift``). ``check_config`` refuses settings that would not give ConSPO
 at all, with the fix in the message.
 
-All math is imported from ``conspo.objectives``; this file only moves tensors to where verl
-needs them.
+Any sequence-score objective (``conspo.score_objectives``: DisCO, REAL, one registered in every
+process) takes the same route: ``+actor_rollout_ref.actor.policy_loss.objective=disco`` (and
+``score_tau``); its coefficients come from autograd on the detached batch scores.
+
+All math is imported from ``conspo.objectives`` and ``conspo.score_objectives``; this file only moves
+tensors to where verl needs them.
 """
 
 from __future__ import annotations
@@ -66,7 +70,8 @@ try:
 except ImportError as e:  # pragma: no cover - exercised only without verl
     raise ImportError("conspo.integrations.verl needs verl: pip install 'conspo[verl]' (verl==0.9.1)") from e
 
-from conspo.objectives import DEFAULT_POSITIVE_RULE, POSITIVE_RULES, coefficient_surrogate, conspo_coefficients_and_metrics, sequence_scores
+from conspo.objectives import DEFAULT_POSITIVE_RULE, POSITIVE_RULES, coefficient_surrogate
+from conspo.score_objectives import get_score_objective, score_coefficients, sequence_score
 from conspo.schedules import MARGIN_SCHEDULES, margin_curriculum
 
 SUPPORTED_VERL_VERSIONS = ("0.9.",)
@@ -108,10 +113,27 @@ class ConSPOPolicyLossConfig(PolicyLossConfig):
     positive_threshold: float = 0.5  # reward >= this is a positive rollout (positive_rule "threshold")
     positive_rule: str = DEFAULT_POSITIVE_RULE  # "group_mean": reward above its group's mean; or "threshold"
     length_normalized_score: bool = True  # score = mean token log-prob (False: sum)
+    objective: str = "conspo"  # the sequence-score objective: conspo, disco, disco_ratio, real, or a registered one
+    score_tau: float | None = None  # temperature of an objective other than conspo; None: its default
 
     def __post_init__(self):
         if not self.tau > 0:
             raise ValueError(f"policy_loss.tau must be > 0, got {self.tau}")
+        try:
+            objective = get_score_objective(self.objective)
+        except ValueError as e:
+            raise ValueError(f"policy_loss.objective: {e}") from None
+        if self.objective != "conspo":
+            defaults = ConSPOPolicyLossConfig.__dataclass_fields__
+            for name in ("tau", "margin_schedule", "margin_start", "margin_end", "margin_horizon",
+                         "positive_threshold", "positive_rule", "length_normalized_score"):
+                if getattr(self, name) != defaults[name].default:
+                    raise ValueError(f"policy_loss.{name}={getattr(self, name)!r} is a ConSPO option, which objective="
+                                     f"{self.objective} does not use: leave it at its default")
+        if self.score_tau is not None and (self.objective == "conspo" or "tau" not in objective.option_defaults
+                                           or not self.score_tau > 0):
+            raise ValueError(f"policy_loss.score_tau={self.score_tau!r}: must be > 0 and is only used by an objective "
+                             "other than conspo that takes a tau (use policy_loss.tau for conspo)")
         if self.margin_schedule not in MARGIN_SCHEDULES:
             raise ValueError(f"policy_loss.margin_schedule must be one of {MARGIN_SCHEDULES}, got {self.margin_schedule!r}")
         if self.margin_horizon < 0:
@@ -122,6 +144,18 @@ class ConSPOPolicyLossConfig(PolicyLossConfig):
             raise ValueError(f"policy_loss.positive_threshold={self.positive_threshold!r} is only used by "
                              f"positive_rule=threshold; positive_rule={self.positive_rule} picks positives by the "
                              "group's mean reward: add policy_loss.positive_rule=threshold, or leave the threshold at 0.5")
+
+    def score_options(self, margin: float = 0.0) -> dict:
+        """The score objective's keyword options (ConSPO's at this ``margin``)."""
+        if self.objective == "conspo":
+            return dict(margin=margin, tau=self.tau, positive_threshold=self.positive_threshold,
+                        positive_rule=self.positive_rule, normalize_by_length=self.length_normalized_score)
+        return {} if self.score_tau is None else {"tau": self.score_tau}
+
+    def scores(self, log_prob: torch.Tensor, old_log_prob: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B,) scores of the objective's kind (ratio scores against ``old_log_prob``)."""
+        kind = get_score_objective(self.objective).score_kind(self.score_options())
+        return sequence_score(kind, log_prob, old_log_prob, mask)
 
     def margin(self, completed_steps: int, total_steps: int) -> float:
         """Margin for a batch trained after ``completed_steps`` verl training steps."""
@@ -176,7 +210,21 @@ def conspo_batch_coefficients(
     positive_threshold: float = 0.5,
     positive_rule: str = DEFAULT_POSITIVE_RULE,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """ConSPO coefficients for rows in any order, grouped by ``index``; and the loss metrics.
+    """ConSPO's ``score_batch_coefficients``."""
+    return score_batch_coefficients(scores, rewards, present, index, objective="conspo", margin=margin, tau=tau,
+                                    positive_threshold=positive_threshold, positive_rule=positive_rule)
+
+
+def score_batch_coefficients(
+    scores: torch.Tensor,
+    rewards: torch.Tensor,
+    present: torch.Tensor,
+    index,
+    *,
+    objective: str,
+    **options,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The score objective's coefficients for rows in any order, grouped by ``index``; and the loss metrics.
 
     ``scores``, ``rewards`` and ``present`` are (B,) in verl's row order; ``index`` holds each
     row's group id (verl's ``uid``). Returns c (B,) with sum_i c_i * grad s_i = grad L, and the
@@ -190,10 +238,9 @@ def conspo_batch_coefficients(
     s = _to_layout(scores[rows].double(), slot, size)
     r = _to_layout(rewards[rows].double(), slot, size)
     p = _to_layout(torch.ones(len(rows), dtype=torch.bool), slot, size, fill=False)
-    c, metrics = conspo_coefficients_and_metrics(s, r, width, present=p, margin=margin, tau=tau,
-                                                 positive_threshold=positive_threshold, positive_rule=positive_rule)
+    c, metrics = score_coefficients(get_score_objective(objective), s, r, p, width, **options)
     coef[rows.to(coef.device)] = c[slot].to(scores.dtype)
-    metrics["conspo/loss"] = metrics.pop("objective/loss")
+    metrics[f"{objective}/loss"] = metrics.pop("objective/loss")
     return coef, metrics
 
 
@@ -225,12 +272,11 @@ def compute_conspo_outcome_advantage(
             "(VERL_USE_EXTERNAL_MODULES=conspo.integrations.verl); see examples/verl/."
         )
     mask = response_mask.bool()
-    scores = sequence_scores(old_log_probs, mask, normalize_by_length=loss_config.length_normalized_score)
+    scores = loss_config.scores(old_log_probs, old_log_probs, mask)  # at the weights the update starts from
     rewards = token_level_rewards.sum(dim=-1)
-    coef, batch_metrics = conspo_batch_coefficients(
-        scores, rewards, mask.any(dim=-1), index, margin=margin, tau=loss_config.tau,
-        positive_threshold=loss_config.positive_threshold, positive_rule=loss_config.positive_rule,
-    )
+    coef, batch_metrics = score_batch_coefficients(scores, rewards, mask.any(dim=-1), index,
+                                                   objective=loss_config.objective,
+                                                   **loss_config.score_options(margin))
     if metrics is not None:
         metrics.update(batch_metrics)
     advantages = coef[:, None].to(old_log_probs.dtype) * mask.to(old_log_probs.dtype)
@@ -286,9 +332,8 @@ def compute_policy_loss_conspo(
         )
     mask = response_mask.bool()
     present = mask.any(dim=-1)
-    normalize = loss_config.length_normalized_score
     coef = row_coefficients(advantages, mask).to(log_prob.dtype)
-    scores = sequence_scores(log_prob, mask, normalize_by_length=normalize)
+    scores = loss_config.scores(log_prob, old_log_prob.to(log_prob.dtype), mask)
     batch_info = getattr(config, "global_batch_info", None) or {}
     # one-entry loss matrix, token-sum: agg_loss multiplies by dp_size (gradients are averaged over ranks)
     loss = agg_loss(
@@ -298,7 +343,7 @@ def compute_policy_loss_conspo(
         dp_size=batch_info.get("dp_size", 1),
     )
     with torch.no_grad():
-        old_scores = sequence_scores(old_log_prob, mask, normalize_by_length=normalize)
+        old_scores = loss_config.scores(old_log_prob, old_log_prob, mask)
         n = present.sum().clamp(min=1)
         drift = torch.where(present, (scores.detach() - old_scores).abs(), torch.zeros_like(scores)).sum() / n
     return loss, {"conspo/score_drift": drift.item()}

@@ -7,7 +7,7 @@ are strings, or lists of chat messages for conversational data (then a completio
 column of the data set arrives as a keyword holding one value per completion (``answer=[...]``), with
 ``trainer_state``, ``log_extra`` and ``log_metric`` as in TRL. ``None`` means no score from this reward
 for that completion; several rewards are summed with their weights over the ones that scored
-(``conspo.objectives.combine_rewards``, TRL's nan-sum). ``async def`` rewards are awaited.
+(``conspo.reward_shaping.combine_rewards``, TRL's nan-sum). ``async def`` rewards are awaited.
 
 The built-in tasks' verifiers are rewards of this shape (``conspo.tasks``), and so is ``--reward``.
 ``RewardSet.score`` refuses bad values instead of letting them reach the loss: an exception, a
@@ -220,7 +220,7 @@ class RewardSet:
 
 class SilentRewardWatch:
     """Warns once, per reward, when a reward's differences within groups changed no update in the first
-    ``after`` steps (``conspo.objectives.rewards_that_move_the_update``): e.g. a format bonus that never moves
+    ``after`` steps (``conspo.reward_shaping.rewards_that_move_the_update``): e.g. a format bonus that never moves
     a completion across the threshold rule's bar, or a reward that scores every completion of a group alike."""
 
     def __init__(self, names: Sequence[str], *, after: int = 10):
@@ -243,7 +243,7 @@ class SilentRewardWatch:
         """Record one batch ((B, K) rewards); return the warnings due now (each at most once)."""
         if self.done:
             return []
-        from conspo.objectives import rewards_that_move_the_update
+        from conspo.reward_shaping import rewards_that_move_the_update
 
         moved = rewards_that_move_the_update(
             per_reward,

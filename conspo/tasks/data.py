@@ -198,7 +198,7 @@ class DataTask:
         """The weighted total of the rewards per completion (0 where no reward scored it)."""
         import torch
 
-        from conspo.objectives import combine_rewards
+        from conspo.reward_shaping import combine_rewards
         from conspo.tasks import reward_inputs
 
         per_reward = self.rewards.score(*reward_inputs(problems, completions)).tensor()
