@@ -27,6 +27,7 @@ test-fast: $(STAMP)  # the tier without the tests marked slow (end-to-end runs, 
 
 lint: $(STAMP)  # ruff's settings are in pyproject.toml
 	$(PY) -m ruff check conspo tests tests_verl bench examples
+	$(PY) -m ruff format --check conspo tests tests_verl bench examples
 
 clean:
 	rm -rf $(VENV) $(VERL_VENV) .pytest_cache  # never runs/: results are not build output

@@ -70,7 +70,6 @@ VARIANTS = ("ours", "naive")
 
 from machine import busy_note, header_line  # noqa: E402  (bench/ is on sys.path when run as a script)
 
-
 # ---- one measurement, in its own process ----------------------------------------------------
 
 
@@ -134,17 +133,25 @@ def worker(spec: dict) -> None:
         "bwd_s": t2 - t1,
     }
     if spec.get("values_path"):
-        torch.save({"logps": logps.detach().float(), "grad": logits.grad[..., :512].float().clone()}, spec["values_path"])
+        torch.save(
+            {"logps": logps.detach().float(), "grad": logits.grad[..., :512].float().clone()}, spec["values_path"]
+        )
     print("RESULT " + json.dumps(result), flush=True)
 
 
 def run_worker(spec: dict, timeout: float) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "MKL_NUM_THREADS": str(spec["threads"])}
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--_worker", json.dumps(spec)],
-                          capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--_worker", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=ROOT,
+    )
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
+            return json.loads(line[len("RESULT ") :])
     raise RuntimeError(f"worker {spec} failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
 
 
@@ -189,17 +196,31 @@ def model_worker(spec: dict) -> None:
 
     torch.set_num_threads(spec["threads"])
     vocab, batch, width, n_prompt = spec["vocab"], spec["batch"], spec["tokens"], spec["prompt"]
-    config = Qwen2Config(vocab_size=vocab, hidden_size=spec["hidden"], intermediate_size=4 * spec["hidden"],
-                         num_hidden_layers=spec["layers"], num_attention_heads=4, num_key_value_heads=2,
-                         tie_word_embeddings=True, max_position_embeddings=max(4096, n_prompt + width + 1),
-                         pad_token_id=0, eos_token_id=1, bos_token_id=None)
+    config = Qwen2Config(
+        vocab_size=vocab,
+        hidden_size=spec["hidden"],
+        intermediate_size=4 * spec["hidden"],
+        num_hidden_layers=spec["layers"],
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+        max_position_embeddings=max(4096, n_prompt + width + 1),
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=None,
+    )
     torch.manual_seed(spec["seed"])
     model = Qwen2ForCausalLM(config)
     gen = torch.Generator().manual_seed(spec["seed"] + 1)
     prompt_mask = torch.ones(batch, n_prompt, dtype=torch.long)
-    rollouts = Rollouts(torch.randint(2, vocab, (batch, n_prompt), generator=gen), prompt_mask,
-                        torch.randint(2, vocab, (batch, width), generator=gen), torch.ones(batch, width, dtype=torch.long),
-                        torch.zeros(batch, dtype=torch.bool), [""] * batch)
+    rollouts = Rollouts(
+        torch.randint(2, vocab, (batch, n_prompt), generator=gen),
+        prompt_mask,
+        torch.randint(2, vocab, (batch, width), generator=gen),
+        torch.ones(batch, width, dtype=torch.long),
+        torch.zeros(batch, dtype=torch.bool),
+        [""] * batch,
+    )
     weights = torch.randn(batch, width, generator=gen)
 
     if spec["variant"] == "trl":
@@ -216,17 +237,24 @@ def model_worker(spec: dict) -> None:
             out = model(input_ids=input_ids, attention_mask=attention, labels=labels, fused_lm_head=True)
             return out.log_probs[:, -keep:]
     elif spec["variant"] == "ours":
+
         def fn(r):
             return token_logprobs(model, r, chunk_tokens=spec["chunk_tokens"])
     elif spec["variant"] == "old":
+
         def fn(r):
             return full_logits_logprobs(model, r)
     else:
+
         def fn(r):
             input_ids = torch.cat([r.prompt_ids, r.completion_ids], 1)
             attention = torch.cat([r.prompt_mask, r.completion_mask], 1)
-            logits = model(input_ids=input_ids, attention_mask=attention, logits_to_keep=r.completion_ids.shape[1] + 1,
-                           use_cache=False).logits[:, :-1]
+            logits = model(
+                input_ids=input_ids,
+                attention_mask=attention,
+                logits_to_keep=r.completion_ids.shape[1] + 1,
+                use_cache=False,
+            ).logits[:, :-1]
             return torch.log_softmax(logits.float(), -1).gather(-1, r.completion_ids.unsqueeze(-1)).squeeze(-1)
 
     fn(rollouts.rows(slice(0, 1))).sum().backward()  # lazily allocated runtime state, before the baseline
@@ -243,23 +271,43 @@ def model_worker(spec: dict) -> None:
     t2 = time.perf_counter()
     peak = _hwm_bytes()
     grads = sum(p.grad.numel() * p.grad.element_size() for p in model.parameters() if p.grad is not None)
-    result = {**spec, "fwd_peak_mb": (fwd_peak - base_rss) / 2**20, "held_mb": (held - base_rss) / 2**20,
-              "peak_mb": (peak - base_rss) / 2**20, "param_grads_mb": grads / 2**20,
-              "logits_mb": batch * width * vocab * 4 / 2**20, "fwd_s": t1 - t0, "bwd_s": t2 - t1}
+    result = {
+        **spec,
+        "fwd_peak_mb": (fwd_peak - base_rss) / 2**20,
+        "held_mb": (held - base_rss) / 2**20,
+        "peak_mb": (peak - base_rss) / 2**20,
+        "param_grads_mb": grads / 2**20,
+        "logits_mb": batch * width * vocab * 4 / 2**20,
+        "fwd_s": t1 - t0,
+        "bwd_s": t2 - t1,
+    }
     if spec.get("values_path"):
-        torch.save({"logps": logps.detach().float(), "embed_grad": model.model.embed_tokens.weight.grad[:2048].clone()},
-                   spec["values_path"])
+        torch.save(
+            {"logps": logps.detach().float(), "embed_grad": model.model.embed_tokens.weight.grad[:2048].clone()},
+            spec["values_path"],
+        )
     print("RESULT " + json.dumps(result), flush=True)
 
 
 def run_model_worker(spec: dict, timeout: float) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "MKL_NUM_THREADS": str(spec["threads"]),
-           "TRANSFORMERS_VERBOSITY": "error", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--_model_worker", json.dumps(spec)],
-                          capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(spec["threads"]),
+        "MKL_NUM_THREADS": str(spec["threads"]),
+        "TRANSFORMERS_VERBOSITY": "error",
+        "PYTHONWARNINGS": "ignore",
+    }
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--_model_worker", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=ROOT,
+    )
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
+            return json.loads(line[len("RESULT ") :])
     raise RuntimeError(f"worker {spec} failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
 
 
@@ -276,11 +324,24 @@ def model_main(args) -> int:
             for rep in range(args.repeats):
                 for variant in variants:
                     path = Path(tmp) / f"{batch}x{width}-{variant}.pt" if rep == 0 else None
-                    spec = dict(variant=variant, batch=batch, tokens=width, prompt=16, vocab=args.vocab, hidden=256,
-                                layers=2, chunk_tokens=args.chunk_tokens, threads=args.threads, seed=args.seed,
-                                values_path=str(path) if path else "")
-                    print(f"  B={batch} T={width} {variant} (round {rep + 1}/{args.repeats}) ...", file=sys.stderr,
-                          flush=True)
+                    spec = dict(
+                        variant=variant,
+                        batch=batch,
+                        tokens=width,
+                        prompt=16,
+                        vocab=args.vocab,
+                        hidden=256,
+                        layers=2,
+                        chunk_tokens=args.chunk_tokens,
+                        threads=args.threads,
+                        seed=args.seed,
+                        values_path=str(path) if path else "",
+                    )
+                    print(
+                        f"  B={batch} T={width} {variant} (round {rep + 1}/{args.repeats}) ...",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     results.append(run_model_worker(spec, args.timeout))
             saved = {v: torch.load(Path(tmp) / f"{batch}x{width}-{v}.pt") for v in variants}
             if "ours" in saved:
@@ -288,44 +349,78 @@ def model_main(args) -> int:
                     if v != "ours":
                         diffs[(batch, width, v)] = (
                             float((saved["ours"]["logps"] - saved[v]["logps"]).abs().max()),
-                            float((saved["ours"]["embed_grad"] - saved[v]["embed_grad"]).abs().max()
-                                  / saved[v]["embed_grad"].abs().max()))
+                            float(
+                                (saved["ours"]["embed_grad"] - saved[v]["embed_grad"]).abs().max()
+                                / saved[v]["embed_grad"].abs().max()
+                            ),
+                        )
 
     print("## Token log-prob pass of a model: ours (chunked LM head) vs TRL's fused LM head vs full logits\n")
     print(header + "\n")
     print(busy, end="")
-    print(f"- random 2-layer Qwen2, V = {args.vocab}, hidden 256, intermediate 1024, tied embeddings, float32; "
-          "B completions x T tokens after a 16-token prompt; forward + backward of sum(logps * w) to the parameters")
-    print("- ours = `conspo.rollout.token_logprobs`; trl = TRL "
-          "`add_fused_lm_head(outputs=(log_probs, entropy))` + `model(..., fused_lm_head=True)` as GRPOTrainer; "
-          "old = `conspo.rollout.full_logits_logprobs` (model logits + selective_log_softmax); "
-          "naive = model logits + fp32 log_softmax")
-    print("- one fresh process per measurement; peak = VmHWM - RSS after model build and a one-row warm-up "
-          "(peak counter reset there), so it includes the parameter gradients; MB = 2^20 bytes; "
-          f"{args.repeats} round(s), medians")
+    print(
+        f"- random 2-layer Qwen2, V = {args.vocab}, hidden 256, intermediate 1024, tied embeddings, float32; "
+        "B completions x T tokens after a 16-token prompt; forward + backward of sum(logps * w) to the parameters"
+    )
+    print(
+        "- ours = `conspo.rollout.token_logprobs`; trl = TRL "
+        "`add_fused_lm_head(outputs=(log_probs, entropy))` + `model(..., fused_lm_head=True)` as GRPOTrainer; "
+        "old = `conspo.rollout.full_logits_logprobs` (model logits + selective_log_softmax); "
+        "naive = model logits + fp32 log_softmax"
+    )
+    print(
+        "- one fresh process per measurement; peak = VmHWM - RSS after model build and a one-row warm-up "
+        "(peak counter reset there), so it includes the parameter gradients; MB = 2^20 bytes; "
+        f"{args.repeats} round(s), medians"
+    )
     print(f"- target: ours <= {MODEL_TARGET}x trl (peak)\n")
-    head = ["B", "T", "variant", "peak MB", "x trl", "held after fwd MB", "param grads MB", "fwd s", "bwd s",
-            "max abs diff logps vs ours", "max rel diff embed grad vs ours"]
+    head = [
+        "B",
+        "T",
+        "variant",
+        "peak MB",
+        "x trl",
+        "held after fwd MB",
+        "param grads MB",
+        "fwd s",
+        "bwd s",
+        "max abs diff logps vs ours",
+        "max rel diff embed grad vs ours",
+    ]
     print("| " + " | ".join(head) + " |")
     print("|---:|---:|---|" + "---:|" * (len(head) - 3))
     for batch, width in sizes:
+
         def med(variant, key):
-            values = [r[key] for r in results if r["batch"] == batch and r["tokens"] == width and r["variant"] == variant]
+            values = [
+                r[key] for r in results if r["batch"] == batch and r["tokens"] == width and r["variant"] == variant
+            ]
             return statistics.median(values) if values else None
 
         trl_peak = med("trl", "peak_mb")
         for variant in variants:
             peak = med(variant, "peak_mb")
             d = diffs.get((batch, width, variant))
-            cells = [str(batch), str(width), variant, f"{peak:.0f}", f"{peak / trl_peak:.3f}" if trl_peak else "-",
-                     f"{med(variant, 'held_mb'):.0f}", f"{med(variant, 'param_grads_mb'):.0f}",
-                     f"{med(variant, 'fwd_s'):.1f}", f"{med(variant, 'bwd_s'):.1f}",
-                     f"{d[0]:.1e}" if d else "-", f"{d[1]:.1e}" if d else "-"]
+            cells = [
+                str(batch),
+                str(width),
+                variant,
+                f"{peak:.0f}",
+                f"{peak / trl_peak:.3f}" if trl_peak else "-",
+                f"{med(variant, 'held_mb'):.0f}",
+                f"{med(variant, 'param_grads_mb'):.0f}",
+                f"{med(variant, 'fwd_s'):.1f}",
+                f"{med(variant, 'bwd_s'):.1f}",
+                f"{d[0]:.1e}" if d else "-",
+                f"{d[1]:.1e}" if d else "-",
+            ]
             print("| " + " | ".join(cells) + " |")
         ours, trl = med("ours", "peak_mb"), trl_peak
         if ours is not None and trl:
-            print(f"\nB={batch} T={width}: ours/trl peak = {ours / trl:.3f} (target <= {MODEL_TARGET}: "
-                  f"{'met' if ours / trl <= MODEL_TARGET else 'NOT met'})")
+            print(
+                f"\nB={batch} T={width}: ours/trl peak = {ours / trl:.3f} (target <= {MODEL_TARGET}: "
+                f"{'met' if ours / trl <= MODEL_TARGET else 'NOT met'})"
+            )
     print(f"\nWall time {time.perf_counter() - started:.0f} s.")
     return 0
 
@@ -341,24 +436,51 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny sizes (B=4 T=64, B=8 T=128), one pair each, < 30 s")
-    ap.add_argument("--sizes", nargs="+", default=None, metavar="BxT",
-                    help="completion sizes as BxT (default: 8x512 8x1024 16x1024)")
+    ap.add_argument(
+        "--sizes",
+        nargs="+",
+        default=None,
+        metavar="BxT",
+        help="completion sizes as BxT (default: 8x512 8x1024 16x1024)",
+    )
     ap.add_argument("--vocab", type=int, default=32768, help="vocabulary size V (default 32768)")
-    ap.add_argument("--dtypes", nargs="+", default=["bf16", "fp32"], choices=list(DTYPES),
-                    help="logits dtype(s) (default: bf16 then fp32)")
-    ap.add_argument("--chunk-tokens", type=int, default=None, help="selective_log_softmax chunk_tokens (default: the trainer's, 2^26 // V)")
+    ap.add_argument(
+        "--dtypes",
+        nargs="+",
+        default=["bf16", "fp32"],
+        choices=list(DTYPES),
+        help="logits dtype(s) (default: bf16 then fp32)",
+    )
+    ap.add_argument(
+        "--chunk-tokens",
+        type=int,
+        default=None,
+        help="selective_log_softmax chunk_tokens (default: the trainer's, 2^26 // V)",
+    )
     ap.add_argument("--repeats", type=int, default=2, help="ours/naive pairs per size, alternating (default 2)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads in each worker (default 2)")
-    ap.add_argument("--max-gb", type=float, default=8.5,
-                    help="skip sizes whose estimated naive peak (whole process) exceeds this many GB (default 8.5; "
-                         "fp32 16x1024 needs ~9.0: pass --max-gb 10 to include it)")
+    ap.add_argument(
+        "--max-gb",
+        type=float,
+        default=8.5,
+        help="skip sizes whose estimated naive peak (whole process) exceeds this many GB (default 8.5; "
+        "fp32 16x1024 needs ~9.0: pass --max-gb 10 to include it)",
+    )
     ap.add_argument("--timeout", type=float, default=300, help="seconds per worker process (default 300)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--model", action="store_true",
-                    help="measure the whole log-prob pass of a 2-layer Qwen2 with the Qwen2.5 vocabulary: ours vs TRL's "
-                         "fused LM head vs full logits (--vocab defaults to 151936, --sizes to 8x512, --repeats to 1)")
-    ap.add_argument("--variants", nargs="+", choices=MODEL_VARIANTS, default=None,
-                    help="--model: variants to run (default: ours trl old; naive needs ~10 GB at 8x512)")
+    ap.add_argument(
+        "--model",
+        action="store_true",
+        help="measure the whole log-prob pass of a 2-layer Qwen2 with the Qwen2.5 vocabulary: ours vs TRL's "
+        "fused LM head vs full logits (--vocab defaults to 151936, --sizes to 8x512, --repeats to 1)",
+    )
+    ap.add_argument(
+        "--variants",
+        nargs="+",
+        choices=MODEL_VARIANTS,
+        default=None,
+        help="--model: variants to run (default: ours trl old; naive needs ~10 GB at 8x512)",
+    )
     args = ap.parse_args(argv)
     if args.model:
         if args.vocab == 32768:
@@ -393,42 +515,84 @@ def main(argv: list[str] | None = None) -> int:
                 for rep in range(args.repeats):
                     for variant in VARIANTS:
                         path = Path(tmp) / f"{dtype}-{batch}x{width}-{variant}.pt" if rep == 0 else None
-                        spec = dict(variant=variant, dtype=dtype, batch=batch, tokens=width, vocab=args.vocab,
-                                    chunk_tokens=args.chunk_tokens, threads=args.threads, seed=args.seed,
-                                    values_path=str(path) if path else "")
-                        print(f"  {dtype} B={batch} T={width} {variant} (pair {rep + 1}/{args.repeats}) ...",
-                              file=sys.stderr, flush=True)
+                        spec = dict(
+                            variant=variant,
+                            dtype=dtype,
+                            batch=batch,
+                            tokens=width,
+                            vocab=args.vocab,
+                            chunk_tokens=args.chunk_tokens,
+                            threads=args.threads,
+                            seed=args.seed,
+                            values_path=str(path) if path else "",
+                        )
+                        print(
+                            f"  {dtype} B={batch} T={width} {variant} (pair {rep + 1}/{args.repeats}) ...",
+                            file=sys.stderr,
+                            flush=True,
+                        )
                         results.append(run_worker(spec, args.timeout))
                 import torch
 
                 a = torch.load(Path(tmp) / f"{dtype}-{batch}x{width}-ours.pt")
                 b = torch.load(Path(tmp) / f"{dtype}-{batch}x{width}-naive.pt")
-                diffs[(dtype, batch, width)] = (float((a["logps"] - b["logps"]).abs().max()),
-                                                float((a["grad"] - b["grad"]).abs().max()))
+                diffs[(dtype, batch, width)] = (
+                    float((a["logps"] - b["logps"]).abs().max()),
+                    float((a["grad"] - b["grad"]).abs().max()),
+                )
 
     print("## Per-token log-prob memory: selective_log_softmax vs naive log_softmax + gather\n")
     print(header + "\n")
     print(busy, end="")
-    print(f"- V = {args.vocab}, random logits x 3 (requires_grad), random ids; forward + backward of "
-          f"sum(logps * w); ours = `conspo.rollout.selective_log_softmax(logits, ids, chunk_tokens={args.chunk_tokens})`, "
-          "naive = `torch.log_softmax(logits.float(), -1).gather(-1, ids[..., None])`")
-    print(f"- one fresh subprocess per measurement, ru_maxrss / RSS over the baseline after allocating the inputs; "
-          f"{args.repeats} alternating ours/naive pair(s) per row, medians; MB = 2^20 bytes")
+    print(
+        f"- V = {args.vocab}, random logits x 3 (requires_grad), random ids; forward + backward of "
+        f"sum(logps * w); ours = `conspo.rollout.selective_log_softmax(logits, ids, chunk_tokens={args.chunk_tokens})`, "
+        "naive = `torch.log_softmax(logits.float(), -1).gather(-1, ids[..., None])`"
+    )
+    print(
+        f"- one fresh subprocess per measurement, ru_maxrss / RSS over the baseline after allocating the inputs; "
+        f"{args.repeats} alternating ours/naive pair(s) per row, medians; MB = 2^20 bytes"
+    )
     print("- peak - grad: peak extra minus the logits' gradient (B*T*V in the logits' dtype) that both must produce")
     print(f"- target: ours <= {TARGET}x naive (peak extra)")
     if skipped:
-        print("- skipped (estimated naive peak > --max-gb " f"{args.max_gb:g} GB): "
-              + ", ".join(f"{d} B={b} T={t} (~{g:.1f} GB)" for d, b, t, g in skipped))
+        print(
+            "- skipped (estimated naive peak > --max-gb "
+            f"{args.max_gb:g} GB): " + ", ".join(f"{d} B={b} T={t} (~{g:.1f} GB)" for d, b, t, g in skipped)
+        )
     print()
-    head = ["logits", "B", "T", "logits MB", "naive peak MB", "ours peak MB", "ours/naive peak", "target met",
-            "naive held MB", "ours held MB", "ours/naive held", "naive peak-grad MB", "ours peak-grad MB",
-            "ours/naive peak-grad", "naive fwd+bwd s", "ours fwd+bwd s", "max abs diff logps", "max abs diff grad"]
+    head = [
+        "logits",
+        "B",
+        "T",
+        "logits MB",
+        "naive peak MB",
+        "ours peak MB",
+        "ours/naive peak",
+        "target met",
+        "naive held MB",
+        "ours held MB",
+        "ours/naive held",
+        "naive peak-grad MB",
+        "ours peak-grad MB",
+        "ours/naive peak-grad",
+        "naive fwd+bwd s",
+        "ours fwd+bwd s",
+        "max abs diff logps",
+        "max abs diff grad",
+    ]
     print("| " + " | ".join(head) + " |")
     print("|---|" + "---:|" * (len(head) - 2) + "---:|")
     for dtype in args.dtypes:
         for batch, width in sizes:
-            rows = {v: [r for r in results if r["dtype"] == dtype and r["batch"] == batch and r["tokens"] == width
-                        and r["variant"] == v] for v in VARIANTS}
+            rows = {
+                v: [
+                    r
+                    for r in results
+                    if r["dtype"] == dtype and r["batch"] == batch and r["tokens"] == width and r["variant"] == v
+                ]
+                for v in VARIANTS
+            }
             if not rows["ours"]:
                 continue
 
@@ -445,11 +609,26 @@ def main(argv: list[str] | None = None) -> int:
             def ratio(a, b):
                 return f"{a / b:.2f}" if b > 0 else "-"
 
-            cells = [dtype, str(batch), str(width), f"{rows['ours'][0]['logits_mb']:.0f}", f"{n_peak:.0f}", f"{o_peak:.0f}",
-                     ratio(o_peak, n_peak), "yes" if n_peak > 0 and o_peak / n_peak <= TARGET else "no",
-                     f"{n_held:.0f}", f"{o_held:.0f}", ratio(o_held, n_held),
-                     f"{n_peak - grad:.0f}", f"{o_peak - grad:.0f}", ratio(o_peak - grad, n_peak - grad),
-                     f"{n_s:.2f}", f"{o_s:.2f}", f"{d_val:.2e}", f"{d_grad:.2e}"]
+            cells = [
+                dtype,
+                str(batch),
+                str(width),
+                f"{rows['ours'][0]['logits_mb']:.0f}",
+                f"{n_peak:.0f}",
+                f"{o_peak:.0f}",
+                ratio(o_peak, n_peak),
+                "yes" if n_peak > 0 and o_peak / n_peak <= TARGET else "no",
+                f"{n_held:.0f}",
+                f"{o_held:.0f}",
+                ratio(o_held, n_held),
+                f"{n_peak - grad:.0f}",
+                f"{o_peak - grad:.0f}",
+                ratio(o_peak - grad, n_peak - grad),
+                f"{n_s:.2f}",
+                f"{o_s:.2f}",
+                f"{d_val:.2e}",
+                f"{d_grad:.2e}",
+            ]
             print("| " + " | ".join(cells) + " |")
     print(f"\nWall time {time.perf_counter() - started:.0f} s.")
     return 0

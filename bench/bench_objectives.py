@@ -42,7 +42,6 @@ TARGET = 1.05
 
 from machine import busy_note, header_line  # noqa: E402  (bench/ is on sys.path when run as a script)
 
-
 # ---- inputs and one timed call --------------------------------------------------------------
 
 
@@ -93,7 +92,7 @@ def measure(batch, width, args, dtype, names):
     reps = max(args.min_reps, min(args.max_reps, math.ceil(args.seconds_per_size / max(one_round, 1e-9))))
     times = {name: [] for name in names}
     for rep in range(reps):
-        order = names[rep % len(names):] + names[: rep % len(names)]
+        order = names[rep % len(names) :] + names[: rep % len(names)]
         for name in order:
             times[name].append(timed(calls[name], logps))
     del logps, old, mask, rewards, calls
@@ -124,17 +123,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, nargs="+", default=None, help="rollouts B (default 256 1024 4096)")
     ap.add_argument("--tokens", type=int, nargs="+", default=None, help="tokens T per rollout (default 256 1024 4096)")
     ap.add_argument("--group-size", type=int, default=8, help="G, rollouts per group (default 8)")
-    ap.add_argument("--objectives", nargs="+", default=list(OBJECTIVES), choices=OBJECTIVES,
-                    help="objectives to time (default: all; grpo and conspo are needed for the ratio)")
+    ap.add_argument(
+        "--objectives",
+        nargs="+",
+        default=list(OBJECTIVES),
+        choices=OBJECTIVES,
+        help="objectives to time (default: all; grpo and conspo are needed for the ratio)",
+    )
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float64"), help="tensor dtype")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     ap.add_argument("--warmup", type=int, default=2, help="untimed calls per objective and size first (default 2)")
     ap.add_argument("--min-reps", type=int, default=7, help="timed calls per objective and size, at least (default 7)")
     ap.add_argument("--max-reps", type=int, default=40, help="timed calls per objective and size, at most (default 40)")
-    ap.add_argument("--seconds-per-size", type=float, default=4.0,
-                    help="aim for this much timed work per size before --min/--max-reps (default 4)")
-    ap.add_argument("--max-gb", type=float, default=2.0,
-                    help="skip sizes whose estimated tensors exceed this many GB (default 2)")
+    ap.add_argument(
+        "--seconds-per-size",
+        type=float,
+        default=4.0,
+        help="aim for this much timed work per size before --min/--max-reps (default 4)",
+    )
+    ap.add_argument(
+        "--max-gb", type=float, default=2.0, help="skip sizes whose estimated tensors exceed this many GB (default 2)"
+    )
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     if args.quick:
@@ -166,22 +175,35 @@ def main(argv: list[str] | None = None) -> int:
     print("## Objective cost: forward + backward on identical random tensors\n")
     print(header + "\n")
     print(busy, end="")
-    print(f"- tensors: {args.dtype}, token_logps requires_grad, old = logps + N(0, 0.05), ragged int64 mask "
-          f"(lengths uniform in 1..T), binary rewards (P(1) = 0.4), G = {args.group_size}; call = "
-          "`loss, metrics = f(...); loss.backward()` (metrics included)")
-    print(f"- per size: {args.warmup} warm-up call(s) per objective, then the timed repetitions (column `reps`), "
-          "objectives interleaved in a rotating order; medians of time.perf_counter")
-    print(f"- conspo/grpo: ratio of the medians; [p25-p75] of the per-repetition paired ratios. "
-          f"Target: ConSPO <= {TARGET:.2f}x GRPO")
+    print(
+        f"- tensors: {args.dtype}, token_logps requires_grad, old = logps + N(0, 0.05), ragged int64 mask "
+        f"(lengths uniform in 1..T), binary rewards (P(1) = 0.4), G = {args.group_size}; call = "
+        "`loss, metrics = f(...); loss.backward()` (metrics included)"
+    )
+    print(
+        f"- per size: {args.warmup} warm-up call(s) per objective, then the timed repetitions (column `reps`), "
+        "objectives interleaved in a rotating order; medians of time.perf_counter"
+    )
+    print(
+        f"- conspo/grpo: ratio of the medians; [p25-p75] of the per-repetition paired ratios. "
+        f"Target: ConSPO <= {TARGET:.2f}x GRPO"
+    )
     if skipped:
-        print("- skipped (estimated tensors > --max-gb " f"{args.max_gb:g} GB): "
-              + ", ".join(f"B={b} T={t} (~{n / 1e9:.1f} GB)" for b, t, n in skipped))
+        print(
+            "- skipped (estimated tensors > --max-gb "
+            f"{args.max_gb:g} GB): " + ", ".join(f"B={b} T={t} (~{n / 1e9:.1f} GB)" for b, t, n in skipped)
+        )
     else:
         print(f"- skipped: none (largest estimate under --max-gb {args.max_gb:g} GB)")
     print()
 
     have_ratio = "grpo" in names and "conspo" in names
-    head = ["B", "T", "B*T"] + [f"{n} ms" for n in names] + (["conspo/grpo", "paired p25-p75", "target met"] if have_ratio else []) + ["reps"]
+    head = (
+        ["B", "T", "B*T"]
+        + [f"{n} ms" for n in names]
+        + (["conspo/grpo", "paired p25-p75", "target met"] if have_ratio else [])
+        + ["reps"]
+    )
     print("| " + " | ".join(head) + " |")
     print("|" + "---:|" * len(head))
     verdicts = []
@@ -192,8 +214,11 @@ def main(argv: list[str] | None = None) -> int:
             ratio = med["conspo"] / med["grpo"]
             paired = [c / g for c, g in zip(times["conspo"], times["grpo"])]
             verdicts.append(ratio <= TARGET)
-            cells += [f"{ratio:.3f}", f"{quantile(paired, 0.25):.3f}-{quantile(paired, 0.75):.3f}",
-                      "yes" if ratio <= TARGET else "no"]
+            cells += [
+                f"{ratio:.3f}",
+                f"{quantile(paired, 0.25):.3f}-{quantile(paired, 0.75):.3f}",
+                "yes" if ratio <= TARGET else "no",
+            ]
         cells.append(str(reps))
         print("| " + " | ".join(cells) + " |")
 
@@ -204,7 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     print("|" + "---:|" * len(head))
     for batch, width, times, _ in by_size:
         mtok = batch * width / 1e6
-        cells = [f"{batch * width:,}", str(batch), str(width)] + [f"{statistics.median(times[n]) * 1e3 / mtok:.1f}" for n in names]
+        cells = [f"{batch * width:,}", str(batch), str(width)] + [
+            f"{statistics.median(times[n]) * 1e3 / mtok:.1f}" for n in names
+        ]
         print("| " + " | ".join(cells) + " |")
 
     print("\nLeast-squares fit over all sizes, median ms = a + b * (B*T / 1e6):\n")

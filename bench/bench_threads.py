@@ -31,9 +31,32 @@ BUSY = "import time\nwhile True:\n    sum(i * i for i in range(10000))\n"
 def one_run(threads: int, steps: int, cache: str) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
-        subprocess.run([sys.executable, "-m", "conspo", "train", "--steps", str(steps), "--threads", str(threads),
-                        "--eval-every", "0", "--eval-size", "20", "--no-progress", "--save-every", "0",
-                        "--output-dir", str(out), "--cache-dir", cache], check=True, capture_output=True, text=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "conspo",
+                "train",
+                "--steps",
+                str(steps),
+                "--threads",
+                str(threads),
+                "--eval-every",
+                "0",
+                "--eval-size",
+                "20",
+                "--no-progress",
+                "--save-every",
+                "0",
+                "--output-dir",
+                str(out),
+                "--cache-dir",
+                cache,
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
         return sum(r.get("time/step_s", 0.0) for r in rows)
 
@@ -49,8 +72,10 @@ def main() -> None:
     threads_list = [int(t) for t in args.threads_list.split(",")]
     print("## Torch threads for the tiny default job\n")
     print(header_line(0))
-    print(f"\n- {args.steps} RL steps of the default job per process (`conspo train --threads T`), "
-          f"seconds = sum of time/step_s; medians of {args.repeats}; fresh process each\n")
+    print(
+        f"\n- {args.steps} RL steps of the default job per process (`conspo train --threads T`), "
+        f"seconds = sum of time/step_s; medians of {args.repeats}; fresh process each\n"
+    )
     one_run(1, 1, args.cache_dir)  # the cached warm-up exists before anything is timed
     print("| busy processes beside it | " + " | ".join(f"{t} thread(s) s" for t in threads_list) + " | ratio 1/2 |")
     print("|---:|" + "---:|" * len(threads_list) + "---:|")

@@ -57,7 +57,6 @@ TARGET_SPEEDUP, TARGET_RATIO = 1.25, 1.05
 
 from machine import busy_note, header_line  # noqa: E402  (bench/ is on sys.path when run as a script)
 
-
 # ---- the runs ---------------------------------------------------------------------------------
 
 
@@ -66,11 +65,27 @@ def make_config(spec: dict):
 
     engine, objective = RUNS[spec["run"]]
     return TrainConfig(
-        objective=objective, engine=engine, model="tiny", task="addition", seed=spec["seed"],
-        output_dir=spec["output_dir"], overwrite=True, steps=spec["steps"], prompts_per_step=spec["prompts"],
-        group_size=spec["group_size"], max_new_tokens=spec["max_new_tokens"], eval_every=0,
-        eval_size=spec["eval_size"], log_samples_every=0, save_every=0, device="cpu", dtype="float32",
-        threads=spec["threads"], progress=False, sft_steps=spec["sft_steps"], cache_dir=spec["cache_dir"],
+        objective=objective,
+        engine=engine,
+        model="tiny",
+        task="addition",
+        seed=spec["seed"],
+        output_dir=spec["output_dir"],
+        overwrite=True,
+        steps=spec["steps"],
+        prompts_per_step=spec["prompts"],
+        group_size=spec["group_size"],
+        max_new_tokens=spec["max_new_tokens"],
+        eval_every=0,
+        eval_size=spec["eval_size"],
+        log_samples_every=0,
+        save_every=0,
+        device="cpu",
+        dtype="float32",
+        threads=spec["threads"],
+        progress=False,
+        sft_steps=spec["sft_steps"],
+        cache_dir=spec["cache_dir"],
     )
 
 
@@ -79,7 +94,6 @@ def worker(specs: list[dict]) -> None:
     import warnings
 
     import torch
-
     from transformers.utils import logging as hf_logging
 
     from conspo import reporting
@@ -101,22 +115,42 @@ def worker(specs: list[dict]) -> None:
         wall = time.perf_counter() - started
         with open(Path(spec["output_dir"]) / "metrics.jsonl") as f:
             records = [json.loads(line) for line in f if line.strip()]
-        print("RESULT " + json.dumps({"spec": spec, "records": records, "run_wall_s": wall,
-                                      "torch_threads": torch.get_num_threads()}), flush=True)
+        print(
+            "RESULT "
+            + json.dumps(
+                {"spec": spec, "records": records, "run_wall_s": wall, "torch_threads": torch.get_num_threads()}
+            ),
+            flush=True,
+        )
         if not spec.get("keep"):
             shutil.rmtree(spec["output_dir"], ignore_errors=True)
 
 
 def run_workers(specs: list[dict], threads: int, timeout: float) -> list[dict]:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-           "TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false", "TQDM_DISABLE": "1",
-           "WANDB_DISABLED": "true", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--_worker", json.dumps(specs)],
-                          capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
-    results = [json.loads(line[len("RESULT "):]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+        "TRANSFORMERS_VERBOSITY": "error",
+        "TOKENIZERS_PARALLELISM": "false",
+        "TQDM_DISABLE": "1",
+        "WANDB_DISABLED": "true",
+        "PYTHONWARNINGS": "ignore",
+    }
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--_worker", json.dumps(specs)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+    results = [json.loads(line[len("RESULT ") :]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or len(results) != len(specs):
-        raise RuntimeError(f"worker for {[s['run'] for s in specs]} failed (exit {proc.returncode}):\n"
-                           f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+        raise RuntimeError(
+            f"worker for {[s['run'] for s in specs]} failed (exit {proc.returncode}):\n"
+            f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        )
     return results
 
 
@@ -130,11 +164,19 @@ def step_rows(result: dict, skip: int) -> list[dict]:
         k = r["step"]
         if k <= skip or k >= n or (k - 1) not in stamps:
             continue
-        rows.append({"wall": stamps[k] - stamps[k - 1], "reported": r.get("time/step_s"),
-                     "generate": r.get("time/generate_s"), "train": r.get("time/train_s"),
-                     "length": r.get("gen/completion_len_mean"), "reward": r.get("reward/mean"),
-                     "mixed": r["groups/mixed_frac"] if "groups/mixed_frac" in r
-                     else (1 - r["frac_reward_zero_std"] if "frac_reward_zero_std" in r else None)})
+        rows.append(
+            {
+                "wall": stamps[k] - stamps[k - 1],
+                "reported": r.get("time/step_s"),
+                "generate": r.get("time/generate_s"),
+                "train": r.get("time/train_s"),
+                "length": r.get("gen/completion_len_mean"),
+                "reward": r.get("reward/mean"),
+                "mixed": r["groups/mixed_frac"]
+                if "groups/mixed_frac" in r
+                else (1 - r["frac_reward_zero_std"] if "frac_reward_zero_std" in r else None),
+            }
+        )
     return rows
 
 
@@ -152,25 +194,44 @@ def main(argv: list[str] | None = None) -> int:
         worker(json.loads(sys.argv[2]))
         return 0
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true",
-                    help="smoke check: 1 round, 5 steps per run, all runs in one process, a 10-step base in /tmp")
-    ap.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS), help="runs to compare (default: all four)")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke check: 1 round, 5 steps per run, all runs in one process, a 10-step base in /tmp",
+    )
+    ap.add_argument(
+        "--runs", nargs="+", default=list(RUNS), choices=list(RUNS), help="runs to compare (default: all four)"
+    )
     ap.add_argument("--rounds", type=int, default=3, help="rounds of all runs, interleaved (default 3)")
     ap.add_argument("--steps", type=int, default=20, help="optimizer steps per run (default 20)")
     ap.add_argument("--skip", type=int, default=3, help="first steps of each run not measured (default 3)")
     ap.add_argument("--prompts", type=int, default=16, help="prompts per step (default 16)")
     ap.add_argument("--group-size", type=int, default=8, help="G, completions per prompt (default 8)")
     ap.add_argument("--max-new-tokens", type=int, default=6, help="generation limit (default 6, the task's)")
-    ap.add_argument("--eval-size", type=int, default=16,
-                    help="held-out problems in the before/after evaluations, outside the timed steps (default 16)")
+    ap.add_argument(
+        "--eval-size",
+        type=int,
+        default=16,
+        help="held-out problems in the before/after evaluations, outside the timed steps (default 16)",
+    )
     ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--sft-steps", type=int, default=200,
-                    help="warm-up steps of the tiny base (default 200 = the trainer's default base, cached)")
-    ap.add_argument("--cache-dir", default="~/.cache/conspo", help="where the tiny base is cached (default ~/.cache/conspo)")
+    ap.add_argument(
+        "--sft-steps",
+        type=int,
+        default=200,
+        help="warm-up steps of the tiny base (default 200 = the trainer's default base, cached)",
+    )
+    ap.add_argument(
+        "--cache-dir", default="~/.cache/conspo", help="where the tiny base is cached (default ~/.cache/conspo)"
+    )
     ap.add_argument("--out", default="/tmp/conspo-bench-trainer-step", help="run directories go here (removed after)")
-    ap.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=None,
-                    help="each run in a fresh process (default: yes; --quick: no)")
+    ap.add_argument(
+        "--isolate",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="each run in a fresh process (default: yes; --quick: no)",
+    )
     ap.add_argument("--timeout", type=float, default=600, help="seconds per worker process (default 600)")
     args = ap.parse_args(argv)
     if args.quick:
@@ -192,28 +253,46 @@ def main(argv: list[str] | None = None) -> int:
     # The base is built (or found in the cache) once, before any timed run.
     from transformers.utils import logging as hf_logging
 
-    from conspo.tasks import get_task
     from conspo.config import TrainConfig
+    from conspo.tasks import get_task
     from conspo.warmup import tiny_base
 
     hf_logging.disable_progress_bar()
     defaults = TrainConfig()
     t0 = time.perf_counter()
     messages = []
-    _, _, base_path = tiny_base(get_task("addition"), steps=args.sft_steps, lr=defaults.sft_lr,
-                                batch_size=defaults.sft_batch_size, seed=defaults.sft_seed,
-                                cache_dir=args.cache_dir, log=messages.append)
+    _, _, base_path = tiny_base(
+        get_task("addition"),
+        steps=args.sft_steps,
+        lr=defaults.sft_lr,
+        batch_size=defaults.sft_batch_size,
+        seed=defaults.sft_seed,
+        cache_dir=args.cache_dir,
+        log=messages.append,
+    )
     base_note = f"{base_path} ({'built in %.0f s' % (time.perf_counter() - t0) if 'warm-up took' in ' '.join(messages) else 'cached'})"
 
     out = Path(args.out)
     specs = []
     for rnd in range(args.rounds):
-        order = args.runs[rnd % len(args.runs):] + args.runs[: rnd % len(args.runs)]
+        order = args.runs[rnd % len(args.runs) :] + args.runs[: rnd % len(args.runs)]
         for run in order:
-            specs.append(dict(run=run, round=rnd, seed=args.seed, output_dir=str(out / f"{run}-r{rnd}"),
-                              steps=args.steps, prompts=args.prompts, group_size=args.group_size,
-                              max_new_tokens=args.max_new_tokens, eval_size=args.eval_size, threads=args.threads,
-                              sft_steps=args.sft_steps, cache_dir=args.cache_dir))
+            specs.append(
+                dict(
+                    run=run,
+                    round=rnd,
+                    seed=args.seed,
+                    output_dir=str(out / f"{run}-r{rnd}"),
+                    steps=args.steps,
+                    prompts=args.prompts,
+                    group_size=args.group_size,
+                    max_new_tokens=args.max_new_tokens,
+                    eval_size=args.eval_size,
+                    threads=args.threads,
+                    sft_steps=args.sft_steps,
+                    cache_dir=args.cache_dir,
+                )
+            )
     results = []
     if args.isolate:
         for spec in specs:
@@ -234,32 +313,64 @@ def main(argv: list[str] | None = None) -> int:
         run_walls[run].append(result["run_wall_s"])
     summary = {}
     for run, rows in per_run.items():
-        summary[run] = {key: med([r[key] for r in rows]) for key in ("wall", "reported", "generate", "train", "length", "reward", "mixed")}
+        summary[run] = {
+            key: med([r[key] for r in rows])
+            for key in ("wall", "reported", "generate", "train", "length", "reward", "mixed")
+        }
         summary[run]["n"] = len(rows)
 
     print("## One RL step: our trainer vs TRL GRPOTrainer (tiny Qwen2, addition, CPU)\n")
     print(header + "\n")
     print(busy, end="")
-    print(f"- workload: {args.prompts} prompts x G={args.group_size}, <= {args.max_new_tokens} new tokens, temperature "
-          f"0.7, float32, lr 3e-5 (30-step warm-up), max_grad_norm 1; base {base_note}")
-    print(f"- {args.rounds} round(s) x {len(args.runs)} runs x {args.steps} steps, interleaved, rotating order; "
-          f"{'a fresh process per run' if args.isolate else 'all runs in one process'}; steps 1..{args.skip} and "
-          f"step {args.steps} (final evaluation) of every run dropped; medians over the remaining steps of all rounds")
-    print("- wall step: time between consecutive metrics lines (same clock for both engines, everything included). "
-          "reported: ours `time/step_s` (generate + train); TRL `step_time` (generation + rewards + forward/backward, "
-          "no optimizer step)\n")
-    head = ["run", "steps measured", "wall step s", "steps/s", "per-round wall medians s", "reported time/step_s",
-            "generate s", "train s", "other s (wall - reported)", "completion len", "reward mean", "mixed groups",
-            "run wall s"]
+    print(
+        f"- workload: {args.prompts} prompts x G={args.group_size}, <= {args.max_new_tokens} new tokens, temperature "
+        f"0.7, float32, lr 3e-5 (30-step warm-up), max_grad_norm 1; base {base_note}"
+    )
+    print(
+        f"- {args.rounds} round(s) x {len(args.runs)} runs x {args.steps} steps, interleaved, rotating order; "
+        f"{'a fresh process per run' if args.isolate else 'all runs in one process'}; steps 1..{args.skip} and "
+        f"step {args.steps} (final evaluation) of every run dropped; medians over the remaining steps of all rounds"
+    )
+    print(
+        "- wall step: time between consecutive metrics lines (same clock for both engines, everything included). "
+        "reported: ours `time/step_s` (generate + train); TRL `step_time` (generation + rewards + forward/backward, "
+        "no optimizer step)\n"
+    )
+    head = [
+        "run",
+        "steps measured",
+        "wall step s",
+        "steps/s",
+        "per-round wall medians s",
+        "reported time/step_s",
+        "generate s",
+        "train s",
+        "other s (wall - reported)",
+        "completion len",
+        "reward mean",
+        "mixed groups",
+        "run wall s",
+    ]
     print("| " + " | ".join(head) + " |")
     print("|---|" + "---:|" * (len(head) - 1))
     for run in args.runs:
         s = summary[run]
         other = s["wall"] - s["reported"] if s["wall"] is not None and s["reported"] is not None else None
-        cells = [run, str(s["n"]), fmt(s["wall"]), fmt(1 / s["wall"] if s["wall"] else None, ".2f"),
-                 ", ".join(fmt(m) for m in round_medians[run]), fmt(s["reported"]), fmt(s["generate"]),
-                 fmt(s["train"]), fmt(other), fmt(s["length"], ".2f"), fmt(s["reward"], ".3f"), fmt(s["mixed"], ".2f"),
-                 ", ".join(f"{w:.1f}" for w in run_walls[run])]
+        cells = [
+            run,
+            str(s["n"]),
+            fmt(s["wall"]),
+            fmt(1 / s["wall"] if s["wall"] else None, ".2f"),
+            ", ".join(fmt(m) for m in round_medians[run]),
+            fmt(s["reported"]),
+            fmt(s["generate"]),
+            fmt(s["train"]),
+            fmt(other),
+            fmt(s["length"], ".2f"),
+            fmt(s["reward"], ".3f"),
+            fmt(s["mixed"], ".2f"),
+            ", ".join(f"{w:.1f}" for w in run_walls[run]),
+        ]
         print("| " + " | ".join(cells) + " |")
 
     def wall(run):
@@ -270,32 +381,44 @@ def main(argv: list[str] | None = None) -> int:
     for ours, trl in (("ours-grpo", "trl-grpo"), ("ours-conspo", "trl-conspo")):
         if wall(ours) and wall(trl):
             speedup = wall(trl) / wall(ours)
-            print(f"| steps/s {ours} / {trl} (wall) | {speedup:.2f}x | >= {TARGET_SPEEDUP}x | "
-                  f"{'yes' if speedup >= TARGET_SPEEDUP else 'no'} |")
+            print(
+                f"| steps/s {ours} / {trl} (wall) | {speedup:.2f}x | >= {TARGET_SPEEDUP}x | "
+                f"{'yes' if speedup >= TARGET_SPEEDUP else 'no'} |"
+            )
     if wall("ours-conspo") and wall("ours-grpo"):
         c, g = summary["ours-conspo"], summary["ours-grpo"]
         ratio = c["wall"] / g["wall"]
-        print(f"| step time ours-conspo / ours-grpo (wall) | {ratio:.3f}x | <= {TARGET_RATIO}x | "
-              f"{'yes' if ratio <= TARGET_RATIO else 'no'} |")
-        print(f"| step time ours-conspo / ours-grpo (time/step_s) | {c['reported'] / g['reported']:.3f}x | <= {TARGET_RATIO}x | "
-              f"{'yes' if c['reported'] / g['reported'] <= TARGET_RATIO else 'no'} |")
+        print(
+            f"| step time ours-conspo / ours-grpo (wall) | {ratio:.3f}x | <= {TARGET_RATIO}x | "
+            f"{'yes' if ratio <= TARGET_RATIO else 'no'} |"
+        )
+        print(
+            f"| step time ours-conspo / ours-grpo (time/step_s) | {c['reported'] / g['reported']:.3f}x | <= {TARGET_RATIO}x | "
+            f"{'yes' if c['reported'] / g['reported'] <= TARGET_RATIO else 'no'} |"
+        )
         print(f"| train time ours-conspo / ours-grpo (time/train_s) | {c['train'] / g['train']:.3f}x | - | - |")
     if wall("trl-conspo") and wall("trl-grpo"):
         print(f"| step time trl-conspo / trl-grpo (wall) | {wall('trl-conspo') / wall('trl-grpo'):.3f}x | - | - |")
     print("\nBreakdown of our trainer's step (medians; shares of generate + train):\n")
-    print("| run | generation + verification s | share | log-probs + objective + backward + clip + optimizer s | share "
-          "| logging and the rest s |")
+    print(
+        "| run | generation + verification s | share | log-probs + objective + backward + clip + optimizer s | share "
+        "| logging and the rest s |"
+    )
     print("|---|---:|---:|---:|---:|---:|")
     for run in ("ours-conspo", "ours-grpo"):
         s = summary.get(run)
         if s and s["generate"] is not None and s["train"] is not None:
             both = s["generate"] + s["train"]
-            print(f"| {run} | {s['generate']:.3f} | {s['generate'] / both:.0%} | {s['train']:.3f} | {s['train'] / both:.0%} "
-                  f"| {s['wall'] - s['reported']:.3f} |")
+            print(
+                f"| {run} | {s['generate']:.3f} | {s['generate'] / both:.0%} | {s['train']:.3f} | {s['train'] / both:.0%} "
+                f"| {s['wall'] - s['reported']:.3f} |"
+            )
     if any((summary.get(r) or {}).get("mixed") == 0 for r in args.runs):
-        print("\nNOTE: no group had both correct and wrong completions in some run (mixed groups 0): ConSPO then skips "
-              "its backward pass entirely, so its step is not comparable. Use a competent base (the default "
-              "--sft-steps 200), not the --quick one.")
+        print(
+            "\nNOTE: no group had both correct and wrong completions in some run (mixed groups 0): ConSPO then skips "
+            "its backward pass entirely, so its step is not comparable. Use a competent base (the default "
+            "--sft-steps 200), not the --quick one."
+        )
     print(f"Wall time {time.perf_counter() - started:.0f} s.")
     return 0
 

@@ -28,8 +28,12 @@ from machine import busy_note, header_line  # noqa: E402  (bench/ is on sys.path
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=8)
-    ap.add_argument("--prompt", type=int, default=255, help="prompt tokens per row (the stand-in's math prompts with "
-                                                           "the chat template: about 255 byte-level tokens)")
+    ap.add_argument(
+        "--prompt",
+        type=int,
+        default=255,
+        help="prompt tokens per row (the stand-in's math prompts with the chat template: about 255 byte-level tokens)",
+    )
     ap.add_argument("--completion", type=int, default=48)
     ap.add_argument("--vocab", type=int, default=151665)
     ap.add_argument("--hidden", type=int, default=16)
@@ -45,8 +49,9 @@ def main():
     def fused(n):
         hidden, targets = torch.randn(n, args.hidden, requires_grad=True), torch.randint(0, args.vocab, (n,))
         start = time.perf_counter()
-        out = ChunkedLogProbFunction.apply(hidden, weight, None, targets, 1.0, _CHUNKED_LOGPROB_CHUNK_SIZE, None, 1.0,
-                                           ("log_probs", "entropy"))
+        out = ChunkedLogProbFunction.apply(
+            hidden, weight, None, targets, 1.0, _CHUNKED_LOGPROB_CHUNK_SIZE, None, 1.0, ("log_probs", "entropy")
+        )
         out[0].sum().backward()
         return time.perf_counter() - start
 
@@ -60,18 +65,24 @@ def main():
     if busy_note():
         print(busy_note())
     every, completion = args.rows * (args.prompt + args.completion - 1), args.rows * args.completion
-    print(f"\n{args.rows} rows, prompt {args.prompt} + completion {args.completion} tokens, V = {args.vocab}, "
-          f"hidden {args.hidden}; best of {args.repeats} after a warm-up\n")
+    print(
+        f"\n{args.rows} rows, prompt {args.prompt} + completion {args.completion} tokens, V = {args.vocab}, "
+        f"hidden {args.hidden}; best of {args.repeats} after a warm-up\n"
+    )
     print("| variant | positions projected | forward + backward s |")
     print("|---|---:|---:|")
-    for name, fn, n in [("TRL fused head, every position (what it projects on CPU)", fused, every),
-                        ("TRL fused head, completion positions only (what it projects with Triton)", fused, completion),
-                        ("plain log-softmax, completion positions (native engine)", plain, completion)]:
+    for name, fn, n in [
+        ("TRL fused head, every position (what it projects on CPU)", fused, every),
+        ("TRL fused head, completion positions only (what it projects with Triton)", fused, completion),
+        ("plain log-softmax, completion positions (native engine)", plain, completion),
+    ]:
         fn(n)
         print(f"| {name} | {n:,} | {min(fn(n) for _ in range(args.repeats)):.2f} |")
-    print(f"\nprocess peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB; user "
-          f"{resource.getrusage(resource.RUSAGE_SELF).ru_utime:.1f} s, system "
-          f"{resource.getrusage(resource.RUSAGE_SELF).ru_stime:.1f} s")
+    print(
+        f"\nprocess peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB; user "
+        f"{resource.getrusage(resource.RUSAGE_SELF).ru_utime:.1f} s, system "
+        f"{resource.getrusage(resource.RUSAGE_SELF).ru_stime:.1f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -36,10 +36,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from conspo.rewards import MathVerifier  # noqa: E402
-from conspo.tasks.math_data import load_benchmark  # noqa: E402
 from machine import cpu_model  # noqa: E402  (bench/ is on sys.path when run as a script)
 from verify_baseline import DEFAULT_BASELINE_REV, load_baseline  # noqa: E402
+
+from conspo.rewards import MathVerifier  # noqa: E402
+from conspo.tasks.math_data import load_benchmark  # noqa: E402
 
 FILLER = (
     "We first rewrite the condition. Let $a_n$ denote the $n$-th term, so $a_{n+1} = 2a_n + 1$ "
@@ -92,8 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=5.0, help="per-answer time limit, seconds")
     ap.add_argument("--repeat", type=int, default=3, help="timed passes over the batch per worker count")
     ap.add_argument("--data-dir", default=None, help="folder holding math500/test.jsonl (default ../shared/data)")
-    ap.add_argument("--baseline-rev", default=DEFAULT_BASELINE_REV,
-                    help="git revision of conspo/rewards measured next to the current code")
+    ap.add_argument(
+        "--baseline-rev",
+        default=DEFAULT_BASELINE_REV,
+        help="git revision of conspo/rewards measured next to the current code",
+    )
     ap.add_argument("--no-baseline", action="store_true", help="measure the current code only")
     ap.add_argument("--strict", action="store_true", help="also measure the current code with lenient=False")
     args = ap.parse_args(argv)
@@ -110,12 +114,17 @@ def main(argv: list[str] | None = None) -> int:
         if mod is None:
             baseline_note = f"(no 'before' rows: {why})"
         else:
-            impls.append((f"before ({args.baseline_rev})", lambda w: mod.MathVerifier(
-                num_workers=w, timeout_s=args.timeout, cache_size=0)))
+            impls.append(
+                (
+                    f"before ({args.baseline_rev})",
+                    lambda w: mod.MathVerifier(num_workers=w, timeout_s=args.timeout, cache_size=0),
+                )
+            )
     impls.append(("now", lambda w: MathVerifier(num_workers=w, timeout_s=args.timeout, cache_size=0)))
     if args.strict:
-        impls.append(("now, strict", lambda w: MathVerifier(num_workers=w, timeout_s=args.timeout, cache_size=0,
-                                                           lenient=False)))
+        impls.append(
+            ("now, strict", lambda w: MathVerifier(num_workers=w, timeout_s=args.timeout, cache_size=0, lenient=False))
+        )
 
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     rows = []
@@ -152,24 +161,34 @@ def main(argv: list[str] | None = None) -> int:
     print("## Math reward verification throughput\n")
     print(f"- date: {_dt.datetime.now().astimezone().isoformat(timespec='seconds')}")
     print(f"- command: `{cmd}`")
-    print(f"- machine: {os.cpu_count()} cores (nproc), {cpu_model()}; Python {platform.python_version()}, "
-          f"math-verify {metadata.version('math-verify')}, sympy {metadata.version('sympy')}")
+    print(
+        f"- machine: {os.cpu_count()} cores (nproc), {cpu_model()}; Python {platform.python_version()}, "
+        f"math-verify {metadata.version('math-verify')}, sympy {metadata.version('sympy')}"
+    )
     if load_before is not None:
-        print(f"- load average before the run (1/5/15 min): {load_before[0]:.2f} / {load_before[1]:.2f} / "
-              f"{load_before[2]:.2f} (other processes competing for the {os.cpu_count()} cores lower the figures)")
-    print(f"- batch: {args.n_problems} MATH-500 problems x 5 completions = {len(completions)} "
-          f"(exact / reform / wrong / nobox / long); per-answer limit {args.timeout:g} s; result cache off; "
-          f"best of {args.repeat} pass(es), workers started and warm before timing; passes alternate "
-          f"between the implementations {baseline_note}\n")
+        print(
+            f"- load average before the run (1/5/15 min): {load_before[0]:.2f} / {load_before[1]:.2f} / "
+            f"{load_before[2]:.2f} (other processes competing for the {os.cpu_count()} cores lower the figures)"
+        )
+    print(
+        f"- batch: {args.n_problems} MATH-500 problems x 5 completions = {len(completions)} "
+        f"(exact / reform / wrong / nobox / long); per-answer limit {args.timeout:g} s; result cache off; "
+        f"best of {args.repeat} pass(es), workers started and warm before timing; passes alternate "
+        f"between the implementations {baseline_note}\n"
+    )
     print("First pass: every gold answer is new to the workers (parsed, then cached). Best: the best of the")
     print("passes, golds already parsed (as when problems recur across RL steps). 'worker checks': completions")
     print("sent to a worker (neither decided in the trainer process nor without an answer).\n")
-    print("| code | workers | completions | worker checks | first pass s | first pass completions/s | best s "
-          "| best completions/s | fast path | no answer | timeouts | errors |")
+    print(
+        "| code | workers | completions | worker checks | first pass s | first pass completions/s | best s "
+        "| best completions/s | fast path | no answer | timeouts | errors |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, workers, n, n_pool, first, best, r in rows:
-        print(f"| {name} | {workers} | {n} | {n_pool} | {first:.2f} | {n / first:.0f} | {best:.2f} | {n / best:.0f} | "
-              f"{r.fast_path} | {r.no_answer} | {r.timeouts} | {r.errors} |")
+        print(
+            f"| {name} | {workers} | {n} | {n_pool} | {first:.2f} | {n / first:.0f} | {best:.2f} | {n / best:.0f} | "
+            f"{r.fast_path} | {r.no_answer} | {r.timeouts} | {r.errors} |"
+        )
     # Dispatch check, independent of free CPU: sleeping tasks overlap only if the workers run in parallel.
     from conspo.rewards.pool import HardTimeoutPool
 
@@ -182,8 +201,10 @@ def main(argv: list[str] | None = None) -> int:
             pool.run([(0.025,)] * 40)
             parts.append(f"{workers} worker(s) {time.perf_counter() - t0:.2f} s")
     print(", ".join(parts) + " (ideal: 1.00 s / number of workers).")
-    print("\nAgreement with how each completion was built (a sanity check, not an accuracy estimate; "
-          "a 'wrong' answer can coincide with the gold):\n")
+    print(
+        "\nAgreement with how each completion was built (a sanity check, not an accuracy estimate; "
+        "a 'wrong' answer can coincide with the gold):\n"
+    )
     names = list(agreement)
     print("| kind | expected score | " + " | ".join(names) + " |")
     print("|---|---:|" + "---:|" * len(names))

@@ -22,10 +22,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import conspo.rewards.math as now  # noqa: E402
 from bench_verify import build_batch  # noqa: E402
-from conspo.tasks.math_data import load_benchmark  # noqa: E402
 from verify_baseline import DEFAULT_BASELINE_REV, load_baseline  # noqa: E402
+
+import conspo.rewards.math as now  # noqa: E402
+from conspo.tasks.math_data import load_benchmark  # noqa: E402
 
 
 def trainer_side(m, comps, refs):
@@ -70,14 +71,18 @@ def main(argv=None) -> int:
             t = time.process_time()
             [m.check_answer(p, g) for p, g in pending[k]]
             times[k][1].append(time.process_time() - t)
-    print(f"- date: {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}; best of {args.repeat}, "
-          f"CPU seconds of this process\n")
+    print(
+        f"- date: {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}; best of {args.repeat}, "
+        f"CPU seconds of this process\n"
+    )
     print("| code | trainer side: ms / completions/s | worker side: checks | ms | checks/s |")
     print("|---|---:|---:|---:|---:|")
     for k in impls:
         tr, wk = min(times[k][0]), min(times[k][1])
-        print(f"| {k} | {tr * 1000:.0f} ms / {len(comps) / tr:.0f} | {len(pending[k])} | {wk * 1000:.0f} | "
-              f"{len(pending[k]) / wk:.0f} |")
+        print(
+            f"| {k} | {tr * 1000:.0f} ms / {len(comps) / tr:.0f} | {len(pending[k])} | {wk * 1000:.0f} | "
+            f"{len(pending[k]) / wk:.0f} |"
+        )
     return 0
 
 

@@ -62,7 +62,7 @@ def classify(terms: list[int], completion: str, answer: int) -> tuple[str, int, 
     if all(consistent):
         return ("exact" if right else "wrong, other"), 0, 0  # all consistent but wrong: cannot happen
     first = consistent.index(False)
-    after = consistent[first + 1:]
+    after = consistent[first + 1 :]
     if right:
         category = "right via a wrong chain"
     elif all(after):
@@ -83,9 +83,15 @@ def measure(model_dir: str, *, samples: int, temperature: float, batch: int, see
     counts = dict.fromkeys(CATEGORIES, 0)
     after_total = after_consistent = 0
     for start in range(0, len(problems), batch):
-        chunk = problems[start:start + batch]
-        rollouts = generate(model, tokenizer, [p.prompt for p in chunk], num_generations=samples,
-                            max_new_tokens=task.max_new_tokens, temperature=temperature)
+        chunk = problems[start : start + batch]
+        rollouts = generate(
+            model,
+            tokenizer,
+            [p.prompt for p in chunk],
+            num_generations=samples,
+            max_new_tokens=task.max_new_tokens,
+            temperature=temperature,
+        )
         for i, text in enumerate(rollouts.texts):
             problem = chunk[i // samples]
             terms = [int(t) for t in problem.prompt.rstrip("=").split("+")]
@@ -94,8 +100,13 @@ def measure(model_dir: str, *, samples: int, temperature: float, batch: int, see
             after_total += after
             after_consistent += ok
     n = sum(counts.values())
-    return {"model": model_dir, "completions": n, **{k: v / n for k, v in counts.items()},
-            "consistency after a slip": after_consistent / max(after_total, 1), "steps after a slip": after_total}
+    return {
+        "model": model_dir,
+        "completions": n,
+        **{k: v / n for k, v in counts.items()},
+        "consistency after a slip": after_consistent / max(after_total, 1),
+        "steps after a slip": after_total,
+    }
 
 
 def main() -> None:
@@ -111,8 +122,12 @@ def main() -> None:
     print("|---" * (len(CATEGORIES) + 2) + "|")
     for model_dir in args.models:
         row = measure(model_dir, samples=args.samples, temperature=args.temperature, batch=args.batch, seed=args.seed)
-        print(f"| {model_dir} | " + " | ".join(f"{row[k]:.1%}" for k in CATEGORIES)
-              + f" | {row['consistency after a slip']:.1%} ({row['steps after a slip']} steps) |", flush=True)
+        print(
+            f"| {model_dir} | "
+            + " | ".join(f"{row[k]:.1%}" for k in CATEGORIES)
+            + f" | {row['consistency after a slip']:.1%} ({row['steps after a slip']} steps) |",
+            flush=True,
+        )
         print(json.dumps(row), file=sys.stderr)
 
 

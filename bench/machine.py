@@ -38,9 +38,12 @@ def _ram_gib() -> str:
 def header_line(threads: int) -> str:
     argv = getattr(sys, "orig_argv", [sys.executable, *sys.argv])
     load = " / ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-    return (f"date: {_dt.datetime.now().astimezone().isoformat(timespec='seconds')} | machine: {_nproc()} cores "
-            f"(nproc), {cpu_model()}, {_ram_gib()} | torch {torch.__version__} ({threads} threads), Python "
-            f"{platform.python_version()} | load avg 1/5/15 min before: {load} | command: `{shlex.join(argv)}`")
+    return (
+        f"date: {_dt.datetime.now().astimezone().isoformat(timespec='seconds')} | machine: {_nproc()} cores "
+        f"(nproc), {cpu_model()}, {_ram_gib()} | torch {torch.__version__} ({threads} threads), Python "
+        f"{platform.python_version()} | load avg 1/5/15 min before: {load} | command: `{shlex.join(argv)}`"
+    )
+
 
 def busy_note() -> str:
     """A warning line when other processes were using the CPU as the run started ('' if quiet)."""
@@ -49,6 +52,8 @@ def busy_note() -> str:
     load, cores = os.getloadavg()[0], _nproc()
     if load <= 0.5 * cores:
         return ""
-    return (f"- WARNING: load average {load:.2f} on {cores} cores when the run started: other processes compete for "
-            "the CPU and the timings are unreliable (torch threads stall badly when a core they need is busy). "
-            "Rerun on a quiet machine.\n")
+    return (
+        f"- WARNING: load average {load:.2f} on {cores} cores when the run started: other processes compete for "
+        "the CPU and the timings are unreliable (torch threads stall badly when a core they need is busy). "
+        "Rerun on a quiet machine.\n"
+    )

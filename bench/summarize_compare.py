@@ -26,8 +26,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conspo.compare import late_cell, plot_comparison, plot_generation, run_record, summarise  # noqa: E402
 from conspo.config import TrainConfig, task_defaults  # noqa: E402
 
-ROW_KEYS = ("tau", "margin_schedule", "margin_start", "margin_end", "score", "temperature",
-            "overlong_buffer", "mask_truncated", "dynamic_sampling", "steps")
+ROW_KEYS = (
+    "tau",
+    "margin_schedule",
+    "margin_start",
+    "margin_end",
+    "score",
+    "temperature",
+    "overlong_buffer",
+    "mask_truncated",
+    "dynamic_sampling",
+    "steps",
+)
 
 
 def options_of(run_dir: Path) -> tuple[float, str]:
@@ -93,24 +103,34 @@ def short_label(key: str, rows: dict) -> str:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("folders", nargs="+")
-    ap.add_argument("--plot", default="", help="plot every row's held-out curve (mean, min-max band) here, and the "
-                    "sampled length and truncation to <plot>_lengths.png")
+    ap.add_argument(
+        "--plot",
+        default="",
+        help="plot every row's held-out curve (mean, min-max band) here, and the "
+        "sampled length and truncation to <plot>_lengths.png",
+    )
     ap.add_argument("--target", type=float, default=None, help="common target accuracy (default: base + 0.10)")
     args = ap.parse_args()
     rows = collect(args.folders)
     befores = [r["heldout_accuracy_before"] for runs in rows.values() for r in runs]
     target = args.target if args.target is not None else round(statistics.mean(befores) + 0.10, 3)
-    print(f"base held-out accuracy (greedy): {statistics.mean(befores):.1%} (every run starts from the same "
-          f"warmed-up base); target for 'steps to target': {target:.1%}\n")
-    print("| objective [options] | seeds | accuracy after | change (points) | steps to target (median; reached) | "
-          "sample length, last 10% | truncated, last 10% | wall s/run |")
+    print(
+        f"base held-out accuracy (greedy): {statistics.mean(befores):.1%} (every run starts from the same "
+        f"warmed-up base); target for 'steps to target': {target:.1%}\n"
+    )
+    print(
+        "| objective [options] | seeds | accuracy after | change (points) | steps to target (median; reached) | "
+        "sample length, last 10% | truncated, last 10% | wall s/run |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for row in summarise(rows, target):  # the same aggregation `conspo compare` prints
         steps = "never" if row["steps_to_target_median"] is None else f"{row['steps_to_target_median']:.0f}"
-        print(f"| {row['objective']} | {row['seeds']} | {row['accuracy_after_mean']:.1%} +- "
-              f"{row['accuracy_after_std']:.1%} | {100 * row['gain_mean']:+.1f} +- {100 * row['gain_std']:.1f} | "
-              f"{steps} ({row['reached_target']}/{row['seeds']}) | {late_cell(row['late_length_mean'], '.1f')} | "
-              f"{late_cell(row['late_truncated_mean'], '.1%')} | {row['wall_seconds_mean']:.0f} |")
+        print(
+            f"| {row['objective']} | {row['seeds']} | {row['accuracy_after_mean']:.1%} +- "
+            f"{row['accuracy_after_std']:.1%} | {100 * row['gain_mean']:+.1f} +- {100 * row['gain_std']:.1f} | "
+            f"{steps} ({row['reached_target']}/{row['seeds']}) | {late_cell(row['late_length_mean'], '.1f')} | "
+            f"{late_cell(row['late_truncated_mean'], '.1%')} | {row['wall_seconds_mean']:.0f} |"
+        )
     if args.plot:
         labelled = {short_label(key, rows): runs for key, runs in rows.items()}
         plot_comparison(labelled, Path(args.plot), target)

@@ -23,8 +23,13 @@ DEFAULT_BASELINE_REV = "c0834c9"
 def load_baseline(rev: str = DEFAULT_BASELINE_REV):
     """(module ``conspo_baseline.rewards`` at ``rev``, None) or (None, why it is unavailable)."""
     try:
-        names = subprocess.run(["git", "ls-tree", "--name-only", f"{rev}:conspo/rewards"], cwd=REPO,
-                               capture_output=True, text=True, check=True).stdout.split()
+        names = subprocess.run(
+            ["git", "ls-tree", "--name-only", f"{rev}:conspo/rewards"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
     except (OSError, subprocess.CalledProcessError) as exc:
         return None, f"git revision {rev} not available ({exc})"
     root = Path(tempfile.mkdtemp(prefix="conspo_baseline_"))
@@ -34,8 +39,9 @@ def load_baseline(rev: str = DEFAULT_BASELINE_REV):
     for name in names:
         if not name.endswith(".py"):
             continue
-        src = subprocess.run(["git", "show", f"{rev}:conspo/rewards/{name}"], cwd=REPO, capture_output=True,
-                             text=True, check=True).stdout
+        src = subprocess.run(
+            ["git", "show", f"{rev}:conspo/rewards/{name}"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout
         (pkg / name).write_text(src.replace("conspo.rewards", "conspo_baseline.rewards"))
     sys.path.insert(0, str(root))
     return importlib.import_module("conspo_baseline.rewards"), None

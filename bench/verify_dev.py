@@ -33,8 +33,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from conspo.rewards import MathVerifier  # noqa: E402
 from verify_baseline import DEFAULT_BASELINE_REV, load_baseline  # noqa: E402
+
+from conspo.rewards import MathVerifier  # noqa: E402
 
 PAIRS = Path(__file__).resolve().parent / "verify_dev" / "pairs.jsonl"
 
@@ -72,8 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline-rev", default=DEFAULT_BASELINE_REV, help="git revision for the 'before' column")
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--show-errors", action="store_true", help="list every pair a scorer gets wrong")
-    ap.add_argument("--decimal-policies", default="",
-                    help="comma-separated decimal_match settings: also score ours under each (a table)")
+    ap.add_argument(
+        "--decimal-policies",
+        default="",
+        help="comma-separated decimal_match settings: also score ours under each (a table)",
+    )
     args = ap.parse_args(argv)
 
     pairs = load_pairs(Path(args.pairs))
@@ -118,8 +122,10 @@ def main(argv: list[str] | None = None) -> int:
         return ok, fp, fn
 
     n_eq = sum(1 for x in labels if x == 1.0)
-    print(f"Development set: {len(pairs)} pairs ({n_eq} equivalent, {len(pairs) - n_eq} must differ), "
-          f"{len(families)} families. {baseline_note}\n")
+    print(
+        f"Development set: {len(pairs)} pairs ({n_eq} equivalent, {len(pairs) - n_eq} must differ), "
+        f"{len(families)} families. {baseline_note}\n"
+    )
     print("Accuracy (FP / FN) per family; FP = scored correct but not equivalent, FN = scored wrong but equivalent.\n")
     print("| family | pairs (equiv / differ) | " + " | ".join(names) + " |")
     print("|---|---:|" + "---:|" * len(names))
@@ -136,8 +142,10 @@ def main(argv: list[str] | None = None) -> int:
             worse.append(fam)
         print(f"| {fam} | {len(idx)} ({eq} / {len(idx) - eq}) | " + " | ".join(cells) + " |")
     ok, fp, fn = stats(list(range(len(pairs))), "ours")
-    print(f"\nours: false positives {fp}/{len(pairs) - n_eq} must-differ pairs "
-          f"({fp / max(1, len(pairs) - n_eq):.1%}), {fp / len(pairs):.1%} of all pairs; false negatives {fn}/{n_eq}.")
+    print(
+        f"\nours: false positives {fp}/{len(pairs) - n_eq} must-differ pairs "
+        f"({fp / max(1, len(pairs) - n_eq):.1%}), {fp / len(pairs):.1%} of all pairs; false negatives {fn}/{n_eq}."
+    )
     print("families where ours is below plain math-verify: " + (", ".join(worse) if worse else "none"))
     print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()))
     if args.decimal_policies:

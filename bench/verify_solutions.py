@@ -32,8 +32,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from conspo.rewards import MathVerifier  # noqa: E402
 from verify_dev import dollar_gold, plain_math_verify  # noqa: E402
+
+from conspo.rewards import MathVerifier  # noqa: E402
 
 SETS = ("math500", "minerva_math", "olympiadbench", "gsm8k")
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -103,11 +104,18 @@ def main(argv: list[str] | None = None) -> int:
             own = v.score(sols, golds)
             other_idx = shuffled_pairs(rows, args.seed)
             # leave out pairs whose two answers are the same answer (gsm8k repeats small numbers)
-            same = v.score([r"\boxed{" + golds[i] + "}" for i in range(len(rows))], [golds[j] for j in other_idx]).scores
+            same = v.score(
+                [r"\boxed{" + golds[i] + "}" for i in range(len(rows))], [golds[j] for j in other_idx]
+            ).scores
             keep = [i for i in range(len(rows)) if same[i] == 0.0 and golds[i].strip() != golds[other_idx[i]].strip()]
             shuffled = v.score([sols[i] for i in keep], [golds[other_idx[i]] for i in keep])
-            row = {"set": name, "n": len(rows), "pairs": len(keep), "ours_ok": int(sum(own.scores)),
-                   "ours_fa": int(sum(shuffled.scores))}
+            row = {
+                "set": name,
+                "n": len(rows),
+                "pairs": len(keep),
+                "ours_ok": int(sum(own.scores)),
+                "ours_fa": int(sum(shuffled.scores)),
+            }
             if not args.no_math_verify:
                 row["mv_ok"] = int(sum(plain_math_verify(sols, [dollar_gold(g) for g in golds])))
                 mv_sh = plain_math_verify([sols[i] for i in keep], [dollar_gold(golds[other_idx[i]]) for i in keep])
@@ -119,18 +127,26 @@ def main(argv: list[str] | None = None) -> int:
                 misses = [i for i in range(len(rows)) if own.scores[i] == 0.0][: args.show]
                 print(f"\n### {name}: misses (ours), {len(misses)} shown")
                 for i in misses:
-                    print(f"- {rows[i]['id']}: gold {golds[i][:60]!r}, extracted {str(own.answers[i])[:60]!r} "
-                          f"({own.statuses[i]}); end {sols[i][-120:]!r}")
+                    print(
+                        f"- {rows[i]['id']}: gold {golds[i][:60]!r}, extracted {str(own.answers[i])[:60]!r} "
+                        f"({own.statuses[i]}); end {sols[i][-120:]!r}"
+                    )
                 fas = [keep[j] for j, s in enumerate(shuffled.scores) if s == 1.0]
                 print(f"### {name}: false accepts (ours), {len(fas)}")
                 for i in fas:
-                    print(f"- {rows[i]['id']} vs answer of {rows[other_idx[i]]['id']} {golds[other_idx[i]][:60]!r}: "
-                          f"extracted {sols[i][-120:]!r}")
+                    print(
+                        f"- {rows[i]['id']} vs answer of {rows[other_idx[i]]['id']} {golds[other_idx[i]][:60]!r}: "
+                        f"extracted {sols[i][-120:]!r}"
+                    )
     seconds = time.perf_counter() - t_start
     mv = not args.no_math_verify
     print(f"\nWorked solutions, decimal_match={args.decimal_match}, seed {args.seed}; {seconds:.0f} s in all.\n")
-    head = "| set | solutions | recall: ours |" + (" recall: math-verify |" if mv else "") + \
-        " shuffled pairs | false accepts: ours |" + (" false accepts: math-verify |" if mv else "")
+    head = (
+        "| set | solutions | recall: ours |"
+        + (" recall: math-verify |" if mv else "")
+        + " shuffled pairs | false accepts: ours |"
+        + (" false accepts: math-verify |" if mv else "")
+    )
     print(head)
     print("|---|---:|---:|" + ("---:|" if mv else "") + "---:|---:|" + ("---:|" if mv else ""))
     for r in table + [dict(totals, set="**all**")]:

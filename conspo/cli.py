@@ -1,11 +1,11 @@
 """Command line: ``conspo train | compare | eval``. Options are generated from TrainConfig.
 
-    conspo train                                  # the default job: tiny model, addition, ConSPO
-    conspo train --objective grpo --steps 200
-    conspo train --config my.yaml --lr 1e-5       # YAML file, then command-line overrides
-    conspo train --resume runs/conspo-seed0-...   # continue a run from its newest checkpoint
-    conspo compare --objectives conspo,grpo --seeds 3
-    conspo eval --model runs/x/final --benchmarks math500,aime24 --k 8
+conspo train                                  # the default job: tiny model, addition, ConSPO
+conspo train --objective grpo --steps 200
+conspo train --config my.yaml --lr 1e-5       # YAML file, then command-line overrides
+conspo train --resume runs/conspo-seed0-...   # continue a run from its newest checkpoint
+conspo compare --objectives conspo,grpo --seeds 3
+conspo eval --model runs/x/final --benchmarks math500,aime24 --k 8
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import os
 import re
 import sys
 import typing
-from pathlib import Path
 from dataclasses import MISSING, fields
+from pathlib import Path
 
 import yaml
 
@@ -48,20 +48,38 @@ def add_config_arguments(parser: argparse.ArgumentParser, hidden: bool = False) 
             text = argparse.SUPPRESS
         hint = hints[f.name]
         if hint is bool:
-            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
+            group.add_argument(
+                flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text
+            )
         elif typing.get_origin(hint) is typing.Literal:
             # choices shown, checked by TrainConfig.validate so the error is the same one line as from YAML
-            group.add_argument(flag, dest=f.name, type=str, default=argparse.SUPPRESS, help=text,
-                               metavar="{" + ",".join(typing.get_args(hint)) + "}")
+            group.add_argument(
+                flag,
+                dest=f.name,
+                type=str,
+                default=argparse.SUPPRESS,
+                help=text,
+                metavar="{" + ",".join(typing.get_args(hint)) + "}",
+            )
         elif typing.get_origin(hint) is list:  # --reward a.py:f --reward b.py:g; --reward-weights 1 0.5
             item = typing.get_args(hint)[0]
             many = dict(action="append", type=item) if item is str else dict(nargs="+", type=item)
-            group.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, help=text, metavar=item.__name__.upper(),
-                               **many)
+            group.add_argument(
+                flag, dest=f.name, default=argparse.SUPPRESS, help=text, metavar=item.__name__.upper(), **many
+            )
         elif hint in (int, float, str):
-            group.add_argument(flag, dest=f.name, type=hint, default=argparse.SUPPRESS, help=text, metavar=hint.__name__.upper())
+            group.add_argument(
+                flag, dest=f.name, type=hint, default=argparse.SUPPRESS, help=text, metavar=hint.__name__.upper()
+            )
         else:  # float | None
-            group.add_argument(flag, dest=f.name, type=_parse_optional_float, default=argparse.SUPPRESS, help=text, metavar="FLOAT|none")
+            group.add_argument(
+                flag,
+                dest=f.name,
+                type=_parse_optional_float,
+                default=argparse.SUPPRESS,
+                help=text,
+                metavar="FLOAT|none",
+            )
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, set[str]]:
@@ -77,11 +95,15 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, set[str]]:
         except yaml.YAMLError as e:
             raise ConfigError(f"--config {args.config}: not valid YAML: {e}") from e
         if not isinstance(loaded, dict):
-            raise ConfigError(f"--config {args.config}: expected a mapping of option: value, got {type(loaded).__name__}")
+            raise ConfigError(
+                f"--config {args.config}: expected a mapping of option: value, got {type(loaded).__name__}"
+            )
         loaded.pop("resolved", None)  # a run's config.yaml records what it resolved there: not options
         unknown = sorted(set(loaded) - names)
         if unknown:
-            raise ConfigError(f"--config {args.config}: unknown option(s) {unknown}; valid options: {', '.join(sorted(names))}")
+            raise ConfigError(
+                f"--config {args.config}: unknown option(s) {unknown}; valid options: {', '.join(sorted(names))}"
+            )
         hints = typing.get_type_hints(TrainConfig)
         for key, value in loaded.items():
             values[key] = _coerce(key, value, hints[key], args.config)
@@ -95,8 +117,12 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, set[str]]:
 
 
 def _coerce(key, value, hint, source):
-    ok = {bool: lambda v: isinstance(v, bool), int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), str: lambda v: isinstance(v, str)}
+    ok = {
+        bool: lambda v: isinstance(v, bool),
+        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+        float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+        str: lambda v: isinstance(v, str),
+    }
     if typing.get_origin(hint) is typing.Literal:  # a choice: TrainConfig.validate names the valid ones
         if not isinstance(value, str):
             raise ConfigError(f"--config {source}: {key}={value!r} should be one of {', '.join(typing.get_args(hint))}")
@@ -142,69 +168,135 @@ def join_negative_numbers(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     from conspo import __version__
 
-    parser = argparse.ArgumentParser(prog="conspo", description="RL with verifiable rewards: ConSPO and GRPO-family objectives.")
+    parser = argparse.ArgumentParser(
+        prog="conspo", description="RL with verifiable rewards: ConSPO and GRPO-family objectives."
+    )
     parser.add_argument("--version", action="version", version=f"conspo {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p_train = sub.add_parser("train", help="train a policy (no options: the CPU default job)",
-                             description="Train a policy with RL from verifiable rewards. With no options: the default "
-                             "job (tiny Qwen2 on 2-digit addition, ConSPO), a few minutes on a laptop CPU.")
+    p_train = sub.add_parser(
+        "train",
+        help="train a policy (no options: the CPU default job)",
+        description="Train a policy with RL from verifiable rewards. With no options: the default "
+        "job (tiny Qwen2 on 2-digit addition, ConSPO), a few minutes on a laptop CPU.",
+    )
     p_train.add_argument("--config", help="YAML file of options (command-line options override it)")
     add_config_arguments(p_train)
 
-    p_cmp = sub.add_parser("compare", help="same task and budget for several objectives and seeds: table and plot",
-                           description="Train each objective with each seed on the same task and budget; "
-                           "print a table of final held-out accuracy (mean +- std) and plot the curves.")
+    p_cmp = sub.add_parser(
+        "compare",
+        help="same task and budget for several objectives and seeds: table and plot",
+        description="Train each objective with each seed on the same task and budget; "
+        "print a table of final held-out accuracy (mean +- std) and plot the curves.",
+    )
     p_cmp.add_argument("--objectives", default="conspo,grpo", help="comma-separated objectives (default: conspo,grpo)")
-    p_cmp.add_argument("--seeds", type=int, default=3, help="N runs per objective, seeds S..S+N-1 with S from --seed (default: 3)")
-    p_cmp.add_argument("--target-accuracy", type=float, default=None,
-                       help="report steps to reach this held-out accuracy (default: mean accuracy before + 0.10)")
-    p_cmp.add_argument("--reference", default=None, help="objective the others are compared with, seed by seed "
-                       "(paired difference, 95%% CI; default: conspo when compared, else the first)")
-    p_cmp.add_argument("--from-runs", default="", metavar="DIR", help="train nothing: the tables and plots of the "
-                       "finished runs in DIR (<objective>-seed<seed> folders, as compare writes them)")
+    p_cmp.add_argument(
+        "--seeds", type=int, default=3, help="N runs per objective, seeds S..S+N-1 with S from --seed (default: 3)"
+    )
+    p_cmp.add_argument(
+        "--target-accuracy",
+        type=float,
+        default=None,
+        help="report steps to reach this held-out accuracy (default: mean accuracy before + 0.10)",
+    )
+    p_cmp.add_argument(
+        "--reference",
+        default=None,
+        help="objective the others are compared with, seed by seed "
+        "(paired difference, 95%% CI; default: conspo when compared, else the first)",
+    )
+    p_cmp.add_argument(
+        "--from-runs",
+        default="",
+        metavar="DIR",
+        help="train nothing: the tables and plots of the "
+        "finished runs in DIR (<objective>-seed<seed> folders, as compare writes them)",
+    )
     p_cmp.add_argument("--config", help="YAML file of training options shared by every run")
-    p_cmp.add_argument_group("training options", "every option of `conspo train` (see conspo train --help) applies "
-                             "to each run, e.g. --steps 300 --task addition --lr 1e-4; --seed is the first seed")
+    p_cmp.add_argument_group(
+        "training options",
+        "every option of `conspo train` (see conspo train --help) applies "
+        "to each run, e.g. --steps 300 --task addition --lr 1e-4; --seed is the first seed",
+    )
     add_config_arguments(p_cmp, hidden=True)
 
-    p_eval = sub.add_parser("eval", help="benchmark a model: greedy accuracy, avg@k, pass@k",
-                            description="Evaluate a model the way papers report it: greedy accuracy, avg@k and "
-                            "pass@k on math benchmarks, or on the built-in task's held-out split (the tiny model's default).")
-    p_eval.add_argument("--model", required=True, help="transformers model directory or hub id; a run directory "
-                        "means its final/ model")
-    p_eval.add_argument("--benchmarks", default="", help="comma-separated: the built-in tasks addition and chain, math short "
-                        "names (math500, aime24, aime25, amc23, minerva_math, olympiadbench, gsm8k) or JSONL paths "
-                        "(default: the tiny model's own task, math500 otherwise)")
+    p_eval = sub.add_parser(
+        "eval",
+        help="benchmark a model: greedy accuracy, avg@k, pass@k",
+        description="Evaluate a model the way papers report it: greedy accuracy, avg@k and "
+        "pass@k on math benchmarks, or on the built-in task's held-out split (the tiny model's default).",
+    )
+    p_eval.add_argument(
+        "--model", required=True, help="transformers model directory or hub id; a run directory means its final/ model"
+    )
+    p_eval.add_argument(
+        "--benchmarks",
+        default="",
+        help="comma-separated: the built-in tasks addition and chain, math short "
+        "names (math500, aime24, aime25, amc23, minerva_math, olympiadbench, gsm8k) or JSONL paths "
+        "(default: the tiny model's own task, math500 otherwise)",
+    )
     p_eval.add_argument("--k", type=int, default=8, help="samples per problem for avg@k and pass@k (default: 8)")
     p_eval.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (default: 0.6)")
     p_eval.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling (default: 0.95)")
-    p_eval.add_argument("--max-new-tokens", type=int, default=0, help="generation limit (default 0: the built-in "
-                        "task's own, 3072 for math benchmarks)")
-    p_eval.add_argument("--backend", default="auto", choices=["auto", "hf", "vllm"],
-                        help="generation backend (auto: vllm when installed with a GPU, else transformers)")
-    p_eval.add_argument("--answer-extraction", default="lenient", choices=["lenient", "strict"],
-                        help="a completion without an answer marker is judged by its last math expression "
-                        "(lenient, as published graders do) or scores 0 (strict) (default: lenient)")
-    p_eval.add_argument("--decimal-match", default="exact", metavar="exact|places:N|sig:N",
-                        help="when a decimal counts for an exact gold such as pi or 1/3: exact (math-verify's own "
-                        "comparison, 6 places; the default), places:N or sig:N (a correctly rounded decimal with at "
-                        "least N places / significant digits); see docs/rewards.md")
-    p_eval.add_argument("--template", default="qwen_math_boxed", help="prompt template: qwen_math_boxed, r1, plain, raw")
-    p_eval.add_argument("--data-dir", default=None, help="folder of the benchmark sets (default: $CONSPO_DATA_DIR, else ../shared/data beside a development checkout)")
+    p_eval.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=0,
+        help="generation limit (default 0: the built-in task's own, 3072 for math benchmarks)",
+    )
+    p_eval.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "hf", "vllm"],
+        help="generation backend (auto: vllm when installed with a GPU, else transformers)",
+    )
+    p_eval.add_argument(
+        "--answer-extraction",
+        default="lenient",
+        choices=["lenient", "strict"],
+        help="a completion without an answer marker is judged by its last math expression "
+        "(lenient, as published graders do) or scores 0 (strict) (default: lenient)",
+    )
+    p_eval.add_argument(
+        "--decimal-match",
+        default="exact",
+        metavar="exact|places:N|sig:N",
+        help="when a decimal counts for an exact gold such as pi or 1/3: exact (math-verify's own "
+        "comparison, 6 places; the default), places:N or sig:N (a correctly rounded decimal with at "
+        "least N places / significant digits); see docs/rewards.md",
+    )
+    p_eval.add_argument(
+        "--template", default="qwen_math_boxed", help="prompt template: qwen_math_boxed, r1, plain, raw"
+    )
+    p_eval.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder of the benchmark sets "
+        "(default: $CONSPO_DATA_DIR, else ../shared/data beside a development checkout)",
+    )
     p_eval.add_argument("--limit", type=int, default=0, help="first N problems of each benchmark (0: all)")
     p_eval.add_argument("--batch-size", type=int, default=32, help="completions generated at once (hf backend)")
     p_eval.add_argument("--seed", type=int, default=0)
     p_eval.add_argument("--dtype", default="auto", help="auto, float32, bfloat16")
-    p_eval.add_argument("--threads", type=int, default=0, help="torch CPU threads (default 0: one per core); use 1 "
-                        "when another job shares the cores (two evaluations at once on 2 cores: 52 s with 1 thread "
-                        "each, over 5 minutes with the default; BENCHMARKS.md section 7)")
-    p_eval.add_argument("--output-dir", default="", help="where results.json and completions.jsonl go "
-                        "(default: runs/eval-<date-time>)")
+    p_eval.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads (default 0: one per core); use 1 "
+        "when another job shares the cores (two evaluations at once on 2 cores: 52 s with 1 thread "
+        "each, over 5 minutes with the default; BENCHMARKS.md section 7)",
+    )
+    p_eval.add_argument(
+        "--output-dir", default="", help="where results.json and completions.jsonl go (default: runs/eval-<date-time>)"
+    )
     p_eval.add_argument("--overwrite", action="store_true", help="replace the results in a non-empty --output-dir")
 
-    sub.add_parser("audit-rewards", add_help=False, help="why each completion of a run or eval scored what it did "
-                   "(conspo audit-rewards --help)")
+    sub.add_parser(
+        "audit-rewards",
+        add_help=False,
+        help="why each completion of a run or eval scored what it did (conspo audit-rewards --help)",
+    )
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["audit-rewards"]:  # its own parser (conspo/audit.py)
@@ -226,7 +318,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"conspo eval: error: {e}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
-            print("conspo eval: interrupted (results.json is written only when every benchmark is done)", file=sys.stderr)
+            print(
+                "conspo eval: interrupted (results.json is written only when every benchmark is done)", file=sys.stderr
+            )
             return 130
         return 0
     cfg = None
@@ -242,8 +336,14 @@ def main(argv: list[str] | None = None) -> int:
             if args.from_runs:
                 report(Path(args.from_runs), reference=args.reference, target_accuracy=args.target_accuracy)
             else:
-                compare(cfg, objectives=[o.strip() for o in args.objectives.split(",") if o.strip()], seeds=args.seeds,
-                        target_accuracy=args.target_accuracy, train_fn=run_training, reference=args.reference)
+                compare(
+                    cfg,
+                    objectives=[o.strip() for o in args.objectives.split(",") if o.strip()],
+                    seeds=args.seeds,
+                    target_accuracy=args.target_accuracy,
+                    train_fn=run_training,
+                    reference=args.reference,
+                )
     except ConfigError as e:
         print(f"conspo {args.command}: error: {e}", file=sys.stderr)
         return 2

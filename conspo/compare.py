@@ -24,8 +24,16 @@ from conspo.paired_stats import paired_difference
 from conspo.reporting import read_metrics
 
 
-def compare(base: TrainConfig, *, objectives: list[str], seeds: int, target_accuracy: float | None = None, log=print,
-            train_fn=None, reference: str | None = None) -> dict:
+def compare(
+    base: TrainConfig,
+    *,
+    objectives: list[str],
+    seeds: int,
+    target_accuracy: float | None = None,
+    log=print,
+    train_fn=None,
+    reference: str | None = None,
+) -> dict:
     """Train every (objective, seed) with ``train_fn(cfg, log=...)`` (default: the native trainer); table and plot.
 
     Seeds are ``base.seed, base.seed + 1, ..., base.seed + seeds - 1``.
@@ -38,8 +46,10 @@ def compare(base: TrainConfig, *, objectives: list[str], seeds: int, target_accu
         raise ConfigError(f"--seeds {seeds}: must be >= 1 (the number of seeds per objective)")
     for option in ("resume", "stop_after"):  # per-run options: a comparison runs every run to its end
         if getattr(base, option):
-            raise ConfigError(f"--{option.replace('_', '-')} is an option of conspo train, not of compare: every "
-                              "compared run trains to --steps (resume one run with conspo train --resume RUN_DIR)")
+            raise ConfigError(
+                f"--{option.replace('_', '-')} is an option of conspo train, not of compare: every "
+                "compared run trains to --steps (resume one run with conspo train --resume RUN_DIR)"
+            )
     reference = check_reference(reference, objectives)
     root = Path(base.output_dir or f"runs/compare-{datetime.now():%Y%m%d-%H%M%S}")
     for name in objectives:  # fail before hours of training, not after
@@ -79,12 +89,19 @@ def report(root: Path, *, reference: str | None = None, target_accuracy: float |
     for rs in runs.values():
         rs.sort(key=lambda r: r["seed"])
     steps = max(int(r.get("steps", 0)) for rs in runs.values() for r in rs)
-    return write_report(runs, Path(root), target_accuracy=target_accuracy,
-                        reference=check_reference(reference, list(runs)), steps=steps, log=log)
+    return write_report(
+        runs,
+        Path(root),
+        target_accuracy=target_accuracy,
+        reference=check_reference(reference, list(runs)),
+        steps=steps,
+        log=log,
+    )
 
 
-def write_report(runs: dict[str, list[dict]], root: Path, *, target_accuracy: float | None, reference: str, steps: int,
-                 log=print) -> dict:
+def write_report(
+    runs: dict[str, list[dict]], root: Path, *, target_accuracy: float | None, reference: str, steps: int, log=print
+) -> dict:
     """Tables (printed), plots and compare.json of finished runs."""
     if target_accuracy is None:
         befores = [r["heldout_accuracy_before"] for rs in runs.values() for r in rs]
@@ -95,8 +112,17 @@ def write_report(runs: dict[str, list[dict]], root: Path, *, target_accuracy: fl
     plot_comparison(runs, root / "compare.png", target_accuracy)
     plot_generation(runs, root / "compare_lengths.png")
     with open(root / "compare.json", "w") as f:
-        json.dump({"target_accuracy": target_accuracy, "table": table, "reference": reference, "paired": paired,
-                   "runs": runs}, f, indent=1)
+        json.dump(
+            {
+                "target_accuracy": target_accuracy,
+                "table": table,
+                "reference": reference,
+                "paired": paired,
+                "runs": runs,
+            },
+            f,
+            indent=1,
+        )
     log(text + f"\n\nplots: {root / 'compare.png'}, {root / 'compare_lengths.png'}  data: {root / 'compare.json'}")
     return {"table": table, "paired": paired, "reference": reference, "runs": runs, "target_accuracy": target_accuracy}
 
@@ -110,8 +136,11 @@ def run_record(run_dir: Path, summary: dict) -> dict:
 
 def generation_curve(metrics: list[dict]) -> list[tuple[int, float, float]]:
     """(step, mean completion length, truncated fraction) of the sampled groups at every logged step."""
-    return [(m["step"], m["gen/completion_len_mean"], m["gen/truncated_frac"]) for m in metrics
-            if "gen/completion_len_mean" in m]
+    return [
+        (m["step"], m["gen/completion_len_mean"], m["gen/truncated_frac"])
+        for m in metrics
+        if "gen/completion_len_mean" in m
+    ]
 
 
 def late_generation(run: dict, fraction: float = 0.1) -> tuple[float, float] | None:
@@ -119,7 +148,7 @@ def late_generation(run: dict, fraction: float = 0.1) -> tuple[float, float] | N
     rows = run.get("generation") or []
     if not rows:
         return None
-    last = rows[-max(1, round(len(rows) * fraction)):]
+    last = rows[-max(1, round(len(rows) * fraction)) :]
     return statistics.mean(r[1] for r in last), statistics.mean(r[2] for r in last)
 
 
@@ -130,6 +159,7 @@ def best_accuracy(run: dict) -> float:
 
 def paired_table(runs: dict[str, list[dict]], reference: str) -> list[dict]:
     """Per objective other than ``reference``: paired per-seed differences of last-step and best-step accuracy."""
+
     def by_seed(rs, value):
         return {r.get("seed", i): value(r) for i, r in enumerate(rs)}
 
@@ -137,10 +167,16 @@ def paired_table(runs: dict[str, list[dict]], reference: str) -> list[dict]:
     for name, rs in runs.items():
         if name == reference:
             continue
-        rows.append({"objective": name,
-                     "last": paired_difference(by_seed(rs, lambda r: r["heldout_accuracy_after"]),
-                                               by_seed(runs[reference], lambda r: r["heldout_accuracy_after"])),
-                     "best": paired_difference(by_seed(rs, best_accuracy), by_seed(runs[reference], best_accuracy))})
+        rows.append(
+            {
+                "objective": name,
+                "last": paired_difference(
+                    by_seed(rs, lambda r: r["heldout_accuracy_after"]),
+                    by_seed(runs[reference], lambda r: r["heldout_accuracy_after"]),
+                ),
+                "best": paired_difference(by_seed(rs, best_accuracy), by_seed(runs[reference], best_accuracy)),
+            }
+        )
     return rows
 
 
@@ -151,12 +187,17 @@ def format_paired(rows: list[dict], reference: str) -> str:
         ci = "(CI needs >= 2 seeds)" if d["low"] is None else f"[{d['low'] * 100:+.1f}, {d['high'] * 100:+.1f}]"
         return f"{d['mean'] * 100:+.1f} {ci}"
 
-    lines = [f"| objective - {reference} | paired seeds | last step: difference (points), 95% CI | "
-             "best step (chosen on the eval set): difference, 95% CI |", "|---|---|---|---|"]
+    lines = [
+        f"| objective - {reference} | paired seeds | last step: difference (points), 95% CI | "
+        "best step (chosen on the eval set): difference, 95% CI |",
+        "|---|---|---|---|",
+    ]
     for r in rows:
         lines.append(f"| {r['objective']} | {r['last']['seeds']} | {cell(r['last'])} | {cell(r['best'])} |")
-    return "\n".join(lines) + ("\n(paired by seed: the same seed's run of each objective; CI = mean +- t(0.975, n-1) "
-                               "* sd / sqrt(n), Student's t)")
+    return "\n".join(lines) + (
+        "\n(paired by seed: the same seed's run of each objective; CI = mean +- t(0.975, n-1) "
+        "* sd / sqrt(n), Student's t)"
+    )
 
 
 def steps_to_target(curve: list[tuple[int, float]], target: float) -> int | None:
@@ -176,36 +217,43 @@ def summarise(runs: dict[str, list[dict]], target: float) -> list[dict]:
         gain_mean, gain_std = _mean_std([r["heldout_accuracy_after"] - r["heldout_accuracy_before"] for r in rs])
         reached = [s for s in (steps_to_target(r["curve"], target) for r in rs) if s is not None]
         late = [g for g in (late_generation(r) for r in rs) if g is not None]
-        rows.append({
-            "objective": name,
-            "seeds": len(rs),
-            "accuracy_after_mean": after_mean,
-            "accuracy_after_std": after_std,
-            "accuracy_best_mean": best_mean,
-            "accuracy_best_std": best_std,
-            "gain_mean": gain_mean,
-            "gain_std": gain_std,
-            "reached_target": len(reached),
-            "steps_to_target_median": statistics.median(reached) if reached else None,
-            "wall_seconds_mean": statistics.mean(r["wall_seconds"] for r in rs),
-            # the sampled completions over the last 10% of steps (the likelihood-alignment argument is about them)
-            "late_length_mean": statistics.mean(g[0] for g in late) if late else None,
-            "late_truncated_mean": statistics.mean(g[1] for g in late) if late else None,
-        })
+        rows.append(
+            {
+                "objective": name,
+                "seeds": len(rs),
+                "accuracy_after_mean": after_mean,
+                "accuracy_after_std": after_std,
+                "accuracy_best_mean": best_mean,
+                "accuracy_best_std": best_std,
+                "gain_mean": gain_mean,
+                "gain_std": gain_std,
+                "reached_target": len(reached),
+                "steps_to_target_median": statistics.median(reached) if reached else None,
+                "wall_seconds_mean": statistics.mean(r["wall_seconds"] for r in rs),
+                # the sampled completions over the last 10% of steps (the likelihood-alignment argument is about them)
+                "late_length_mean": statistics.mean(g[0] for g in late) if late else None,
+                "late_truncated_mean": statistics.mean(g[1] for g in late) if late else None,
+            }
+        )
     return rows
 
 
 def format_table(rows: list[dict], target: float, steps: int) -> str:
-    lines = [f"| objective | seeds | held-out accuracy, last step | best step (chosen on the eval set) | change (points) | "
-             f"steps to {target:.0%} (median, reached/seeds) | sample length, last 10% | truncated, last 10% | wall s/run |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"| objective | seeds | held-out accuracy, last step | best step (chosen on the eval set) | change (points) | "
+        f"steps to {target:.0%} (median, reached/seeds) | sample length, last 10% | truncated, last 10% | wall s/run |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         reach = "never" if r["steps_to_target_median"] is None else f"{r['steps_to_target_median']:.0f}"
-        lines.append(f"| {r['objective']} | {r['seeds']} | {r['accuracy_after_mean']:.1%} +- {r['accuracy_after_std']:.1%} | "
-                     f"{r['accuracy_best_mean']:.1%} +- {r['accuracy_best_std']:.1%} | "
-                     f"{r['gain_mean'] * 100:+.1f} +- {r['gain_std'] * 100:.1f} | {reach} ({r['reached_target']}/{r['seeds']}) | "
-                     f"{late_cell(r['late_length_mean'], '.1f')} | {late_cell(r['late_truncated_mean'], '.1%')} | "
-                     f"{r['wall_seconds_mean']:.0f} |")
+        lines.append(
+            f"| {r['objective']} | {r['seeds']} | {r['accuracy_after_mean']:.1%} +- {r['accuracy_after_std']:.1%} | "
+            f"{r['accuracy_best_mean']:.1%} +- {r['accuracy_best_std']:.1%} | "
+            f"{r['gain_mean'] * 100:+.1f} +- {r['gain_std'] * 100:.1f} | "
+            f"{reach} ({r['reached_target']}/{r['seeds']}) | "
+            f"{late_cell(r['late_length_mean'], '.1f')} | {late_cell(r['late_truncated_mean'], '.1%')} | "
+            f"{r['wall_seconds_mean']:.0f} |"
+        )
     return "\n".join(lines) + f"\n(budget: {steps} optimizer steps per run; +- is the sample std over seeds)"
 
 
@@ -256,7 +304,7 @@ def plot_generation(runs: dict[str, list[dict]], out_png: Path, window: int = 20
         for column, ax in ((1, ax_len), (2, ax_trunc)):
             mean = np.array([[g[column] for g in run[:width]] for run in rows]).mean(0)
             if width >= window:  # smooth: per-step values of 128 samples are noisy
-                mean, shown = np.convolve(mean, kernel, mode="valid"), steps[window - 1:]
+                mean, shown = np.convolve(mean, kernel, mode="valid"), steps[window - 1 :]
             else:
                 shown = steps
             ax.plot(shown, mean, label=f"{name} (n={len(rows)})")

@@ -18,48 +18,70 @@ from typing import Literal, get_args, get_type_hints
 from conspo.errors import ConfigError
 
 
-
 @dataclass
 class TrainConfig:
     # ---- what to train -------------------------------------------------------------
     objective: Literal["conspo", "grpo", "dr_grpo", "dapo", "gspo", "disco", "disco_ratio", "real"] = "conspo"
-    """Policy objective: conspo, grpo, dr_grpo, dapo, gspo (conspo.objectives), or the sequence-score objectives disco (DisCO, length-normalised log-likelihood), disco_ratio (DisCO, likelihood ratio) and real (REAL) (conspo.score_objectives); also a score objective registered with conspo.score_objectives.register_score_objective (from Python)."""
+    """Policy objective: conspo, grpo, dr_grpo, dapo, gspo (conspo.objectives), or the sequence-score objectives disco
+    (DisCO, length-normalised log-likelihood), disco_ratio (DisCO, likelihood ratio) and real (REAL)
+    (conspo.score_objectives); also a score objective registered with
+    conspo.score_objectives.register_score_objective (from Python)."""
     model: str = "tiny"
-    """`tiny`: a ~1M-parameter Qwen2 warmed up on the task (built once, cached). Otherwise any transformers causal LM, local path or hub id."""
+    """`tiny`: a ~1M-parameter Qwen2 warmed up on the task (built once, cached). Otherwise any transformers causal LM,
+    local path or hub id."""
     task: Literal["addition", "chain", "math", "data"] = "addition"
-    """Where prompts, held-out problems and the verifier come from: `addition` (built in, 3-token answers), `chain` (built in: sums of 4-7 terms written out as 11-64-token worked chains, final answer verified), `math` (train_data / eval_data below, math-verify rewards) or `data` (your train_data scored by your --reward; chosen when both are given without --task)."""
+    """Where prompts, held-out problems and the verifier come from: `addition` (built in, 3-token answers), `chain`
+    (built in: sums of 4-7 terms written out as 11-64-token worked chains, final answer verified), `math`
+    (train_data / eval_data below, math-verify rewards) or `data` (your train_data scored by your --reward; chosen
+    when both are given without --task)."""
     reward: list[str] = field(default_factory=list)
-    """A reward function with TRL's signature `(prompts, completions, **columns) -> list[float | None]` (sync or async; None: no score), as `FILE.py:FUNCTION` or `module:function`; repeat for several, summed with reward_weights. Replaces the task's verifier (which is `conspo.rewards.verifiers:math_accuracy`, `exact_answer` or `chain_final_answer` if you want it too)."""
+    """A reward function with TRL's signature `(prompts, completions, **columns) -> list[float | None]` (sync or async;
+    None: no score), as `FILE.py:FUNCTION` or `module:function`; repeat for several, summed with reward_weights.
+    Replaces the task's verifier (which is `conspo.rewards.verifiers:math_accuracy`, `exact_answer` or
+    `chain_final_answer` if you want it too)."""
     reward_weights: list[float] = field(default_factory=list)
     """One weight per --reward (TRL's reward_weights); empty: 1 each."""
     reward_errors: Literal["raise", "zero"] = "raise"
-    """A reward that raises or returns NaN/inf/a non-number: stop with the reward and row named (raise), or score 0 and count it in reward/errors/<name> (zero)."""
+    """A reward that raises or returns NaN/inf/a non-number: stop with the reward and row named (raise), or score 0 and
+    count it in reward/errors/<name> (zero)."""
     train_data: str = ""
-    """task=math or data: training rows, a shared set's short name (math_train, gsm8k_train, ...), a JSONL file, a datasets folder (save_to_disk) or a Hub id; task math default: math_train."""
+    """task=math or data: training rows, a shared set's short name (math_train, gsm8k_train, ...), a JSONL file, a
+    datasets folder (save_to_disk) or a Hub id; task math default: math_train."""
     eval_data: str = ""
-    """task=math or data: held-out rows, named as train_data; task math default: math500; task data default: the last 10% (at most 200) of train_data, not trained on."""
+    """task=math or data: held-out rows, named as train_data; task math default: math500; task data default: the last
+    10% (at most 200) of train_data, not trained on."""
     data_dir: str = ""
-    """task=math or data: folder of the shared data sets (for short names); empty: $CONSPO_DATA_DIR, else ../shared/data next to a development checkout, else an error naming both."""
+    """task=math or data: folder of the shared data sets (for short names); empty: $CONSPO_DATA_DIR, else
+    ../shared/data next to a development checkout, else an error naming both."""
     prompt_field: str = ""
-    """task=data: the prompt column (a string, or chat messages rendered with the tokenizer's chat template); empty: `prompt` (TRL's), else `problem`."""
+    """task=data: the prompt column (a string, or chat messages rendered with the tokenizer's chat template); empty:
+    `prompt` (TRL's), else `problem`."""
     prompt_template: str = "qwen_math_boxed"
     """task=math: qwen_math_boxed, r1 or plain (rendered with the tokenizer's chat template when it has one)."""
     answer_extraction: Literal["lenient", "strict"] = "lenient"
-    """task=math: a completion with no answer marker (box, "Answer:", ...) is judged by its last math expression (lenient, as published graders do) or scores 0 (strict: also teaches the model to mark its answer)."""
+    """task=math: a completion with no answer marker (box, "Answer:", ...) is judged by its last math expression
+    (lenient, as published graders do) or scores 0 (strict: also teaches the model to mark its answer)."""
     reward_audit_every: int = 0
-    """task=math: every N-th scored batch, also score it with plain math-verify and strict extraction and log how often they disagree with the reward (reward/second_opinion_disagree_frac, _fn_frac, _fp_frac), so a reward that silently drifts shows. 0: off."""
+    """task=math: every N-th scored batch, also score it with plain math-verify and strict extraction and log how often
+    they disagree with the reward (reward/second_opinion_disagree_frac, _fn_frac, _fp_frac), so a reward that
+    silently drifts shows. 0: off."""
     decimal_match: str = "exact"
-    """task=math: when a decimal counts for an exact gold (pi, 1/3): `exact` (math-verify's own comparison at 6 places, so a coarse 3.1 for pi earns nothing), `places:N` or `sig:N` (a correctly rounded decimal with at least N places / significant digits). See docs/rewards.md."""
+    """task=math: when a decimal counts for an exact gold (pi, 1/3): `exact` (math-verify's own comparison at 6 places,
+    so a coarse 3.1 for pi earns nothing), `places:N` or `sig:N` (a correctly rounded decimal with at least N places
+    / significant digits). See docs/rewards.md."""
     engine: Literal["native", "trl"] = "native"
-    """`native` (conspo/train.py) or `trl` (the same task and options through TRL's GRPOTrainer; ConSPO via conspo.integrations.trl)."""
+    """`native` (conspo/train.py) or `trl` (the same task and options through TRL's GRPOTrainer; ConSPO via
+    conspo.integrations.trl)."""
     seed: int = 0
     """Seed for prompt sampling, generation and initialisation."""
     output_dir: str = ""
     """Run directory. Empty: runs/<objective>-seed<seed>-<date-time>."""
     overwrite: bool = False
-    """Start over in an existing output_dir: the run there (its checkpoints, final/, metrics, samples, summary, plots) is deleted first; other files are left alone."""
+    """Start over in an existing output_dir: the run there (its checkpoints, final/, metrics, samples, summary, plots)
+    is deleted first; other files are left alone."""
     resume: str = ""
-    """Continue a run from its directory (newest complete checkpoint) or a checkpoint-<step> directory. Its saved config is used; options given on the command line override it."""
+    """Continue a run from its directory (newest complete checkpoint) or a checkpoint-<step> directory. Its saved
+    config is used; options given on the command line override it."""
     stop_after: int = 0
     """Stop after this many optimizer steps in this invocation (0: run to `steps`); continue later with --resume."""
 
@@ -77,21 +99,29 @@ class TrainConfig:
     top_p: float = 1.0
     """Nucleus sampling of the rollouts (1.0: off)."""
     updates_per_batch: int = 1
-    """Optimizer steps on each generated batch. >1 reuses samples off-policy: clipped objectives use importance ratios; ConSPO recomputes its scores."""
+    """Optimizer steps on each generated batch. >1 reuses samples off-policy: clipped objectives use importance ratios;
+    ConSPO recomputes its scores."""
     micro_batch_size: int = 0
-    """Rows per forward/backward pass; 0: the whole batch. Gradients are accumulated so the update equals the full-batch one."""
+    """Rows per forward/backward pass; 0: the whole batch. Gradients are accumulated so the update equals the
+    full-batch one."""
     max_tokens_per_micro_batch: int = 0
-    """Form micro-batches by real length instead: as many rows as fit this many padded tokens (rows x longest prompt+completion among them), each padded only to its own longest row; 0: off. The update stays the full-batch gradient."""
+    """Form micro-batches by real length instead: as many rows as fit this many padded tokens (rows x longest
+    prompt+completion among them), each padded only to its own longest row; 0: off. The update stays the full-batch
+    gradient."""
     group_mode: Literal["auto", "whole", "coefficients"] = "auto"
-    """How ConSPO stays exact when micro-batches are used: `whole` (each micro-batch holds whole groups, loss in-graph), `coefficients` (no-grad scores of the batch, closed-form dL/ds, per-row surrogate: any split), `auto` (whole when micro_batch_size is a multiple of group_size; coefficients under a token budget)."""
+    """How ConSPO stays exact when micro-batches are used: `whole` (each micro-batch holds whole groups, loss
+    in-graph), `coefficients` (no-grad scores of the batch, closed-form dL/ds, per-row surrogate: any split), `auto`
+    (whole when micro_batch_size is a multiple of group_size; coefficients under a token budget)."""
     dynamic_sampling: bool = False
-    """DAPO's dynamic sampling: generate prompts_per_step * dynamic_oversample groups and train on up to prompts_per_step groups whose rewards differ."""
+    """DAPO's dynamic sampling: generate prompts_per_step * dynamic_oversample groups and train on up to
+    prompts_per_step groups whose rewards differ."""
     dynamic_oversample: float = 2.0
     """With dynamic_sampling: how many times more prompts to sample than are trained on."""
 
     # ---- optimisation --------------------------------------------------------------
     lr: float = 3e-5
-    """AdamW learning rate after warm-up (the tiny base is fragile: 1e-4 and above wreck it, docs/design.md section 8)."""
+    """AdamW learning rate after warm-up (the tiny base is fragile: 1e-4 and above wreck it,
+    docs/design.md section 8)."""
     lr_warmup_steps: int = 30
     """Linear learning-rate warm-up from 0, in optimizer steps."""
     weight_decay: float = 0.0
@@ -99,7 +129,8 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     """Clip the global gradient norm to this value (0: no clipping; the norm is logged either way)."""
     max_consecutive_skips: int = 5
-    """A step with a non-finite loss or gradient is skipped (weights and optimizer untouched); this many in a row stop the run."""
+    """A step with a non-finite loss or gradient is skipped (weights and optimizer untouched); this many in a row stop
+    the run."""
 
     # ---- objective options -----------------------------------------------------------
     tau: float = 0.3
@@ -113,11 +144,15 @@ class TrainConfig:
     margin_horizon: int = 0
     """Optimizer steps to reach margin_end; 0: the whole run."""
     positive_threshold: float = 0.5
-    """positive_rule `threshold`: a completion is positive when its reward is >= this. Also the bar of held-out `positive_frac` (a held-out completion has no group)."""
+    """positive_rule `threshold`: a completion is positive when its reward is >= this. Also the bar of held-out
+    `positive_frac` (a held-out completion has no group)."""
     positive_rule: Literal["threshold", "group_mean"] = "group_mean"
-    """How ConSPO picks a group's positives: `group_mean` (reward strictly above the mean reward of its group: for 0/1 rewards exactly the completions scoring 1, and it works for graded rewards; a group whose rewards are all equal has no positive) or `threshold` (reward at least positive_threshold)."""
+    """How ConSPO picks a group's positives: `group_mean` (reward strictly above the mean reward of its group: for 0/1
+    rewards exactly the completions scoring 1, and it works for graded rewards; a group whose rewards are all equal
+    has no positive) or `threshold` (reward at least positive_threshold)."""
     score_tau: float = 0.0
-    """Temperature of disco, disco_ratio and real; 0: the objective's published default (DisCO 10 with the log-likelihood score, 1 with the likelihood ratio; REAL 0.5)."""
+    """Temperature of disco, disco_ratio and real; 0: the objective's published default (DisCO 10 with the
+    log-likelihood score, 1 with the likelihood ratio; REAL 0.5)."""
     score: Literal["mean", "sum"] = "mean"
     """ConSPO's sequence score: `mean` token log-prob (length-normalised, the paper's) or `sum` (ablation)."""
     eps_low: float | None = None
@@ -125,21 +160,29 @@ class TrainConfig:
     eps_high: float | None = None
     """Upper clip range; None: the objective's default (0.2; DAPO 0.28; GSPO 4e-4)."""
     beta: float = 0.0
-    """Coefficient of a k3 KL penalty to the initial policy; 0: off (no reference model kept; with LoRA the reference is the base with the adapter off)."""
+    """Coefficient of a k3 KL penalty to the initial policy; 0: off (no reference model kept; with LoRA the reference
+    is the base with the adapter off)."""
     overlong_buffer: int = 0
-    """DAPO's soft overlong punishment, for any objective: a completion ending within this many tokens of the generation limit gets an added reward falling linearly from 0 to -overlong_penalty_factor at the limit (0: off; the DAPO paper: 4096 of 20480)."""
+    """DAPO's soft overlong punishment, for any objective: a completion ending within this many tokens of the
+    generation limit gets an added reward falling linearly from 0 to -overlong_penalty_factor at the limit (0: off;
+    the DAPO paper: 4096 of 20480)."""
     overlong_penalty_factor: float = 1.0
     """Size of the overlong penalty at the generation limit (needs overlong_buffer > 0; DAPO's 1.0)."""
     mask_truncated: bool = False
-    """Truncated completions (generation limit reached without EOS) get no gradient, for any objective: DAPO's overlong filtering, TRL's mask_truncated_completions."""
+    """Truncated completions (generation limit reached without EOS) get no gradient, for any objective: DAPO's overlong
+    filtering, TRL's mask_truncated_completions."""
 
     # ---- memory, precision, LoRA -------------------------------------------------------
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass instead of storing them (less memory, ~30% more compute)."""
     mixed_precision: Literal["auto", "no", "bf16"] = "auto"
-    """bf16: forward and backward run in bfloat16 under torch.autocast while weights, gradients and AdamW state stay float32, so small updates are not rounded away (TRL's bf16=True). auto: bf16 on a CUDA GPU that supports it (with float32 weights), else no."""
+    """bf16: forward and backward run in bfloat16 under torch.autocast while weights, gradients and AdamW state stay
+    float32, so small updates are not rounded away (TRL's bf16=True). auto: bf16 on a CUDA GPU that supports it
+    (with float32 weights), else no."""
     low_precision_weights: bool = False
-    """Allow dtype bfloat16/float16 without LoRA: AdamW then updates half-precision weights directly, and an update smaller than half a weight's spacing is rounded away (at lr 1e-6 most of them; a warning gives this model's share). Off: such a run is refused."""
+    """Allow dtype bfloat16/float16 without LoRA: AdamW then updates half-precision weights directly, and an update
+    smaller than half a weight's spacing is rounded away (at lr 1e-6 most of them; a warning gives this model's
+    share). Off: such a run is refused."""
     lora_r: int = 0
     """LoRA rank (peft); 0: train all weights. Checkpoints then hold only the adapter."""
     lora_alpha: int = 32
@@ -149,15 +192,20 @@ class TrainConfig:
     lora_target_modules: str = "all-linear"
     """Comma-separated module names to adapt, or `all-linear` (every linear layer but the output head)."""
     lora_save: Literal["merged", "adapter"] = "merged"
-    """final/: the adapter merged into the base weights (a plain transformers model), or the adapter alone (peft format)."""
+    """final/: the adapter merged into the base weights (a plain transformers model), or the adapter alone (peft
+    format)."""
 
     # ---- generation with vLLM (--engine trl) -------------------------------------------
     vllm_mode: Literal["none", "colocate", "server"] = "none"
-    """--engine trl: generate rollouts with vLLM (needs the vllm package and a CUDA GPU): `colocate` (inside each training process, sharing its GPU), `server` (a separate `trl vllm-serve` process), `none` (transformers generate)."""
+    """--engine trl: generate rollouts with vLLM (needs the vllm package and a CUDA GPU): `colocate` (inside each
+    training process, sharing its GPU), `server` (a separate `trl vllm-serve` process), `none` (transformers
+    generate)."""
     vllm_gpu_memory_utilization: float = 0.3
-    """vllm_mode=colocate: fraction of each GPU's memory vLLM may take (default as in TRL; a server takes `trl vllm-serve --gpu_memory_utilization`)."""
+    """vllm_mode=colocate: fraction of each GPU's memory vLLM may take (default as in TRL; a server takes `trl
+    vllm-serve --gpu_memory_utilization`)."""
     vllm_tensor_parallel_size: int = 1
-    """vllm_mode=colocate: GPUs one vLLM engine spans (must divide the number of processes; a server takes `trl vllm-serve --tensor_parallel_size`)."""
+    """vllm_mode=colocate: GPUs one vLLM engine spans (must divide the number of processes; a server takes `trl
+    vllm-serve --tensor_parallel_size`)."""
     vllm_server_host: str = "0.0.0.0"
     """vllm_mode=server: host of the `trl vllm-serve` process."""
     vllm_server_port: int = 8000
@@ -171,11 +219,17 @@ class TrainConfig:
     sft_lr: float = 1.5e-3
     """Learning rate of the supervised warm-up."""
     sft_decay_steps: int = 0
-    """0: the warm-up's learning rate decays linearly to zero at its last step. N > sft_steps: it decays over N steps and the warm-up stops at sft_steps, so the base is a checkpoint from the middle of a longer schedule, not an annealed one (on one machine RL improved such a chain base and wrecked annealed ones; on another it wrecked both: docs/experiments/chain.md)."""
+    """0: the warm-up's learning rate decays linearly to zero at its last step. N > sft_steps: it decays over N steps
+    and the warm-up stops at sft_steps, so the base is a checkpoint from the middle of a longer schedule, not an
+    annealed one (on one machine RL improved such a chain base and wrecked annealed ones; on another it wrecked
+    both: docs/experiments/chain.md)."""
     sft_batch_size: int = 128
     """Batch size of the supervised warm-up."""
     sft_stop_accuracy: float = 0.0
-    """Stop the warm-up at the first check (every 25 steps) where greedy accuracy on 200 of the task's training problems (never held-out ones) reaches this; sft_steps is then the most it trains. 0: off. Sets the base by what it can do, not by a step count: the chain warm-up learns abruptly, at a step that moved from about 900 to about 1,300 between two machines (docs/experiments/chain.md)."""
+    """Stop the warm-up at the first check (every 25 steps) where greedy accuracy on 200 of the task's training
+    problems (never held-out ones) reaches this; sft_steps is then the most it trains. 0: off. Sets the base by what
+    it can do, not by a step count: the chain warm-up learns abruptly, at a step that moved from about 900 to about
+    1,300 between two machines (docs/experiments/chain.md)."""
     cache_dir: str = "~/.cache/conspo"
     """Where the warmed-up tiny base is cached."""
 
@@ -193,11 +247,13 @@ class TrainConfig:
     report_to: str = "none"
     """Also send metrics to: none, tensorboard, wandb (comma-separated)."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """Weight dtype. auto: float32 master weights and AdamW state (compute in bf16 on a GPU: mixed_precision). bfloat16/float16 weights are for LoRA (frozen base, float32 adapter) or need low_precision_weights."""
+    """Weight dtype. auto: float32 master weights and AdamW state (compute in bf16 on a GPU: mixed_precision).
+    bfloat16/float16 weights are for LoRA (frozen base, float32 adapter) or need low_precision_weights."""
     device: str = "auto"
     """cpu, cuda, cuda:N or auto."""
     threads: int = 0
-    """torch CPU threads; 0: 1 for the tiny model (2.5-3x faster than 2 threads when another job shares the cores, 1.2-1.5x slower on an idle machine: BENCHMARKS.md section 7), torch's default (one per core) for other models."""
+    """torch CPU threads; 0: 1 for the tiny model (2.5-3x faster than 2 threads when another job shares the cores,
+    1.2-1.5x slower on an idle machine: BENCHMARKS.md section 7), torch's default (one per core) for other models."""
     progress: bool = True
     """Show a progress bar."""
 
@@ -227,6 +283,7 @@ class TrainConfig:
             if choices and getattr(self, f.name) not in choices:
                 bad(f.name, f"must be one of {', '.join(choices)}")
         from conspo.rewards.math import parse_decimal_match  # no sympy import
+
         try:
             parse_decimal_match(self.decimal_match)
         except ValueError as e:
@@ -234,9 +291,26 @@ class TrainConfig:
         for name in ("steps", "prompts_per_step", "group_size", "updates_per_batch", "sft_batch_size"):
             if getattr(self, name) < 1:
                 bad(name, "must be >= 1")
-        for name in ("max_new_tokens", "micro_batch_size", "max_tokens_per_micro_batch", "lora_r", "lr_warmup_steps", "eval_every", "eval_size",
-                     "log_samples_every", "save_every", "margin_horizon", "stop_after", "sft_steps", "sft_decay_steps", "threads",
-                     "keep_checkpoints", "max_consecutive_skips", "overlong_buffer", "reward_audit_every"):
+        for name in (
+            "max_new_tokens",
+            "micro_batch_size",
+            "max_tokens_per_micro_batch",
+            "lora_r",
+            "lr_warmup_steps",
+            "eval_every",
+            "eval_size",
+            "log_samples_every",
+            "save_every",
+            "margin_horizon",
+            "stop_after",
+            "sft_steps",
+            "sft_decay_steps",
+            "threads",
+            "keep_checkpoints",
+            "max_consecutive_skips",
+            "overlong_buffer",
+            "reward_audit_every",
+        ):
             if getattr(self, name) < 0:
                 bad(name, "must be >= 0")
         if get_objective(self.objective).couples_group and self.group_size < 2:
@@ -250,11 +324,17 @@ class TrainConfig:
         if not 0 < self.top_p <= 1:
             bad("top_p", "must be in (0, 1]")
         if 0 < self.sft_decay_steps < self.sft_steps:
-            bad("sft_decay_steps", f"must be 0 or >= sft_steps ({self.sft_steps}): the warm-up stops at sft_steps, "
-                "before or when its learning rate reaches zero (pass --sft-decay-steps 0, or a value >= --sft-steps)")
+            bad(
+                "sft_decay_steps",
+                f"must be 0 or >= sft_steps ({self.sft_steps}): the warm-up stops at sft_steps, "
+                "before or when its learning rate reaches zero (pass --sft-decay-steps 0, or a value >= --sft-steps)",
+            )
         if not 0 <= self.sft_stop_accuracy <= 1:
-            bad("sft_stop_accuracy", "must be in [0, 1] (0: off; e.g. 0.5 stops the warm-up once half the checked "
-                "training problems are solved)")
+            bad(
+                "sft_stop_accuracy",
+                "must be in [0, 1] (0: off; e.g. 0.5 stops the warm-up once half the checked "
+                "training problems are solved)",
+            )
         if not self.overlong_buffer and self.overlong_penalty_factor != TrainConfig.overlong_penalty_factor:
             bad("overlong_penalty_factor", "is only used with overlong_buffer > 0: set --overlong-buffer too")
         if self.max_new_tokens:
@@ -279,8 +359,12 @@ class TrainConfig:
                 bad("report_to", f"needs the {reporter} package: pip install {reporter}")
         if self.model == "tiny" and self.task not in ("addition", "chain"):
             # its tokenizer knows 19 characters: math prompts become <pad> runs and generation blows up memory
-            bad("task", "the tiny model (a 19-character vocabulary) trains only the built-in tasks, addition and chain; "
-                f"--task {self.task} needs --model (a transformers model directory or hub id, e.g. Qwen/Qwen2.5-0.5B-Instruct)")
+            bad(
+                "task",
+                "the tiny model (a 19-character vocabulary) trains only the built-in tasks, addition and chain; "
+                f"--task {self.task} needs --model (a transformers model directory or hub id, "
+                "e.g. Qwen/Qwen2.5-0.5B-Instruct)",
+            )
         self._validate_options()
         self._validate_device()
         if self.micro_batch_size and self.max_tokens_per_micro_batch:
@@ -288,20 +372,31 @@ class TrainConfig:
         if self.lora_r and self.lora_alpha < 1:
             bad("lora_alpha", "must be >= 1")
         if self.dtype in ("bfloat16", "float16") and not self.lora_r and not self.low_precision_weights:
-            bad("dtype", "AdamW would update half-precision weights directly and round small updates away (at lr 1e-6 "
-                "most of them): use --dtype auto (float32 weights; on a GPU compute runs in bf16, --mixed-precision auto), "
-                "LoRA (--lora-r 16: a frozen half-precision base), or --low-precision-weights to accept the loss")
+            bad(
+                "dtype",
+                "AdamW would update half-precision weights directly and round small updates away (at lr 1e-6 "
+                "most of them): use --dtype auto (float32 weights; on a GPU compute runs in bf16, "
+                "--mixed-precision auto), "
+                "LoRA (--lora-r 16: a frozen half-precision base), or --low-precision-weights to accept the loss",
+            )
         if self.low_precision_weights and (self.dtype not in ("bfloat16", "float16") or self.lora_r):
             bad("low_precision_weights", "only changes a run with --dtype bfloat16 or float16 and no LoRA: drop it")
         if self.mixed_precision == "bf16" and self.dtype in ("bfloat16", "float16"):
-            bad("mixed_precision", f"keeps float32 weights under bf16 autocast; with dtype={self.dtype} the weights "
-                "are already half precision: use dtype float32 (or auto) with it")
+            bad(
+                "mixed_precision",
+                f"keeps float32 weights under bf16 autocast; with dtype={self.dtype} the weights "
+                "are already half precision: use dtype float32 (or auto) with it",
+            )
         try:
             objective = get_objective(self.objective)
-            resolve_group_mode(self.group_mode, couples_group=objective.couples_group,
-                               rows_per_micro_batch=self.micro_batch_size, group_size=self.group_size,
-                               token_budget=bool(self.max_tokens_per_micro_batch),
-                               in_graph=objective.normalizer is not None)
+            resolve_group_mode(
+                self.group_mode,
+                couples_group=objective.couples_group,
+                rows_per_micro_batch=self.micro_batch_size,
+                group_size=self.group_size,
+                token_budget=bool(self.max_tokens_per_micro_batch),
+                in_graph=objective.normalizer is not None,
+            )
         except ValueError as e:
             bad("micro_batch_size" if self.micro_batch_size else "group_mode", str(e))
         self._validate_engine()
@@ -314,11 +409,15 @@ class TrainConfig:
         if refusal:
             raise ConfigError(refusal)
         if self.task == "data" and not (self.train_data and self.reward):
-            raise ConfigError("invalid config: task='data' trains your rows with your reward: give both --train-data "
-                              "and --reward FILE.py:FUNC")
+            raise ConfigError(
+                "invalid config: task='data' trains your rows with your reward: give both --train-data "
+                "and --reward FILE.py:FUNC"
+            )
         if self.reward_weights and len(self.reward_weights) != len(self.reward):
-            raise ConfigError(f"invalid config: reward_weights={self.reward_weights!r}: give one weight per --reward "
-                              f"({len(self.reward)})")
+            raise ConfigError(
+                f"invalid config: reward_weights={self.reward_weights!r}: give one weight per --reward "
+                f"({len(self.reward)})"
+            )
         for spec in self.reward:
             if ":" not in spec:
                 raise ConfigError(f"invalid config: reward={spec!r}: expected FILE.py:FUNCTION or module:function")
@@ -333,31 +432,45 @@ class TrainConfig:
         except RuntimeError as e:
             raise ConfigError(f"invalid config: device={self.device!r}: {e}; use auto, cpu, cuda or cuda:N") from None
         if device.type == "cuda" and not torch.cuda.is_available():
-            build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}, no GPU visible"
-            raise ConfigError(f"invalid config: device={self.device!r}: CUDA is not available (torch {torch.__version__}, "
-                              f"{build}); use --device cpu or auto")
+            build = (
+                "a CPU-only build"
+                if torch.version.cuda is None
+                else f"built for CUDA {torch.version.cuda}, no GPU visible"
+            )
+            raise ConfigError(
+                f"invalid config: device={self.device!r}: CUDA is not available (torch {torch.__version__}, "
+                f"{build}); use --device cpu or auto"
+            )
 
     def _validate_engine(self) -> None:
         defaults = TrainConfig()
         for name, engines in ENGINE_SUPPORT.items():
             if self.engine not in engines and getattr(self, name) != getattr(defaults, name):
-                raise ConfigError(f"invalid config: {name}={getattr(self, name)!r} is not supported by --engine "
-                                  f"{self.engine} (only by {', '.join(engines)}): {ENGINE_HINTS[name]}")
+                raise ConfigError(
+                    f"invalid config: {name}={getattr(self, name)!r} is not supported by --engine "
+                    f"{self.engine} (only by {', '.join(engines)}): {ENGINE_HINTS[name]}"
+                )
         if self.engine == "trl":
             if self.dtype == "float16":
-                raise ConfigError("invalid config: dtype='float16' is not supported by --engine trl (TRL trains in "
-                                  "float32 or bfloat16): use --dtype bfloat16 or float32")
+                raise ConfigError(
+                    "invalid config: dtype='float16' is not supported by --engine trl (TRL trains in "
+                    "float32 or bfloat16): use --dtype bfloat16 or float32"
+                )
             for name in ("save_every", "stop_after"):
                 if self.updates_per_batch > 1 and getattr(self, name) % self.updates_per_batch:
                     # TRL reuses a generation batch for updates_per_batch steps and regenerates after a resume
-                    raise ConfigError(f"invalid config: {name}={getattr(self, name)} with updates_per_batch="
-                                      f"{self.updates_per_batch} on --engine trl: must be a multiple of updates_per_batch, "
-                                      "so that checkpoints fall between generation batches and a resume stays exact")
+                    raise ConfigError(
+                        f"invalid config: {name}={getattr(self, name)} with updates_per_batch="
+                        f"{self.updates_per_batch} on --engine trl: must be a multiple of updates_per_batch, "
+                        "so that checkpoints fall between generation batches and a resume stays exact"
+                    )
             from conspo.objectives import get_objective
 
             if get_objective(self.objective).score_objective and self.beta:
-                raise ConfigError(f"invalid config: beta={self.beta!r}: {self.objective} on TRL (ConSPOTrainer) has no KL "
-                                  "term; use --beta 0 or --engine native")
+                raise ConfigError(
+                    f"invalid config: beta={self.beta!r}: {self.objective} on TRL (ConSPOTrainer) has no KL "
+                    "term; use --beta 0 or --engine native"
+                )
             self._validate_vllm()
 
     def _validate_vllm(self) -> None:
@@ -376,13 +489,17 @@ class TrainConfig:
         defaults = TrainConfig()
         # TRL silently ignores each of these outside its mode; refused so a run never differs from what was asked
         for name, mode, elsewhere in (
-                ("vllm_gpu_memory_utilization", "colocate", "the server takes `trl vllm-serve --gpu_memory_utilization`"),
-                ("vllm_tensor_parallel_size", "colocate", "the server takes `trl vllm-serve --tensor_parallel_size`"),
-                ("vllm_server_host", "server", "colocate mode runs vLLM inside each training process"),
-                ("vllm_server_port", "server", "colocate mode runs vLLM inside each training process")):
+            ("vllm_gpu_memory_utilization", "colocate", "the server takes `trl vllm-serve --gpu_memory_utilization`"),
+            ("vllm_tensor_parallel_size", "colocate", "the server takes `trl vllm-serve --tensor_parallel_size`"),
+            ("vllm_server_host", "server", "colocate mode runs vLLM inside each training process"),
+            ("vllm_server_port", "server", "colocate mode runs vLLM inside each training process"),
+        ):
             if self.vllm_mode != mode and getattr(self, name) != getattr(defaults, name):
-                bad(name, f"is only used with --vllm-mode {mode}, not {self.vllm_mode}: "
-                    + (f"add --vllm-mode {mode}" if self.vllm_mode == "none" else elsewhere))
+                bad(
+                    name,
+                    f"is only used with --vllm-mode {mode}, not {self.vllm_mode}: "
+                    + (f"add --vllm-mode {mode}" if self.vllm_mode == "none" else elsewhere),
+                )
         if self.vllm_mode == "none":
             return
         import importlib.util
@@ -391,26 +508,40 @@ class TrainConfig:
 
         if self.device == "cpu" or not torch.cuda.is_available():
             why = "device='cpu'" if self.device == "cpu" else f"no CUDA GPU is visible to torch {torch.__version__}"
-            bad("vllm_mode", f"vLLM generates on CUDA GPUs and {why}: run on a GPU machine with --device auto or "
-                "cuda, or use --vllm-mode none")
+            bad(
+                "vllm_mode",
+                f"vLLM generates on CUDA GPUs and {why}: run on a GPU machine with --device auto or "
+                "cuda, or use --vllm-mode none",
+            )
         if importlib.util.find_spec("vllm") is None:
-            bad("vllm_mode", "needs the vllm package, which is not installed: pip install 'vllm>=0.22,<=0.31' "
-                "(the versions TRL 1.16 supports), or use --vllm-mode none")
+            bad(
+                "vllm_mode",
+                "needs the vllm package, which is not installed: pip install 'vllm>=0.22,<=0.31' "
+                "(the versions TRL 1.16 supports), or use --vllm-mode none",
+            )
 
     def objective_settings(self, *, margin: float, max_new_tokens: int) -> dict:
         """Every objective option this config sets; ``Objective.options`` keeps those its loss takes."""
         # tau is ConSPO's (0.3); the other score objectives take score_tau (0: keep their own default)
         tau = self.tau if self.objective == "conspo" else (self.score_tau or None)
-        return dict(margin=margin, tau=tau, positive_threshold=self.positive_threshold,
-                    positive_rule=self.positive_rule, normalize_by_length=self.score == "mean",
-                    eps_low=self.eps_low, eps_high=self.eps_high,
-                    max_completion_length=max_new_tokens)  # Dr.GRPO's L_max is the generation limit, as in TRL
+        return dict(
+            margin=margin,
+            tau=tau,
+            positive_threshold=self.positive_threshold,
+            positive_rule=self.positive_rule,
+            normalize_by_length=self.score == "mean",
+            eps_low=self.eps_low,
+            eps_high=self.eps_high,
+            max_completion_length=max_new_tokens,
+        )  # Dr.GRPO's L_max is the generation limit, as in TRL
 
     def check_generation_limit(self, max_new_tokens: int) -> None:
         """The checks that need the generation limit (``max_new_tokens``, or the task's default when it is 0)."""
         if self.overlong_buffer > max_new_tokens:
-            raise ConfigError(f"invalid config: overlong_buffer={self.overlong_buffer}: must be at most the generation "
-                              f"limit ({max_new_tokens} tokens): lower it or raise --max-new-tokens")
+            raise ConfigError(
+                f"invalid config: overlong_buffer={self.overlong_buffer}: must be at most the generation "
+                f"limit ({max_new_tokens} tokens): lower it or raise --max-new-tokens"
+            )
 
     def cpu_threads(self) -> int:
         """torch CPU threads for this run (``threads``; 0 picks per model, see its help), 0: leave torch's default."""
@@ -429,8 +560,16 @@ TASK_DEFAULTS: dict[str, dict] = {
     # (3 seeds), where the first default's base (lr 2e-3, stop at 50%) levelled off 9-11 points up at
     # every rate tried (docs/experiments/chain.md)
     "math": {"train_data": "math_train", "eval_data": "math500"},
-    "chain": {"sft_steps": 3000, "sft_stop_accuracy": 0.45, "sft_batch_size": 64, "sft_lr": 1e-3,
-              "lr": 3e-6, "steps": 300, "eval_every": 50, "prompts_per_step": 8},
+    "chain": {
+        "sft_steps": 3000,
+        "sft_stop_accuracy": 0.45,
+        "sft_batch_size": 64,
+        "sft_lr": 1e-3,
+        "lr": 3e-6,
+        "steps": 300,
+        "eval_every": 50,
+        "prompts_per_step": 8,
+    },
 }
 
 
@@ -444,40 +583,128 @@ _BOTH = ("native", "trl")
 _NATIVE = ("native",)
 _TRL = ("trl",)
 ENGINE_SUPPORT: dict[str, tuple[str, ...]] = {
-    **{f: _BOTH for f in (
-        "objective", "model", "task", "reward", "reward_weights", "prompt_field", "train_data", "eval_data", "data_dir", "prompt_template", "answer_extraction", "decimal_match", "engine", "seed",
-        "output_dir", "overwrite", "steps", "prompts_per_step", "group_size", "max_new_tokens", "temperature",
-        "top_p", "updates_per_batch", "group_mode", "lr", "lr_warmup_steps", "weight_decay", "max_grad_norm",
-        "tau", "margin_schedule", "margin_start", "margin_end", "margin_horizon", "positive_threshold",
-        "positive_rule", "score", "score_tau",
-        "eps_low", "eps_high", "beta", "overlong_buffer", "overlong_penalty_factor", "mask_truncated",
-        "gradient_checkpointing", "mixed_precision", "low_precision_weights", "lora_r", "lora_alpha",
-        "lora_dropout", "lora_target_modules", "lora_save", "sft_steps", "sft_seed", "sft_lr", "sft_decay_steps", "sft_batch_size", "sft_stop_accuracy", "cache_dir",
-        "eval_every", "eval_size", "report_to", "dtype", "device", "threads", "progress",
-        "resume", "stop_after", "save_every", "keep_checkpoints")},
-    **{f: _NATIVE for f in (
-        "reward_errors", "micro_batch_size", "max_tokens_per_micro_batch", "dynamic_sampling", "dynamic_oversample", "max_consecutive_skips",
-        "log_samples_every", "reward_audit_every")},
-    **{f: _TRL for f in (
-        "vllm_mode", "vllm_gpu_memory_utilization", "vllm_tensor_parallel_size", "vllm_server_host", "vllm_server_port")},
+    **{
+        f: _BOTH
+        for f in (
+            "objective",
+            "model",
+            "task",
+            "reward",
+            "reward_weights",
+            "prompt_field",
+            "train_data",
+            "eval_data",
+            "data_dir",
+            "prompt_template",
+            "answer_extraction",
+            "decimal_match",
+            "engine",
+            "seed",
+            "output_dir",
+            "overwrite",
+            "steps",
+            "prompts_per_step",
+            "group_size",
+            "max_new_tokens",
+            "temperature",
+            "top_p",
+            "updates_per_batch",
+            "group_mode",
+            "lr",
+            "lr_warmup_steps",
+            "weight_decay",
+            "max_grad_norm",
+            "tau",
+            "margin_schedule",
+            "margin_start",
+            "margin_end",
+            "margin_horizon",
+            "positive_threshold",
+            "positive_rule",
+            "score",
+            "score_tau",
+            "eps_low",
+            "eps_high",
+            "beta",
+            "overlong_buffer",
+            "overlong_penalty_factor",
+            "mask_truncated",
+            "gradient_checkpointing",
+            "mixed_precision",
+            "low_precision_weights",
+            "lora_r",
+            "lora_alpha",
+            "lora_dropout",
+            "lora_target_modules",
+            "lora_save",
+            "sft_steps",
+            "sft_seed",
+            "sft_lr",
+            "sft_decay_steps",
+            "sft_batch_size",
+            "sft_stop_accuracy",
+            "cache_dir",
+            "eval_every",
+            "eval_size",
+            "report_to",
+            "dtype",
+            "device",
+            "threads",
+            "progress",
+            "resume",
+            "stop_after",
+            "save_every",
+            "keep_checkpoints",
+        )
+    },
+    **{
+        f: _NATIVE
+        for f in (
+            "reward_errors",
+            "micro_batch_size",
+            "max_tokens_per_micro_batch",
+            "dynamic_sampling",
+            "dynamic_oversample",
+            "max_consecutive_skips",
+            "log_samples_every",
+            "reward_audit_every",
+        )
+    },
+    **{
+        f: _TRL
+        for f in (
+            "vllm_mode",
+            "vllm_gpu_memory_utilization",
+            "vllm_tensor_parallel_size",
+            "vllm_server_host",
+            "vllm_server_port",
+        )
+    },
 }
 
 #: What to do instead, for each option an engine does not honour.
 ENGINE_HINTS: dict[str, str] = {
     "micro_batch_size": "the TRL engine runs one generation batch per optimizer step; use examples/trl/ with "
-                        "gradient_accumulation_steps for micro-batches",
+    "gradient_accumulation_steps for micro-batches",
     "max_tokens_per_micro_batch": "TRL forms micro-batches by row count (per_device_train_batch_size); use "
-                                  "--engine native for token-budget micro-batches",
+    "--engine native for token-budget micro-batches",
     "dynamic_sampling": "not available through --engine trl; use --engine native",
     "dynamic_oversample": "only used with --dynamic-sampling (native engine)",
     "max_consecutive_skips": "TRL does not skip non-finite steps; use --engine native",
     "reward_errors": "--engine trl passes your rewards to TRL unchanged, and TRL stops on a reward that raises; "
-                     "use --engine native to score such completions 0",
+    "use --engine native to score such completions 0",
     "log_samples_every": "TRL logs completions through its own log_completions option (examples/trl/)",
     "reward_audit_every": "the TRL engine does not log the task's reward metrics; use --engine native",
-    **{f: "vLLM generation goes through TRL: use --engine trl (the native trainer generates with transformers)"
-       for f in ("vllm_mode", "vllm_gpu_memory_utilization", "vllm_tensor_parallel_size", "vllm_server_host",
-                 "vllm_server_port")},
+    **{
+        f: "vLLM generation goes through TRL: use --engine trl (the native trainer generates with transformers)"
+        for f in (
+            "vllm_mode",
+            "vllm_gpu_memory_utilization",
+            "vllm_tensor_parallel_size",
+            "vllm_server_host",
+            "vllm_server_port",
+        )
+    },
 }
 
 

@@ -102,8 +102,9 @@ def dr_grpo_loss(
     L_max = ``max_completion_length`` (default: T, the padded width of the batch; pass the
     generation limit to match TRL exactly when batches are padded shorter than it).
     """
-    per_token, low, high = _token_surrogate(token_logps, old_token_logps, mask, rewards, group_size, eps_low, eps_high,
-                                            scale_by_std=False)
+    per_token, low, high = _token_surrogate(
+        token_logps, old_token_logps, mask, rewards, group_size, eps_low, eps_high, scale_by_std=False
+    )
     width = mask.shape[1] if max_completion_length is None else max_completion_length
     loss = masked_sum(per_token, mask).sum() / (mask.shape[0] * width)
     return loss, {"objective/loss": float(loss.detach()), **_clip_metrics(low, high, mask)}

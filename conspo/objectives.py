@@ -79,7 +79,10 @@ def at_threshold(rewards: torch.Tensor, positive_threshold: float) -> torch.Tens
 
 
 def contrastive_sets(
-    rewards: torch.Tensor, present: torch.Tensor, group_size: int, positive_threshold: float = 0.5,
+    rewards: torch.Tensor,
+    present: torch.Tensor,
+    group_size: int,
+    positive_threshold: float = 0.5,
     positive_rule: str = DEFAULT_POSITIVE_RULE,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The ConSPO group rule, written once: (positive, negative, valid) for each group.
@@ -154,11 +157,17 @@ def _contrastive_groups(
     )
 
 
-def count_valid_groups(mask: torch.Tensor, rewards: torch.Tensor, group_size: int, *,
-                       positive_threshold: float = 0.5, positive_rule: str = DEFAULT_POSITIVE_RULE, **_) -> float:
+def count_valid_groups(
+    mask: torch.Tensor,
+    rewards: torch.Tensor,
+    group_size: int,
+    *,
+    positive_threshold: float = 0.5,
+    positive_rule: str = DEFAULT_POSITIVE_RULE,
+    **_,
+) -> float:
     """|V|: groups with at least one positive and one negative non-empty completion (ConSPO's normaliser)."""
-    return float(contrastive_sets(rewards, mask.bool().any(-1), group_size, positive_threshold,
-                                  positive_rule)[2].sum())
+    return float(contrastive_sets(rewards, mask.bool().any(-1), group_size, positive_threshold, positive_rule)[2].sum())
 
 
 def conspo_loss(
@@ -198,8 +207,16 @@ def conspo_loss(
     """
     check_layout(mask, rewards, group_size)
     scores = sequence_scores(token_logps, mask, normalize_by_length=normalize_by_length)
-    return conspo_loss_from_scores(scores, mask.bool().any(dim=-1), rewards, group_size, margin=margin, tau=tau,
-                                   positive_threshold=positive_threshold, positive_rule=positive_rule)
+    return conspo_loss_from_scores(
+        scores,
+        mask.bool().any(dim=-1),
+        rewards,
+        group_size,
+        margin=margin,
+        tau=tau,
+        positive_threshold=positive_threshold,
+        positive_rule=positive_rule,
+    )
 
 
 def conspo_loss_from_scores(
@@ -220,8 +237,10 @@ def conspo_loss_from_scores(
     or processes) reports the batch's loss and metrics with it.
     """
     if scores.dim() != 1 or rewards.shape != scores.shape or present.shape != scores.shape:
-        raise ValueError(f"scores, present and rewards must all be (B,), got {tuple(scores.shape)}, "
-                         f"{tuple(present.shape)} and {tuple(rewards.shape)}")
+        raise ValueError(
+            f"scores, present and rewards must all be (B,), got {tuple(scores.shape)}, "
+            f"{tuple(present.shape)} and {tuple(rewards.shape)}"
+        )
     if scores.shape[0] % group_size:
         raise ValueError(f"{scores.shape[0]} rows is not a whole number of groups of {group_size}")
     groups = _contrastive_groups(scores, rewards, present, group_size, margin, tau, positive_threshold, positive_rule)
@@ -310,8 +329,9 @@ def conspo_coefficients(
         raise ValueError(f"{scores.shape[0]} rows is not a whole number of groups of {group_size}")
     if present is None:
         present = torch.ones_like(scores, dtype=torch.bool)
-    groups = _contrastive_groups(scores, rewards, present.bool(), group_size, margin, tau, positive_threshold,
-                                 positive_rule)
+    groups = _contrastive_groups(
+        scores, rewards, present.bool(), group_size, margin, tau, positive_threshold, positive_rule
+    )
     scale = 1.0 / (tau * groups.n_valid * groups.n_positive)  # (n,)
     # log Z_i for each positive i: logaddexp of its own logit and the negatives' mass.
     log_z = torch.logaddexp(groups.positive_logit, groups.log_negative_mass[:, None])  # (n, G)
@@ -370,8 +390,11 @@ class Objective:
             from conspo.score_objectives import get_score_objective  # here: that module builds on this one
 
             return get_score_objective(self.score_objective).option_defaults
-        return {name: p.default for name, p in inspect.signature(self.loss).parameters.items()
-                if p.kind is inspect.Parameter.KEYWORD_ONLY}
+        return {
+            name: p.default
+            for name, p in inspect.signature(self.loss).parameters.items()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY
+        }
 
     def options(self, settings: dict) -> dict:
         """The keyword options of this loss taken from ``settings``; a value of None keeps the default.
@@ -390,13 +413,31 @@ def _count_tokens(mask, rewards, group_size, **_):
     return float(mask.bool().sum())
 
 
-def _conspo_uniform(token_logps, old_token_logps, mask, rewards, group_size, *, margin: float = 0.0, tau: float = 0.3,
-                    positive_threshold: float = 0.5, positive_rule: str = DEFAULT_POSITIVE_RULE,
-                    normalize_by_length: bool = True):
+def _conspo_uniform(
+    token_logps,
+    old_token_logps,
+    mask,
+    rewards,
+    group_size,
+    *,
+    margin: float = 0.0,
+    tau: float = 0.3,
+    positive_threshold: float = 0.5,
+    positive_rule: str = DEFAULT_POSITIVE_RULE,
+    normalize_by_length: bool = True,
+):
     del old_token_logps  # ConSPO scores the current policy only
-    return conspo_loss(token_logps, mask, rewards, group_size, margin=margin, tau=tau,
-                       positive_threshold=positive_threshold, positive_rule=positive_rule,
-                       normalize_by_length=normalize_by_length)
+    return conspo_loss(
+        token_logps,
+        mask,
+        rewards,
+        group_size,
+        margin=margin,
+        tau=tau,
+        positive_threshold=positive_threshold,
+        positive_rule=positive_rule,
+        normalize_by_length=normalize_by_length,
+    )
 
 
 def score_objective_entry(name: str, *, uses_old_logps: bool) -> Objective:
@@ -410,17 +451,25 @@ def score_objective_entry(name: str, *, uses_old_logps: bool) -> Objective:
         scores = sequence_score(objective.score_kind(options), token_logps, old_token_logps, mask)
         return objective.loss(scores, rewards.to(scores.dtype), mask.bool().any(-1), group_size, **options)
 
-    return Objective(name=name, loss=loss, couples_group=True, uses_old_logps=uses_old_logps, normalizer=None,
-                     score_objective=name)
+    return Objective(
+        name=name, loss=loss, couples_group=True, uses_old_logps=uses_old_logps, normalizer=None, score_objective=name
+    )
 
 
 OBJECTIVES: dict[str, Objective] = {
-    "conspo": Objective(name="conspo", loss=_conspo_uniform, couples_group=True, uses_old_logps=False,
-                        normalizer=count_valid_groups, score_objective="conspo"),
+    "conspo": Objective(
+        name="conspo",
+        loss=_conspo_uniform,
+        couples_group=True,
+        uses_old_logps=False,
+        normalizer=count_valid_groups,
+        score_objective="conspo",
+    ),
     "grpo": Objective(name="grpo", loss=grpo_loss, couples_group=False, uses_old_logps=True, normalizer=_count_rows),
     # Dr.GRPO divides by B * L_max with L_max fixed: per micro-batch the share is its rows.
-    "dr_grpo": Objective(name="dr_grpo", loss=dr_grpo_loss, couples_group=False, uses_old_logps=True,
-                         normalizer=_count_rows),
+    "dr_grpo": Objective(
+        name="dr_grpo", loss=dr_grpo_loss, couples_group=False, uses_old_logps=True, normalizer=_count_rows
+    ),
     "dapo": Objective(name="dapo", loss=dapo_loss, couples_group=False, uses_old_logps=True, normalizer=_count_tokens),
     "gspo": Objective(name="gspo", loss=gspo_loss, couples_group=False, uses_old_logps=True, normalizer=_count_rows),
     # sequence-score objectives (conspo.score_objectives): DisCO (arXiv 2505.12366), REAL (arXiv 2602.05630)

@@ -53,7 +53,6 @@ def mask_truncated_rows(mask: torch.Tensor, truncated: torch.Tensor) -> torch.Te
     return torch.where(truncated.bool()[:, None], torch.zeros_like(mask), mask)
 
 
-
 def combine_rewards(per_reward: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """(B, K) rewards of K reward functions -> (B,) total: the weighted sum over the rewards that scored
     the row (NaN = no score, as TRL's ``nansum``); a row no reward scored stays NaN (it takes part in nothing)."""
@@ -64,8 +63,14 @@ def combine_rewards(per_reward: torch.Tensor, weights: torch.Tensor | None = Non
 
 
 def rewards_that_move_the_update(
-    per_reward: torch.Tensor, present: torch.Tensor, group_size: int, *, weights: torch.Tensor | None = None,
-    couples_group: bool = True, positive_threshold: float = 0.5, positive_rule: str = DEFAULT_POSITIVE_RULE,
+    per_reward: torch.Tensor,
+    present: torch.Tensor,
+    group_size: int,
+    *,
+    weights: torch.Tensor | None = None,
+    couples_group: bool = True,
+    positive_threshold: float = 0.5,
+    positive_rule: str = DEFAULT_POSITIVE_RULE,
 ) -> list[bool]:
     """For each of the K rewards of a (B, K) batch: do its differences within a group change the update?
 
@@ -78,8 +83,9 @@ def rewards_that_move_the_update(
     shape = (-1, group_size)
 
     def sets(r):
-        pos, neg, _ = contrastive_sets(torch.nan_to_num(combine_rewards(r, weights)), taking_part, group_size,
-                                       positive_threshold, positive_rule)
+        pos, neg, _ = contrastive_sets(
+            torch.nan_to_num(combine_rewards(r, weights)), taking_part, group_size, positive_threshold, positive_rule
+        )
         return pos, neg
 
     base = sets(per_reward) if couples_group else None
@@ -92,10 +98,11 @@ def rewards_that_move_the_update(
             lo = torch.where(scored, r, torch.full_like(r, math.inf)).min(dim=1).values
             moved.append(bool((scored.sum(dim=1) > 1).logical_and(hi > lo).any()))
             continue
-        mean = torch.where(scored, r, torch.zeros_like(r)).sum(dim=1, keepdim=True) / scored.sum(dim=1, keepdim=True).clamp(min=1)
+        mean = torch.where(scored, r, torch.zeros_like(r)).sum(dim=1, keepdim=True) / scored.sum(
+            dim=1, keepdim=True
+        ).clamp(min=1)
         flattened = per_reward.clone()
         flattened[:, k] = torch.where(torch.isnan(r), r, mean.expand_as(r)).reshape(-1)
         pos, neg = sets(flattened)
         moved.append(not (torch.equal(pos, base[0]) and torch.equal(neg, base[1])))
     return moved
-

@@ -76,4 +76,3 @@ def grpo_score_gap(
     neg_mean = torch.where(~is_pos, score_neg, zeros).sum(1) / n_neg.clamp(min=1)
     loss = -(weights * (pos_mean - neg_mean)).sum() / rewards.shape[0]
     return GRPOScoreGap(weights=weights, positive_score=pos_mean, negative_score=neg_mean, loss=loss)
-

@@ -49,8 +49,9 @@ SCORES = ("mean_logp", "sum_logp", "mean_log_ratio", "mean_ratio")
 RATIO_SCORES = ("mean_log_ratio", "mean_ratio")
 
 
-def sequence_score(kind: str, token_logps: torch.Tensor, old_token_logps: torch.Tensor | None,
-                   mask: torch.Tensor) -> torch.Tensor:
+def sequence_score(
+    kind: str, token_logps: torch.Tensor, old_token_logps: torch.Tensor | None, mask: torch.Tensor
+) -> torch.Tensor:
     """(B,) scores of kind ``kind`` (``SCORES``); ``old_token_logps`` (B, T) is needed by the ratio scores only.
 
     Rows with no completion token score 0 (objectives exclude them through ``present``).
@@ -87,13 +88,18 @@ class ScoreObjective:
 
     def __post_init__(self):
         if isinstance(self.score, str) and self.score not in SCORES:
-            raise ValueError(f"ScoreObjective {self.name!r}: score must be one of {', '.join(SCORES)}, got {self.score!r}")
+            raise ValueError(
+                f"ScoreObjective {self.name!r}: score must be one of {', '.join(SCORES)}, got {self.score!r}"
+            )
 
     @property
     def option_defaults(self) -> dict[str, object]:
         """The loss's keyword-only options and their defaults (from its signature: the one place they live)."""
-        return {name: p.default for name, p in inspect.signature(self.loss).parameters.items()
-                if p.kind is inspect.Parameter.KEYWORD_ONLY}
+        return {
+            name: p.default
+            for name, p in inspect.signature(self.loss).parameters.items()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY
+        }
 
     def score_kind(self, options: dict) -> str:
         return self.score(options) if callable(self.score) else self.score
@@ -104,8 +110,14 @@ class ScoreObjective:
         return callable(self.score) or self.score in RATIO_SCORES
 
 
-def score_coefficients(objective: ScoreObjective, scores: torch.Tensor, rewards: torch.Tensor, present: torch.Tensor,
-                       group_size: int, **options) -> tuple[torch.Tensor, Metrics]:
+def score_coefficients(
+    objective: ScoreObjective,
+    scores: torch.Tensor,
+    rewards: torch.Tensor,
+    present: torch.Tensor,
+    group_size: int,
+    **options,
+) -> tuple[torch.Tensor, Metrics]:
     """c = dL/ds at the detached full-batch ``scores`` (B,), and the loss's metrics there.
 
     By autograd in float64 (the closed form ``objective.coefficients`` where given), returned in the
@@ -113,8 +125,10 @@ def score_coefficients(objective: ScoreObjective, scores: torch.Tensor, rewards:
     piece by piece gives the full-batch gradient.
     """
     if scores.dim() != 1 or rewards.shape != scores.shape or present.shape != scores.shape:
-        raise ValueError(f"scores, rewards and present must all be (B,), got {tuple(scores.shape)}, "
-                         f"{tuple(rewards.shape)} and {tuple(present.shape)}")
+        raise ValueError(
+            f"scores, rewards and present must all be (B,), got {tuple(scores.shape)}, "
+            f"{tuple(rewards.shape)} and {tuple(present.shape)}"
+        )
     if scores.shape[0] % group_size:
         raise ValueError(f"{scores.shape[0]} rows is not a whole number of groups of {group_size}")
     present = present.bool()
@@ -179,8 +193,9 @@ def _check_tau(tau: float) -> None:
 # ---------------------------------------------------------------------------------------
 
 
-def disco_loss(scores: torch.Tensor, rewards: torch.Tensor, present: torch.Tensor, group_size: int, *,
-               tau: float = 10.0) -> tuple[torch.Tensor, Metrics]:
+def disco_loss(
+    scores: torch.Tensor, rewards: torch.Tensor, present: torch.Tensor, group_size: int, *, tau: float = 10.0
+) -> tuple[torch.Tensor, Metrics]:
     """DisCO's log-sum-exp discriminative objective, negated to a loss.
 
     With P_g, N_g the positive and negative non-empty completions of group g (``contrastive_sets``: for 0/1
@@ -206,8 +221,9 @@ def disco_loss(scores: torch.Tensor, rewards: torch.Tensor, present: torch.Tenso
     return loss, _pair_metrics("disco", s.detach(), positive, negative, valid, s.shape[0], loss.detach())
 
 
-def disco_ratio_loss(scores: torch.Tensor, rewards: torch.Tensor, present: torch.Tensor, group_size: int, *,
-                     tau: float = 1.0) -> tuple[torch.Tensor, Metrics]:
+def disco_ratio_loss(
+    scores: torch.Tensor, rewards: torch.Tensor, present: torch.Tensor, group_size: int, *, tau: float = 1.0
+) -> tuple[torch.Tensor, Metrics]:
     """DisCO with the likelihood-ratio score (``mean_ratio``) and its tau = 1: ``disco_loss`` otherwise."""
     return disco_loss(scores, rewards, present, group_size, tau=tau)
 
@@ -217,8 +233,9 @@ def disco_ratio_loss(scores: torch.Tensor, rewards: torch.Tensor, present: torch
 # ---------------------------------------------------------------------------------------
 
 
-def real_loss(scores: torch.Tensor, rewards: torch.Tensor, present: torch.Tensor, group_size: int, *,
-              tau: float = 0.5) -> tuple[torch.Tensor, Metrics]:
+def real_loss(
+    scores: torch.Tensor, rewards: torch.Tensor, present: torch.Tensor, group_size: int, *, tau: float = 0.5
+) -> tuple[torch.Tensor, Metrics]:
     """REAL: rewards as labels of a per-group logistic-style loss on the log-ratio scores.
 
     With s_i = mean token log(pi/pi_old) (``mean_log_ratio``), P_g, N_g and V as in ``disco_loss``:
@@ -230,8 +247,9 @@ def real_loss(scores: torch.Tensor, rewards: torch.Tensor, present: torch.Tensor
     """
     _check_tau(tau)
     s, positive, negative, valid = group_sets(scores, rewards, present, group_size)
-    per_group = (_masked_logsumexp(-s / tau, positive, with_zero=True)
-                 + _masked_logsumexp(s / tau, negative, with_zero=True))
+    per_group = _masked_logsumexp(-s / tau, positive, with_zero=True) + _masked_logsumexp(
+        s / tau, negative, with_zero=True
+    )
     per_group = torch.where(valid, per_group, torch.zeros_like(per_group))
     loss = per_group.sum() / valid.sum().clamp(min=1).to(s.dtype)
     return loss, _pair_metrics("real", s.detach(), positive, negative, valid, s.shape[0], loss.detach())
@@ -242,25 +260,64 @@ def real_loss(scores: torch.Tensor, rewards: torch.Tensor, present: torch.Tensor
 # ---------------------------------------------------------------------------------------
 
 
-def conspo_score_loss(scores, rewards, present, group_size, *, margin: float = 0.0, tau: float = 0.3,
-                      positive_threshold: float = 0.5, positive_rule: str = DEFAULT_POSITIVE_RULE,
-                      normalize_by_length: bool = True):
+def conspo_score_loss(
+    scores,
+    rewards,
+    present,
+    group_size,
+    *,
+    margin: float = 0.0,
+    tau: float = 0.3,
+    positive_threshold: float = 0.5,
+    positive_rule: str = DEFAULT_POSITIVE_RULE,
+    normalize_by_length: bool = True,
+):
     """``conspo_loss_from_scores``; ``normalize_by_length`` picks the score (mean or sum), not the loss."""
     del normalize_by_length
-    return conspo_loss_from_scores(scores, present, rewards, group_size, margin=margin, tau=tau,
-                                   positive_threshold=positive_threshold, positive_rule=positive_rule)
+    return conspo_loss_from_scores(
+        scores,
+        present,
+        rewards,
+        group_size,
+        margin=margin,
+        tau=tau,
+        positive_threshold=positive_threshold,
+        positive_rule=positive_rule,
+    )
 
 
-def _conspo_closed_form(scores, rewards, present, group_size, *, margin=0.0, tau=0.3, positive_threshold=0.5,
-                        positive_rule=DEFAULT_POSITIVE_RULE, normalize_by_length=True):
+def _conspo_closed_form(
+    scores,
+    rewards,
+    present,
+    group_size,
+    *,
+    margin=0.0,
+    tau=0.3,
+    positive_threshold=0.5,
+    positive_rule=DEFAULT_POSITIVE_RULE,
+    normalize_by_length=True,
+):
     del normalize_by_length
-    return conspo_coefficients(scores, rewards, group_size, margin=margin, tau=tau, positive_threshold=positive_threshold,
-                               positive_rule=positive_rule, present=present)
+    return conspo_coefficients(
+        scores,
+        rewards,
+        group_size,
+        margin=margin,
+        tau=tau,
+        positive_threshold=positive_threshold,
+        positive_rule=positive_rule,
+        present=present,
+    )
 
 
 SCORE_OBJECTIVES: dict[str, ScoreObjective] = {
-    "conspo": ScoreObjective(name="conspo", loss=conspo_score_loss, coefficients=_conspo_closed_form,
-                             score=lambda o: "mean_logp" if o.get("normalize_by_length", True) else "sum_logp"),
+    "conspo": ScoreObjective(
+        name="conspo",
+        loss=conspo_score_loss,
+        coefficients=_conspo_closed_form,
+        score=lambda o: "mean_logp" if o.get("normalize_by_length", True) else "sum_logp",
+    ),
     "disco": ScoreObjective(name="disco", loss=disco_loss, score="mean_logp"),
     "disco_ratio": ScoreObjective(name="disco_ratio", loss=disco_ratio_loss, score="mean_ratio"),
     "real": ScoreObjective(name="real", loss=real_loss, score="mean_log_ratio"),
@@ -285,6 +342,7 @@ def get_score_objective(name: str) -> ScoreObjective:
     """The score objective called ``name`` (built in or registered)."""
     found = SCORE_OBJECTIVES.get(name) or REGISTERED.get(name)
     if found is None:
-        raise ValueError(f"{name!r} is not a score objective; score objectives are: "
-                         f"{', '.join([*SCORE_OBJECTIVES, *REGISTERED])}")
+        raise ValueError(
+            f"{name!r} is not a score objective; score objectives are: {', '.join([*SCORE_OBJECTIVES, *REGISTERED])}"
+        )
     return found

@@ -29,31 +29,31 @@ import torch
 
 from conspo.checkpoint import load_checkpoint
 from conspo.config import TrainConfig
+from conspo.errors import Interrupted, RunError
 from conspo.heldout import evaluate_greedy
 from conspo.objectives import get_objective
-from conspo.reward_shaping import combine_rewards, overlong_penalty
 from conspo.reporting import MetricsWriter
+from conspo.reward_shaping import combine_rewards, overlong_penalty
+from conspo.rewards.base import SilentRewardWatch
 from conspo.rollout import Rollouts, generate, token_logprobs
-from conspo.errors import Interrupted, RunError
 from conspo.run import (
+    StopRequest,
     checkpoint_to_resume,
     finish_run,
     load_model,
     make_task,
+    new_run_id,
     precision,
     precision_summary,
     prepare_for_training,
-    new_run_id,
     prepare_run_dir,
     resolve_device_dtype,
     resolved_settings,
     save_run_checkpoint,
-    StopRequest,
     warn_low_precision,
     what_is_intact,
     write_config,
 )
-from conspo.rewards.base import SilentRewardWatch
 from conspo.schedules import margin_curriculum
 from conspo.tasks import reward_inputs, run_rewards
 from conspo.update import accumulate_gradients, batch_token_logprobs, grad_norm, micro_batches
@@ -74,16 +74,31 @@ def _sample_batch(cfg, task, rewards_fn, model, tokenizer, py_rng: random.Random
     if cfg.dynamic_sampling:
         n_prompts = math.ceil(cfg.prompts_per_step * cfg.dynamic_oversample)
     problems = py_rng.sample(task.train_problems(), n_prompts)
-    rollouts = generate(model, tokenizer, [p.prompt for p in problems], num_generations=cfg.group_size,
-                        max_new_tokens=max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                        stop_strings=getattr(task, "stop_strings", ()))
+    rollouts = generate(
+        model,
+        tokenizer,
+        [p.prompt for p in problems],
+        num_generations=cfg.group_size,
+        max_new_tokens=max_new_tokens,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        stop_strings=getattr(task, "stop_strings", ()),
+    )
     per_row = [p for p in problems for _ in range(cfg.group_size)]
     prompts, completions, columns = reward_inputs(per_row, rollouts.texts)
-    scored = rewards_fn.score(prompts, completions, columns, completion_ids=[
-        ids[mask.bool()].tolist() for ids, mask in zip(rollouts.completion_ids, rollouts.completion_mask)])
+    scored = rewards_fn.score(
+        prompts,
+        completions,
+        columns,
+        completion_ids=[
+            ids[mask.bool()].tolist() for ids, mask in zip(rollouts.completion_ids, rollouts.completion_mask)
+        ],
+    )
     per_reward = scored.tensor()
     if cfg.dynamic_sampling:
-        grouped = torch.nan_to_num(combine_rewards(per_reward, torch.tensor(rewards_fn.weights))).view(-1, cfg.group_size)
+        grouped = torch.nan_to_num(combine_rewards(per_reward, torch.tensor(rewards_fn.weights))).view(
+            -1, cfg.group_size
+        )
         mixed = (grouped.max(1).values != grouped.min(1).values).nonzero().flatten()[: cfg.prompts_per_step]
         if len(mixed) == 0:  # nothing to learn from; keep the first groups so the step still runs and logs
             mixed = torch.arange(cfg.prompts_per_step)
@@ -120,8 +135,9 @@ def overlong_shaping(cfg: TrainConfig, rollouts: Rollouts, rewards: torch.Tensor
     """
     if not cfg.overlong_buffer:
         return rewards, {}
-    penalty = overlong_penalty(rollouts.completion_mask.sum(1), max_new_tokens, cfg.overlong_buffer,
-                               factor=cfg.overlong_penalty_factor)
+    penalty = overlong_penalty(
+        rollouts.completion_mask.sum(1), max_new_tokens, cfg.overlong_buffer, factor=cfg.overlong_penalty_factor
+    )
     return rewards + penalty.to(rewards.dtype), {"reward/overlong_penalty_mean": float(penalty.mean())}
 
 
@@ -158,17 +174,28 @@ def train(cfg: TrainConfig, *, log=print) -> dict:
     max_new_tokens = cfg.max_new_tokens or task.max_new_tokens
     heldout = task.heldout_problems()[: cfg.eval_size or None]
     objective = get_objective(cfg.objective)
-    margin_at = margin_curriculum(cfg.margin_schedule, start=cfg.margin_start, end=cfg.margin_end,
-                                  horizon=cfg.margin_horizon, total_steps=cfg.steps)
+    margin_at = margin_curriculum(
+        cfg.margin_schedule,
+        start=cfg.margin_start,
+        end=cfg.margin_end,
+        horizon=cfg.margin_horizon,
+        total_steps=cfg.steps,
+    )
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     ref_logprobs = reference_policy(model, cfg.beta, temperature=cfg.temperature)
 
     def heldout_eval():
         with autocast:
-            return evaluate_greedy(model, tokenizer, task, heldout, max_new_tokens=max_new_tokens,
-                                   rewards=rewards_fn if cfg.reward else None,
-                                   positive_threshold=cfg.positive_threshold)[0]
+            return evaluate_greedy(
+                model,
+                tokenizer,
+                task,
+                heldout,
+                max_new_tokens=max_new_tokens,
+                rewards=rewards_fn if cfg.reward else None,
+                positive_threshold=cfg.positive_threshold,
+            )[0]
 
     start_step, wall_before, skipped_total, run_id = 0, 0.0, 0, new_run_id()
     if cfg.resume:
@@ -183,15 +210,29 @@ def train(cfg: TrainConfig, *, log=print) -> dict:
     write_config(run_dir, cfg, resolved_settings(cfg, model, tokenizer, task, device, dtype, max_new_tokens))
 
     def save(step: int, wall: float) -> None:
-        save_run_checkpoint(run_dir, step, model, optimizer, py_rng, cfg, run_id=run_id,
-                            heldout_accuracy_before=accuracy_before, wall_seconds=wall, skipped_steps=skipped_total)
+        save_run_checkpoint(
+            run_dir,
+            step,
+            model,
+            optimizer,
+            py_rng,
+            cfg,
+            run_id=run_id,
+            heldout_accuracy_before=accuracy_before,
+            wall_seconds=wall,
+            skipped_steps=skipped_total,
+        )
+
     writer = MetricsWriter(run_dir, cfg.reporters(), asdict(cfg), resume_step=start_step if cfg.resume else None)
     if not cfg.resume:
         writer.write(0, {"heldout/accuracy": accuracy_before})
 
-    log(f"run: {run_dir} | objective {cfg.objective} | model {cfg.model} ({sum(p.numel() for p in model.parameters()):,} "
-        f"params, {device}) | task {cfg.task} | held-out accuracy before: {accuracy_before:.3f}\n"
-        f"precision: {precision_summary(cfg, device, dtype)}")
+    log(
+        f"run: {run_dir} | objective {cfg.objective} | model {cfg.model} "
+        f"({sum(p.numel() for p in model.parameters()):,} params, {device}) | task {cfg.task} | "
+        f"held-out accuracy before: {accuracy_before:.3f}\n"
+        f"precision: {precision_summary(cfg, device, dtype)}"
+    )
     end_step = cfg.steps if not cfg.stop_after else min(cfg.steps, start_step + cfg.stop_after)
     bar = _progress(cfg, start_step, end_step)
     started = time.time()
@@ -202,17 +243,28 @@ def train(cfg: TrainConfig, *, log=print) -> dict:
             t0 = time.perf_counter()
             model.train()
             with autocast:
-                problems, rollouts, per_reward, scored = _sample_batch(cfg, task, rewards_fn, model, tokenizer, py_rng,
-                                                                       max_new_tokens)
+                problems, rollouts, per_reward, scored = _sample_batch(
+                    cfg, task, rewards_fn, model, tokenizer, py_rng, max_new_tokens
+                )
             t_gen = time.perf_counter()
             rewards, reward_metrics = total_rewards(cfg, rewards_fn, rollouts, per_reward)
             rewards, shaping_metrics = overlong_shaping(cfg, rollouts, rewards, max_new_tokens)
-            metrics = {**_batch_metrics(rewards, rollouts, cfg.group_size), **shaping_metrics, **reward_metrics,
-                       **scored.metrics, **{f"reward/errors/{n}": e for n, e in zip(scored.names, scored.errors) if e}}
+            metrics = {
+                **_batch_metrics(rewards, rollouts, cfg.group_size),
+                **shaping_metrics,
+                **reward_metrics,
+                **scored.metrics,
+                **{f"reward/errors/{n}": e for n, e in zip(scored.names, scored.errors) if e},
+            }
             for warning in silent_rewards.update(
-                    per_reward, rollouts.completion_mask.bool().any(1), cfg.group_size,
-                    weights=torch.tensor(rewards_fn.weights), couples_group=objective.couples_group,
-                    positive_rule=cfg.positive_rule, positive_threshold=cfg.positive_threshold):
+                per_reward,
+                rollouts.completion_mask.bool().any(1),
+                cfg.group_size,
+                weights=torch.tensor(rewards_fn.weights),
+                couples_group=objective.couples_group,
+                positive_rule=cfg.positive_rule,
+                positive_threshold=cfg.positive_threshold,
+            ):
                 log(warning)
             if cfg.mask_truncated:  # these rows get no gradient (accumulate_gradients below)
                 metrics["gen/masked_truncated_frac"] = metrics["gen/truncated_frac"]
@@ -221,8 +273,13 @@ def train(cfg: TrainConfig, *, log=print) -> dict:
             options = objective.options(cfg.objective_settings(margin=margin_at(step), max_new_tokens=max_new_tokens))
             old_logps = None
             if cfg.updates_per_batch > 1 and objective.uses_old_logps:  # the sampling policy's, for ratios on reuse
-                batches = micro_batches(rollouts, cfg.group_size, micro_batch_size=cfg.micro_batch_size,
-                                        max_tokens=cfg.max_tokens_per_micro_batch, split_groups=True)
+                batches = micro_batches(
+                    rollouts,
+                    cfg.group_size,
+                    micro_batch_size=cfg.micro_batch_size,
+                    max_tokens=cfg.max_tokens_per_micro_batch,
+                    split_groups=True,
+                )
                 with autocast:
                     old_logps = batch_token_logprobs(model, rollouts, batches, temperature=cfg.temperature)
             for update in range(cfg.updates_per_batch):
@@ -231,11 +288,21 @@ def train(cfg: TrainConfig, *, log=print) -> dict:
                 optimizer.zero_grad(set_to_none=True)
                 with autocast:
                     objective_metrics = accumulate_gradients(
-                        model, cfg.objective, rollouts, rewards, cfg.group_size, options,
-                        micro_batch_size=cfg.micro_batch_size, max_tokens_per_micro_batch=cfg.max_tokens_per_micro_batch,
-                        group_mode=cfg.group_mode, old_token_logps=old_logps, ref_logprobs=ref_logprobs, beta=cfg.beta,
+                        model,
+                        cfg.objective,
+                        rollouts,
+                        rewards,
+                        cfg.group_size,
+                        options,
+                        micro_batch_size=cfg.micro_batch_size,
+                        max_tokens_per_micro_batch=cfg.max_tokens_per_micro_batch,
+                        group_mode=cfg.group_mode,
+                        old_token_logps=old_logps,
+                        ref_logprobs=ref_logprobs,
+                        beta=cfg.beta,
                         temperature=cfg.temperature,  # score what was sampled: logits / T, as TRL and verl
-                        mask_truncated=cfg.mask_truncated)
+                        mask_truncated=cfg.mask_truncated,
+                    )
                 norm = grad_norm(model, cfg.max_grad_norm)
                 finite = math.isfinite(norm) and math.isfinite(objective_metrics["objective/loss"])
                 if finite:
@@ -245,39 +312,66 @@ def train(cfg: TrainConfig, *, log=print) -> dict:
                     optimizer.zero_grad(set_to_none=True)
                     consecutive_skips += 1
                     skipped_total += 1
-                    log(f"step {step + 1}: non-finite loss or gradient (loss={objective_metrics['objective/loss']}, "
-                        f"grad norm={norm}); step skipped ({consecutive_skips} in a row)")
+                    log(
+                        f"step {step + 1}: non-finite loss or gradient (loss={objective_metrics['objective/loss']}, "
+                        f"grad norm={norm}); step skipped ({consecutive_skips} in a row)"
+                    )
                     if consecutive_skips >= cfg.max_consecutive_skips:
-                        raise RunError(f"{consecutive_skips} consecutive non-finite steps: stopping. Lower the learning "
-                                           f"rate or check the rewards; the last checkpoint in {run_dir} is intact.")
+                        raise RunError(
+                            f"{consecutive_skips} consecutive non-finite steps: stopping. Lower the learning "
+                            f"rate or check the rewards; the last checkpoint in {run_dir} is intact."
+                        )
             metrics.update(objective_metrics)
-            metrics.update({"objective/grad_norm": norm, "train/lr": _lr_at(cfg, step),
-                            "train/skipped_steps": skipped_total})
+            metrics.update(
+                {"objective/grad_norm": norm, "train/lr": _lr_at(cfg, step), "train/skipped_steps": skipped_total}
+            )
             t_train = time.perf_counter()
-            metrics.update({"time/generate_s": t_gen - t0, "time/train_s": t_train - t_gen, "time/step_s": t_train - t0})
+            metrics.update(
+                {"time/generate_s": t_gen - t0, "time/train_s": t_train - t_gen, "time/step_s": t_train - t0}
+            )
 
             done = step + 1
             if cfg.eval_every and done % cfg.eval_every == 0 or done == cfg.steps:
                 result = heldout_eval()
                 accuracy = result.accuracy
-                metrics.update({"heldout/accuracy": accuracy, "heldout/truncated_frac": result.truncated_frac,
-                                **result.reward_metrics})
+                metrics.update(
+                    {
+                        "heldout/accuracy": accuracy,
+                        "heldout/truncated_frac": result.truncated_frac,
+                        **result.reward_metrics,
+                    }
+                )
             try:
                 if cfg.log_samples_every and (done % cfg.log_samples_every == 0 or cfg.steps <= cfg.log_samples_every):
                     # a run no longer than the interval records every completion of every step (for the audit)
                     groups = len(problems) if cfg.steps <= cfg.log_samples_every else 1
-                    _write_samples(run_dir, done, problems[:groups], rollouts, rewards, per_reward,
-                                   rewards_fn.names if cfg.reward else None, cfg.group_size)
+                    _write_samples(
+                        run_dir,
+                        done,
+                        problems[:groups],
+                        rollouts,
+                        rewards,
+                        per_reward,
+                        rewards_fn.names if cfg.reward else None,
+                        cfg.group_size,
+                    )
                 writer.write(done, metrics)
             except OSError as e:  # e.g. disk full: say what is intact instead of a bare traceback
-                raise RunError(f"could not write the logs of step {done} in {run_dir}: {e}. {what_is_intact(run_dir)}") from e
+                raise RunError(
+                    f"could not write the logs of step {done} in {run_dir}: {e}. {what_is_intact(run_dir)}"
+                ) from e
             if not warned_truncation and metrics["gen/truncated_frac"] > 0.5 and done >= 5:
                 warned_truncation = True
-                log(f"WARNING step {done}: {metrics['gen/truncated_frac']:.0%} of completions hit max_new_tokens="
+                log(
+                    f"WARNING step {done}: {metrics['gen/truncated_frac']:.0%} of completions hit max_new_tokens="
                     f"{max_new_tokens} without EOS. Truncated completions usually score 0 and the run may learn "
-                    "nothing: raise --max-new-tokens or check the prompt template.")
-            bar.set_postfix(reward=f"{metrics['reward/mean']:.2f}",
-                            acc="-" if accuracy is None else f"{accuracy:.2f}", refresh=False)
+                    "nothing: raise --max-new-tokens or check the prompt template."
+                )
+            bar.set_postfix(
+                reward=f"{metrics['reward/mean']:.2f}",
+                acc="-" if accuracy is None else f"{accuracy:.2f}",
+                refresh=False,
+            )
             bar.update(1)
             if cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps:
                 save(done, wall_before + time.time() - started)
@@ -289,16 +383,27 @@ def train(cfg: TrainConfig, *, log=print) -> dict:
     wall = wall_before + time.time() - started
     if end_step < cfg.steps:  # stopped early (--stop-after or Ctrl-C): checkpoint so --resume continues from here
         save(end_step, wall)
-        where = f"step {end_step} of {cfg.steps}; checkpoint-{end_step} saved; continue with: conspo train --resume {run_dir}"
+        where = (
+            f"step {end_step} of {cfg.steps}; checkpoint-{end_step} saved; "
+            f"continue with: conspo train --resume {run_dir}"
+        )
         if stop.requested:
             raise Interrupted(f"interrupted after {where}")
         log(f"stopped after {where}")
         return {"objective": cfg.objective, "steps": end_step, "stopped_early": True}
     save(cfg.steps, wall)
-    return finish_run(cfg, run_dir, model, tokenizer, accuracy_before=accuracy_before, wall=wall,
-                      skipped_steps=skipped_total, engine="native", log=log, run_id=run_id)
-
-
+    return finish_run(
+        cfg,
+        run_dir,
+        model,
+        tokenizer,
+        accuracy_before=accuracy_before,
+        wall=wall,
+        skipped_steps=skipped_total,
+        engine="native",
+        log=log,
+        run_id=run_id,
+    )
 
 
 def reference_policy(model, beta: float, *, temperature: float = 1.0):
@@ -312,6 +417,7 @@ def reference_policy(model, beta: float, *, temperature: float = 1.0):
     from conspo.models import is_lora
 
     if is_lora(model):
+
         def adapter_off(rollouts):
             with model.disable_adapter():
                 return token_logprobs(model, rollouts, temperature=temperature)
@@ -323,15 +429,21 @@ def reference_policy(model, beta: float, *, temperature: float = 1.0):
     return lambda rollouts: token_logprobs(frozen, rollouts, temperature=temperature)
 
 
-def _write_samples(run_dir: Path, step: int, problems, rollouts: Rollouts, rewards, per_reward, names,
-                   group_size: int) -> None:
+def _write_samples(
+    run_dir: Path, step: int, problems, rollouts: Rollouts, rewards, per_reward, names, group_size: int
+) -> None:
     """The completions of the first ``len(problems)`` groups with the reward trained on (``reward``) and, with
     --reward (``names``), each reward's own score (``rewards``; None: no score) and the row's columns, for the audit."""
     with open(run_dir / "samples.jsonl", "a") as f:
         for g, problem in enumerate(problems):
             for i in range(g * group_size, (g + 1) * group_size):
-                row = {"step": step, "prompt": problem.prompt, "answer": problem.answer,
-                       "completion": rollouts.texts[i], "reward": float(rewards[i])}
+                row = {
+                    "step": step,
+                    "prompt": problem.prompt,
+                    "answer": problem.answer,
+                    "completion": rollouts.texts[i],
+                    "reward": float(rewards[i]),
+                }
                 if names is not None:
                     row["rewards"] = {n: None if math.isnan(v) else v for n, v in zip(names, per_reward[i].tolist())}
                     prompts, _, columns = reward_inputs([problem], [""])
@@ -342,5 +454,6 @@ def _write_samples(run_dir: Path, step: int, problems, rollouts: Rollouts, rewar
 def _progress(cfg: TrainConfig, start: int, end: int):
     from tqdm.auto import tqdm
 
-    return tqdm(total=end - start, initial=0, desc=f"{cfg.objective}", unit="step", disable=not cfg.progress,
-                dynamic_ncols=True)
+    return tqdm(
+        total=end - start, initial=0, desc=f"{cfg.objective}", unit="step", disable=not cfg.progress, dynamic_ncols=True
+    )

@@ -26,8 +26,15 @@ from conspo.score_objectives import get_score_objective, score_coefficients, seq
 GROUP_MODES = ("auto", "whole", "coefficients")
 
 
-def resolve_group_mode(mode: str, *, couples_group: bool, rows_per_micro_batch: int, group_size: int,
-                       token_budget: bool = False, in_graph: bool = True) -> str:
+def resolve_group_mode(
+    mode: str,
+    *,
+    couples_group: bool,
+    rows_per_micro_batch: int,
+    group_size: int,
+    token_budget: bool = False,
+    in_graph: bool = True,
+) -> str:
     """How an objective stays exact when a batch is split into micro-batches of ``rows_per_micro_batch``
     rows (0: unsplit), or by a token budget (``token_budget``).
 
@@ -41,18 +48,24 @@ def resolve_group_mode(mode: str, *, couples_group: bool, rows_per_micro_batch: 
         raise ValueError(f"group_mode must be one of {', '.join(GROUP_MODES)}, got {mode!r}")
     splits_groups = bool(rows_per_micro_batch) and rows_per_micro_batch % group_size != 0
     if mode == "coefficients" and not couples_group:
-        raise ValueError("group_mode=coefficients exists for the group-coupled score objectives only "
-                         "(conspo, disco, disco_ratio, real, your own)")
+        raise ValueError(
+            "group_mode=coefficients exists for the group-coupled score objectives only "
+            "(conspo, disco, disco_ratio, real, your own)"
+        )
     if mode == "whole" and couples_group and not in_graph:
-        raise ValueError("group_mode=whole exists for conspo only; this score objective trains by the coefficient "
-                         "route: use group_mode=coefficients (or auto)")
+        raise ValueError(
+            "group_mode=whole exists for conspo only; this score objective trains by the coefficient "
+            "route: use group_mode=coefficients (or auto)"
+        )
     if mode == "auto":
         mode = "coefficients" if couples_group and (splits_groups or token_budget or not in_graph) else "whole"
     if mode == "whole" and splits_groups:
-        why = ("group_mode=whole" if couples_group else "this objective (advantages are computed per group)")
+        why = "group_mode=whole" if couples_group else "this objective (advantages are computed per group)"
         fix = ", or group_mode=coefficients (or auto) to split groups exactly" if couples_group else ""
-        raise ValueError(f"micro-batches of {rows_per_micro_batch} rows would split groups of {group_size}, but {why} "
-                         f"needs whole groups per micro-batch: use a multiple of {group_size}{fix}")
+        raise ValueError(
+            f"micro-batches of {rows_per_micro_batch} rows would split groups of {group_size}, but {why} "
+            f"needs whole groups per micro-batch: use a multiple of {group_size}{fix}"
+        )
     return mode
 
 
@@ -67,7 +80,9 @@ def row_lengths(rollouts: Rollouts) -> torch.Tensor:
     return rollouts.prompt_mask.sum(1) + rollouts.completion_mask.sum(1)
 
 
-def token_budget_batches(rollouts: Rollouts, group_size: int, max_tokens: int, *, split_groups: bool) -> list[torch.Tensor]:
+def token_budget_batches(
+    rollouts: Rollouts, group_size: int, max_tokens: int, *, split_groups: bool
+) -> list[torch.Tensor]:
     """Row indices of micro-batches whose padded size, rows x (longest prompt + longest completion
     among them), stays within ``max_tokens``.
 
@@ -103,13 +118,19 @@ def without_padding(rollouts: Rollouts) -> Rollouts:
     start = int(keep_prompt[0]) if len(keep_prompt) else rollouts.prompt_mask.shape[1]
     width = int(rollouts.completion_mask.sum(1).max()) if len(rollouts) else 0
     width = max(width, 1)  # keep one column so shapes stay (b, >= 1)
-    return Rollouts(rollouts.prompt_ids[:, start:], rollouts.prompt_mask[:, start:],
-                    rollouts.completion_ids[:, :width], rollouts.completion_mask[:, :width], rollouts.truncated,
-                    rollouts.texts)
+    return Rollouts(
+        rollouts.prompt_ids[:, start:],
+        rollouts.prompt_mask[:, start:],
+        rollouts.completion_ids[:, :width],
+        rollouts.completion_mask[:, :width],
+        rollouts.truncated,
+        rollouts.texts,
+    )
 
 
-def micro_batches(rollouts: Rollouts, group_size: int, *, micro_batch_size: int = 0, max_tokens: int = 0,
-                  split_groups: bool) -> list[torch.Tensor]:
+def micro_batches(
+    rollouts: Rollouts, group_size: int, *, micro_batch_size: int = 0, max_tokens: int = 0, split_groups: bool
+) -> list[torch.Tensor]:
     """Row indices of each micro-batch: by token budget when ``max_tokens`` is set, else by row count."""
     if max_tokens:
         return token_budget_batches(rollouts, group_size, max_tokens, split_groups=split_groups)
@@ -117,7 +138,9 @@ def micro_batches(rollouts: Rollouts, group_size: int, *, micro_batch_size: int 
 
 
 @torch.no_grad()
-def batch_token_logprobs(model, rollouts: Rollouts, batches: list[torch.Tensor], *, temperature: float = 1.0) -> torch.Tensor:
+def batch_token_logprobs(
+    model, rollouts: Rollouts, batches: list[torch.Tensor], *, temperature: float = 1.0
+) -> torch.Tensor:
     """(B, Tc) token log-probs (logits / ``temperature``) of every row without gradient, micro-batch by
     micro-batch (the sampling policy's log-probs when a batch is reused); columns past a row's completion are 0."""
     out = torch.zeros(rollouts.completion_mask.shape, dtype=torch.float32)
@@ -157,16 +180,27 @@ def accumulate_gradients(
     """
     objective = get_objective(objective_name)
     if mask_truncated:  # before anything reads the mask: normalisers, group sets, KL and micro-batch widths all see it
-        rollouts = dataclasses.replace(rollouts, completion_mask=mask_truncated_rows(rollouts.completion_mask,
-                                                                                      rollouts.truncated))
+        rollouts = dataclasses.replace(
+            rollouts, completion_mask=mask_truncated_rows(rollouts.completion_mask, rollouts.truncated)
+        )
     mask = rollouts.completion_mask
     n_rows, width = mask.shape
     budget = max_tokens_per_micro_batch
-    group_mode = resolve_group_mode(group_mode, couples_group=objective.couples_group,
-                                    rows_per_micro_batch=0 if budget else micro_batch_size, group_size=group_size,
-                                    token_budget=bool(budget), in_graph=objective.normalizer is not None)
-    batches = micro_batches(rollouts, group_size, micro_batch_size=micro_batch_size, max_tokens=budget,
-                            split_groups=group_mode == "coefficients")
+    group_mode = resolve_group_mode(
+        group_mode,
+        couples_group=objective.couples_group,
+        rows_per_micro_batch=0 if budget else micro_batch_size,
+        group_size=group_size,
+        token_budget=bool(budget),
+        in_graph=objective.normalizer is not None,
+    )
+    batches = micro_batches(
+        rollouts,
+        group_size,
+        micro_batch_size=micro_batch_size,
+        max_tokens=budget,
+        split_groups=group_mode == "coefficients",
+    )
 
     def forward(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Rollouts]:
         """(logps, mask) of these rows, computed on their own padding only."""
@@ -195,8 +229,9 @@ def accumulate_gradients(
                 logps, part_mask, _ = forward(rows)
                 scores[rows] = sequence_score(kind, logps, old_of(rows, logps), part_mask).double()
         scores = scores.to(logps.dtype)
-        coefficients, metrics = score_coefficients(score_objective, scores, rewards.to(scores.dtype),
-                                                   mask.bool().any(-1), group_size, **options)
+        coefficients, metrics = score_coefficients(
+            score_objective, scores, rewards.to(scores.dtype), mask.bool().any(-1), group_size, **options
+        )
         for rows in batches:
             logps, part_mask, part = forward(rows)
             s = sequence_score(kind, logps, old_of(rows, logps), part_mask)

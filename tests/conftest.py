@@ -4,10 +4,10 @@ import sys
 import pytest
 import torch
 
-
 sys.path.insert(0, os.path.dirname(__file__))  # tests import helpers.py and reference.py by name
 
 from helpers import make_batch  # noqa: E402
+
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 

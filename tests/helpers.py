@@ -41,14 +41,30 @@ def make_batch(n_groups, G, T, *, seed=0, binary=True, zero_length_rows=0, dtype
 
 # --- the real CLI at toy size ---------------------------------------------------------
 
-TINY = ["--sft-steps", "3", "--prompts-per-step", "4", "--group-size", "4", "--eval-size", "40",
-        "--no-progress", "--lr-warmup-steps", "2"]
+TINY = [
+    "--sft-steps",
+    "3",
+    "--prompts-per-step",
+    "4",
+    "--group-size",
+    "4",
+    "--eval-size",
+    "40",
+    "--no-progress",
+    "--lr-warmup-steps",
+    "2",
+]
 
 
 def run_cli(*args, cache_dir, check=True):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, "-m", "conspo", *args, "--cache-dir", cache_dir],
-                          capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "conspo", *args, "--cache-dir", cache_dir],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
     return proc
@@ -95,8 +111,19 @@ class GradCapture(TrainerCallback):
             self.grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def make_trainer(tmp_dir, *, per_device, G, gas, seed=0, model=None, reward_funcs=parity_reward, eval_prompts=None,
-                 peft_config=None, **config):
+def make_trainer(
+    tmp_dir,
+    *,
+    per_device,
+    G,
+    gas,
+    seed=0,
+    model=None,
+    reward_funcs=parity_reward,
+    eval_prompts=None,
+    peft_config=None,
+    **config,
+):
     """A ConSPOTrainer on a tiny policy (or ``model``; with ``peft_config`` TRL wraps it in a LoRA adapter) that
     records every generation batch (``recorded``), the inputs of every compute_loss call (``loss_inputs``) and the
     gradient of step 1."""
@@ -111,8 +138,9 @@ def make_trainer(tmp_dir, *, per_device, G, gas, seed=0, model=None, reward_func
             return output
 
         def compute_loss(self, model, inputs, *args, **kwargs):
-            self.loss_inputs = getattr(self, "loss_inputs", []) + [{k: v for k, v in inputs.items()
-                                                                    if torch.is_tensor(v)}]
+            self.loss_inputs = getattr(self, "loss_inputs", []) + [
+                {k: v for k, v in inputs.items() if torch.is_tensor(v)}
+            ]
             return super().compute_loss(model, inputs, *args, **kwargs)
 
     torch.manual_seed(seed)
@@ -120,17 +148,43 @@ def make_trainer(tmp_dir, *, per_device, G, gas, seed=0, model=None, reward_func
     if model is None:
         model = build_tiny_model(len(tokenizer), hidden=32, layers=2, ffn=64, heads=2, seed=seed)
     initial = copy.deepcopy(model)
-    args = ConSPOConfig(**{
-        **dict(output_dir=str(tmp_dir), per_device_train_batch_size=per_device, num_generations=G,
-               gradient_accumulation_steps=gas, max_completion_length=5, max_steps=1, learning_rate=1e-3,
-               use_cpu=True, bf16=False, report_to=[], logging_steps=1, save_strategy="no", seed=seed,
-               max_grad_norm=0.0, temperature=1.0, beta=0.0, tau=0.5, margin_start=0.1),
-        **config})
+    args = ConSPOConfig(
+        **{
+            **dict(
+                output_dir=str(tmp_dir),
+                per_device_train_batch_size=per_device,
+                num_generations=G,
+                gradient_accumulation_steps=gas,
+                max_completion_length=5,
+                max_steps=1,
+                learning_rate=1e-3,
+                use_cpu=True,
+                bf16=False,
+                report_to=[],
+                logging_steps=1,
+                save_strategy="no",
+                seed=seed,
+                max_grad_norm=0.0,
+                temperature=1.0,
+                beta=0.0,
+                tau=0.5,
+                margin_start=0.1,
+            ),
+            **config,
+        }
+    )
     capture = GradCapture()
     eval_dataset = None if eval_prompts is None else Dataset.from_dict({"prompt": eval_prompts})
-    trainer = RecordingTrainer(model=model, reward_funcs=reward_funcs, args=args, processing_class=tokenizer,
-                               train_dataset=Dataset.from_dict({"prompt": PROMPTS}), eval_dataset=eval_dataset,
-                               callbacks=[capture], peft_config=peft_config)
+    trainer = RecordingTrainer(
+        model=model,
+        reward_funcs=reward_funcs,
+        args=args,
+        processing_class=tokenizer,
+        train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+        eval_dataset=eval_dataset,
+        callbacks=[capture],
+        peft_config=peft_config,
+    )
     if peft_config is not None:  # the adapter is created (and initialised) by the trainer: start from its weights
         initial = copy.deepcopy(trainer.model)
     return trainer, capture, initial
@@ -148,18 +202,33 @@ def reference_gradient(trainer, initial, batch, G, *, tau=0.5, margin=0.1, objec
     model.zero_grad(set_to_none=True)
     input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
     attention = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
-    logps, _, _ = trainer._get_per_token_logps_and_entropies(model, input_ids, attention, batch["completion_ids"].size(1))
+    logps, _, _ = trainer._get_per_token_logps_and_entropies(
+        model, input_ids, attention, batch["completion_ids"].size(1)
+    )
     order = torch.argsort(batch["conspo_row"])  # global group layout
     if objective != "conspo":
         from conspo.objectives import get_objective
 
         x = logps[order]
-        loss, metrics = get_objective(objective).loss(x, x.detach(), batch["completion_mask"][order],
-                                                      batch["conspo_rewards"][order].to(x.dtype), G, **loss_options)
+        loss, metrics = get_objective(objective).loss(
+            x,
+            x.detach(),
+            batch["completion_mask"][order],
+            batch["conspo_rewards"][order].to(x.dtype),
+            G,
+            **loss_options,
+        )
         loss.backward()
         return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}, metrics
-    loss, metrics = conspo_loss(logps[order], batch["completion_mask"][order], batch["conspo_rewards"][order], G,
-                                margin=margin, tau=tau, **loss_options)
+    loss, metrics = conspo_loss(
+        logps[order],
+        batch["completion_mask"][order],
+        batch["conspo_rewards"][order],
+        G,
+        margin=margin,
+        tau=tau,
+        **loss_options,
+    )
     loss.backward()
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}, metrics
 
@@ -176,8 +245,9 @@ def reference_gradient_of_union(trainer, initial, batches, G, *, tau=0.5, margin
         input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)[order]
         attention = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)[order]
         mask, rewards = batch["completion_mask"][order], batch["conspo_rewards"][order]
-        logps, _, _ = trainer._get_per_token_logps_and_entropies(model, input_ids, attention,
-                                                                 batch["completion_ids"].size(1))
+        logps, _, _ = trainer._get_per_token_logps_and_entropies(
+            model, input_ids, attention, batch["completion_ids"].size(1)
+        )
         loss, _ = conspo_loss(logps, mask, rewards.to(logps.dtype), G, margin=margin, tau=tau)
         valid = count_valid_groups(mask, rewards, G)
         total, n_valid = total + loss * valid, n_valid + valid

@@ -86,7 +86,7 @@ def conspo_coefficients_loop(scores, rewards, G, margin, tau, threshold=0.5, rul
 def _advantages(rewards, G, scale):
     A = []
     for g in range(len(rewards) // G):
-        r = [float(x) for x in rewards[g * G:(g + 1) * G]]
+        r = [float(x) for x in rewards[g * G : (g + 1) * G]]
         mean = sum(r) / G
         std = math.sqrt(sum((x - mean) ** 2 for x in r) / (G - 1)) if G > 1 else 0.0
         for x in r:

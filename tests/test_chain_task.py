@@ -50,19 +50,19 @@ def test_only_the_final_answer_is_verified(task):
     total = sum(terms)
     right = worked_chain(terms)
     first = str(terms[0] + terms[1])
-    slipped = str(terms[0] + terms[1] + 1) + right[len(first):]  # a wrong first step ...
+    slipped = str(terms[0] + terms[1] + 1) + right[len(first) :]  # a wrong first step ...
     slipped = re.sub(r"=\d+$", f"={total}", slipped)  # ... that still ends on the right total
     assert slipped != right
     cases = {
         right: 1.0,
-        slipped: 1.0,                                  # a wrong chain with the right final answer scores 1
-        f"{right} ": 1.0,                              # trailing spaces
+        slipped: 1.0,  # a wrong chain with the right final answer scores 1
+        f"{right} ": 1.0,  # trailing spaces
         re.sub(r"=\d+$", f"={total + 1}", right): 0.0,  # a long chain ending on a wrong total scores 0
-        f"{right}+1": 0.0,                             # does not end on an answer
-        right[:-1]: 0.0,                               # cut off mid-answer (truncated at the limit)
+        f"{right}+1": 0.0,  # does not end on an answer
+        right[:-1]: 0.0,  # cut off mid-answer (truncated at the limit)
         "": 0.0,
-        f"={total}": 1.0,                              # the answer alone is a (short) right answer
-        f"{total}": 0.0,                               # no "=": not an answer in this task's format
+        f"={total}": 1.0,  # the answer alone is a (short) right answer
+        f"{total}": 0.0,  # no "=": not an answer in this task's format
     }
     for completion, expected in cases.items():
         assert task.score([p], [completion]) == [expected], completion
@@ -88,10 +88,13 @@ def test_tiny_base_is_warmed_up_on_the_chains_and_eval_picks_its_task(tmp_path, 
     from conspo.models import TINY_MARKER
     from conspo.warmup import supervised_warmup, tiny_base
 
-    model, tokenizer, path = tiny_base(task, steps=2, lr=1e-3, batch_size=8, seed=0, cache_dir=tmp_path / "cache",
-                                       log=lambda *a: None)
+    model, tokenizer, path = tiny_base(
+        task, steps=2, lr=1e-3, batch_size=8, seed=0, cache_dir=tmp_path / "cache", log=lambda *a: None
+    )
     assert json.loads((path / TINY_MARKER).read_text())["task"] == "chain"
-    assert model.config.max_position_embeddings >= max(len(p.prompt) for p in task.train_problems()) + task.max_new_tokens
+    assert (
+        model.config.max_position_embeddings >= max(len(p.prompt) for p in task.train_problems()) + task.max_new_tokens
+    )
 
     seen = []
     real_tokenizer_call = type(tokenizer).__call__
@@ -109,7 +112,9 @@ def test_tiny_base_is_warmed_up_on_the_chains_and_eval_picks_its_task(tmp_path, 
     solutions = {task.solution(p) + tokenizer.eos_token for p in task.train_problems()}
     assert len(targets) == 4 and set(targets) <= solutions
 
-    results = run_eval(EvalSettings(model=str(path), k=1, limit=4, output_dir=str(tmp_path / "eval")), log=lambda *a: None)
+    results = run_eval(
+        EvalSettings(model=str(path), k=1, limit=4, output_dir=str(tmp_path / "eval")), log=lambda *a: None
+    )
     assert list(results["benchmarks"]) == ["chain"]
     assert results["benchmarks"]["chain"]["max_new_tokens"] == task.max_new_tokens
 

@@ -10,7 +10,6 @@ import signal
 
 import pytest
 import torch
-
 from helpers import TINY
 
 from conspo import __version__
@@ -60,18 +59,29 @@ def test_version(capsys):
     assert info.value.code == 0 and capsys.readouterr().out.strip() == f"conspo {__version__}"
 
 
-@pytest.mark.parametrize("make_args,code,message", [
-    (lambda t: ["train", "--task", "math"], 2, "the tiny model .* trains only the built-in tasks, addition and chain; --task math needs --model"),
-    (lambda t: ["train", "--task", "chess"], 2, "task=.chess.: must be one of addition, chain, math"),
-    (lambda t: ["train", "--resume", t / "nowhere"], 2, "no such directory.*--overwrite"),
-    (lambda t: ["train", "--resume", t], 2, "no complete checkpoint.*stopped before its first checkpoint"),
-    (lambda t: ["train", "--model", t / "no-such-model", "--output-dir", t / "run"], 2, "--model .*no-such-model: no such folder"),
-    (lambda t: ["train", "--output-dir", write_lines(t / "a-file", ["x"])], 2, "is a file, not a directory"),
-    (lambda t: ["train", "--lr", "-1e-5", "--output-dir", t / "run"], 2, "lr=-1e-05: must be a finite number > 0"),
-    (lambda t: ["compare", "--seeds", "0"], 2, "--seeds 0: must be >= 1"),
-    (lambda t: ["compare", "--stop-after", "3"], 2, "--stop-after is an option of conspo train, not of compare"),
-    (lambda t: ["train", "--config", t / "missing.yaml"], 2, "--config .*missing.yaml"),
-])
+@pytest.mark.parametrize(
+    "make_args,code,message",
+    [
+        (
+            lambda t: ["train", "--task", "math"],
+            2,
+            "the tiny model .* trains only the built-in tasks, addition and chain; --task math needs --model",
+        ),
+        (lambda t: ["train", "--task", "chess"], 2, "task=.chess.: must be one of addition, chain, math"),
+        (lambda t: ["train", "--resume", t / "nowhere"], 2, "no such directory.*--overwrite"),
+        (lambda t: ["train", "--resume", t], 2, "no complete checkpoint.*stopped before its first checkpoint"),
+        (
+            lambda t: ["train", "--model", t / "no-such-model", "--output-dir", t / "run"],
+            2,
+            "--model .*no-such-model: no such folder",
+        ),
+        (lambda t: ["train", "--output-dir", write_lines(t / "a-file", ["x"])], 2, "is a file, not a directory"),
+        (lambda t: ["train", "--lr", "-1e-5", "--output-dir", t / "run"], 2, "lr=-1e-05: must be a finite number > 0"),
+        (lambda t: ["compare", "--seeds", "0"], 2, "--seeds 0: must be >= 1"),
+        (lambda t: ["compare", "--stop-after", "3"], 2, "--stop-after is an option of conspo train, not of compare"),
+        (lambda t: ["train", "--config", t / "missing.yaml"], 2, "--config .*missing.yaml"),
+    ],
+)
 def test_user_mistakes_give_one_line_and_an_exit_code(tmp_path, cli, no_model_load, make_args, code, message):
     got, err = cli(*make_args(tmp_path))
     assert got == code
@@ -101,13 +111,33 @@ def test_broken_and_missing_jsonl_name_file_line_and_column(tmp_path, cli, no_mo
     with pytest.raises(json.JSONDecodeError) as decoded:
         json.loads(broken)
     bad = write_lines(tmp_path / "train.jsonl", ['{"problem": "1+1", "answer": "2"}', broken])
-    code, err = cli("train", "--task", "math", "--model", "some/model", "--train-data", bad,
-                    "--eval-data", bad, "--output-dir", tmp_path / "run")
+    code, err = cli(
+        "train",
+        "--task",
+        "math",
+        "--model",
+        "some/model",
+        "--train-data",
+        bad,
+        "--eval-data",
+        bad,
+        "--output-dir",
+        tmp_path / "run",
+    )
     line = one_line(err)
     assert code == 2 and f"{bad} line 2: invalid JSON" in line
     assert decoded.value.colno > 1 and f"column {decoded.value.colno}" in line  # where json's decoder stopped
-    code, err = cli("train", "--task", "math", "--model", "some/model", "--train-data", tmp_path / "none.jsonl",
-                    "--output-dir", tmp_path / "run")
+    code, err = cli(
+        "train",
+        "--task",
+        "math",
+        "--model",
+        "some/model",
+        "--train-data",
+        tmp_path / "none.jsonl",
+        "--output-dir",
+        tmp_path / "run",
+    )
     assert code == 2 and "no such JSONL file" in one_line(err)
     assert not (tmp_path / "run").exists()
 
@@ -117,16 +147,26 @@ def test_a_model_that_cannot_fit_is_refused_before_it_is_built(tmp_path, cli, no
     from transformers import Qwen2Config
 
     huge = tmp_path / "huge"
-    Qwen2Config(hidden_size=8192, intermediate_size=29568, num_hidden_layers=80, num_attention_heads=64,
-                num_key_value_heads=8, vocab_size=152064).save_pretrained(huge)
+    Qwen2Config(
+        hidden_size=8192,
+        intermediate_size=29568,
+        num_hidden_layers=80,
+        num_attention_heads=64,
+        num_key_value_heads=8,
+        vocab_size=152064,
+    ).save_pretrained(huge)
     code, err = cli("train", "--task", "addition", "--model", huge, "--output-dir", tmp_path / "run")
     line = one_line(err)
     assert code == 2 and "B parameters need at least" in line and "GiB free" in line and "--lora-r" in line
 
 
 def test_negative_numbers_and_yaml_floats(tmp_path):
-    assert join_negative_numbers(["train", "--lr", "-1e-5", "--margin-end", "-.5", "--seed", "-3"]) == \
-        ["train", "--lr=-1e-5", "--margin-end=-.5", "--seed=-3"]
+    assert join_negative_numbers(["train", "--lr", "-1e-5", "--margin-end", "-.5", "--seed", "-3"]) == [
+        "train",
+        "--lr=-1e-5",
+        "--margin-end=-.5",
+        "--seed=-3",
+    ]
     assert join_negative_numbers(["--no-progress", "-h"]) == ["--no-progress", "-h"]
     import argparse
 
@@ -136,7 +176,9 @@ def test_negative_numbers_and_yaml_floats(tmp_path):
     parser.add_argument("--config")
     add_config_arguments(parser)
     config = write_lines(tmp_path / "c.yaml", ["lr: 1e-5", "margin_end: 2e-1", "eps_high: 3e-1"])
-    cfg, _ = config_from_args(parser.parse_args(join_negative_numbers(["--config", str(config), "--margin-start", "-1e-2"])))
+    cfg, _ = config_from_args(
+        parser.parse_args(join_negative_numbers(["--config", str(config), "--margin-start", "-1e-2"]))
+    )
     assert (cfg.lr, cfg.margin_end, cfg.eps_high, cfg.margin_start) == (1e-5, 0.2, 0.3, -0.01)
 
 
@@ -179,11 +221,14 @@ def _check_ctrl_c_run(tmp_path, cli, monkeypatch, real):
     import conspo.train
 
     out = tmp_path / "run"
-    code, err = cli("train", *TINY, "--steps", "8", "--save-every", "5", "--output-dir", out,
-                    "--cache-dir", tmp_path / "cache")
+    code, err = cli(
+        "train", *TINY, "--steps", "8", "--save-every", "5", "--output-dir", out, "--cache-dir", tmp_path / "cache"
+    )
     line = one_line(err)
     assert code == 130, err
-    assert line.endswith(f"interrupted after step 3 of 8; checkpoint-3 saved; continue with: conspo train --resume {out}")
+    assert line.endswith(
+        f"interrupted after step 3 of 8; checkpoint-3 saved; continue with: conspo train --resume {out}"
+    )
     assert (out / "checkpoint-3" / "state.json").exists()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "the handler is restored"
     monkeypatch.setattr(conspo.train, "_batch_metrics", real)

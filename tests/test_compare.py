@@ -16,7 +16,10 @@ from conspo.paired_stats import T_975, paired_difference, t_quantile_975
 def t_cdf(x, df, steps=20000):
     """P(T <= x) for Student's t by Simpson's rule on [0, x] of the density (independent of the table)."""
     c = math.gamma((df + 1) / 2) / (math.sqrt(df * math.pi) * math.gamma(df / 2))
-    f = lambda t: c * (1 + t * t / df) ** (-(df + 1) / 2)
+
+    def f(t):
+        return c * (1 + t * t / df) ** (-(df + 1) / 2)
+
     h = x / steps
     area = f(0) + f(x) + sum((4 if i % 2 else 2) * f(i * h) for i in range(1, steps))
     return 0.5 + area * h / 3
@@ -56,8 +59,16 @@ def write_run(root, name, seed, curve, steps=10):
     run.mkdir(parents=True)
     with open(run / "metrics.jsonl", "w") as f:
         f.writelines(json.dumps({"step": step, "heldout/accuracy": acc}) + "\n" for step, acc in curve)
-    json.dump({"objective": name, "steps": steps, "heldout_accuracy_before": curve[0][1],
-               "heldout_accuracy_after": curve[-1][1], "wall_seconds": 1.0}, open(run / "summary.json", "w"))
+    json.dump(
+        {
+            "objective": name,
+            "steps": steps,
+            "heldout_accuracy_before": curve[0][1],
+            "heldout_accuracy_after": curve[-1][1],
+            "wall_seconds": 1.0,
+        },
+        open(run / "summary.json", "w"),
+    )
 
 
 CURVES = {  # objective -> seed -> held-out accuracy at steps 0, 5, 10
@@ -108,8 +119,9 @@ def test_report_errors(tmp_path):
 
 def test_cli_compare_from_runs(tmp_path):
     synthetic(tmp_path / "runs")
-    proc = run_cli("compare", "--from-runs", str(tmp_path / "runs"), "--reference", "disco",
-                   cache_dir=str(tmp_path / "cache"))
+    proc = run_cli(
+        "compare", "--from-runs", str(tmp_path / "runs"), "--reference", "disco", cache_dir=str(tmp_path / "cache")
+    )
     assert "| objective - disco | paired seeds |" in proc.stdout and "| conspo | 3 |" in proc.stdout
 
 

@@ -12,8 +12,8 @@ from conspo.config import ENGINE_HINTS, ENGINE_SUPPORT, TrainConfig
 from conspo.errors import ConfigError
 from conspo.integrations.trl_engine import trl_arguments
 from conspo.objectives import OBJECTIVES, POSITIVE_RULES, get_objective
-from conspo.update import GROUP_MODES
 from conspo.schedules import MARGIN_SCHEDULES
+from conspo.update import GROUP_MODES
 
 FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]
 
@@ -24,9 +24,20 @@ def _other_value(name):
     hint = typing.get_type_hints(TrainConfig)[name]
     if isinstance(default, list):
         return ["r.py:f"] if name == "reward" else [2.0]
-    special = {"report_to": "tensorboard", "group_size": 4, "micro_batch_size": 16, "dtype": "bfloat16",
-               "device": "cpu", "resume": "runs/x", "top_p": 0.9, "max_new_tokens": 7, "beta": 0.1,
-               "sft_decay_steps": 1000, "mixed_precision": "bf16", "decimal_match": "sig:2"}
+    special = {
+        "report_to": "tensorboard",
+        "group_size": 4,
+        "micro_batch_size": 16,
+        "dtype": "bfloat16",
+        "device": "cpu",
+        "resume": "runs/x",
+        "top_p": 0.9,
+        "max_new_tokens": 7,
+        "beta": 0.1,
+        "sft_decay_steps": 1000,
+        "mixed_precision": "bf16",
+        "decimal_match": "sig:2",
+    }
     if name in special:
         return special[name]
     if typing.get_origin(hint) is typing.Literal:
@@ -46,10 +57,15 @@ def where_it_has_an_effect(cfg, name):
 
     need = OPTION_NEEDS.get(name)
     if need is not None:
-        cfg = dataclasses.replace(cfg, **{
-            "objective": lambda v: {"objective": v}, "model": lambda v: {},
-            "task": lambda v: {"task": v, "model": "some/model", "train_data": "x.jsonl", "reward": ["r.py:f"]},
-            "reward": lambda v: {"reward": ["r.py:f"]}}[need.axis](need.values[0]))
+        cfg = dataclasses.replace(
+            cfg,
+            **{
+                "objective": lambda v: {"objective": v},
+                "model": lambda v: {},
+                "task": lambda v: {"task": v, "model": "some/model", "train_data": "x.jsonl", "reward": ["r.py:f"]},
+                "reward": lambda v: {"reward": ["r.py:f"]},
+            }[need.axis](need.values[0]),
+        )
     if name in (*MARGIN_CURRICULUM_OPTIONS, "margin_schedule"):  # a ramp that goes somewhere
         cfg = dataclasses.replace(cfg, margin_schedule="linear", margin_end=0.3)
     return cfg
@@ -68,13 +84,18 @@ def test_option_is_honoured_or_refused_by_each_engine(name, monkeypatch):
     import importlib.util
 
     real_find_spec = importlib.util.find_spec  # reporters' packages, vLLM and a GPU need not be here for this walk
-    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: object() if n in ("tensorboard", "wandb", "vllm") else real_find_spec(n, *a))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda n, *a: object() if n in ("tensorboard", "wandb", "vllm") else real_find_spec(n, *a),
+    )
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     value = _other_value(name)
     for engine in ("native", "trl"):
         objective = "grpo" if name == "beta" else "conspo"
-        cfg = dataclasses.replace(where_it_has_an_effect(TrainConfig(engine=engine, objective=objective), name),
-                                  **{name: value})
+        cfg = dataclasses.replace(
+            where_it_has_an_effect(TrainConfig(engine=engine, objective=objective), name), **{name: value}
+        )
         if name == "task":  # the tiny model trains only addition
             cfg = dataclasses.replace(cfg, model="some/model")
         if name == "task" and value == "data":
@@ -102,13 +123,42 @@ def test_option_is_honoured_or_refused_by_each_engine(name, monkeypatch):
 
 # Fields the TRL engine consumes through TRL's config (the others are read by the shared run code:
 # conspo/run.py builds the task, the model and the run directory the same way for both engines).
-TRL_ARG_FIELDS = ["steps", "prompts_per_step", "group_size", "max_new_tokens", "temperature", "top_p",
-                  "updates_per_batch", "lr", "lr_warmup_steps", "weight_decay", "max_grad_norm", "seed", "report_to",
-                  "progress", "tau", "margin_schedule", "margin_start", "margin_end", "margin_horizon",
-                  "positive_threshold", "positive_rule", "score", "group_mode", "objective", "gradient_checkpointing",
-                  "mixed_precision", "vllm_mode", "vllm_gpu_memory_utilization", "vllm_tensor_parallel_size",
-                  "vllm_server_host", "vllm_server_port", "mask_truncated", "overlong_buffer",
-                  "overlong_penalty_factor"]
+TRL_ARG_FIELDS = [
+    "steps",
+    "prompts_per_step",
+    "group_size",
+    "max_new_tokens",
+    "temperature",
+    "top_p",
+    "updates_per_batch",
+    "lr",
+    "lr_warmup_steps",
+    "weight_decay",
+    "max_grad_norm",
+    "seed",
+    "report_to",
+    "progress",
+    "tau",
+    "margin_schedule",
+    "margin_start",
+    "margin_end",
+    "margin_horizon",
+    "positive_threshold",
+    "positive_rule",
+    "score",
+    "group_mode",
+    "objective",
+    "gradient_checkpointing",
+    "mixed_precision",
+    "vllm_mode",
+    "vllm_gpu_memory_utilization",
+    "vllm_tensor_parallel_size",
+    "vllm_server_host",
+    "vllm_server_port",
+    "mask_truncated",
+    "overlong_buffer",
+    "overlong_penalty_factor",
+]
 
 
 @pytest.mark.parametrize("name", TRL_ARG_FIELDS)
@@ -128,9 +178,15 @@ def test_trl_honoured_options_reach_trls_config(name):
     assert args(changed) != args(base)
 
 
-@pytest.mark.parametrize("name,value,attr", [("lora_r", 8, "r"), ("lora_alpha", 64, "lora_alpha"),
-                                             ("lora_dropout", 0.1, "lora_dropout"),
-                                             ("lora_target_modules", "q_proj,v_proj", "target_modules")])
+@pytest.mark.parametrize(
+    "name,value,attr",
+    [
+        ("lora_r", 8, "r"),
+        ("lora_alpha", 64, "lora_alpha"),
+        ("lora_dropout", 0.1, "lora_dropout"),
+        ("lora_target_modules", "q_proj,v_proj", "target_modules"),
+    ],
+)
 def test_lora_options_reach_trls_peft_config(name, value, attr):
     pytest.importorskip("peft")
     from conspo.integrations.trl_engine import trl_peft_config
@@ -138,7 +194,7 @@ def test_lora_options_reach_trls_peft_config(name, value, attr):
     assert trl_peft_config(TrainConfig(engine="trl")) is None
     config = trl_peft_config(dataclasses.replace(TrainConfig(engine="trl", lora_r=4), **{name: value}))
     got = getattr(config, attr)
-    assert (set(got) == set(value.split(",")) if isinstance(value, str) else got == value)
+    assert set(got) == set(value.split(",")) if isinstance(value, str) else got == value
 
 
 @pytest.mark.parametrize("name", ["grpo", "dr_grpo", "dapo", "gspo"])
@@ -146,8 +202,9 @@ def test_trl_baselines_use_the_objectives_clip_defaults(name):
     defaults = get_objective(name).option_defaults
     args = trl_arguments(TrainConfig(engine="trl", objective=name), max_new_tokens=8, output_dir="x", use_cpu=True)
     assert (args["epsilon"], args["epsilon_high"]) == (defaults["eps_low"], defaults["eps_high"])
-    args = trl_arguments(TrainConfig(engine="trl", objective=name, eps_high=0.5), max_new_tokens=8, output_dir="x",
-                         use_cpu=True)
+    args = trl_arguments(
+        TrainConfig(engine="trl", objective=name, eps_high=0.5), max_new_tokens=8, output_dir="x", use_cpu=True
+    )
     assert args["epsilon_high"] == 0.5
 
 
@@ -162,7 +219,11 @@ def test_literal_choices_match_the_registries():
 def test_positive_rule_reaches_the_objective_and_a_threshold_it_ignores_is_refused():
     settings = TrainConfig(positive_rule="group_mean").objective_settings(margin=0.0, max_new_tokens=4)
     assert get_objective("conspo").options(settings)["positive_rule"] == "group_mean"
-    with pytest.raises(ConfigError, match="positive_threshold=0.7 has no effect with positive_rule group_mean: it is only used by positive_rule=threshold"):
+    with pytest.raises(
+        ConfigError,
+        match="positive_threshold=0.7 has no effect with positive_rule group_mean: "
+        "it is only used by positive_rule=threshold",
+    ):
         TrainConfig(positive_rule="group_mean", positive_threshold=0.7).validate()
 
 
@@ -190,11 +251,19 @@ def test_vllm_options_reach_trls_config(tmp_path, objective):
     off = built()
     assert not off.use_vllm
     colocate = built(vllm_mode="colocate", vllm_gpu_memory_utilization=0.55, vllm_tensor_parallel_size=2)
-    assert (colocate.use_vllm, colocate.vllm_mode, colocate.vllm_gpu_memory_utilization,
-            colocate.vllm_tensor_parallel_size) == (True, "colocate", 0.55, 2)
+    assert (
+        colocate.use_vllm,
+        colocate.vllm_mode,
+        colocate.vllm_gpu_memory_utilization,
+        colocate.vllm_tensor_parallel_size,
+    ) == (True, "colocate", 0.55, 2)
     server = built(vllm_mode="server", vllm_server_host="10.0.0.7", vllm_server_port=8123)
     assert (server.use_vllm, server.vllm_mode, server.vllm_server_host, server.vllm_server_port) == (
-        True, "server", "10.0.0.7", 8123)
+        True,
+        "server",
+        "10.0.0.7",
+        8123,
+    )
     defaults = {f.name: f.default for f in dataclasses.fields(GRPOConfig)}  # ours are TRL's defaults
     for name in ("vllm_gpu_memory_utilization", "vllm_tensor_parallel_size", "vllm_server_host", "vllm_server_port"):
         assert getattr(TrainConfig(), name) == defaults[name] == getattr(off, name), name
@@ -204,8 +273,11 @@ def _vllm_error(monkeypatch, *, gpu, package, **options):
     import importlib.util
 
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: (object() if package else None) if n == "vllm"
-                        else real_find_spec(n, *a))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda n, *a: (object() if package else None) if n == "vllm" else real_find_spec(n, *a),
+    )
     monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
     with pytest.raises(ConfigError) as error:
         TrainConfig(engine="trl", **options).validate()
@@ -225,13 +297,29 @@ def test_vllm_without_a_gpu_or_the_package_is_refused_with_the_fix(monkeypatch):
     assert "pip install 'vllm" in message and "--vllm-mode none" in message
 
 
-@pytest.mark.parametrize("options,expected", [
-    (dict(vllm_server_port=9000), "vllm_server_port=9000: is only used with --vllm-mode server, not none: add --vllm-mode server"),
-    (dict(vllm_mode="colocate", vllm_server_host="h"), "vllm_server_host='h': is only used with --vllm-mode server, not colocate"),
-    (dict(vllm_mode="server", vllm_tensor_parallel_size=2), "vllm_tensor_parallel_size=2: is only used with --vllm-mode colocate, not server: the server takes `trl vllm-serve --tensor_parallel_size`"),
-    (dict(vllm_mode="colocate", vllm_gpu_memory_utilization=1.5), "vllm_gpu_memory_utilization=1.5: must be in (0, 1]"),
-    (dict(vllm_mode="server", vllm_server_port=0), "vllm_server_port=0: must be a TCP port"),
-])
+@pytest.mark.parametrize(
+    "options,expected",
+    [
+        (
+            dict(vllm_server_port=9000),
+            "vllm_server_port=9000: is only used with --vllm-mode server, not none: add --vllm-mode server",
+        ),
+        (
+            dict(vllm_mode="colocate", vllm_server_host="h"),
+            "vllm_server_host='h': is only used with --vllm-mode server, not colocate",
+        ),
+        (
+            dict(vllm_mode="server", vllm_tensor_parallel_size=2),
+            "vllm_tensor_parallel_size=2: is only used with --vllm-mode colocate, not server: "
+            "the server takes `trl vllm-serve --tensor_parallel_size`",
+        ),
+        (
+            dict(vllm_mode="colocate", vllm_gpu_memory_utilization=1.5),
+            "vllm_gpu_memory_utilization=1.5: must be in (0, 1]",
+        ),
+        (dict(vllm_mode="server", vllm_server_port=0), "vllm_server_port=0: must be a TCP port"),
+    ],
+)
 def test_vllm_option_outside_its_mode_or_range_is_refused(monkeypatch, options, expected):
     assert expected in _vllm_error(monkeypatch, gpu=True, package=True, **options)
 
@@ -256,9 +344,13 @@ def _imports(path):
 
 
 def test_no_module_imports_another_modules_private_names():
-    offenders = [f"{p.relative_to(PACKAGE.parent)}: from {m} import {n}" for p in PACKAGE.rglob("*.py")
-                 for m, names, _ in _imports(p) for n in names
-                 if n.startswith("_") and not (n.startswith("__") and n.endswith("__"))]  # __version__ is public
+    offenders = [
+        f"{p.relative_to(PACKAGE.parent)}: from {m} import {n}"
+        for p in PACKAGE.rglob("*.py")
+        for m, names, _ in _imports(p)
+        for n in names
+        if n.startswith("_") and not (n.startswith("__") and n.endswith("__"))
+    ]  # __version__ is public
     assert not offenders, offenders
 
 
@@ -268,12 +360,13 @@ def test_no_import_cycle_inside_the_package():
     for path in PACKAGE.rglob("*.py"):
         module = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__")
         tree = ast.parse(path.read_text())
-        graph[module] = {n.module for n in tree.body if isinstance(n, ast.ImportFrom) and n.module
-                         and n.module.startswith("conspo")}
+        graph[module] = {
+            n.module for n in tree.body if isinstance(n, ast.ImportFrom) and n.module and n.module.startswith("conspo")
+        }
 
     def visit(node, stack):
         if node in stack:
-            raise AssertionError("import cycle: " + " -> ".join([*stack[stack.index(node):], node]))
+            raise AssertionError("import cycle: " + " -> ".join([*stack[stack.index(node) :], node]))
         for nxt in graph.get(node, ()):
             visit(nxt, [*stack, node])
 

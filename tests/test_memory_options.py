@@ -6,15 +6,26 @@ import json
 
 import pytest
 import torch
+from helpers import TINY, comparable, read_jsonl, run_cli
 
 from conspo.models import build_char_tokenizer, build_tiny_model, is_lora, lora_config
 from conspo.rollout import generate, token_logprobs
-from helpers import TINY, comparable, read_jsonl, run_cli
 
 pytest.importorskip("peft")
 
-OPTIONS = ["--lora-r", "4", "--lora-alpha", "8", "--gradient-checkpointing", "--mixed-precision", "bf16",
-           "--max-tokens-per-micro-batch", "40", "--lr", "1e-3"]
+OPTIONS = [
+    "--lora-r",
+    "4",
+    "--lora-alpha",
+    "8",
+    "--gradient-checkpointing",
+    "--mixed-precision",
+    "bf16",
+    "--max-tokens-per-micro-batch",
+    "40",
+    "--lr",
+    "1e-3",
+]
 
 
 @pytest.mark.slow
@@ -40,8 +51,21 @@ def test_lora_checkpointing_bf16_token_budget_run_resumes_exactly(tmp_path, cach
 @pytest.mark.slow
 def test_lora_final_can_be_kept_as_an_adapter(tmp_path, cache_dir):
     out = tmp_path / "run"
-    run_cli("train", *TINY, "--lora-r", "4", "--lora-save", "adapter", "--steps", "2", "--eval-every", "0",
-            "--output-dir", str(out), cache_dir=cache_dir)
+    run_cli(
+        "train",
+        *TINY,
+        "--lora-r",
+        "4",
+        "--lora-save",
+        "adapter",
+        "--steps",
+        "2",
+        "--eval-every",
+        "0",
+        "--output-dir",
+        str(out),
+        cache_dir=cache_dir,
+    )
     assert (out / "final" / "adapter_model.safetensors").exists()
     assert json.load(open(out / "final" / "adapter_config.json"))["r"] == 4
 

@@ -4,9 +4,6 @@ import itertools
 
 import pytest
 import torch
-
-from conspo import objectives as obj
-from conspo import score_gap
 from helpers import make_batch
 from reference import (
     clipped_loss_loop,
@@ -14,6 +11,9 @@ from reference import (
     conspo_loss_loop,
     grpo_score_gap_loop,
 )
+
+from conspo import objectives as obj
+from conspo import score_gap
 
 GROUP_SIZES = [2, 3, 4, 8]
 CASES = list(itertools.product(GROUP_SIZES, [True, False], [0, 1, 3]))  # G, binary rewards, zero-length rows
@@ -38,8 +38,9 @@ def test_sequence_scores_is_masked_mean_and_ignores_padding_values():
 def test_conspo_loss_matches_loop_reference(G, binary, zero_rows, margin, tau):
     logps, _, mask, rewards = make_batch(6, G, 7, seed=G * 10 + zero_rows, binary=binary, zero_length_rows=zero_rows)
     threshold = 0.5 if binary else 0.4
-    loss, _ = obj.conspo_loss(logps, mask, rewards, G, margin=margin, tau=tau, positive_threshold=threshold,
-                              positive_rule="threshold")
+    loss, _ = obj.conspo_loss(
+        logps, mask, rewards, G, margin=margin, tau=tau, positive_threshold=threshold, positive_rule="threshold"
+    )
     ref = conspo_loss_loop(logps, mask, rewards, G, margin, tau, threshold, rule="threshold")
     torch.testing.assert_close(loss, ref, rtol=1e-10, atol=1e-12)
 
@@ -80,11 +81,22 @@ def test_coefficients_equal_autograd_and_closed_form_loop(G, binary, zero_rows, 
     # Autograd through the loss, with scores as the leaf: make token_logps a function of scores.
     # s_i = mean_t x_{i,t}; setting x_{i,t} = s_i on the mask reproduces the scores exactly.
     tokens = scores[:, None].expand_as(logps)
-    loss, _ = obj.conspo_loss(tokens, mask, rewards, G, margin=margin, tau=tau, positive_threshold=threshold,
-                              positive_rule="threshold")
-    (grad,) = torch.autograd.grad(loss, scores, allow_unused=False) if loss.requires_grad else (torch.zeros_like(scores),)
-    coeffs = obj.conspo_coefficients(scores.detach(), rewards, G, margin=margin, tau=tau,
-                                     positive_threshold=threshold, positive_rule="threshold", present=present)
+    loss, _ = obj.conspo_loss(
+        tokens, mask, rewards, G, margin=margin, tau=tau, positive_threshold=threshold, positive_rule="threshold"
+    )
+    (grad,) = (
+        torch.autograd.grad(loss, scores, allow_unused=False) if loss.requires_grad else (torch.zeros_like(scores),)
+    )
+    coeffs = obj.conspo_coefficients(
+        scores.detach(),
+        rewards,
+        G,
+        margin=margin,
+        tau=tau,
+        positive_threshold=threshold,
+        positive_rule="threshold",
+        present=present,
+    )
     torch.testing.assert_close(coeffs, grad, rtol=1e-10, atol=1e-13)
     # ...and the closed form written out one element at a time, on the present rows.
     keep = present.clone()
@@ -158,7 +170,11 @@ def test_conspo_metrics():
     assert m["conspo/neg_score_mean"] == pytest.approx(-2.5)
     assert m["conspo/score_gap"] == pytest.approx(1.5)
     assert m["conspo/pos_above_all_neg_frac"] == 1.0
-    share = 1 / (1 + (torch.exp(torch.tensor(-3.0 / 0.5)) + torch.exp(torch.tensor(-2.0 / 0.5))) / torch.exp(torch.tensor(-1.1 / 0.5)))
+    share = 1 / (
+        1
+        + (torch.exp(torch.tensor(-3.0 / 0.5)) + torch.exp(torch.tensor(-2.0 / 0.5)))
+        / torch.exp(torch.tensor(-1.1 / 0.5))
+    )
     assert m["conspo/pos_softmax_share"] == pytest.approx(float(share))
     assert m["conspo/margin"] == 0.1 and m["conspo/tau"] == 0.5
 
@@ -170,9 +186,9 @@ def _graded_batch(n_groups, G, T, *, seed, binary, zero_rows):
     """make_batch with one group of all-equal rewards (no positive under group_mean) and one with ties."""
     logps, _, mask, rewards = make_batch(n_groups, G, T, seed=seed, binary=binary, zero_length_rows=zero_rows)
     rewards = rewards.clone()
-    rewards[G:2 * G] = 0.7
+    rewards[G : 2 * G] = 0.7
     if G >= 3:
-        rewards[2 * G:3 * G] = torch.tensor([0.2, 0.6, 0.6, 0.9, 0.1, 0.4, 0.3, 0.8][:G], dtype=rewards.dtype)
+        rewards[2 * G : 3 * G] = torch.tensor([0.2, 0.6, 0.6, 0.9, 0.1, 0.4, 0.3, 0.8][:G], dtype=rewards.dtype)
     return logps, mask, rewards
 
 
@@ -196,8 +212,9 @@ def test_group_mean_coefficients_equal_autograd_and_closed_form_loop(G, binary, 
     tokens = scores[:, None].expand_as(logps)  # token log-probs equal to the score: s_i is unchanged
     loss, _ = obj.conspo_loss(tokens, mask, rewards, G, margin=0.2, tau=0.5, positive_rule="group_mean")
     (grad,) = torch.autograd.grad(loss, scores) if loss.requires_grad else (torch.zeros_like(scores),)
-    coeffs = obj.conspo_coefficients(scores.detach(), rewards, G, margin=0.2, tau=0.5, positive_rule="group_mean",
-                                     present=present)
+    coeffs = obj.conspo_coefficients(
+        scores.detach(), rewards, G, margin=0.2, tau=0.5, positive_rule="group_mean", present=present
+    )
     torch.testing.assert_close(coeffs, grad, rtol=1e-10, atol=1e-13)
     if zero_rows == 0:
         loop = conspo_coefficients_loop(scores.detach(), rewards, G, 0.2, 0.5, rule="group_mean")
@@ -206,10 +223,23 @@ def test_group_mean_coefficients_equal_autograd_and_closed_form_loop(G, binary, 
 
 
 def test_group_mean_rule_sets():
-    rewards = torch.tensor([0.2, 0.5, 0.8, 0.5,     # mean 0.5: only 0.8 is above it (0.5 is not strictly above)
-                            0.7, 0.7, 0.7, 0.7,     # all equal: no positive, group not valid
-                            9.0, 0.1, 0.3, 0.2],    # row 8 empty: left out of the mean (0.2), so 0.3 is positive
-                           dtype=torch.float64)
+    rewards = torch.tensor(
+        [
+            0.2,
+            0.5,
+            0.8,
+            0.5,  # mean 0.5: only 0.8 is above it (0.5 is not strictly above)
+            0.7,
+            0.7,
+            0.7,
+            0.7,  # all equal: no positive, group not valid
+            9.0,
+            0.1,
+            0.3,
+            0.2,
+        ],  # row 8 empty: left out of the mean (0.2), so 0.3 is positive
+        dtype=torch.float64,
+    )
     present = torch.ones(12, dtype=torch.bool)
     present[8] = False
     pos, neg, valid = obj.contrastive_sets(rewards, present, 4, positive_rule="group_mean")
@@ -217,8 +247,10 @@ def test_group_mean_rule_sets():
     assert pos.reshape(-1).nonzero().flatten().tolist() == [2, 10]
     assert neg.reshape(-1).nonzero().flatten().tolist() == [0, 1, 3, 9, 11]
     binary = torch.tensor([1.0, 0, 0, 1, 0, 0, 0, 0, 1, 1, 1, 0])  # 0/1 rewards: the same sets as the threshold rule
-    for a, b in zip(obj.contrastive_sets(binary, present, 4, positive_rule="group_mean"),
-                    obj.contrastive_sets(binary, present, 4, positive_threshold=0.5, positive_rule="threshold")):
+    for a, b in zip(
+        obj.contrastive_sets(binary, present, 4, positive_rule="group_mean"),
+        obj.contrastive_sets(binary, present, 4, positive_threshold=0.5, positive_rule="threshold"),
+    ):
         assert torch.equal(a, b)
     with pytest.raises(ValueError, match="positive_rule must be one of threshold, group_mean, got 'median'"):
         obj.contrastive_sets(binary, present, 4, positive_rule="median")
@@ -238,7 +270,9 @@ def test_group_mean_rule_reaches_the_objective_registry_and_normalizer():
 
 
 @pytest.mark.parametrize("name", list(obj.OBJECTIVES))
-@pytest.mark.parametrize("case", ["all_positive", "all_negative", "all_zero_length", "extreme_scores", "one_row_groups"])
+@pytest.mark.parametrize(
+    "case", ["all_positive", "all_negative", "all_zero_length", "extreme_scores", "one_row_groups"]
+)
 def test_degenerate_batches_are_finite(name, case):
     G = 1 if case == "one_row_groups" else 4
     logps, old, mask, rewards = make_batch(3, G, 5, seed=1)
@@ -275,8 +309,12 @@ def test_conspo_extreme_scores_saturate_correctly():
 
 # --- GRPO family -----------------------------------------------------------------------
 
-CLIPPED = [("grpo", obj.grpo_loss, 0.2, 0.2), ("dr_grpo", obj.dr_grpo_loss, 0.2, 0.2),
-           ("dapo", obj.dapo_loss, 0.2, 0.28), ("gspo", obj.gspo_loss, 3e-4, 4e-4)]
+CLIPPED = [
+    ("grpo", obj.grpo_loss, 0.2, 0.2),
+    ("dr_grpo", obj.dr_grpo_loss, 0.2, 0.2),
+    ("dapo", obj.dapo_loss, 0.2, 0.28),
+    ("gspo", obj.gspo_loss, 3e-4, 4e-4),
+]
 
 
 @pytest.mark.parametrize("kind,fn,eps_low,eps_high", CLIPPED)

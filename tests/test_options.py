@@ -5,6 +5,7 @@ refused before any work, in one line naming it."""
 import dataclasses
 
 import pytest
+from helpers import run_cli
 
 from conspo import tasks as tasks_module
 from conspo.config import TrainConfig
@@ -12,27 +13,57 @@ from conspo.errors import ConfigError
 from conspo.objectives import OBJECTIVES, get_objective
 from conspo.options import MARGIN_CURRICULUM_OPTIONS, OPTION_NEEDS
 from conspo.schedules import margin_curriculum
-from helpers import run_cli
 
 #: every value of each axis the table names, as config changes
 AXES = {
     "objective": {name: {"objective": name} for name in OBJECTIVES},
-    "task": {"addition": {}, "chain": {}, "math": {"task": "math", "model": "some/model"},
-             "data": {"task": "data", "model": "some/model", "train_data": "x.jsonl", "reward": ["r.py:f"]}},
+    "task": {
+        "addition": {},
+        "chain": {},
+        "math": {"task": "math", "model": "some/model"},
+        "data": {"task": "data", "model": "some/model", "train_data": "x.jsonl", "reward": ["r.py:f"]},
+    },
     "model": {"tiny": {}, "yours": {"model": "some/model"}},
     "reward": {"none": {}, "given": {"reward": ["r.py:f"]}},
     "margin_schedule": {"constant": {}, "curriculum": {"margin_schedule": "linear"}},
 }
-OTHER = {"tau": 0.7, "margin_schedule": "cosine", "margin_start": 0.1, "margin_end": 0.2, "margin_horizon": 5,
-         "positive_rule": "threshold", "positive_threshold": 0.7, "score": "sum", "eps_low": 0.1, "eps_high": 0.3,
-         "train_data": "other.jsonl", "eval_data": "other.jsonl", "data_dir": "/elsewhere", "prompt_template": "r1",
-         "answer_extraction": "strict", "prompt_field": "question", "sft_steps": 7, "sft_seed": 3, "sft_lr": 1e-4,
-         "sft_decay_steps": 900, "sft_batch_size": 16, "sft_stop_accuracy": 0.3, "reward_weights": [2.0],
-         "reward_errors": "zero", "decimal_match": "sig:2", "reward_audit_every": 5, "score_tau": 2.0}
+OTHER = {
+    "tau": 0.7,
+    "margin_schedule": "cosine",
+    "margin_start": 0.1,
+    "margin_end": 0.2,
+    "margin_horizon": 5,
+    "positive_rule": "threshold",
+    "positive_threshold": 0.7,
+    "score": "sum",
+    "eps_low": 0.1,
+    "eps_high": 0.3,
+    "train_data": "other.jsonl",
+    "eval_data": "other.jsonl",
+    "data_dir": "/elsewhere",
+    "prompt_template": "r1",
+    "answer_extraction": "strict",
+    "prompt_field": "question",
+    "sft_steps": 7,
+    "sft_seed": 3,
+    "sft_lr": 1e-4,
+    "sft_decay_steps": 900,
+    "sft_batch_size": 16,
+    "sft_stop_accuracy": 0.3,
+    "reward_weights": [2.0],
+    "reward_errors": "zero",
+    "decimal_match": "sig:2",
+    "reward_audit_every": 5,
+    "score_tau": 2.0,
+}
 #: options that are only meaningful together with another one
 _RAMP = {"margin_schedule": "linear", "margin_end": 0.3}
-ALSO = {"positive_threshold": {"positive_rule": "threshold"}, "margin_end": _RAMP, "margin_schedule": _RAMP,
-        "margin_horizon": _RAMP}
+ALSO = {
+    "positive_threshold": {"positive_rule": "threshold"},
+    "margin_end": _RAMP,
+    "margin_schedule": _RAMP,
+    "margin_horizon": _RAMP,
+}
 
 
 def what_the_run_consumes(cfg, monkeypatch):
@@ -40,10 +71,19 @@ def what_the_run_consumes(cfg, monkeypatch):
     from conspo import run, warmup
 
     steps = [0, cfg.steps // 2, cfg.steps]
-    margins = [margin_curriculum(cfg.margin_schedule, start=cfg.margin_start, end=cfg.margin_end,
-                                 horizon=cfg.margin_horizon, total_steps=cfg.steps)(s) for s in steps]
-    objective = [get_objective(cfg.objective).options(cfg.objective_settings(margin=m, max_new_tokens=8))
-                 for m in margins]
+    margins = [
+        margin_curriculum(
+            cfg.margin_schedule,
+            start=cfg.margin_start,
+            end=cfg.margin_end,
+            horizon=cfg.margin_horizon,
+            total_steps=cfg.steps,
+        )(s)
+        for s in steps
+    ]
+    objective = [
+        get_objective(cfg.objective).options(cfg.objective_settings(margin=m, max_new_tokens=8)) for m in margins
+    ]
     monkeypatch.setattr(tasks_module, "get_task", lambda name, **kw: (name, kw))
     monkeypatch.setattr(tasks_module, "load_rewards", lambda specs: [len] * len(specs))
     task = tasks_module.task_from_config(cfg)
@@ -70,7 +110,9 @@ def test_every_option_changes_the_run_or_is_refused(name, axis_value, monkeypatc
     need = OPTION_NEEDS[name]
     meaningful = axis_value in need.values
     # the companions an option needs on top of its axis, where it has an effect (elsewhere they would be refused too)
-    base = dataclasses.replace(TrainConfig(), **AXES[need.axis][axis_value], **(ALSO.get(name, {}) if meaningful else {}))
+    base = dataclasses.replace(
+        TrainConfig(), **AXES[need.axis][axis_value], **(ALSO.get(name, {}) if meaningful else {})
+    )
     changed = dataclasses.replace(base, **{name: OTHER[name]})
     if meaningful:
         base.validate()
@@ -86,16 +128,27 @@ def test_every_option_changes_the_run_or_is_refused(name, axis_value, monkeypatc
 @pytest.mark.parametrize("name", MARGIN_CURRICULUM_OPTIONS)
 def test_margin_curriculum_options_need_a_schedule(name):
     """--margin-end 0.3 alone would keep the margin at margin_start: refused, naming the schedules."""
-    with pytest.raises(ConfigError, match=rf"{name}=.* has no effect with margin_schedule constant: .*"
-                                          r"--margin-schedule linear, cosine or step"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"{name}=.* has no effect with margin_schedule constant: .*"
+        r"--margin-schedule linear, cosine or step",
+    ):
         TrainConfig(**{name: OTHER[name]}).validate()
 
 
-@pytest.mark.parametrize("probe", [["--tau", "0.5", "--objective", "grpo"], ["--eps-low", "0.1"],
-                                   ["--positive-rule", "threshold", "--objective", "grpo"],
-                                   ["--answer-extraction", "strict"], ["--prompt-template", "r1"],
-                                   ["--sft-steps", "10", "--model", "some/model"], ["--margin-end", "0.3"],
-                                   ["--train-data", "foo.jsonl"]])
+@pytest.mark.parametrize(
+    "probe",
+    [
+        ["--tau", "0.5", "--objective", "grpo"],
+        ["--eps-low", "0.1"],
+        ["--positive-rule", "threshold", "--objective", "grpo"],
+        ["--answer-extraction", "strict"],
+        ["--prompt-template", "r1"],
+        ["--sft-steps", "10", "--model", "some/model"],
+        ["--margin-end", "0.3"],
+        ["--train-data", "foo.jsonl"],
+    ],
+)
 def test_probes_end_in_one_line_and_a_non_zero_exit(probe, tmp_path):
     proc = run_cli("train", *probe, "--output-dir", str(tmp_path / "run"), cache_dir=str(tmp_path), check=False)
     assert proc.returncode != 0
@@ -111,8 +164,9 @@ def test_a_resumed_run_saved_by_an_older_version_drops_the_options_it_never_used
     from conspo.config import task_defaults
     from conspo.options import without_ineffective
 
-    saved = TrainConfig(objective="grpo", positive_rule="threshold", train_data="math_train", eval_data="math500",
-                        margin_end=0.2)
+    saved = TrainConfig(
+        objective="grpo", positive_rule="threshold", train_data="math_train", eval_data="math500", margin_end=0.2
+    )
     with pytest.raises(ConfigError):
         saved.validate()
     reset = without_ineffective(saved, asdict(TrainConfig()), task_defaults(saved.task))

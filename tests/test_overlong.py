@@ -6,6 +6,8 @@ import dataclasses
 
 import pytest
 import torch
+from helpers import make_batch
+from reference import clipped_loss_loop, conspo_loss_loop
 
 from conspo import objectives as obj
 from conspo import reward_shaping as shaping
@@ -14,8 +16,6 @@ from conspo.errors import ConfigError
 from conspo.integrations.trl_engine import trl_arguments, trl_reward_functions
 from conspo.rollout import Rollouts
 from conspo.train import overlong_shaping
-from helpers import make_batch
-from reference import clipped_loss_loop, conspo_loss_loop
 
 # --- the soft overlong punishment ------------------------------------------------------
 
@@ -33,8 +33,9 @@ def _eq13(n, l_max, l_cache):
 def test_overlong_penalty_is_dapos_formula_and_trls_function(l_max, l_cache):
     trl_rewards = pytest.importorskip("trl.rewards")
     edge = l_max - l_cache
-    lengths = sorted({0, 1, max(edge - 1, 0), edge, edge + 1, (edge + l_max) // 2, l_max - 1, l_max, l_max + 1,
-                      l_max + 50})
+    lengths = sorted(
+        {0, 1, max(edge - 1, 0), edge, edge + 1, (edge + l_max) // 2, l_max - 1, l_max, l_max + 1, l_max + 50}
+    )
     ours = shaping.overlong_penalty(torch.tensor(lengths), l_max, l_cache)
     assert ours.dtype == torch.float64
     assert ours.tolist() == [_eq13(n, l_max, l_cache) for n in lengths]
@@ -54,8 +55,14 @@ def test_overlong_penalty_off_and_bad_buffer():
 def _rollouts(lengths, truncated):
     width = max(lengths)
     mask = (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]).long()
-    return Rollouts(torch.ones(len(lengths), 1, dtype=torch.long), torch.ones(len(lengths), 1, dtype=torch.long),
-                    mask.clone(), mask, torch.tensor(truncated), ["x"] * len(lengths))
+    return Rollouts(
+        torch.ones(len(lengths), 1, dtype=torch.long),
+        torch.ones(len(lengths), 1, dtype=torch.long),
+        mask.clone(),
+        mask,
+        torch.tensor(truncated),
+        ["x"] * len(lengths),
+    )
 
 
 def test_native_trainer_adds_the_penalty_to_the_task_reward():
@@ -101,8 +108,9 @@ def test_truncated_rows_get_no_gradient_and_the_rest_match_the_loop_reference(na
     if name == "conspo":  # the registry's defaults: margin 0, tau 0.3, threshold 0.5
         ref = conspo_loss_loop(y, kept, rewards, G, 0.0, 0.3)
     else:
-        ref = clipped_loss_loop(name, y, old, kept, rewards, G, *_clip_defaults(name),
-                                max_len=opts.get("max_completion_length"))
+        ref = clipped_loss_loop(
+            name, y, old, kept, rewards, G, *_clip_defaults(name), max_len=opts.get("max_completion_length")
+        )
     torch.testing.assert_close(loss, ref, rtol=1e-10, atol=1e-12)
     ref.backward()
     torch.testing.assert_close(x.grad, y.grad, rtol=1e-10, atol=1e-12)
@@ -133,12 +141,21 @@ def test_conspo_truncated_row_leaves_the_group_sets():
 # --- options ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("options,message", [
-    (dict(overlong_penalty_factor=0.5), "overlong_penalty_factor=0.5: is only used with overlong_buffer > 0"),
-    (dict(overlong_buffer=4, overlong_penalty_factor=0.0), "overlong_penalty_factor=0.0: must be a finite number > 0"),
-    (dict(overlong_buffer=-1), "overlong_buffer=-1: must be >= 0"),
-    (dict(overlong_buffer=9, max_new_tokens=8), "overlong_buffer=9: must be at most the generation limit (8 tokens)"),
-])
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        (dict(overlong_penalty_factor=0.5), "overlong_penalty_factor=0.5: is only used with overlong_buffer > 0"),
+        (
+            dict(overlong_buffer=4, overlong_penalty_factor=0.0),
+            "overlong_penalty_factor=0.0: must be a finite number > 0",
+        ),
+        (dict(overlong_buffer=-1), "overlong_buffer=-1: must be >= 0"),
+        (
+            dict(overlong_buffer=9, max_new_tokens=8),
+            "overlong_buffer=9: must be at most the generation limit (8 tokens)",
+        ),
+    ],
+)
 def test_bad_overlong_options_are_refused_in_one_line(options, message):
     with pytest.raises(ConfigError) as error:
         TrainConfig(**options).validate()
@@ -185,9 +202,16 @@ def test_trl_trainer_masks_truncated_rows_and_adds_the_weighted_penalty(tmp_path
 
     cfg = TrainConfig(engine="trl", mask_truncated=True, overlong_buffer=3, overlong_penalty_factor=0.5)
     weights = trl_arguments(cfg, max_new_tokens=5, output_dir="x", use_cpu=True)
-    trainer, _, _ = make_trainer(tmp_path, per_device=8, G=4, gas=1, seed=3, reward_funcs=trl_reward_functions(
-        cfg, task, max_new_tokens=5), reward_weights=weights["reward_weights"],
-        mask_truncated_completions=weights["mask_truncated_completions"])
+    trainer, _, _ = make_trainer(
+        tmp_path,
+        per_device=8,
+        G=4,
+        gas=1,
+        seed=3,
+        reward_funcs=trl_reward_functions(cfg, task, max_new_tokens=5),
+        reward_weights=weights["reward_weights"],
+        mask_truncated_completions=weights["mask_truncated_completions"],
+    )
     trainer.train()
     batch = trainer.recorded[0]
     ids, mask = batch["completion_ids"], batch["completion_mask"]

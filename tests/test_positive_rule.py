@@ -7,15 +7,20 @@ import itertools
 
 import pytest
 import torch
+from reference import conspo_loss_loop
 
 from conspo import objectives as obj
 from conspo import reward_shaping as shaping
-from reference import conspo_loss_loop
 
 
 def _sets(rewards, present, G, rule, threshold=0.5):
-    return obj.contrastive_sets(torch.tensor(rewards, dtype=torch.float64), torch.tensor(present), G,
-                                positive_threshold=threshold, positive_rule=rule)
+    return obj.contrastive_sets(
+        torch.tensor(rewards, dtype=torch.float64),
+        torch.tensor(present),
+        G,
+        positive_threshold=threshold,
+        positive_rule=rule,
+    )
 
 
 @pytest.mark.parametrize("G", [2, 3, 4, 5, 6])
@@ -23,7 +28,9 @@ def test_default_picks_exactly_the_threshold_positives_for_binary_rewards_in_eve
     """Every 0/1 reward vector of a group, with every pattern of empty completions: the same positive,
     negative and valid sets as the threshold rule at 0.5 (and at any threshold in (0, 1])."""
     assert obj.DEFAULT_POSITIVE_RULE == "group_mean"
-    groups = [(r, p) for r in itertools.product([0.0, 1.0], repeat=G) for p in itertools.product([True, False], repeat=G)]
+    groups = [
+        (r, p) for r in itertools.product([0.0, 1.0], repeat=G) for p in itertools.product([True, False], repeat=G)
+    ]
     rewards = [x for r, _ in groups for x in r]
     present = [x for _, p in groups for x in p]
     default = obj.contrastive_sets(torch.tensor(rewards), torch.tensor(present), G)  # the default rule
@@ -94,7 +101,10 @@ def test_a_format_bonus_moves_nothing_under_the_threshold_rule_and_moves_the_def
     assert shaping.rewards_that_move_the_update(flat, present, 4, couples_group=False) == [True, False]
     assert shaping.rewards_that_move_the_update(per_reward, present, 4, couples_group=False) == [True, True]
     # weights count: a zero weight moves nothing; None (no score) rows are left out, not read as 0
-    assert shaping.rewards_that_move_the_update(per_reward, present, 4, weights=torch.tensor([1.0, 0.0])) == [True, False]
+    assert shaping.rewards_that_move_the_update(per_reward, present, 4, weights=torch.tensor([1.0, 0.0])) == [
+        True,
+        False,
+    ]
     with_none = per_reward.clone()
     with_none[4:8, 1] = float("nan")  # group 1 unscored by the bonus: group 0 still differs only in format
     assert shaping.rewards_that_move_the_update(with_none, present, 4) == [True, True]

@@ -12,12 +12,19 @@ def test_constant():
 
 def test_linear_and_clamp():
     f = margin_schedule("linear", start=0.0, end=0.4, horizon=100)
-    assert f(0) == 0.0 and f(50) == pytest.approx(0.2) and f(100) == pytest.approx(0.4) and f(1000) == pytest.approx(0.4)
+    assert (
+        f(0) == 0.0 and f(50) == pytest.approx(0.2) and f(100) == pytest.approx(0.4) and f(1000) == pytest.approx(0.4)
+    )
 
 
 def test_cosine():
     f = margin_schedule("cosine", start=0.1, end=0.5, horizon=10)
-    assert f(0) == pytest.approx(0.1) and f(5) == pytest.approx(0.3) and f(10) == pytest.approx(0.5) and f(99) == pytest.approx(0.5)
+    assert (
+        f(0) == pytest.approx(0.1)
+        and f(5) == pytest.approx(0.3)
+        and f(10) == pytest.approx(0.5)
+        and f(99) == pytest.approx(0.5)
+    )
     assert f(2) == pytest.approx(0.1 + 0.4 * (1 - math.cos(math.pi * 0.2)) / 2)
 
 

@@ -87,9 +87,23 @@ def test_the_example_trains_with_both_engines(example, engine, tmp_path, cache_d
         pytest.importorskip("trl")
     out = tmp_path / engine
     split = {"micro_batch_size": 6, "log_samples_every": 0} if engine == "native" else {}
-    cfg = TrainConfig(objective="plackett_luce", engine=engine, steps=3, sft_steps=3, prompts_per_step=4, group_size=4,
-                      eval_size=20, eval_every=0, save_every=0, lr_warmup_steps=1, progress=False,
-                      output_dir=str(out), cache_dir=cache_dir, threads=1, **split)
+    cfg = TrainConfig(
+        objective="plackett_luce",
+        engine=engine,
+        steps=3,
+        sft_steps=3,
+        prompts_per_step=4,
+        group_size=4,
+        eval_size=20,
+        eval_every=0,
+        save_every=0,
+        lr_warmup_steps=1,
+        progress=False,
+        output_dir=str(out),
+        cache_dir=cache_dir,
+        threads=1,
+        **split,
+    )
     summary = run_training(cfg, log=lambda *a, **k: None)
     assert summary["objective"] == "plackett_luce"
     rows = [json.loads(line) for line in open(out / "metrics.jsonl")]

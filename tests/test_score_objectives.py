@@ -44,7 +44,10 @@ def test_published_defaults_and_scores():
     assert so.get_score_objective("disco_ratio").option_defaults == {"tau": 1.0}
     assert so.get_score_objective("real").option_defaults == {"tau": 0.5}
     assert [so.get_score_objective(n).score for n in ("disco", "disco_ratio", "real")] == [
-        "mean_logp", "mean_ratio", "mean_log_ratio"]
+        "mean_logp",
+        "mean_ratio",
+        "mean_log_ratio",
+    ]
     assert get_objective("real").uses_old_logps and not get_objective("disco").uses_old_logps
 
 
@@ -57,8 +60,12 @@ def test_sequence_scores_by_kind(kind):
         if not m.any():
             assert s[i] == 0
             continue
-        tokens = {"mean_logp": logps[i][m], "sum_logp": logps[i][m], "mean_log_ratio": (logps - old)[i][m],
-                  "mean_ratio": torch.exp(logps - old)[i][m]}[kind]
+        tokens = {
+            "mean_logp": logps[i][m],
+            "sum_logp": logps[i][m],
+            "mean_log_ratio": (logps - old)[i][m],
+            "mean_ratio": torch.exp(logps - old)[i][m],
+        }[kind]
         want = tokens.sum() if kind == "sum_logp" else tokens.mean()
         torch.testing.assert_close(s[i], want, rtol=1e-12, atol=1e-12)
 
@@ -97,7 +104,9 @@ def test_coefficient_surrogate_gradient_is_the_loss_gradient_for_every_split(nam
         y = logps.clone().requires_grad_(True)
         for start in range(0, len(rewards), micro):
             rows = slice(start, start + micro)
-            coefficient_surrogate(c[rows], so.sequence_score(objective.score, y[rows], old[rows], mask[rows])).backward()
+            coefficient_surrogate(
+                c[rows], so.sequence_score(objective.score, y[rows], old[rows], mask[rows])
+            ).backward()
         torch.testing.assert_close(y.grad, x.grad, rtol=1e-12, atol=1e-14)
 
 
@@ -120,7 +129,9 @@ def test_registering_a_score_objective_and_its_errors():
         assert get_objective("test_margin").option_defaults == {"scale": 2.0}
         assert get_objective("test_margin").couples_group and get_objective("test_margin").normalizer is None
         s = torch.tensor([-1.0, -2.0], dtype=torch.float64)
-        c, _ = so.score_coefficients(mine, s, torch.tensor([1.0, 0.0], dtype=torch.float64), torch.ones(2, dtype=bool), 2)
+        c, _ = so.score_coefficients(
+            mine, s, torch.tensor([1.0, 0.0], dtype=torch.float64), torch.ones(2, dtype=bool), 2
+        )
         torch.testing.assert_close(c, torch.tensor([-1.0, 1.0], dtype=torch.float64))
     finally:
         so.REGISTERED.pop("test_margin")
@@ -141,8 +152,10 @@ def test_train_config_routes_and_refusals():
     cfg = TrainConfig(objective="disco", score_tau=5.0)
     cfg.validate()
     assert get_objective("disco").options(cfg.objective_settings(margin=0.0, max_new_tokens=4)) == {"tau": 5.0}
-    assert get_objective("real").options(TrainConfig(objective="real").objective_settings(margin=0.0,
-                                                                                          max_new_tokens=4)) == {}
+    assert (
+        get_objective("real").options(TrainConfig(objective="real").objective_settings(margin=0.0, max_new_tokens=4))
+        == {}
+    )
     with pytest.raises(ConfigError, match="tau=0.5 has no effect with objective disco"):
         TrainConfig(objective="disco", tau=0.5).validate()
     with pytest.raises(ConfigError, match="score_tau=2.0 has no effect with objective conspo"):
@@ -159,7 +172,8 @@ def test_trl_engine_runs_score_objectives_on_the_score_objective_trainer():
     from conspo.integrations.trl import ScoreObjectiveConfig
     from conspo.integrations.trl_engine import trl_arguments
 
-    args = trl_arguments(TrainConfig(engine="trl", objective="real", score_tau=0.7), max_new_tokens=8, output_dir="x",
-                         use_cpu=True)
+    args = trl_arguments(
+        TrainConfig(engine="trl", objective="real", score_tau=0.7), max_new_tokens=8, output_dir="x", use_cpu=True
+    )
     assert (args["objective"], args["score_tau"], args["beta"]) == ("real", 0.7, 0.0)
     assert ScoreObjectiveConfig(**args).objective == "real"

@@ -7,13 +7,12 @@ import sys
 import pytest
 import torch
 import yaml
+from helpers import TINY, comparable, read_jsonl, run_cli
 
 from conspo.models import build_char_tokenizer, build_tiny_model
 from conspo.objectives import OBJECTIVES, get_objective
 from conspo.rollout import generate, token_logprobs
 from conspo.update import accumulate_gradients
-from helpers import TINY, comparable, read_jsonl, run_cli
-
 
 # --- exactness of the update under micro-batching ------------------------------------
 
@@ -25,7 +24,9 @@ def policy_and_batch():
     model = build_tiny_model(len(tokenizer), hidden=32, layers=2, ffn=64, heads=2).double()
     G = 4
     rollouts = generate(model, tokenizer, ["12+34=", "5+6=", "99+1=", "7+70="], num_generations=G, max_new_tokens=5)
-    rewards = torch.tensor([1, 0, 0, 1, 0, 0, 0, 0, 1, 1, 0, 1, 1, 1, 1, 1], dtype=torch.float64)  # group 1 and 3 have no contrast
+    rewards = torch.tensor(
+        [1, 0, 0, 1, 0, 0, 0, 0, 1, 1, 0, 1, 1, 1, 1, 1], dtype=torch.float64
+    )  # group 1 and 3 have no contrast
     return model, rollouts, rewards, G
 
 
@@ -44,36 +45,67 @@ def _full_batch_grad(model, name, rollouts, rewards, G, options):
     return torch.cat([p.grad.flatten() for p in model.parameters()])
 
 
-@pytest.mark.parametrize("micro,mode", [(0, "whole"), (4, "whole"), (8, "auto"), (3, "coefficients"), (5, "auto"),
-                                        (16, "coefficients"), (1, "coefficients")])
+@pytest.mark.parametrize(
+    "micro,mode",
+    [
+        (0, "whole"),
+        (4, "whole"),
+        (8, "auto"),
+        (3, "coefficients"),
+        (5, "auto"),
+        (16, "coefficients"),
+        (1, "coefficients"),
+    ],
+)
 def test_conspo_micro_batch_gradients_equal_full_batch(policy_and_batch, micro, mode):
     model, rollouts, rewards, G = policy_and_batch
-    options = {"margin": 0.1, "tau": 0.3, "positive_threshold": 0.5, "positive_rule": "threshold",
-               "normalize_by_length": True}
+    options = {
+        "margin": 0.1,
+        "tau": 0.3,
+        "positive_threshold": 0.5,
+        "positive_rule": "threshold",
+        "normalize_by_length": True,
+    }
     reference = _full_batch_grad(model, "conspo", rollouts, rewards, G, options)
-    grad, metrics = _grad(model, objective_name="conspo", rollouts=rollouts, rewards=rewards, group_size=G,
-                          options=options, micro_batch_size=micro, group_mode=mode)
+    grad, metrics = _grad(
+        model,
+        objective_name="conspo",
+        rollouts=rollouts,
+        rewards=rewards,
+        group_size=G,
+        options=options,
+        micro_batch_size=micro,
+        group_mode=mode,
+    )
     assert reference.abs().max() > 0
     torch.testing.assert_close(grad, reference, rtol=1e-9, atol=1e-12)
     assert metrics["conspo/valid_group_frac"] == 0.5
 
 
-@pytest.mark.parametrize("split", [dict(micro_batch_size=4, group_mode="whole"),
-                                   dict(micro_batch_size=3, group_mode="coefficients"),
-                                   dict(max_tokens_per_micro_batch=40, group_mode="auto")])
+@pytest.mark.parametrize(
+    "split",
+    [
+        dict(micro_batch_size=4, group_mode="whole"),
+        dict(micro_batch_size=3, group_mode="coefficients"),
+        dict(max_tokens_per_micro_batch=40, group_mode="auto"),
+    ],
+)
 def test_conspo_group_mean_rule_micro_batch_gradients_equal_full_batch(policy_and_batch, split):
     """positive_rule reaches every route of the native update (in-graph per micro-batch, normaliser, coefficients)."""
     model, rollouts, _, G = policy_and_batch
-    rewards = torch.tensor([0.2, 0.9, 0.5, 0.5, 0.3, 0.3, 0.3, 0.3, 0.1, 0.8, 0.4, 0.6, 1, 1, 1, 1],
-                           dtype=torch.float64)  # graded; groups 1 and 3 all equal: no positive under group_mean
+    rewards = torch.tensor(
+        [0.2, 0.9, 0.5, 0.5, 0.3, 0.3, 0.3, 0.3, 0.1, 0.8, 0.4, 0.6, 1, 1, 1, 1], dtype=torch.float64
+    )  # graded; groups 1 and 3 all equal: no positive under group_mean
     options = {"margin": 0.1, "tau": 0.3, "positive_rule": "group_mean"}
     reference = _full_batch_grad(model, "conspo", rollouts, rewards, G, options)
-    grad, metrics = _grad(model, objective_name="conspo", rollouts=rollouts, rewards=rewards, group_size=G,
-                          options=options, **split)
+    grad, metrics = _grad(
+        model, objective_name="conspo", rollouts=rollouts, rewards=rewards, group_size=G, options=options, **split
+    )
     torch.testing.assert_close(grad, reference, rtol=1e-9, atol=1e-12)
     assert metrics["conspo/valid_group_frac"] == 0.5
-    threshold = _full_batch_grad(model, "conspo", rollouts, rewards, G,
-                                 {"margin": 0.1, "tau": 0.3, "positive_rule": "threshold"})
+    threshold = _full_batch_grad(
+        model, "conspo", rollouts, rewards, G, {"margin": 0.1, "tau": 0.3, "positive_rule": "threshold"}
+    )
     assert (threshold - reference).abs().max() > 1e-6, "the rules pick different positives here (0.5 in group 0)"
 
 
@@ -83,8 +115,16 @@ def test_clipped_objectives_micro_batch_gradients_equal_full_batch(policy_and_ba
     model, rollouts, rewards, G = policy_and_batch
     options = {"max_completion_length": 5} if name == "dr_grpo" else {}
     reference = _full_batch_grad(model, name, rollouts, rewards, G, options)
-    grad, _ = _grad(model, objective_name=name, rollouts=rollouts, rewards=rewards, group_size=G, options=options,
-                    micro_batch_size=micro, group_mode="auto")
+    grad, _ = _grad(
+        model,
+        objective_name=name,
+        rollouts=rollouts,
+        rewards=rewards,
+        group_size=G,
+        options=options,
+        micro_batch_size=micro,
+        group_mode="auto",
+    )
     torch.testing.assert_close(grad, reference, rtol=1e-9, atol=1e-12)
 
 
@@ -113,16 +153,26 @@ def test_token_budget_micro_batches_give_the_full_batch_gradient(policy_and_batc
     model, rollouts, rewards, G = policy_and_batch
     options = {"conspo": {"margin": 0.1, "tau": 0.3}, "dr_grpo": {"max_completion_length": 5}}.get(name, {})
     gen = torch.Generator().manual_seed(1)
-    old = (token_logprobs(model, rollouts).detach()
-           + 0.05 * torch.randn(rollouts.completion_mask.shape, generator=gen, dtype=torch.float64))
+    old = token_logprobs(model, rollouts).detach() + 0.05 * torch.randn(
+        rollouts.completion_mask.shape, generator=gen, dtype=torch.float64
+    )
     ref_model = copy.deepcopy(model)
     with torch.no_grad():
         for p in ref_model.parameters():
             p.add_(0.01 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
     reference = _full_batch_grad_with(model, name, rollouts, rewards, G, options, old, 0.05, ref_model)
-    grad, _ = _grad(model, objective_name=name, rollouts=rollouts, rewards=rewards, group_size=G, options=options,
-                    max_tokens_per_micro_batch=budget, old_token_logps=old, beta=0.05,
-                    ref_logprobs=lambda part: token_logprobs(ref_model, part))
+    grad, _ = _grad(
+        model,
+        objective_name=name,
+        rollouts=rollouts,
+        rewards=rewards,
+        group_size=G,
+        options=options,
+        max_tokens_per_micro_batch=budget,
+        old_token_logps=old,
+        beta=0.05,
+        ref_logprobs=lambda part: token_logprobs(ref_model, part),
+    )
     assert reference.abs().max() > 0
     torch.testing.assert_close(grad, reference, rtol=1e-9, atol=1e-12)
 
@@ -163,8 +213,16 @@ def test_mask_truncated_update_is_the_full_batch_gradient_of_the_masked_loss(pol
     options = {"conspo": {"margin": 0.1, "tau": 0.3}, "dr_grpo": {"max_completion_length": 5}}.get(name, {})
     masked = dataclasses.replace(rollouts, completion_mask=mask_truncated_rows(rollouts.completion_mask, truncated))
     reference = _full_batch_grad(model, name, masked, rewards, G, options)
-    grad, metrics = _grad(model, objective_name=name, rollouts=rollouts, rewards=rewards, group_size=G,
-                          options=options, mask_truncated=True, **split)
+    grad, metrics = _grad(
+        model,
+        objective_name=name,
+        rollouts=rollouts,
+        rewards=rewards,
+        group_size=G,
+        options=options,
+        mask_truncated=True,
+        **split,
+    )
     torch.testing.assert_close(grad, reference, rtol=1e-9, atol=1e-12)
     assert (_full_batch_grad(model, name, rollouts, rewards, G, options) - reference).abs().max() > 1e-8
     if name == "conspo":
@@ -179,15 +237,40 @@ def test_split_groups_refused_for_clipped_objectives(policy_and_batch):
 
 # --- the real CLI, tiny -----------------------------------------------------------------
 
-STABLE_NAMES = {"reward/mean", "objective/loss", "objective/grad_norm", "conspo/score_gap", "conspo/margin",
-                "gen/truncated_frac", "time/step_s", "train/lr"}
+STABLE_NAMES = {
+    "reward/mean",
+    "objective/loss",
+    "objective/grad_norm",
+    "conspo/score_gap",
+    "conspo/margin",
+    "gen/truncated_frac",
+    "time/step_s",
+    "train/lr",
+}
 
 
 @pytest.mark.slow
 def test_train_smoke_writes_every_output(tmp_path, cache_dir):
     out = tmp_path / "run"
-    proc = run_cli("train", *TINY, "--steps", "4", "--eval-every", "2", "--save-every", "2", "--log-samples-every", "2",
-                   "--margin-schedule", "linear", "--margin-end", "0.2", "--output-dir", str(out), cache_dir=cache_dir)
+    proc = run_cli(
+        "train",
+        *TINY,
+        "--steps",
+        "4",
+        "--eval-every",
+        "2",
+        "--save-every",
+        "2",
+        "--log-samples-every",
+        "2",
+        "--margin-schedule",
+        "linear",
+        "--margin-end",
+        "0.2",
+        "--output-dir",
+        str(out),
+        cache_dir=cache_dir,
+    )
     assert "held-out accuracy after (greedy)" in proc.stdout + proc.stderr
     summary = json.load(open(out / "summary.json"))
     for key in ("objective", "steps", "heldout_accuracy_before", "heldout_accuracy_after", "wall_seconds"):
@@ -203,9 +286,6 @@ def test_train_smoke_writes_every_output(tmp_path, cache_dir):
     assert len(read_jsonl(out / "samples.jsonl")) == 2 * 4
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
     assert not list(out.rglob("*.bin")) and not list(out.rglob("*.pt"))
-
-
-
 
 
 @pytest.mark.slow
@@ -233,8 +313,17 @@ def test_coefficient_mode_run_matches_whole_group_run(tmp_path, cache_dir):
     """End to end: one step in coefficient mode with groups split gives the same weights as whole groups."""
     common = [*TINY, "--steps", "2", "--eval-every", "0", "--save-every", "0", "--lr", "1e-3"]
     run_cli("train", *common, "--output-dir", str(tmp_path / "whole"), "--group-mode", "whole", cache_dir=cache_dir)
-    run_cli("train", *common, "--output-dir", str(tmp_path / "coef"), "--group-mode", "coefficients",
-            "--micro-batch-size", "3", cache_dir=cache_dir)
+    run_cli(
+        "train",
+        *common,
+        "--output-dir",
+        str(tmp_path / "coef"),
+        "--group-mode",
+        "coefficients",
+        "--micro-batch-size",
+        "3",
+        cache_dir=cache_dir,
+    )
     from safetensors.torch import load_file
 
     a = load_file(str(tmp_path / "whole" / "final" / "model.safetensors"))
@@ -249,28 +338,51 @@ def test_coefficient_mode_run_matches_whole_group_run(tmp_path, cache_dir):
 @pytest.mark.slow
 def test_compare_smoke(tmp_path, cache_dir):
     out = tmp_path / "cmp"
-    proc = run_cli("compare", "--objectives", "conspo,grpo", "--seeds", "2", *TINY, "--steps", "2", "--eval-every", "1",
-                   "--output-dir", str(out), cache_dir=cache_dir)
+    proc = run_cli(
+        "compare",
+        "--objectives",
+        "conspo,grpo",
+        "--seeds",
+        "2",
+        *TINY,
+        "--steps",
+        "2",
+        "--eval-every",
+        "1",
+        "--output-dir",
+        str(out),
+        cache_dir=cache_dir,
+    )
     data = json.load(open(out / "compare.json"))
     assert [r["objective"] for r in data["table"]] == ["conspo", "grpo"]
     assert all(r["seeds"] == 2 for r in data["table"])
     assert "| conspo | 2 |" in proc.stdout and (out / "compare.png").exists() and (out / "compare_lengths.png").exists()
     runs = data["runs"]["conspo"]
-    assert all([row[0] for row in run["generation"]] == [1, 2] and all(row[1] > 0 for row in run["generation"]) for run in runs)
+    assert all(
+        [row[0] for row in run["generation"]] == [1, 2] and all(row[1] > 0 for row in run["generation"]) for run in runs
+    )
     # the last 10% of 2 steps is the last step; the table averages it over the seeds
     assert data["table"][0]["late_length_mean"] == pytest.approx(sum(run["generation"][-1][1] for run in runs) / 2)
-    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["conspo-seed0", "conspo-seed1", "grpo-seed0", "grpo-seed1"]
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == [
+        "conspo-seed0",
+        "conspo-seed1",
+        "grpo-seed0",
+        "grpo-seed1",
+    ]
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--steps", "0"], "steps=0"),
-    (["--objective", "ppo"], "objective='ppo'"),
-    (["--tau", "-1"], "tau=-1.0"),
-    (["--micro-batch-size", "3", "--objective", "grpo"], "micro_batch_size=3"),
-    (["--group-mode", "coefficients", "--objective", "dapo"], "group_mode"),
-    (["--margin-schedule", "exp"], "margin_schedule='exp'"),
-    (["--report-to", "mlflow"], "report_to"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--steps", "0"], "steps=0"),
+        (["--objective", "ppo"], "objective='ppo'"),
+        (["--tau", "-1"], "tau=-1.0"),
+        (["--micro-batch-size", "3", "--objective", "grpo"], "micro_batch_size=3"),
+        (["--group-mode", "coefficients", "--objective", "dapo"], "group_mode"),
+        (["--margin-schedule", "exp"], "margin_schedule='exp'"),
+        (["--report-to", "mlflow"], "report_to"),
+    ],
+)
 def test_bad_config_values_give_clear_errors(tmp_path, cache_dir, args, message):
     proc = run_cli("train", *args, "--output-dir", str(tmp_path / "x"), cache_dir=cache_dir, check=False)
     assert proc.returncode == 2, proc.stderr
@@ -372,8 +484,9 @@ def test_warmup_stops_at_the_first_check_that_reaches_the_accuracy(tmp_path, mon
     monkeypatch.setattr(conspo.warmup, "greedy_accuracy", fake_accuracy)
     task = get_task("addition")
     quiet = {"lr": 1e-3, "batch_size": 8, "seed": 0, "cache_dir": tmp_path, "log": lambda *a: None}
-    stopped, _, stopped_path = conspo.warmup.tiny_base(task, steps=10 * every, decay_steps=10 * every,
-                                                       stop_accuracy=0.45, **quiet)
+    stopped, _, stopped_path = conspo.warmup.tiny_base(
+        task, steps=10 * every, decay_steps=10 * every, stop_accuracy=0.45, **quiet
+    )
     assert checks == [conspo.warmup.WARMUP_CHECK_PROBLEMS] * 3  # steps 25, 50, 75: the third reaches 0.45
     plain, _, plain_path = conspo.warmup.tiny_base(task, steps=3 * every, decay_steps=10 * every, **quiet)
     assert stopped_path != plain_path  # own cache key

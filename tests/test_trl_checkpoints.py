@@ -15,9 +15,33 @@ pytest.importorskip("trl")
 from helpers import comparable, pause_before, read_jsonl, run_cli  # noqa: E402
 
 # A base that sometimes answers right (120 warm-up steps), so that groups are mixed and steps move the weights.
-TRL_RUN = ["--engine", "trl", "--sft-steps", "120", "--prompts-per-step", "4", "--group-size", "4", "--eval-size", "40",
-           "--no-progress", "--lr-warmup-steps", "2", "--lr", "1e-3", "--steps", "12", "--eval-every", "6",
-           "--save-every", "3", "--seed", "5", "--threads", "1"]
+TRL_RUN = [
+    "--engine",
+    "trl",
+    "--sft-steps",
+    "120",
+    "--prompts-per-step",
+    "4",
+    "--group-size",
+    "4",
+    "--eval-size",
+    "40",
+    "--no-progress",
+    "--lr-warmup-steps",
+    "2",
+    "--lr",
+    "1e-3",
+    "--steps",
+    "12",
+    "--eval-every",
+    "6",
+    "--save-every",
+    "3",
+    "--seed",
+    "5",
+    "--threads",
+    "1",
+]
 PICKLE_SUFFIXES = {".pt", ".pth", ".bin", ".pkl", ".ckpt"}
 
 
@@ -47,11 +71,19 @@ def test_checkpoints_hold_no_pickles_and_the_run_learns_something(uninterrupted)
     assert kept == ["checkpoint-12", "checkpoint-9"], kept  # --keep-checkpoints 2 (default)
     for checkpoint in uninterrupted.glob("checkpoint-*"):
         names = {p.name for p in checkpoint.iterdir()}
-        assert {"model.safetensors", "optimizer.safetensors", "scheduler.json", "rng_state_0.safetensors",
-                "trainer_state.json", "state.json"} <= names, names
+        assert {
+            "model.safetensors",
+            "optimizer.safetensors",
+            "scheduler.json",
+            "rng_state_0.safetensors",
+            "trainer_state.json",
+            "state.json",
+        } <= names, names
         assert not [n for n in names if os.path.splitext(n)[1] in PICKLE_SUFFIXES], names
     rows = read_jsonl(uninterrupted / "metrics.jsonl")
-    assert max(r.get("conspo/valid_group_frac", 0) for r in rows) > 0, "no mixed group: the resume test would be vacuous"
+    assert max(r.get("conspo/valid_group_frac", 0) for r in rows) > 0, (
+        "no mixed group: the resume test would be vacuous"
+    )
 
 
 @pytest.mark.slow
@@ -68,8 +100,9 @@ def test_stop_after_then_resume_equals_uninterrupted(tmp_path, cache_dir, uninte
 def test_kill_9_mid_run_then_resume_equals_uninterrupted(tmp_path, cache_dir, uninterrupted):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "conspo", "train", *TRL_RUN, "--output-dir", str(out), "--cache-dir", cache_dir]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONWARNINGS": "ignore"}
+    )
     deadline = time.time() + 300
     while time.time() < deadline and not (out / "checkpoint-3" / "state.json").exists():
         time.sleep(0.01)
@@ -92,9 +125,14 @@ def test_ctrl_c_finishes_the_step_checkpoints_and_resume_equals_uninterrupted(tm
     cmd = [sys.executable, "-m", "conspo", "train", *TRL_RUN, "--output-dir", str(out), "--cache-dir", cache_dir]
     # SIGINT as in a terminal: a background job of a non-interactive shell (a CI runner may start the
     # tests so) inherits SIGINT ignored, and conspo rightly leaves an ignored SIGINT alone
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONWARNINGS": "ignore"},
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.time() + 300
     while time.time() < deadline and not (out / "checkpoint-3" / "state.json").exists():
         time.sleep(0.01)
@@ -141,14 +179,32 @@ def test_two_processes_stop_and_resume_equal_an_uninterrupted_two_process_run(tm
     run = [*TRL_RUN, "--steps", "4", "--save-every", "2", "--eval-every", "2", "--cache-dir", cache_dir]
 
     def torchrun(*args, port):
-        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                               str(port), "-m", "conspo", "train", *args], capture_output=True, text=True, env=env,
-                              timeout=600)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nproc_per_node",
+                "2",
+                "--master_port",
+                str(port),
+                "-m",
+                "conspo",
+                "train",
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+        )
         assert proc.returncode == 0, proc.stderr[-4000:]
 
     torchrun(*run, "--output-dir", str(tmp_path / "full"), port=29541)
     torchrun(*run, "--output-dir", str(tmp_path / "run"), "--stop-after", "2", port=29542)
     assert {p.name for p in (tmp_path / "run" / "checkpoint-2").glob("rng_state_*")} == {
-        "rng_state_0.safetensors", "rng_state_1.safetensors"}
+        "rng_state_0.safetensors",
+        "rng_state_1.safetensors",
+    }
     torchrun("--resume", str(tmp_path / "run"), "--threads", "1", "--output-dir", str(tmp_path / "run"), port=29543)
     assert_same_run(tmp_path / "run", tmp_path / "full")

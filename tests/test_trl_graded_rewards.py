@@ -10,8 +10,9 @@ import torch
 
 pytest.importorskip("trl")
 
-from conspo.models import build_char_tokenizer, build_tiny_model  # noqa: E402
 from helpers import PROMPTS, parity_reward  # noqa: E402
+
+from conspo.models import build_char_tokenizer, build_tiny_model  # noqa: E402
 
 
 def length_reward(completions, **kwargs):  # as in TRL's tests
@@ -26,9 +27,17 @@ def reward_model(tokenizer):
     from transformers import Qwen2Config, Qwen2ForSequenceClassification
 
     torch.manual_seed(5)
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=2, num_labels=1,
-                         pad_token_id=tokenizer.pad_token_id, max_position_embeddings=64)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        num_labels=1,
+        pad_token_id=tokenizer.pad_token_id,
+        max_position_embeddings=64,
+    )
     return Qwen2ForSequenceClassification(config)
 
 
@@ -41,13 +50,27 @@ def train_one_step(tmp_path, reward_funcs, **conspo_options):
     tokenizer = build_char_tokenizer()
     model = build_tiny_model(len(tokenizer), hidden=32, layers=1, ffn=64, heads=2, seed=0)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    args = ConSPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=8, num_generations=4,
-                        max_completion_length=6, max_steps=1, learning_rate=0.1, use_cpu=True, report_to=[],
-                        save_strategy="no", **conspo_options)  # TRL's tests train at lr 0.1 and compare parameters
+    args = ConSPOConfig(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_completion_length=6,
+        max_steps=1,
+        learning_rate=0.1,
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        **conspo_options,
+    )  # TRL's tests train at lr 0.1 and compare parameters
     processing = [tokenizer if isinstance(f, torch.nn.Module) else None for f in reward_funcs]
-    trainer = ConSPOTrainer(model=model, reward_funcs=reward_funcs, args=args, processing_class=tokenizer,
-                            train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
-                            reward_processing_classes=processing if any(processing) else None)
+    trainer = ConSPOTrainer(
+        model=model,
+        reward_funcs=reward_funcs,
+        args=args,
+        processing_class=tokenizer,
+        train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+        reward_processing_classes=processing if any(processing) else None,
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer.train()
@@ -71,7 +94,8 @@ def test_threshold_rule_leaves_the_length_reward_without_a_gradient(tmp_path):
 
 def test_a_reward_that_never_moves_the_update_is_named(tmp_path):
     """0/1 + format bonus under the threshold rule: the bonus never changes which completions are positive."""
-    _, messages = train_one_step(tmp_path, [parity_reward, format_bonus], positive_rule="threshold",
-                                 no_valid_group_warn_steps=1)
+    _, messages = train_one_step(
+        tmp_path, [parity_reward, format_bonus], positive_rule="threshold", no_valid_group_warn_steps=1
+    )
     named = [m for m in messages if "reward format_bonus: its differences within groups changed no update" in m]
     assert len(named) == 1 and "parity_reward: its" not in " ".join(messages)

@@ -12,8 +12,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
 from helpers import make_batch
+
 from conspo import objectives as obj
 from conspo import reward_shaping as shaping
 

@@ -16,27 +16,31 @@ from conspo.integrations.trl import GRPO_ONLY_OPTIONS  # noqa: E402
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("per_device,G,gas,mode", [
-    (8, 4, 2, "whole"),          # 4 groups, 2 micro-batches of 2 whole groups
-    (8, 4, 1, "auto"),           # auto -> whole, one micro-batch
-    (6, 4, 2, "coefficients"),   # 3 groups straddling 2 micro-batches of 6 rows
-    (6, 4, 2, "auto"),           # auto -> coefficients
-    (4, 2, 4, "whole"),          # G=2, 8 groups over 4 micro-batches
-])
+@pytest.mark.parametrize(
+    "per_device,G,gas,mode",
+    [
+        (8, 4, 2, "whole"),  # 4 groups, 2 micro-batches of 2 whole groups
+        (8, 4, 1, "auto"),  # auto -> whole, one micro-batch
+        (6, 4, 2, "coefficients"),  # 3 groups straddling 2 micro-batches of 6 rows
+        (6, 4, 2, "auto"),  # auto -> coefficients
+        (4, 2, 4, "whole"),  # G=2, 8 groups over 4 micro-batches
+    ],
+)
 def test_trl_step_gradient_equals_in_graph_conspo(tmp_path, per_device, G, gas, mode):
     assert_step_gradient_equals_in_graph_conspo(tmp_path, per_device, G, gas, mode)
 
 
 def assert_step_gradient_equals_in_graph_conspo(tmp_path, per_device, G, gas, mode, peft_config=None):
     """TRL's step-1 gradient of every trainable parameter == grad of conspo_loss on the recorded batch; returns it."""
-    trainer, capture, initial = make_trainer(tmp_path, per_device=per_device, G=G, gas=gas, group_mode=mode,
-                                             peft_config=peft_config)
+    trainer, capture, initial = make_trainer(
+        tmp_path, per_device=per_device, G=G, gas=gas, group_mode=mode, peft_config=peft_config
+    )
     expected_mode = mode if mode != "auto" else ("whole" if per_device % G == 0 else "coefficients")
     assert trainer.conspo_group_mode == expected_mode
     trainer.train()
     (batch,) = trainer.recorded
     rewards = batch["conspo_rewards"].view(-1, G)
-    assert ((rewards.max(1).values > rewards.min(1).values).any()), "no mixed group: the test would be vacuous"
+    assert (rewards.max(1).values > rewards.min(1).values).any(), "no mixed group: the test would be vacuous"
     reference, _ = reference_gradient(trainer, initial, batch, G)
     assert capture.grads.keys() == reference.keys()
     for name in reference:
@@ -83,13 +87,34 @@ def test_two_processes_give_the_single_batch_gradient(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here), str(here.parent)]), "OMP_NUM_THREADS": "1"}
     # (mode, per_device, steps_per_generation, gradient_accumulation_steps): the last two take two generation batches
     # per optimizer step, so the step's gradient is normalised after its last micro-batch, over both processes
-    for mode, per_device, spg, gas in (("coefficients", 6, 1, 1), ("whole", 8, 1, 1), ("whole", 8, 1, 2),
-                                       ("coefficients", 6, 1, 2)):
+    for mode, per_device, spg, gas in (
+        ("coefficients", 6, 1, 1),
+        ("whole", 8, 1, 1),
+        ("whole", 8, 1, 2),
+        ("coefficients", 6, 1, 2),
+    ):
         out = tmp_path / f"{mode}-{spg}-{gas}"
-        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                               "--master_port", str(29500 + per_device + 10 * gas), str(script), str(out), mode,
-                               str(per_device), str(spg), str(gas)], capture_output=True, text=True, env=env,
-                              timeout=600)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nproc_per_node",
+                "2",
+                "--master_port",
+                str(29500 + per_device + 10 * gas),
+                str(script),
+                str(out),
+                mode,
+                str(per_device),
+                str(spg),
+                str(gas),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+        )
         assert proc.returncode == 0, proc.stderr[-4000:]
         assert (out / "ok").read_text() == "ok", proc.stdout
 
@@ -101,22 +126,67 @@ def test_two_processes_give_the_single_batch_gradient(tmp_path):
 # num_iterations (ConSPO rescores the reused samples), mask_truncated_completions (a truncated completion takes
 # part in nothing), the MoE load-balancing loss, num_generations_eval, logging. Everything else is refused.
 HONOURED = {
-    "learning_rate", "model_init_kwargs", "trust_remote_code", "router_aux_loss_coef", "disable_dropout",
-    "cast_lm_head_to_fp32", "remove_unused_columns", "num_generations", "num_generations_eval",
-    "max_completion_length", "ds3_gather_for_generation", "shuffle_dataset", "pad_to_multiple_of",
-    "generation_batch_size", "steps_per_generation", "temperature", "top_p", "top_k", "min_p", "generation_kwargs",
-    "chat_template_kwargs", "repetition_penalty", "cache_implementation", "use_vllm", "vllm_mode", "vllm_model_impl",
-    "vllm_enable_sleep_mode", "vllm_structured_outputs_regex", "vllm_server_base_url", "vllm_server_host",
-    "vllm_server_port", "vllm_server_timeout", "vllm_group_port", "vllm_gpu_memory_utilization",
-    "vllm_max_model_length", "vllm_tensor_parallel_size", "num_iterations", "reward_weights",
-    "mask_truncated_completions", "max_tool_calling_iterations", "log_completions", "log_multimodal",
-    "num_completions_to_print", "log_unique_prompts", "log_completions_hub_repo",
-    "use_transformers_continuous_batching", "transformers_continuous_batching_config", "use_transformers_paged",
+    "learning_rate",
+    "model_init_kwargs",
+    "trust_remote_code",
+    "router_aux_loss_coef",
+    "disable_dropout",
+    "cast_lm_head_to_fp32",
+    "remove_unused_columns",
+    "num_generations",
+    "num_generations_eval",
+    "max_completion_length",
+    "ds3_gather_for_generation",
+    "shuffle_dataset",
+    "pad_to_multiple_of",
+    "generation_batch_size",
+    "steps_per_generation",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "generation_kwargs",
+    "chat_template_kwargs",
+    "repetition_penalty",
+    "cache_implementation",
+    "use_vllm",
+    "vllm_mode",
+    "vllm_model_impl",
+    "vllm_enable_sleep_mode",
+    "vllm_structured_outputs_regex",
+    "vllm_server_base_url",
+    "vllm_server_host",
+    "vllm_server_port",
+    "vllm_server_timeout",
+    "vllm_group_port",
+    "vllm_gpu_memory_utilization",
+    "vllm_max_model_length",
+    "vllm_tensor_parallel_size",
+    "num_iterations",
+    "reward_weights",
+    "mask_truncated_completions",
+    "max_tool_calling_iterations",
+    "log_completions",
+    "log_multimodal",
+    "num_completions_to_print",
+    "log_unique_prompts",
+    "log_completions_hub_repo",
+    "use_transformers_continuous_batching",
+    "transformers_continuous_batching_config",
+    "use_transformers_paged",
 }
-OFF_DEFAULT = {"loss_type": "grpo", "scale_rewards": "none", "multi_objective_aggregation": "normalize_then_sum",
-               "importance_sampling_level": "sequence", "vllm_importance_sampling_mode": "token_truncate",
-               "epsilon_high": 0.28, "delta": 1.5, "off_policy_mask_threshold": 0.5,
-               "vllm_importance_sampling_clip_min": 0.1, "vllm_importance_sampling_cap": 2.0}
+OFF_DEFAULT = {
+    "loss_type": "grpo",
+    "scale_rewards": "none",
+    "multi_objective_aggregation": "normalize_then_sum",
+    "importance_sampling_level": "sequence",
+    "vllm_importance_sampling_mode": "token_truncate",
+    "epsilon_high": 0.28,
+    "delta": 1.5,
+    "off_policy_mask_threshold": 0.5,
+    "vllm_importance_sampling_clip_min": 0.1,
+    "vllm_importance_sampling_cap": 2.0,
+}
 CPU = dict(use_cpu=True, bf16=False, report_to=[])
 
 
@@ -188,12 +258,12 @@ def test_positive_rule_options_are_checked(tmp_path):
 
 
 def test_args_none_builds_a_default_conspo_config(tmp_path, monkeypatch):
-    from datasets import Dataset
-
     import transformers.training_args
+    from datasets import Dataset
+    from helpers import PROMPTS, parity_reward
+
     from conspo.integrations.trl import ConSPOConfig, ConSPOTrainer
     from conspo.models import build_char_tokenizer, build_tiny_model
-    from helpers import PROMPTS, parity_reward
 
     # GRPOConfig's defaults ask for bf16, which TrainingArguments refuses on a CPU-only machine without use_cpu;
     # pretend the accelerator has it, as on the GPUs these defaults are for (nothing is run here).
@@ -201,8 +271,12 @@ def test_args_none_builds_a_default_conspo_config(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     tokenizer = build_char_tokenizer()
     model = build_tiny_model(len(tokenizer), hidden=32, layers=2, ffn=64, heads=2)
-    trainer = ConSPOTrainer(model, reward_funcs=parity_reward, processing_class=tokenizer,
-                            train_dataset=Dataset.from_dict({"prompt": PROMPTS}))
+    trainer = ConSPOTrainer(
+        model,
+        reward_funcs=parity_reward,
+        processing_class=tokenizer,
+        train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+    )
     assert type(trainer.args) is ConSPOConfig and trainer.args.output_dir.endswith("-ConSPO")
     assert (trainer.args.tau, trainer.args.num_generations, trainer.conspo_group_mode) == (0.3, 8, "whole")
 
@@ -220,10 +294,23 @@ def test_a_plain_grpo_config_is_refused_before_anything_is_built(tmp_path):
 def _tiny_moe(vocab_size, seed=0):
     from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
 
-    config = Qwen3MoeConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, moe_intermediate_size=16,
-                            num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2, head_dim=16,
-                            num_experts=4, num_experts_per_tok=2, max_position_embeddings=64,
-                            router_aux_loss_coef=0.5, pad_token_id=0, eos_token_id=1, bos_token_id=None)
+    config = Qwen3MoeConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        moe_intermediate_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=16,
+        num_experts=4,
+        num_experts_per_tok=2,
+        max_position_embeddings=64,
+        router_aux_loss_coef=0.5,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=None,
+    )
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         return Qwen3MoeForCausalLM(config)
@@ -245,8 +332,9 @@ def test_moe_load_balancing_loss_is_added_and_logged_as_grpo_does(tmp_path):
     for inputs in trainer.loss_inputs:  # the micro-batches as the trainer formed them
         ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1)
         attention = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1)
-        _, _, aux = trainer._get_per_token_logps_and_entropies(policy, ids, attention, inputs["completion_ids"].size(1),
-                                                              compute_aux_loss=True)
+        _, _, aux = trainer._get_per_token_logps_and_entropies(
+            policy, ids, attention, inputs["completion_ids"].size(1), compute_aux_loss=True
+        )
         auxes.append(aux)
     (0.5 * torch.stack(auxes).mean()).backward()  # adds to the ConSPO gradient left in .grad
     for name, param in policy.named_parameters():
@@ -261,16 +349,25 @@ def test_moe_load_balancing_loss_is_added_and_logged_as_grpo_does(tmp_path):
 def test_eval_loss_groups_by_num_generations_eval(tmp_path):
     from conspo.objectives import conspo_loss
 
-    trainer, _, _ = make_trainer(tmp_path, per_device=4, G=4, gas=1, num_generations_eval=2,
-                                 per_device_eval_batch_size=8, eval_prompts=PROMPTS[:4], seed=1)
+    trainer, _, _ = make_trainer(
+        tmp_path,
+        per_device=4,
+        G=4,
+        gas=1,
+        num_generations_eval=2,
+        per_device_eval_batch_size=8,
+        eval_prompts=PROMPTS[:4],
+        seed=1,
+    )
     metrics = trainer.evaluate()
     (batch,) = trainer.recorded
     policy = trainer.model
     ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
     attention = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
     with torch.no_grad():
-        logps, _, _ = trainer._get_per_token_logps_and_entropies(policy, ids, attention,
-                                                                 batch["completion_ids"].size(1))
+        logps, _, _ = trainer._get_per_token_logps_and_entropies(
+            policy, ids, attention, batch["completion_ids"].size(1)
+        )
     rewards = batch["conspo_rewards"]
     assert rewards.shape == (8,) and batch["conspo_row"].tolist() == list(range(8))
 
@@ -290,8 +387,15 @@ def graded_reward(prompts, completions, **kwargs):
 @pytest.mark.slow
 @pytest.mark.parametrize("per_device,G,gas,mode", [(8, 4, 2, "whole"), (6, 4, 2, "coefficients")])
 def test_trl_group_mean_rule_gradient_equals_in_graph_conspo(tmp_path, per_device, G, gas, mode):
-    trainer, capture, initial = make_trainer(tmp_path, per_device=per_device, G=G, gas=gas, group_mode=mode,
-                                             reward_funcs=graded_reward, positive_rule="group_mean")
+    trainer, capture, initial = make_trainer(
+        tmp_path,
+        per_device=per_device,
+        G=G,
+        gas=gas,
+        group_mode=mode,
+        reward_funcs=graded_reward,
+        positive_rule="group_mean",
+    )
     trainer.train()
     (batch,) = trainer.recorded
     reference, metrics = reference_gradient(trainer, initial, batch, G, positive_rule="group_mean")
@@ -304,10 +408,14 @@ def test_warns_when_no_group_is_valid_for_n_steps(tmp_path):
     def always_right(prompts, completions, **kwargs):
         return [1.0] * len(completions)
 
-    trainer, _, _ = make_trainer(tmp_path, per_device=4, G=2, gas=1, max_steps=3, reward_funcs=always_right,
-                                 no_valid_group_warn_steps=2)
-    with pytest.warns(UserWarning, match=r"for 2 consecutive optimizer steps.*Rewards seen in these steps: 1\.\.1; "
-                                         r"under positive_rule='group_mean' every group's completions had equal rewards") as record:
+    trainer, _, _ = make_trainer(
+        tmp_path, per_device=4, G=2, gas=1, max_steps=3, reward_funcs=always_right, no_valid_group_warn_steps=2
+    )
+    with pytest.warns(
+        UserWarning,
+        match=r"for 2 consecutive optimizer steps.*Rewards seen in these steps: 1\.\.1; "
+        r"under positive_rule='group_mean' every group's completions had equal rewards",
+    ) as record:
         trainer.train()
     assert sum("consecutive optimizer step" in str(w.message) for w in record) == 1  # once per streak
 
@@ -319,15 +427,31 @@ def test_no_signal_streak_counts_optimizer_steps_not_generation_batches(tmp_path
     def always_right(prompts, completions, **kwargs):
         return [1.0] * len(completions)
 
-    trainer, _, _ = make_trainer(tmp_path, per_device=4, G=2, gas=2, steps_per_generation=1, max_steps=1,
-                                 reward_funcs=always_right, no_valid_group_warn_steps=2)
+    trainer, _, _ = make_trainer(
+        tmp_path,
+        per_device=4,
+        G=2,
+        gas=2,
+        steps_per_generation=1,
+        max_steps=1,
+        reward_funcs=always_right,
+        no_valid_group_warn_steps=2,
+    )
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         trainer.train()
     assert len(trainer.recorded) == 2
     assert not [w for w in record if "consecutive optimizer step" in str(w.message)]
-    trainer, _, _ = make_trainer(tmp_path / "two", per_device=4, G=2, gas=2, steps_per_generation=1, max_steps=2,
-                                 reward_funcs=always_right, no_valid_group_warn_steps=2)
+    trainer, _, _ = make_trainer(
+        tmp_path / "two",
+        per_device=4,
+        G=2,
+        gas=2,
+        steps_per_generation=1,
+        max_steps=2,
+        reward_funcs=always_right,
+        no_valid_group_warn_steps=2,
+    )
     with pytest.warns(UserWarning, match=r"for 2 consecutive optimizer steps"):
         trainer.train()
 
@@ -338,8 +462,9 @@ def test_no_warning_while_groups_are_valid(tmp_path):
     def alternating(prompts, completions, **kwargs):  # every group of 4 holds both kinds
         return [float(i % 2) for i in range(len(completions))]
 
-    trainer, _, _ = make_trainer(tmp_path, per_device=8, G=4, gas=1, max_steps=3, reward_funcs=alternating,
-                                 no_valid_group_warn_steps=1)
+    trainer, _, _ = make_trainer(
+        tmp_path, per_device=8, G=4, gas=1, max_steps=3, reward_funcs=alternating, no_valid_group_warn_steps=1
+    )
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         trainer.train()
@@ -354,8 +479,19 @@ def test_engine_trl_run_is_quiet_and_leaves_no_empty_folder(tmp_path):
     from helpers import TINY, read_jsonl, run_cli
 
     out = tmp_path / "run"
-    proc = run_cli("train", "--engine", "trl", *TINY, "--steps", "2", "--eval-every", "0", "--output-dir", str(out),
-                   cache_dir=str(tmp_path / "cache"))
+    proc = run_cli(
+        "train",
+        "--engine",
+        "trl",
+        *TINY,
+        "--steps",
+        "2",
+        "--eval-every",
+        "0",
+        "--output-dir",
+        str(out),
+        cache_dir=str(tmp_path / "cache"),
+    )
     console = proc.stdout + proc.stderr
     assert "{'loss'" not in console and "'reward':" not in console, console[-2000:]
     assert not (out / "trl").exists()
@@ -372,10 +508,35 @@ def test_engine_trl_under_torchrun_two_processes_one_run_directory(tmp_path):
 
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                           "29533", "-m", "conspo", "train", "--engine", "trl", *TINY, "--steps", "2",
-                           "--eval-every", "0", "--output-dir", str(out), "--cache-dir", str(tmp_path / "cache")],
-                          capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29533",
+            "-m",
+            "conspo",
+            "train",
+            "--engine",
+            "trl",
+            *TINY,
+            "--steps",
+            "2",
+            "--eval-every",
+            "0",
+            "--output-dir",
+            str(out),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == [0, 1, 2]
     assert (out / "summary.json").exists() and (out / "final").is_dir() and (out / "config.yaml").exists()
@@ -442,28 +603,48 @@ def test_entry_point_skips_teardown_only_in_a_worker_of_several_processes(monkey
 @pytest.mark.slow
 def test_a_gloo_worker_left_with_work_in_flight_exits_cleanly():
     """The exit race CI hit twice (SIGABRT after a successful two-process run), made likely: with
-    ``sys.exit`` this script aborted in 4 and 5 of 6 launches (two tries here), with ``leave_without_teardown`` in none."""
+    ``sys.exit`` this script aborted in 4 and 5 of 6 launches (two tries here), with ``leave_without_teardown``
+    in none."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for launch in range(5):
-        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                               str(29561 + launch), str(Path(__file__).parent / "gloo_exit_race.py"), "leave"],
-                              capture_output=True, text=True, env=env, timeout=120)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nproc_per_node",
+                "2",
+                "--master_port",
+                str(29561 + launch),
+                str(Path(__file__).parent / "gloo_exit_race.py"),
+                "leave",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert "rank 0 done" in proc.stdout and "rank 1 done" in proc.stdout
 
 
 # --- optimizer steps that span generation batches, and the staleness warning -------------------
 
+
 @pytest.mark.slow
-@pytest.mark.parametrize("per_device,G,gas,spg,iterations,mode,seed", [
-    (8, 4, 2, 1, 1, "whole", 3),          # two generation batches per optimizer step
-    (4, 4, 4, 2, 1, "whole", 3),          # two generation batches of two slices each
-    (4, 4, 2, 3, 1, "whole", 0),          # steps straddle generation batches (slices 0-1 | 2 + next 0 | ...)
-    (4, 4, 2, 3, 2, "whole", 0),          # in-graph: step 2 = slice 2, then slice 0 again (num_iterations=2)
-    (6, 4, 4, 2, 1, "coefficients", 1),   # fresh coefficients, two generation batches per step
-])
-def test_step_spanning_generation_batches_normalises_over_the_whole_step(tmp_path, per_device, G, gas, spg,
-                                                                          iterations, mode, seed):
+@pytest.mark.parametrize(
+    "per_device,G,gas,spg,iterations,mode,seed",
+    [
+        (8, 4, 2, 1, 1, "whole", 3),  # two generation batches per optimizer step
+        (4, 4, 4, 2, 1, "whole", 3),  # two generation batches of two slices each
+        (4, 4, 2, 3, 1, "whole", 0),  # steps straddle generation batches (slices 0-1 | 2 + next 0 | ...)
+        (4, 4, 2, 3, 2, "whole", 0),  # in-graph: step 2 = slice 2, then slice 0 again (num_iterations=2)
+        (6, 4, 4, 2, 1, "coefficients", 1),  # fresh coefficients, two generation batches per step
+    ],
+)
+def test_step_spanning_generation_batches_normalises_over_the_whole_step(
+    tmp_path, per_device, G, gas, spg, iterations, mode, seed
+):
     """Each optimizer step's gradient == the in-graph gradient of ConSPO over every group that step used, normalised
     by all their valid groups, whatever steps_per_generation and num_iterations are. The model is float64, but TRL's
     fused head returns float32 log-probs, hence rtol 1e-5 (a wrong normaliser is off by a factor). lr=0 keeps every
@@ -480,9 +661,19 @@ def test_step_spanning_generation_batches_normalises_over_the_whole_step(tmp_pat
             self.grads.append({n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None})
 
     model = build_tiny_model(len(build_char_tokenizer()), hidden=32, layers=2, ffn=64, heads=2, seed=seed).double()
-    trainer, _, initial = make_trainer(tmp_path, per_device=per_device, G=G, gas=gas, group_mode=mode, seed=seed,
-                                       steps_per_generation=spg, num_iterations=iterations, model=model,
-                                       learning_rate=0.0, max_steps=2)
+    trainer, _, initial = make_trainer(
+        tmp_path,
+        per_device=per_device,
+        G=G,
+        gas=gas,
+        group_mode=mode,
+        seed=seed,
+        steps_per_generation=spg,
+        num_iterations=iterations,
+        model=model,
+        learning_rate=0.0,
+        max_steps=2,
+    )
     capture = EveryStep()
     trainer.add_callback(capture)
     trainer.train()
@@ -490,20 +681,22 @@ def test_step_spanning_generation_batches_normalises_over_the_whole_step(tmp_pat
     for step in range(2):
         if mode == "coefficients":  # micro-batches split groups: the step's generation batches, each whole groups
             per_step = gas // spg
-            batches = trainer.recorded[step * per_step:(step + 1) * per_step]
+            batches = trainer.recorded[step * per_step : (step + 1) * per_step]
         else:  # whole mode: every micro-batch holds whole groups
-            batches = trainer.loss_inputs[step * gas:(step + 1) * gas]
+            batches = trainer.loss_inputs[step * gas : (step + 1) * gas]
             for b in batches:
                 assert (torch.bincount(b["conspo_row"] // G) % G == 0).all()
         if step == 0 and spg < gas:  # else summing or averaging per-generation-batch losses would pass too
-            counts = [count_valid_groups(b["completion_mask"], b["conspo_rewards"], G)
-                      for b in trainer.recorded[:gas // spg]]
+            counts = [
+                count_valid_groups(b["completion_mask"], b["conspo_rewards"], G) for b in trainer.recorded[: gas // spg]
+            ]
             assert len(set(counts)) > 1 and min(counts) > 0, counts
         reference = reference_gradient_of_union(trainer, initial, batches, G)
         assert capture.grads[step].keys() == reference.keys()
         for name in reference:
-            torch.testing.assert_close(capture.grads[step][name], reference[name], rtol=1e-5, atol=1e-6,
-                                       msg=f"step {step + 1}: {name}")
+            torch.testing.assert_close(
+                capture.grads[step][name], reference[name], rtol=1e-5, atol=1e-6, msg=f"step {step + 1}: {name}"
+            )
         assert max(g.abs().max() for g in reference.values()) > 0
 
 
@@ -512,12 +705,27 @@ def test_fresh_coefficients_do_not_warn_stale_coefficients_do(tmp_path):
     gradient_accumulation_steps not a multiple of steps_per_generation * num_iterations."""
     import warnings
 
-    for gas, spg, iterations, stale in [(4, 2, 1, False), (2, 2, 1, False), (4, 2, 2, False), (6, 2, 1, False),
-                                        (1, 2, 1, True), (2, 3, 1, True), (3, 2, 1, True), (2, 2, 2, True)]:
+    for gas, spg, iterations, stale in [
+        (4, 2, 1, False),
+        (2, 2, 1, False),
+        (4, 2, 2, False),
+        (6, 2, 1, False),
+        (1, 2, 1, True),
+        (2, 3, 1, True),
+        (3, 2, 1, True),
+        (2, 2, 2, True),
+    ]:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            make_trainer(tmp_path / f"{gas}-{spg}-{iterations}", per_device=6, G=2, gas=gas, group_mode="coefficients",
-                         steps_per_generation=spg, num_iterations=iterations)
+            make_trainer(
+                tmp_path / f"{gas}-{spg}-{iterations}",
+                per_device=6,
+                G=2,
+                gas=gas,
+                group_mode="coefficients",
+                steps_per_generation=spg,
+                num_iterations=iterations,
+            )
         said = any("stale" in str(w.message) for w in caught)
         assert said == stale, (gas, spg, iterations)
 
@@ -532,8 +740,9 @@ def test_deepspeed_refuses_a_step_spanning_generation_batches(tmp_path, monkeypa
         self.is_deepspeed_enabled = True
 
     monkeypatch.setattr(GRPOTrainer, "__init__", init_as_under_deepspeed)
-    with pytest.raises(ValueError, match="set steps_per_generation \\* num_iterations to a multiple of "
-                                         "gradient_accumulation_steps"):
+    with pytest.raises(
+        ValueError, match="set steps_per_generation \\* num_iterations to a multiple of gradient_accumulation_steps"
+    ):
         make_trainer(tmp_path, per_device=8, G=4, gas=2, group_mode="whole", steps_per_generation=1)
     # the default layout (steps_per_generation = gradient_accumulation_steps) stays accepted
     make_trainer(tmp_path / "ok", per_device=8, G=4, gas=2, group_mode="whole")
@@ -541,11 +750,15 @@ def test_deepspeed_refuses_a_step_spanning_generation_batches(tmp_path, monkeypa
 
 # --- image inputs reach every log-prob call ------------------------------------------------------
 
+
 @pytest.mark.slow
-@pytest.mark.parametrize("per_device,G,gas,spg,mode", [
-    (8, 4, 2, 2, "whole"),          # regrouped slices: images must follow their rows
-    (6, 4, 2, 2, "coefficients"),   # scored at generation time by ConSPOTrainer itself, then the loss
-])
+@pytest.mark.parametrize(
+    "per_device,G,gas,spg,mode",
+    [
+        (8, 4, 2, 2, "whole"),  # regrouped slices: images must follow their rows
+        (6, 4, 2, 2, "coefficients"),  # scored at generation time by ConSPOTrainer itself, then the loss
+    ],
+)
 def test_image_inputs_reach_every_log_prob_call_with_their_rows(tmp_path, monkeypatch, per_device, G, gas, spg, mode):
     """A vision-language batch as GRPOTrainer builds it (Qwen-VL layout: pixel_values flattened over patches,
     image_grid_thw and num_images per image, mm_token_type_ids per token): every log-prob call ConSPOTrainer makes
@@ -554,8 +767,9 @@ def test_image_inputs_reach_every_log_prob_call_with_their_rows(tmp_path, monkey
 
     from conspo.integrations.trl import MULTIMODAL_KEYS
 
-    trainer, _, _ = make_trainer(tmp_path, per_device=per_device, G=G, gas=gas, group_mode=mode,
-                                 steps_per_generation=spg)
+    trainer, _, _ = make_trainer(
+        tmp_path, per_device=per_device, G=G, gas=gas, group_mode=mode, steps_per_generation=spg
+    )
     calls, ids_of_row = [], {}
     grpo_generate = GRPOTrainer._generate_and_score_completions
     text_only = GRPOTrainer._get_per_token_logps_and_entropies
@@ -573,8 +787,16 @@ def test_image_inputs_reach_every_log_prob_call_with_their_rows(tmp_path, monkey
         ids_of_row.update({r: ids[r] for r in rows})
         return output
 
-    def recording_logps(model, input_ids, attention_mask, logits_to_keep, batch_size=None, compute_entropy=False,
-                        compute_aux_loss=False, **image_inputs):
+    def recording_logps(
+        model,
+        input_ids,
+        attention_mask,
+        logits_to_keep,
+        batch_size=None,
+        compute_entropy=False,
+        compute_aux_loss=False,
+        **image_inputs,
+    ):
         assert set(image_inputs) == set(MULTIMODAL_KEYS), sorted(image_inputs)
         rows = image_inputs["mm_token_type_ids"][:, 0].tolist()
         for i, r in enumerate(rows):  # token-level inputs belong to the row being scored
@@ -585,8 +807,16 @@ def test_image_inputs_reach_every_log_prob_call_with_their_rows(tmp_path, monkey
         for r, chunk in zip(rows, torch.split(image_inputs["pixel_values"], patches)):
             assert (chunk == r).all()
         calls.append(len(rows))
-        return text_only(trainer, model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size,
-                         compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss)
+        return text_only(
+            trainer,
+            model,
+            input_ids,
+            attention_mask,
+            logits_to_keep,
+            batch_size=batch_size,
+            compute_entropy=compute_entropy,
+            compute_aux_loss=compute_aux_loss,
+        )
 
     monkeypatch.setattr(GRPOTrainer, "_generate_and_score_completions", generate_with_images)
     monkeypatch.setattr(trainer, "_get_per_token_logps_and_entropies", recording_logps)
@@ -603,6 +833,6 @@ def test_multimodal_keys_are_those_grpo_trainer_forwards():
     from conspo.integrations.trl import MULTIMODAL_KEYS
 
     names = list(inspect.signature(GRPOTrainer._get_per_token_logps_and_entropies).parameters)
-    assert set(MULTIMODAL_KEYS) == set(names[names.index("compute_aux_loss") + 1:])
+    assert set(MULTIMODAL_KEYS) == set(names[names.index("compute_aux_loss") + 1 :])
     source = inspect.getsource(GRPOTrainer._compute_loss)
     assert all(f'{key}=inputs.get("{key}")' in source for key in MULTIMODAL_KEYS)

@@ -9,11 +9,10 @@ import json
 import math
 
 import pytest
-import torch
+from helpers import read_jsonl, run_cli
 
 from conspo.models import build_char_tokenizer, build_tiny_model
 from conspo.rewards import RewardError, RewardSet, load_reward
-from helpers import read_jsonl, run_cli
 
 CHARS = "0123456789+=abcdefghijklmnopqrstuvwxyz "
 
@@ -53,11 +52,39 @@ def _weights(path):
 def test_your_model_data_and_graded_reward_train_in_both_engines(user_setup, tmp_path, engine):
     root = user_setup
     out = tmp_path / "run"
-    run_cli("train", "--model", str(root / "model"), "--train-data", str(root / "my.jsonl"),
-            "--reward", f"{root / 'my_reward.py'}:graded", "--engine", engine, "--steps", "2",
-            "--prompts-per-step", "2", "--group-size", "4", "--max-new-tokens", "6", "--lr", "1e-2",
-            "--lr-warmup-steps", "0", "--eval-every", "0", "--eval-size", "4", "--no-progress",
-            "--output-dir", str(out), "--threads", "1", cache_dir=str(tmp_path / "cache"))
+    run_cli(
+        "train",
+        "--model",
+        str(root / "model"),
+        "--train-data",
+        str(root / "my.jsonl"),
+        "--reward",
+        f"{root / 'my_reward.py'}:graded",
+        "--engine",
+        engine,
+        "--steps",
+        "2",
+        "--prompts-per-step",
+        "2",
+        "--group-size",
+        "4",
+        "--max-new-tokens",
+        "6",
+        "--lr",
+        "1e-2",
+        "--lr-warmup-steps",
+        "0",
+        "--eval-every",
+        "0",
+        "--eval-size",
+        "4",
+        "--no-progress",
+        "--output-dir",
+        str(out),
+        "--threads",
+        "1",
+        cache_dir=str(tmp_path / "cache"),
+    )
     config = (out / "config.yaml").read_text()
     assert "task: data" in config and "my_reward.py:graded" in config
     metrics = read_jsonl(out / "metrics.jsonl")
@@ -94,7 +121,9 @@ def test_reward_set_calls_rewards_as_trl_does(user_setup):
     assert scored.names == ["graded", "length_bonus"]
 
 
-@pytest.mark.parametrize("bad,fragment", [(float("nan"), "non-finite"), ("x", "non-numeric"), (KeyError("k"), "raised KeyError")])
+@pytest.mark.parametrize(
+    "bad,fragment", [(float("nan"), "non-finite"), ("x", "non-numeric"), (KeyError("k"), "raised KeyError")]
+)
 def test_a_bad_reward_stops_with_its_row_named_or_scores_zero_when_asked(bad, fragment):
     def reward(prompts, completions, id, **kwargs):
         out = []
@@ -115,9 +144,12 @@ def test_a_bad_reward_stops_with_its_row_named_or_scores_zero_when_asked(bad, fr
 
 
 def test_reward_specs_fail_in_one_line(tmp_path):
-    for spec, fragment in [("nofunc", "expected FILE.py:FUNCTION"), (f"{tmp_path}/none.py:f", "no such file"),
-                           ("conspo.rewards.verifiers:nothing", "has no function 'nothing'"),
-                           ("no_such_module_x:f", "cannot import module")]:
+    for spec, fragment in [
+        ("nofunc", "expected FILE.py:FUNCTION"),
+        (f"{tmp_path}/none.py:f", "no such file"),
+        ("conspo.rewards.verifiers:nothing", "has no function 'nothing'"),
+        ("no_such_module_x:f", "cannot import module"),
+    ]:
         with pytest.raises(ValueError, match=fragment):
             load_reward(spec)
     assert load_reward("conspo.rewards.verifiers:exact_answer")(["1+1="], ["2"], answer=["2"]) == [1.0]
@@ -143,8 +175,11 @@ def test_a_datasets_folder_and_an_unreachable_hub_id(tmp_path, monkeypatch):
     assert load_rows(str(tmp_path / "ds")) == [{"prompt": "1+1=", "answer": "2"}]
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    with pytest.raises(ValueError, match=r"^nobody-here/no-such-set: could not load it from the Hugging Face Hub .*"
-                                         r"use a JSONL file or a datasets folder") as info:
+    with pytest.raises(
+        ValueError,
+        match=r"^nobody-here/no-such-set: could not load it from the Hugging Face Hub .*"
+        r"use a JSONL file or a datasets folder",
+    ) as info:
         load_rows("nobody-here/no-such-set")
     assert "\n" not in str(info.value)
 
@@ -170,7 +205,9 @@ def test_conversational_prompts_are_rendered_and_rewards_get_messages(tmp_path):
 
     task = DataTask(str(tmp_path / "chat.jsonl"), reward_funcs=[reward])
     tokenizer = build_char_tokenizer(CHARS)
-    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}={% endif %}"
+    tokenizer.chat_template = (
+        "{% for m in messages %}{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}={% endif %}"
+    )
     task.set_tokenizer(tokenizer)
     train, heldout = task.train_problems(), task.heldout_problems()
     assert len(train) == 11 and [p.id for p in heldout] == ["r11"]  # the last 10% held out, never trained on
@@ -189,7 +226,9 @@ def test_prompt_field_maps_another_column_and_a_missing_prompt_is_named(tmp_path
 
     rows = [{"question": f"{a}+1=", "answer": str(a + 1)} for a in range(4)]
     (tmp_path / "q.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with pytest.raises(ValueError, match=r"q.jsonl row 0: field 'problem' must be .*the row has answer, question.*--prompt-field"):
+    with pytest.raises(
+        ValueError, match=r"q.jsonl row 0: field 'problem' must be .*the row has answer, question.*--prompt-field"
+    ):
         DataTask(str(tmp_path / "q.jsonl"), reward_funcs=[len])
     task = DataTask(str(tmp_path / "q.jsonl"), prompt_field="question", reward_funcs=[len])
     task.set_tokenizer(build_char_tokenizer(CHARS))
@@ -201,17 +240,39 @@ def test_your_rewards_on_a_built_in_task_replace_its_verifier(tmp_path):
     the threshold rule, which the run names."""
     from helpers import TINY
 
-    (tmp_path / "bonus.py").write_text("def bonus(prompts, completions, answer, **kw):\n"
-                                       "    return [0.2 if len(c) == len(a) else 0.0 for c, a in zip(completions, answer)]\n")
+    (tmp_path / "bonus.py").write_text(
+        "def bonus(prompts, completions, answer, **kw):\n"
+        "    return [0.2 if len(c) == len(a) else 0.0 for c, a in zip(completions, answer)]\n"
+    )
     out = tmp_path / "run"
-    proc = run_cli("train", *TINY, "--steps", "3", "--eval-every", "0", "--output-dir", str(out),
-                   "--reward", "conspo.rewards.verifiers:exact_answer", "--reward", f"{tmp_path / 'bonus.py'}:bonus",
-                   "--positive-rule", "threshold", cache_dir=str(tmp_path / "cache"))
+    proc = run_cli(
+        "train",
+        *TINY,
+        "--steps",
+        "3",
+        "--eval-every",
+        "0",
+        "--output-dir",
+        str(out),
+        "--reward",
+        "conspo.rewards.verifiers:exact_answer",
+        "--reward",
+        f"{tmp_path / 'bonus.py'}:bonus",
+        "--positive-rule",
+        "threshold",
+        cache_dir=str(tmp_path / "cache"),
+    )
     steps = [m for m in read_jsonl(out / "metrics.jsonl") if "reward/mean" in m]
     assert len(steps) == 3 and all("rewards/exact_answer/mean" in m and "rewards/bonus/mean" in m for m in steps)
     said = proc.stdout + proc.stderr
-    assert ("WARNING reward bonus: its differences within groups changed no update in the first 3 steps: under "
-            "positive_rule=threshold") in said
+    assert (
+        "WARNING reward bonus: its differences within groups changed no update in the first 3 steps: under "
+        "positive_rule=threshold"
+    ) in said
     # the 3-step base solves nothing, so the verifier scores every group alike, and is named for that
-    assert "reward exact_answer: " not in said or "exact_answer: its differences within groups changed no update " \
-        "in the first 3 steps: it scored the completions of every group alike" in said
+    assert (
+        "reward exact_answer: " not in said
+        or "exact_answer: its differences within groups changed no update "
+        "in the first 3 steps: it scored the completions of every group alike"
+        in said
+    )

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
-
 from helpers import make_trainer, reference_gradient, reference_gradient_of_union
+from safetensors.torch import load_file, save_file
 
 from conspo.cli import leave_without_teardown
 
@@ -23,8 +22,9 @@ spg, gas = (int(sys.argv[4]), int(sys.argv[5])) if len(sys.argv) > 4 else (1, 1)
 objective = sys.argv[6] if len(sys.argv) > 6 else "conspo"
 G = 4
 conspo_options = {} if objective == "conspo" else dict(objective=objective, tau=0.3, margin_start=0.0)
-trainer, capture, initial = make_trainer(out / "trainer", per_device=per_device, G=G, gas=gas, group_mode=mode,
-                                         steps_per_generation=spg, **conspo_options)
+trainer, capture, initial = make_trainer(
+    out / "trainer", per_device=per_device, G=G, gas=gas, group_mode=mode, steps_per_generation=spg, **conspo_options
+)
 trainer.train()
 rank = dist.get_rank()
 assert dist.get_world_size() == 2, "expected two processes"
@@ -53,7 +53,9 @@ def merge(parts):
         "conspo_rewards": torch.cat([p["conspo_rewards"] for p in parts]),
         "conspo_row": torch.cat([p["conspo_row"] for p in parts]),
     }
-    assert torch.equal(torch.sort(merged["conspo_row"]).values, torch.arange(2 * per_device * spg)), merged["conspo_row"]
+    assert torch.equal(torch.sort(merged["conspo_row"]).values, torch.arange(2 * per_device * spg)), merged[
+        "conspo_row"
+    ]
     return merged
 
 

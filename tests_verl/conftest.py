@@ -16,9 +16,11 @@ sys.path.insert(0, os.path.dirname(__file__))  # verl_sim helpers
 
 def pytest_configure(config):
     # verl's import-time notices about engines and backends that a CPU machine does not have
-    for pattern in (r"ignore:.* engine is not available:UserWarning",
-                    r"ignore:Ray state API is no longer experimental:DeprecationWarning",
-                    r"ignore:Disabled critic as algorithm.adv_estimator:UserWarning"):
+    for pattern in (
+        r"ignore:.* engine is not available:UserWarning",
+        r"ignore:Ray state API is no longer experimental:DeprecationWarning",
+        r"ignore:Disabled critic as algorithm.adv_estimator:UserWarning",
+    ):
         config.addinivalue_line("filterwarnings", pattern)
 
 

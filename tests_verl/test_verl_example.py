@@ -13,12 +13,12 @@ import os
 import subprocess
 import warnings
 
+import verl_sim as vs
 from hydra import compose, initialize_config_dir
 from verl.trainer.ppo.utils import need_critic, need_reference_policy
 from verl.utils.config import omega_conf_to_dataclass, validate_config
 
 import conspo.integrations.verl as plugin
-import verl_sim as vs
 
 EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "verl")
 
@@ -30,9 +30,13 @@ def read_overrides(name):
 
 
 def example_config(algo):
-    script_args = ["data.train_files=/data/train.parquet", "data.val_files=/data/math500.parquet",
-                   "actor_rollout_ref.model.path=Qwen/Qwen2.5-Math-1.5B",
-                   f"reward.custom_reward_function.path={EXAMPLE}/reward.py", "trainer.n_gpus_per_node=8"]
+    script_args = [
+        "data.train_files=/data/train.parquet",
+        "data.val_files=/data/math500.parquet",
+        "actor_rollout_ref.model.path=Qwen/Qwen2.5-Math-1.5B",
+        f"reward.custom_reward_function.path={EXAMPLE}/reward.py",
+        "trainer.n_gpus_per_node=8",
+    ]
     with initialize_config_dir(config_dir=vs.CONFIG_DIR, version_base=None):
         return compose("ppo_trainer", overrides=read_overrides("common") + read_overrides(algo) + script_args)
 
@@ -56,9 +60,15 @@ def test_example_overrides_pass_verls_validation_and_the_conspo_check(algo):
 def test_the_two_runs_differ_only_in_the_objective():
     ours, grpo = set(read_overrides("conspo")), set(read_overrides("grpo"))
     keys = {o.lstrip("+").split("=")[0] for o in ours ^ grpo}
-    allowed = ("algorithm.", "actor_rollout_ref.actor.policy_loss", "actor_rollout_ref.actor.loss_agg_mode",
-               "actor_rollout_ref.actor.clip_ratio", "trainer.v1.trainer_mode", "trainer.experiment_name",
-               "ray_kwargs.")
+    allowed = (
+        "algorithm.",
+        "actor_rollout_ref.actor.policy_loss",
+        "actor_rollout_ref.actor.loss_agg_mode",
+        "actor_rollout_ref.actor.clip_ratio",
+        "trainer.v1.trainer_mode",
+        "trainer.experiment_name",
+        "ray_kwargs.",
+    )
     assert all(k.startswith(allowed) for k in keys), sorted(keys)
 
 

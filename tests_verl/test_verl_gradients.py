@@ -15,11 +15,11 @@ pytest.importorskip("verl", reason="verl is not installed: run `make test-verl` 
 pytest.importorskip("transfer_queue", reason="verl's v1 trainer needs TransferQueue: run `make test-verl`")
 
 import torch
+import verl_sim as vs
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
 import conspo.loss_pieces as loss_pieces
 import conspo.objectives as objectives
-import verl_sim as vs
 from conspo.integrations.verl import ConSPOTrainerSync
 from conspo.objectives import conspo_loss, grpo_loss
 
@@ -36,11 +36,17 @@ PROMPTS = 6
 OPTIONS = {
     "no_margin": ([], 1, dict(margin=0.0, tau=0.3)),
     # linear 0.1 -> 0.5 over 4 training steps; batch of global step 3 = 2 steps done: 0.1 + 0.4 * 2/4
-    "margin": (["+actor_rollout_ref.actor.policy_loss.tau=0.5",
-                "+actor_rollout_ref.actor.policy_loss.margin_schedule=linear",
-                "+actor_rollout_ref.actor.policy_loss.margin_start=0.1",
-                "+actor_rollout_ref.actor.policy_loss.margin_end=0.5",
-                "+actor_rollout_ref.actor.policy_loss.margin_horizon=4"], 3, dict(margin=0.3, tau=0.5)),
+    "margin": (
+        [
+            "+actor_rollout_ref.actor.policy_loss.tau=0.5",
+            "+actor_rollout_ref.actor.policy_loss.margin_schedule=linear",
+            "+actor_rollout_ref.actor.policy_loss.margin_start=0.1",
+            "+actor_rollout_ref.actor.policy_loss.margin_end=0.5",
+            "+actor_rollout_ref.actor.policy_loss.margin_horizon=4",
+        ],
+        3,
+        dict(margin=0.3, tau=0.5),
+    ),
 }
 # (dp ranks, config kwargs): fixed micro-batches of 4 rows; dynamic token-budget micro-batches, shuffled
 LAYOUTS = {
@@ -70,8 +76,7 @@ def assert_scattered(record):
             for uid in uids:
                 ranks_of.setdefault(uid, set()).add(rank)
     assert any(len(r) > 1 for r in ranks_of.values()), "no group straddles ranks"
-    split = [uid for uid in ranks_of
-             if sum(uid in uids for mb in record.micro_batch_uids for uids in mb) > 1]
+    split = [uid for uid in ranks_of if sum(uid in uids for mb in record.micro_batch_uids for uids in mb) > 1]
     assert split, "no group straddles micro-batches"
 
 
@@ -91,8 +96,9 @@ def test_conspo_step_gradient_equals_single_graph(composition, option, layout, m
     config = vs.verl_config(vs.CONSPO_OVERRIDES + overrides, prompts=PROMPTS, n=G, mini=PROMPTS, **layout_cfg)
     policy = vs.ToyPolicy(seed=dp)
 
-    record, metrics, _ = vs.run_step(ConSPOTrainerSync, config, policy, rows, dp=dp, global_steps=global_steps,
-                                     monkeypatch=monkeypatch)
+    record, metrics, _ = vs.run_step(
+        ConSPOTrainerSync, config, policy, rows, dp=dp, global_steps=global_steps, monkeypatch=monkeypatch
+    )
     want, want_metrics = conspo_reference(policy, rows, **loss_options)
 
     assert_scattered(record)
@@ -113,28 +119,46 @@ def test_conspo_step_gradient_equals_single_graph(composition, option, layout, m
 
 def test_sum_score_and_threshold_options_reach_both_sides(monkeypatch):
     """length_normalized_score (worker side) and positive_threshold (driver side) set by Hydra."""
-    groups = [[0.9, 0.2, 0.6, 0.0], [0.7, 0.7, 0.1, 1.0], [0.3, 0.0, 0.0, 0.55], [1, 1, 1, 1], [0, 0, 0, 0], [0, 1, 0, 1]]
+    groups = [
+        [0.9, 0.2, 0.6, 0.0],
+        [0.7, 0.7, 0.1, 1.0],
+        [0.3, 0.0, 0.0, 0.55],
+        [1, 1, 1, 1],
+        [0, 0, 0, 0],
+        [0, 1, 0, 1],
+    ]
     rows = vs.make_rows(groups, seed=7)
-    overrides = ["+actor_rollout_ref.actor.policy_loss.length_normalized_score=False",
-                 "+actor_rollout_ref.actor.policy_loss.positive_threshold=0.65",
-                 "+actor_rollout_ref.actor.policy_loss.positive_rule=threshold",
-                 "+actor_rollout_ref.actor.policy_loss.margin_start=0.2"]
+    overrides = [
+        "+actor_rollout_ref.actor.policy_loss.length_normalized_score=False",
+        "+actor_rollout_ref.actor.policy_loss.positive_threshold=0.65",
+        "+actor_rollout_ref.actor.policy_loss.positive_rule=threshold",
+        "+actor_rollout_ref.actor.policy_loss.margin_start=0.2",
+    ]
     config = vs.verl_config(vs.CONSPO_OVERRIDES + overrides, prompts=PROMPTS, n=G, mini=PROMPTS, micro=3)
     policy = vs.ToyPolicy(seed=3)
     record, metrics, _ = vs.run_step(ConSPOTrainerSync, config, policy, rows, dp=2, monkeypatch=monkeypatch)
-    want, _ = conspo_reference(policy, rows, margin=0.2, tau=0.3, positive_threshold=0.65,
-                              positive_rule="threshold", normalize_by_length=False)
+    want, _ = conspo_reference(
+        policy, rows, margin=0.2, tau=0.3, positive_threshold=0.65, positive_rule="threshold", normalize_by_length=False
+    )
     assert_scattered(record)
     assert_grads_equal(record.dp_average()[0], want)
 
 
 def test_group_mean_positive_rule_reaches_the_driver(monkeypatch):
     """positive_rule=group_mean with graded rewards (no 0.5 crossing in some groups) set by Hydra."""
-    groups = [[0.3, 0.2, 0.4, 0.1], [0.7, 0.7, 0.1, 1.0], [0.3, 0.3, 0.3, 0.3], [0.05, 0.0, 0.0, 0.45],
-              [0.9, 0.2, 0.6, 0.0], [0.0, 0.0, 0.0, 0.0]]
+    groups = [
+        [0.3, 0.2, 0.4, 0.1],
+        [0.7, 0.7, 0.1, 1.0],
+        [0.3, 0.3, 0.3, 0.3],
+        [0.05, 0.0, 0.0, 0.45],
+        [0.9, 0.2, 0.6, 0.0],
+        [0.0, 0.0, 0.0, 0.0],
+    ]
     rows = vs.make_rows(groups, seed=8)
-    overrides = ["+actor_rollout_ref.actor.policy_loss.positive_rule=group_mean",
-                 "+actor_rollout_ref.actor.policy_loss.margin_start=0.1"]
+    overrides = [
+        "+actor_rollout_ref.actor.policy_loss.positive_rule=group_mean",
+        "+actor_rollout_ref.actor.policy_loss.margin_start=0.1",
+    ]
     config = vs.verl_config(vs.CONSPO_OVERRIDES + overrides, prompts=PROMPTS, n=G, mini=PROMPTS, micro=3)
     policy = vs.ToyPolicy(seed=4)
     record, metrics, _ = vs.run_step(ConSPOTrainerSync, config, policy, rows, dp=2, monkeypatch=monkeypatch)
@@ -151,8 +175,9 @@ def test_several_optimizer_steps_add_up_and_are_reported(monkeypatch):
     two ConSPO gradients; the staleness is stated in the metrics and by check_config."""
     groups, masked = COMPOSITIONS["mixed"]
     rows = vs.make_rows(groups, seed=11, masked=masked)
-    config = vs.verl_config(vs.CONSPO_OVERRIDES, prompts=PROMPTS, n=G, mini=PROMPTS // 2, micro=2, epochs=2,
-                            shuffle=True)
+    config = vs.verl_config(
+        vs.CONSPO_OVERRIDES, prompts=PROMPTS, n=G, mini=PROMPTS // 2, micro=2, epochs=2, shuffle=True
+    )
     policy = vs.ToyPolicy(seed=5)
     record, metrics, _ = vs.run_step(ConSPOTrainerSync, config, policy, rows, dp=2, monkeypatch=monkeypatch)
     want, _ = conspo_reference(policy, rows, margin=0.0, tau=0.3)
@@ -171,8 +196,13 @@ def test_wrong_tau_breaks_the_equality(monkeypatch):
     """Mutation check: the comparison above is sharp (a different tau is caught)."""
     groups, masked = COMPOSITIONS["mixed"]
     rows = vs.make_rows(groups, seed=2, masked=masked)
-    config = vs.verl_config(vs.CONSPO_OVERRIDES + ["+actor_rollout_ref.actor.policy_loss.tau=0.31"],
-                            prompts=PROMPTS, n=G, mini=PROMPTS, micro=4)
+    config = vs.verl_config(
+        vs.CONSPO_OVERRIDES + ["+actor_rollout_ref.actor.policy_loss.tau=0.31"],
+        prompts=PROMPTS,
+        n=G,
+        mini=PROMPTS,
+        micro=4,
+    )
     policy = vs.ToyPolicy(seed=2)
     record, _, _ = vs.run_step(ConSPOTrainerSync, config, policy, rows, dp=2, monkeypatch=monkeypatch)
     want, _ = conspo_reference(policy, rows, margin=0.0, tau=0.3)
@@ -218,12 +248,14 @@ def test_score_objective_step_gradient_equals_single_graph(objective, score_tau,
     config = vs.verl_config(vs.CONSPO_OVERRIDES + overrides, prompts=PROMPTS, n=G, mini=PROMPTS, **layout_cfg)
     policy = vs.ToyPolicy(seed=dp)
 
-    record, metrics, _ = vs.run_step(ConSPOTrainerSync, config, policy, rows, dp=dp, global_steps=1,
-                                     monkeypatch=monkeypatch)
+    record, metrics, _ = vs.run_step(
+        ConSPOTrainerSync, config, policy, rows, dp=dp, global_steps=1, monkeypatch=monkeypatch
+    )
     policy.zero_grad(set_to_none=True)
     logps, mask = policy.padded_response_logps(rows)  # on-policy: the old log-probs are the current ones
     want_loss, want_metrics = objectives.get_objective(objective).loss(
-        logps, logps.detach(), mask, rewards_of(rows), G, **({} if score_tau is None else {"tau": score_tau}))
+        logps, logps.detach(), mask, rewards_of(rows), G, **({} if score_tau is None else {"tau": score_tau})
+    )
     want_loss.backward()
     want = vs.grads(policy)
 

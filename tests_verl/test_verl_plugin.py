@@ -14,13 +14,13 @@ import warnings
 import numpy as np
 import torch
 import verl
+import verl_sim as vs
 from verl.trainer.ppo import core_algos
 from verl.trainer.ppo.v1 import get_trainer_cls
 from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
 from verl.utils.config import omega_conf_to_dataclass
 
 import conspo.integrations.verl as plugin
-import verl_sim as vs
 from conspo.objectives import ADVANTAGE_STD_EPS, conspo_coefficients, grpo_loss, sequence_scores
 
 F64 = torch.float64
@@ -42,9 +42,11 @@ def test_pieces_are_in_verls_registries():
 
 def test_external_modules_hook_registers_everything_in_a_fresh_process():
     """How verl's Ray workers load the plug-in: VERL_USE_EXTERNAL_MODULES, read when verl is imported."""
-    code = ("import verl; from verl.trainer.ppo import core_algos as c; from verl.trainer.ppo.v1 import get_trainer_cls;"
-            "print(c.get_policy_loss_fn('conspo').__module__, c.get_adv_estimator_fn('conspo').__module__,"
-            " get_trainer_cls('conspo_sync').__name__)")
+    code = (
+        "import verl; from verl.trainer.ppo import core_algos as c; from verl.trainer.ppo.v1 import get_trainer_cls;"
+        "print(c.get_policy_loss_fn('conspo').__module__, c.get_adv_estimator_fn('conspo').__module__,"
+        " get_trainer_cls('conspo_sync').__name__)"
+    )
     env = {**os.environ, "VERL_USE_EXTERNAL_MODULES": "conspo.integrations.verl"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -62,27 +64,38 @@ def test_other_verl_versions_are_refused(monkeypatch):
 
 
 def test_hydra_overrides_reach_the_actor_config_the_workers_build():
-    config = conspo_config("+actor_rollout_ref.actor.policy_loss.tau=0.7",
-                           "+actor_rollout_ref.actor.policy_loss.margin_schedule=cosine",
-                           "+actor_rollout_ref.actor.policy_loss.margin_end=0.2",
-                           "+actor_rollout_ref.actor.policy_loss.positive_threshold=0.9",
-                           "+actor_rollout_ref.actor.policy_loss.positive_rule=threshold",
-                           "+actor_rollout_ref.actor.policy_loss.length_normalized_score=False")
+    config = conspo_config(
+        "+actor_rollout_ref.actor.policy_loss.tau=0.7",
+        "+actor_rollout_ref.actor.policy_loss.margin_schedule=cosine",
+        "+actor_rollout_ref.actor.policy_loss.margin_end=0.2",
+        "+actor_rollout_ref.actor.policy_loss.positive_threshold=0.9",
+        "+actor_rollout_ref.actor.policy_loss.positive_rule=threshold",
+        "+actor_rollout_ref.actor.policy_loss.length_normalized_score=False",
+    )
     actor = omega_conf_to_dataclass(config.actor_rollout_ref.actor)
     options = actor.policy_loss
     assert isinstance(options, plugin.ConSPOPolicyLossConfig)
-    assert (options.loss_mode, options.tau, options.margin_schedule, options.margin_end, options.positive_threshold,
-            options.length_normalized_score) == ("conspo", 0.7, "cosine", 0.2, 0.9, False)
+    assert (
+        options.loss_mode,
+        options.tau,
+        options.margin_schedule,
+        options.margin_end,
+        options.positive_threshold,
+        options.length_normalized_score,
+    ) == ("conspo", 0.7, "cosine", 0.2, 0.9, False)
     assert options.margin(0, 10) == 0.0 and options.margin(10, 10) == pytest.approx(0.2)
     assert options.margin(5, 10) == pytest.approx(0.1)  # cosine half-way
 
 
-@pytest.mark.parametrize("override, message", [
-    ("tau=0", "tau must be > 0"),
-    ("margin_schedule=exp", "margin_schedule must be one of"),
-    ("margin_horizon=-1", "margin_horizon must be >= 0"),
-    ("positive_rule=median", "positive_rule must be one of"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("tau=0", "tau must be > 0"),
+        ("margin_schedule=exp", "margin_schedule must be one of"),
+        ("margin_horizon=-1", "margin_horizon must be >= 0"),
+        ("positive_rule=median", "positive_rule must be one of"),
+    ],
+)
 def test_bad_options_are_refused(override, message):
     config = conspo_config(f"+actor_rollout_ref.actor.policy_loss.{override}")
     with pytest.raises(Exception, match=message):
@@ -111,8 +124,14 @@ def test_estimator_gives_objectives_coefficients_for_rows_in_any_order():
     perm = torch.randperm(B, generator=g)
     metrics = {}
     adv, ret = core_algos.get_adv_estimator_fn("conspo")(
-        token_level_rewards=token_rewards[perm], response_mask=mask[perm], index=np.array(uids, dtype=object)[perm.numpy()],
-        old_log_probs=old[perm], loss_config=options, margin=0.1, metrics=metrics)
+        token_level_rewards=token_rewards[perm],
+        response_mask=mask[perm],
+        index=np.array(uids, dtype=object)[perm.numpy()],
+        old_log_probs=old[perm],
+        loss_config=options,
+        margin=0.1,
+        metrics=metrics,
+    )
     assert torch.equal(adv, ret)
     coef = plugin.row_coefficients(adv, mask[perm])
     assert torch.equal(adv, coef[:, None] * mask[perm])  # c_i on every response token, 0 elsewhere
@@ -135,7 +154,8 @@ def test_estimator_gives_objectives_coefficients_for_rows_in_any_order():
 def test_estimator_under_a_stock_trainer_says_what_to_set():
     with pytest.raises(RuntimeError, match="trainer.v1.trainer_mode=conspo_sync"):
         core_algos.get_adv_estimator_fn("conspo")(
-            token_level_rewards=torch.zeros(2, 3), response_mask=torch.ones(2, 3), index=np.array(["a", "a"]))
+            token_level_rewards=torch.zeros(2, 3), response_mask=torch.ones(2, 3), index=np.array(["a", "a"])
+        )
 
 
 # ---- policy loss -------------------------------------------------------------------------------
@@ -152,8 +172,14 @@ def test_loss_is_the_coefficient_surrogate_scaled_by_dp_size():
     losses = []
     for dp in (1, 3):
         actor.global_batch_info.update(dp_size=dp, batch_num_tokens=9, global_batch_size=4)
-        loss, metrics = fn(old_log_prob=logp.detach(), log_prob=logp, advantages=coef[:, None] * mask,
-                           response_mask=mask.bool(), loss_agg_mode="token-mean", config=actor)
+        loss, metrics = fn(
+            old_log_prob=logp.detach(),
+            log_prob=logp,
+            advantages=coef[:, None] * mask,
+            response_mask=mask.bool(),
+            loss_agg_mode="token-mean",
+            config=actor,
+        )
         losses.append(loss)
         assert metrics["conspo/score_drift"] == 0.0
     want = (torch.tensor([0.3, -0.7, 0.0, 0.2], dtype=F64) * sequence_scores(logp, mask)).sum()
@@ -180,29 +206,37 @@ def test_exact_configuration_passes_silently():
     assert plugin.check_config(vs.verl_config(vs.GRPO_OVERRIDES, prompts=4, n=4, mini=4)) == []  # not ConSPO
 
 
-@pytest.mark.parametrize("overrides, fix", [
-    (["actor_rollout_ref.actor.policy_loss.loss_mode=vanilla"], "policy_loss.loss_mode=conspo"),
-    (["algorithm.adv_estimator=grpo"], "algorithm.adv_estimator=conspo"),
-    (["actor_rollout_ref.actor.policy_loss._target_=verl.workers.config.PolicyLossConfig"],
-     "_target_=conspo.integrations.verl.ConSPOPolicyLossConfig"),
-    (["trainer.v1.trainer_mode=sync"], "trainer.v1.trainer_mode=conspo_sync"),
-    (["trainer.use_v1=False"], "trainer.use_v1=True"),
-    (["actor_rollout_ref.rollout.n=1"], "rollout.n >= 2"),
-    (["algorithm.use_kl_in_reward=True"], "use_kl_in_reward=False"),
-    (["algorithm.rollout_correction.rollout_is=token"], "rollout_is=null"),
-])
+@pytest.mark.parametrize(
+    "overrides, fix",
+    [
+        (["actor_rollout_ref.actor.policy_loss.loss_mode=vanilla"], "policy_loss.loss_mode=conspo"),
+        (["algorithm.adv_estimator=grpo"], "algorithm.adv_estimator=conspo"),
+        (
+            ["actor_rollout_ref.actor.policy_loss._target_=verl.workers.config.PolicyLossConfig"],
+            "_target_=conspo.integrations.verl.ConSPOPolicyLossConfig",
+        ),
+        (["trainer.v1.trainer_mode=sync"], "trainer.v1.trainer_mode=conspo_sync"),
+        (["trainer.use_v1=False"], "trainer.use_v1=True"),
+        (["actor_rollout_ref.rollout.n=1"], "rollout.n >= 2"),
+        (["algorithm.use_kl_in_reward=True"], "use_kl_in_reward=False"),
+        (["algorithm.rollout_correction.rollout_is=token"], "rollout_is=null"),
+    ],
+)
 def test_settings_that_are_not_conspo_are_refused_with_the_fix(overrides, fix):
     with pytest.raises(ValueError, match=fix.replace(".", r"\.").replace("(", r"\(")):
         plugin.check_config(conspo_config(*overrides))
 
 
-@pytest.mark.parametrize("overrides, kwargs, note", [
-    ([], dict(epochs=2), "2 optimizer steps"),
-    ([], dict(prompts=8, mini=2), "4 optimizer steps"),
-    (["actor_rollout_ref.actor.use_kl_loss=True"], {}, "use_kl_loss"),
-    (["actor_rollout_ref.actor.entropy_coeff=0.01"], {}, "entropy"),
-    (["algorithm.rollout_correction.bypass_mode=True"], {}, "bypass_mode"),
-])
+@pytest.mark.parametrize(
+    "overrides, kwargs, note",
+    [
+        ([], dict(epochs=2), "2 optimizer steps"),
+        ([], dict(prompts=8, mini=2), "4 optimizer steps"),
+        (["actor_rollout_ref.actor.use_kl_loss=True"], {}, "use_kl_loss"),
+        (["actor_rollout_ref.actor.entropy_coeff=0.01"], {}, "entropy"),
+        (["algorithm.rollout_correction.bypass_mode=True"], {}, "bypass_mode"),
+    ],
+)
 def test_inexact_settings_are_warned_about(overrides, kwargs, note):
     notes = plugin.check_config(conspo_config(*overrides, **kwargs))
     assert len(notes) == 1 and note in notes[0]
@@ -251,13 +285,19 @@ def test_grpo_stock_estimator_and_vanilla_loss_equal_grpo_loss():
     token_rewards[:, -1] = rewards
     index = np.array([f"p{i // G}" for i in range(B)], dtype=object)
 
-    adv, _ = core_algos.get_adv_estimator_fn("grpo")(token_level_rewards=token_rewards, response_mask=mask,
-                                                     index=index, epsilon=ADVANTAGE_STD_EPS)
+    adv, _ = core_algos.get_adv_estimator_fn("grpo")(
+        token_level_rewards=token_rewards, response_mask=mask, index=index, epsilon=ADVANTAGE_STD_EPS
+    )
     actor = omega_conf_to_dataclass(vs.verl_config(vs.GRPO_OVERRIDES, prompts=3, n=G, mini=3).actor_rollout_ref.actor)
     actor.global_batch_info.update(dp_size=1, batch_num_tokens=int(mask.sum()), global_batch_size=B)
     verl_loss, verl_metrics = core_algos.get_policy_loss_fn("vanilla")(
-        old_log_prob=old, log_prob=logp, advantages=adv, response_mask=mask.bool(),
-        loss_agg_mode=actor.loss_agg_mode, config=actor)
+        old_log_prob=old,
+        log_prob=logp,
+        advantages=adv,
+        response_mask=mask.bool(),
+        loss_agg_mode=actor.loss_agg_mode,
+        config=actor,
+    )
     (verl_grad,) = torch.autograd.grad(verl_loss, logp)
     ours, ours_metrics = grpo_loss(logp, old, mask, rewards, G)
     (our_grad,) = torch.autograd.grad(ours, logp)
@@ -265,6 +305,7 @@ def test_grpo_stock_estimator_and_vanilla_loss_equal_grpo_loss():
     torch.testing.assert_close(verl_loss, ours, rtol=1e-7, atol=1e-12)  # verl: token-mean over (|o_i| + 1e-8)
     torch.testing.assert_close(verl_grad, our_grad, rtol=1e-7, atol=1e-12)
 
-    default_adv, _ = core_algos.get_adv_estimator_fn("grpo")(token_level_rewards=token_rewards, response_mask=mask,
-                                                             index=index)
+    default_adv, _ = core_algos.get_adv_estimator_fn("grpo")(
+        token_level_rewards=token_rewards, response_mask=mask, index=index
+    )
     assert not torch.allclose(default_adv, adv, rtol=1e-6, atol=0)  # verl's own default: std + 1e-6

@@ -26,11 +26,10 @@ from functools import partial
 
 import torch
 import transfer_queue
+import verl
 from hydra import compose, initialize_config_dir
 from tensordict import NonTensorStack, TensorDict
 from transfer_queue import KVBatchMeta
-
-import verl
 from verl.utils import tensordict_utils as tu
 from verl.utils.config import omega_conf_to_dataclass
 from verl.workers.engine.base import BaseEngine
@@ -114,9 +113,19 @@ def make_rows(group_rewards: list[list[float]], seed: int = 0, masked: tuple[int
                 mask.zero_()
             rm = torch.zeros(n, dtype=DTYPE)
             rm[-1] = reward
-            rows.append(dict(key=f"u{gi}_{j}_0", uid=f"u{gi}", prompts=prompt.clone(), responses=response,
-                             input_ids=torch.cat([prompt, response]), response_mask=mask, loss_mask=mask.clone(),
-                             rm_scores=rm, reward=float(reward)))
+            rows.append(
+                dict(
+                    key=f"u{gi}_{j}_0",
+                    uid=f"u{gi}",
+                    prompts=prompt.clone(),
+                    responses=response,
+                    input_ids=torch.cat([prompt, response]),
+                    response_mask=mask,
+                    loss_mask=mask.clone(),
+                    rm_scores=rm,
+                    reward=float(reward),
+                )
+            )
     return rows
 
 
@@ -180,8 +189,18 @@ GRPO_OVERRIDES = [
 ]
 
 
-def verl_config(overrides: list[str], *, prompts: int, n: int, mini: int, micro: int = 2, epochs: int = 1,
-                shuffle: bool = False, dynamic: bool = False, max_tokens: int = 32):
+def verl_config(
+    overrides: list[str],
+    *,
+    prompts: int,
+    n: int,
+    mini: int,
+    micro: int = 2,
+    epochs: int = 1,
+    shuffle: bool = False,
+    dynamic: bool = False,
+    max_tokens: int = 32,
+):
     """verl's own ``ppo_trainer.yaml`` composed with Hydra overrides, as ``main_ppo`` would."""
     base = [
         f"data.train_batch_size={prompts}",
@@ -216,8 +235,10 @@ class StepRecord:
     def dp_average(self) -> list[list[torch.Tensor]]:
         """FSDP/DDP all-reduce: the *mean* over ranks of each step's gradient."""
         n_ranks, n_steps = len(self.rank_grads), len(self.rank_grads[0])
-        return [[sum(self.rank_grads[r][k][i] for r in range(n_ranks)) / n_ranks
-                 for i in range(len(self.rank_grads[0][k]))] for k in range(n_steps)]
+        return [
+            [sum(self.rank_grads[r][k][i] for r in range(n_ranks)) / n_ranks for i in range(len(self.rank_grads[0][k]))]
+            for k in range(n_steps)
+        ]
 
 
 class _Engine:
@@ -263,7 +284,9 @@ class _Engine:
         self.record.micro_batch_uids[self.rank].append([str(u) for u in micro_batch["uid"]])
         log_probs = self.policy.nested_logps(micro_batch["input_ids"])
         loss, metrics = loss_function(model_output={"log_probs": log_probs}, data=micro_batch, dp_group=None)
-        self.record.loss_metrics.append({k: (float(v.values[-1]) if hasattr(v, "aggregation") else v) for k, v in metrics.items()})
+        self.record.loss_metrics.append(
+            {k: (float(v.values[-1]) if hasattr(v, "aggregation") else v) for k, v in metrics.items()}
+        )
         return loss, {"loss": loss.detach().item(), "metrics": metrics}
 
 
@@ -289,8 +312,12 @@ class _WorkerGroup:
         self._dispatch_info = {"actor": list(range(dp))}
         self.actor_config = omega_conf_to_dataclass(config.actor_rollout_ref.actor)
         actor = config.actor_rollout_ref.actor
-        self.engine_cfg = dict(use_dynamic_bsz=actor.use_dynamic_bsz, max_token_len_per_gpu=actor.ppo_max_token_len_per_gpu,
-                               micro_batch_size_per_gpu=actor.ppo_micro_batch_size_per_gpu, use_fused_kernels=False)
+        self.engine_cfg = dict(
+            use_dynamic_bsz=actor.use_dynamic_bsz,
+            max_token_len_per_gpu=actor.ppo_max_token_len_per_gpu,
+            micro_batch_size_per_gpu=actor.ppo_micro_batch_size_per_gpu,
+            use_fused_kernels=False,
+        )
 
     def compute_log_prob(self, batch: KVBatchMeta) -> KVBatchMeta:
         """The actor's forward at the current weights; writes full-sequence ``log_probs`` as verl's worker does."""
@@ -298,8 +325,9 @@ class _WorkerGroup:
         with torch.no_grad():
             log_probs = self.policy.nested_logps(data["input_ids"])
         entropy = torch.nested.as_nested_tensor([torch.zeros_like(x) for x in log_probs.unbind()], layout=torch.jagged)
-        return self.store.kv_batch_put(batch.keys, PARTITION,
-                                       TensorDict({"log_probs": log_probs, "entropy": entropy}, batch_size=[len(batch)]))
+        return self.store.kv_batch_put(
+            batch.keys, PARTITION, TensorDict({"log_probs": log_probs, "entropy": entropy}, batch_size=[len(batch)])
+        )
 
     def update_actor(self, batch: KVBatchMeta):
         self.record.rank_grads = [[] for _ in range(self.dp)]
@@ -333,8 +361,11 @@ def run_step(trainer_cls, config, policy, rows, *, dp: int, global_steps: int = 
         from conspo.integrations.verl import ADV_ESTIMATOR, optimizer_steps_per_batch
 
         trainer._conspo_steps_per_batch = optimizer_steps_per_batch(config)
-        trainer._conspo_loss_config = (omega_conf_to_dataclass(config.actor_rollout_ref.actor.policy_loss)
-                                       if config.algorithm.adv_estimator == ADV_ESTIMATOR else None)
+        trainer._conspo_loss_config = (
+            omega_conf_to_dataclass(config.actor_rollout_ref.actor.policy_loss)
+            if config.algorithm.adv_estimator == ADV_ESTIMATOR
+            else None
+        )
     metrics: dict = {}
     batch = store.batch([r["key"] for r in rows])
     batch = trainer._balance_batch(batch, metrics=metrics)

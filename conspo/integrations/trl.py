@@ -75,8 +75,8 @@ from conspo.objectives import (
     count_valid_groups,
 )
 from conspo.rewards.base import SilentRewardWatch
-from conspo.score_objectives import get_score_objective, score_coefficients, sequence_score
 from conspo.schedules import MARGIN_SCHEDULES, margin_curriculum
+from conspo.score_objectives import get_score_objective, score_coefficients, sequence_score
 from conspo.update import resolve_group_mode
 
 SUPPORTED_TRL_VERSIONS = ("1.16.",)
@@ -90,19 +90,33 @@ if not trl.__version__.startswith(SUPPORTED_TRL_VERSIONS):
 #: The batch keys that GRPOTrainer's own loss (``_compute_loss``) hands to ``_get_per_token_logps_and_entropies``
 #: besides the token ids: image inputs and their per-sample counts. Every log-prob call here forwards them too, or a
 #: vision-language model would be scored on its text alone.
-MULTIMODAL_KEYS = ("pixel_values", "image_grid_thw", "num_images", "pixel_attention_mask", "spatial_shapes",
-                   "num_tiles", "image_sizes", "token_type_ids", "mm_token_type_ids", "image_position_ids")
+MULTIMODAL_KEYS = (
+    "pixel_values",
+    "image_grid_thw",
+    "num_images",
+    "pixel_attention_mask",
+    "spatial_shapes",
+    "num_tiles",
+    "image_sizes",
+    "token_type_ids",
+    "mm_token_type_ids",
+    "image_position_ids",
+)
 
 _NO_RATIO = "ConSPO scores the current policy directly: it has no importance ratio and no clipping"
 _NO_ADVANTAGE = "ConSPO uses no advantages, only which completions of a group are positive (positive_rule)"
 _NO_KL = "ConSPOTrainer adds no KL term and keeps no reference model (the native trainer's --beta adds a k3 penalty)"
 _LOSS_TYPE_ONLY = "a parameter of one of GRPO's loss_type variants, which ConSPO replaces"
 # Why the entropy bonus is refused rather than added: docs/design.md section 4.
-_NO_ENTROPY = ("it sets TRL's entropy bonus, which ConSPOTrainer does not add: ConSPO's loss and gradient are on "
-               "another scale than GRPO's (docs/design.md section 8), so a coefficient tuned for GRPO would not mean "
-               "the same regularisation, and the combination is untested")
-_NO_VLLM_IS = ("reweights GRPO's per-token loss for the vLLM sampler/trainer mismatch; ConSPO's sequence-level "
-               "contrast has no per-token loss to reweight")
+_NO_ENTROPY = (
+    "it sets TRL's entropy bonus, which ConSPOTrainer does not add: ConSPO's loss and gradient are on "
+    "another scale than GRPO's (docs/design.md section 8), so a coefficient tuned for GRPO would not mean "
+    "the same regularisation, and the combination is untested"
+)
+_NO_VLLM_IS = (
+    "reweights GRPO's per-token loss for the vLLM sampler/trainer mismatch; ConSPO's sequence-level "
+    "contrast has no per-token loss to reweight"
+)
 
 #: GRPOConfig options that only shape GRPO's own loss, and why ConSPOTrainer does not honour them. The one table of
 #: the rule: ``ConSPOConfig.__post_init__`` refuses each option set away from its ConSPOConfig default (every
@@ -114,17 +128,17 @@ GRPO_ONLY_OPTIONS: dict[str, str] = {
     "ref_model_mixup_alpha": "used by sync_ref_model; " + _NO_KL,
     "ref_model_sync_steps": "used by sync_ref_model; " + _NO_KL,
     "loss_type": "selects GRPO's policy loss and its aggregation; ConSPO's loss is the group-wise contrast "
-                 "(mean over valid groups of the mean over positives)",
+    "(mean over valid groups of the mean over positives)",
     "scale_rewards": "scales GRPO's advantages; " + _NO_ADVANTAGE,
     "multi_objective_aggregation": "normalises rewards into GRPO's advantages; ConSPO sums the weighted rewards "
-                                   "(reward_weights) and splits each group by positive_rule",
+    "(reward_weights) and splits each group by positive_rule",
     "off_policy_mask_threshold": "drops negative-advantage sequences far from the sampler; " + _NO_ADVANTAGE,
     "epsilon": "clip range of GRPO's importance ratio; " + _NO_RATIO,
     "epsilon_high": "clip range of GRPO's importance ratio; " + _NO_RATIO,
     "delta": "two-sided clip of GRPO's importance ratio; " + _NO_RATIO,
     "importance_sampling_level": "level of GRPO's importance ratio; " + _NO_RATIO,
     "top_entropy_quantile": "keeps only high-entropy tokens in GRPO's per-token loss; ConSPO's loss is per "
-                            "sequence (a score over all completion tokens)",
+    "sequence (a score over all completion tokens)",
     "sapo_temperature_neg": _LOSS_TYPE_ONLY + " (sapo)",
     "sapo_temperature_pos": _LOSS_TYPE_ONLY + " (sapo)",
     "vespo_k_pos": _LOSS_TYPE_ONLY + " (vespo)",
@@ -156,29 +170,53 @@ class ConSPOConfig(GRPOConfig):
     # GRPOConfig defaults this to True, which would make TRL compute an extra no-grad forward pass for ratios that
     # ConSPO never uses; off here, and refused when on (GRPO_ONLY_OPTIONS).
     vllm_importance_sampling_correction: bool = field(
-        default=False, metadata={"help": "Not supported by ConSPO (GRPO's vLLM importance-sampling correction)."})
+        default=False, metadata={"help": "Not supported by ConSPO (GRPO's vLLM importance-sampling correction)."}
+    )
     tau: float = field(default=0.3, metadata={"help": "ConSPO temperature."})
-    margin_schedule: str = field(default="constant", metadata={"help": f"Margin curriculum: {', '.join(MARGIN_SCHEDULES)}."})
+    margin_schedule: str = field(
+        default="constant", metadata={"help": f"Margin curriculum: {', '.join(MARGIN_SCHEDULES)}."}
+    )
     margin_start: float = field(default=0.0, metadata={"help": "Margin at step 0."})
     margin_end: float = field(default=0.0, metadata={"help": "Margin reached at margin_horizon."})
     margin_horizon: int = field(default=0, metadata={"help": "Optimizer steps to reach margin_end; 0: max_steps."})
-    positive_threshold: float = field(default=0.5, metadata={"help": "positive_rule='threshold': reward >= this is "
-                                                                    "a positive completion."})
-    positive_rule: str = field(default=DEFAULT_POSITIVE_RULE, metadata={
-        "help": "How a group's positives are chosen: 'group_mean' (reward strictly above the group's mean reward: "
-                "for 0/1 rewards the completions scoring 1; works for graded rewards) or 'threshold' (reward at "
-                "least positive_threshold)."})
+    positive_threshold: float = field(
+        default=0.5, metadata={"help": "positive_rule='threshold': reward >= this is a positive completion."}
+    )
+    positive_rule: str = field(
+        default=DEFAULT_POSITIVE_RULE,
+        metadata={
+            "help": "How a group's positives are chosen: 'group_mean' (reward strictly above the group's mean reward: "
+            "for 0/1 rewards the completions scoring 1; works for graded rewards) or 'threshold' (reward at "
+            "least positive_threshold)."
+        },
+    )
     length_normalized_score: bool = field(default=True, metadata={"help": "Score = mean token log-prob (else sum)."})
-    group_mode: str = field(default="auto", metadata={"help": "whole, coefficients, or auto (whole when "
-                                                              "per_device_train_batch_size % num_generations == 0)."})
-    objective: str = field(default="conspo", metadata={
-        "help": "The sequence-score objective: conspo, disco, disco_ratio, real, or one registered with "
-                "conspo.score_objectives.register_score_objective (conspo.score_objectives)."})
-    score_tau: float | None = field(default=None, metadata={
-        "help": "Temperature of a score objective other than conspo (disco, disco_ratio, real); None: its default."})
-    no_valid_group_warn_steps: int = field(default=10, metadata={
-        "help": "Warn when no group has had both a positive and a negative completion (so the loss and its "
-                "gradient are zero) for this many consecutive optimizer steps; 0: never."})
+    group_mode: str = field(
+        default="auto",
+        metadata={
+            "help": "whole, coefficients, or auto (whole when per_device_train_batch_size % num_generations == 0)."
+        },
+    )
+    objective: str = field(
+        default="conspo",
+        metadata={
+            "help": "The sequence-score objective: conspo, disco, disco_ratio, real, or one registered with "
+            "conspo.score_objectives.register_score_objective (conspo.score_objectives)."
+        },
+    )
+    score_tau: float | None = field(
+        default=None,
+        metadata={
+            "help": "Temperature of a score objective other than conspo (disco, disco_ratio, real); None: its default."
+        },
+    )
+    no_valid_group_warn_steps: int = field(
+        default=10,
+        metadata={
+            "help": "Warn when no group has had both a positive and a negative completion (so the loss and its "
+            "gradient are zero) for this many consecutive optimizer steps; 0: never."
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -186,8 +224,10 @@ class ConSPOConfig(GRPOConfig):
         for name, why in GRPO_ONLY_OPTIONS.items():
             value = getattr(self, name)
             if value != defaults[name]:
-                raise ValueError(f"ConSPOConfig.{name}={value!r} is not supported by ConSPOTrainer: {why}. Leave it "
-                                 f"at its default ({defaults[name]!r}), or train with GRPOTrainer.")
+                raise ValueError(
+                    f"ConSPOConfig.{name}={value!r} is not supported by ConSPOTrainer: {why}. Leave it "
+                    f"at its default ({defaults[name]!r}), or train with GRPOTrainer."
+                )
         if not (math.isfinite(self.tau) and self.tau > 0):
             raise ValueError(f"ConSPOConfig.tau must be a finite number > 0, got {self.tau}")
         try:
@@ -198,31 +238,45 @@ class ConSPOConfig(GRPOConfig):
             for name in CONSPO_ONLY_OPTIONS:
                 default = next(f.default for f in fields(ConSPOConfig) if f.name == name)
                 if getattr(self, name) != default:
-                    raise ValueError(f"ConSPOConfig.{name}={getattr(self, name)!r} is a ConSPO option, which objective="
-                                     f"{self.objective!r} does not use: leave it at its default ({default!r})")
+                    raise ValueError(
+                        f"ConSPOConfig.{name}={getattr(self, name)!r} is a ConSPO option, which objective="
+                        f"{self.objective!r} does not use: leave it at its default ({default!r})"
+                    )
         if self.score_tau is not None:
             if self.objective == "conspo" or "tau" not in objective.option_defaults:
-                raise ValueError(f"ConSPOConfig.score_tau={self.score_tau!r} is not used by objective="
-                                 f"{self.objective!r}" + (" (use tau)" if self.objective == "conspo" else "")
-                                 + ": leave it at None")
+                raise ValueError(
+                    f"ConSPOConfig.score_tau={self.score_tau!r} is not used by objective="
+                    f"{self.objective!r}" + (" (use tau)" if self.objective == "conspo" else "") + ": leave it at None"
+                )
             if not (math.isfinite(self.score_tau) and self.score_tau > 0):
                 raise ValueError(f"ConSPOConfig.score_tau must be a finite number > 0, got {self.score_tau}")
         if self.margin_schedule not in MARGIN_SCHEDULES:
-            raise ValueError(f"ConSPOConfig.margin_schedule must be one of {MARGIN_SCHEDULES}, got {self.margin_schedule!r}")
+            raise ValueError(
+                f"ConSPOConfig.margin_schedule must be one of {MARGIN_SCHEDULES}, got {self.margin_schedule!r}"
+            )
         if self.positive_rule not in POSITIVE_RULES:
             raise ValueError(f"ConSPOConfig.positive_rule must be one of {POSITIVE_RULES}, got {self.positive_rule!r}")
         default_threshold = ConSPOConfig.positive_threshold
         if self.positive_rule != "threshold" and self.positive_threshold != default_threshold:
-            raise ValueError(f"ConSPOConfig.positive_threshold={self.positive_threshold!r} is only used by "
-                             f"positive_rule='threshold'; positive_rule={self.positive_rule!r} picks positives by "
-                             f"the group's mean reward: leave positive_threshold at its default ({default_threshold})")
+            raise ValueError(
+                f"ConSPOConfig.positive_threshold={self.positive_threshold!r} is only used by "
+                f"positive_rule='threshold'; positive_rule={self.positive_rule!r} picks positives by "
+                f"the group's mean reward: leave positive_threshold at its default ({default_threshold})"
+            )
         if self.no_valid_group_warn_steps < 0:
-            raise ValueError(f"ConSPOConfig.no_valid_group_warn_steps must be >= 0 (0: never warn), got "
-                             f"{self.no_valid_group_warn_steps}")
+            raise ValueError(
+                f"ConSPOConfig.no_valid_group_warn_steps must be >= 0 (0: never warn), got "
+                f"{self.no_valid_group_warn_steps}"
+            )
         per_device, G = self.per_device_train_batch_size, self.num_generations
         try:
-            resolve_group_mode(self.group_mode, couples_group=True, rows_per_micro_batch=per_device, group_size=G or 1,
-                               in_graph=self.objective == "conspo")
+            resolve_group_mode(
+                self.group_mode,
+                couples_group=True,
+                rows_per_micro_batch=per_device,
+                group_size=G or 1,
+                in_graph=self.objective == "conspo",
+            )
         except ValueError as e:
             if self.group_mode != "whole" or self.objective != "conspo":
                 raise ValueError(f"ConSPOConfig.group_mode: {e}") from None
@@ -252,15 +306,20 @@ class ConSPOTrainer(GRPOTrainer):
             raise TypeError(
                 f"ConSPOTrainer needs args=ConSPOConfig(...), got {type(args).__name__}. ConSPOConfig takes every "
                 "GRPOConfig option plus ConSPO's (tau, margin_*, positive_rule, group_mode, ...): build it with the "
-                "same keyword arguments, e.g. ConSPOConfig(output_dir=..., num_generations=8, tau=0.3).")
+                "same keyword arguments, e.g. ConSPOConfig(output_dir=..., num_generations=8, tau=0.3)."
+            )
         super().__init__(model, reward_funcs, args, *more, **kwargs)
         G = self.num_generations
         if G < 2:
             raise ValueError("ConSPO contrasts completions of the same prompt: num_generations must be >= 2")
         self.score_objective = get_score_objective(self.args.objective)
         self.conspo_group_mode = mode = resolve_group_mode(
-            self.args.group_mode, couples_group=True, rows_per_micro_batch=self.args.per_device_train_batch_size,
-            group_size=G, in_graph=self.args.objective == "conspo")
+            self.args.group_mode,
+            couples_group=True,
+            rows_per_micro_batch=self.args.per_device_train_batch_size,
+            group_size=G,
+            in_graph=self.args.objective == "conspo",
+        )
         gas = self.args.gradient_accumulation_steps
         generate_every = self.args.steps_per_generation * self.num_iterations  # micro-batches per generation batch
         # A generation batch is used at the weights it was scored at iff no optimizer step ends strictly inside it:
@@ -279,14 +338,16 @@ class ConSPOTrainer(GRPOTrainer):
                 f"ConSPOTrainer: objective={self.args.objective!r} with gradient_accumulation_steps={gas} and "
                 f"steps_per_generation * num_iterations={generate_every}: an optimizer step would span several "
                 "generation batches, whose joint normaliser only ConSPO's route knows: set steps_per_generation * "
-                "num_iterations to a multiple of gradient_accumulation_steps (TRL's default).")
+                "num_iterations to a multiple of gradient_accumulation_steps (TRL's default)."
+            )
         if self._conspo_deferred_normaliser and self.is_deepspeed_enabled:
             raise ValueError(
                 f"ConSPOTrainer: with gradient_accumulation_steps={gas} and steps_per_generation * num_iterations="
                 f"{generate_every} an optimizer step spans several generation batches, so its valid groups are known "
                 "only after its last micro-batch, and DeepSpeed steps the optimizer inside that backward pass: set "
                 "steps_per_generation * num_iterations to a multiple of gradient_accumulation_steps (TRL's default "
-                "steps_per_generation is gradient_accumulation_steps).")
+                "steps_per_generation is gradient_accumulation_steps)."
+            )
         if mode == "coefficients" and not self._conspo_exact_coefficients:
             warnings.warn(
                 "ConSPO coefficients are computed once per generation batch (every steps_per_generation * "
@@ -309,8 +370,13 @@ class ConSPOTrainer(GRPOTrainer):
 
     def conspo_margin(self) -> float:
         args = self.args
-        schedule = margin_curriculum(args.margin_schedule, start=args.margin_start, end=args.margin_end,
-                                     horizon=args.margin_horizon, total_steps=self.state.max_steps)
+        schedule = margin_curriculum(
+            args.margin_schedule,
+            start=args.margin_start,
+            end=args.margin_end,
+            horizon=args.margin_horizon,
+            total_steps=self.state.max_steps,
+        )
         return schedule(int(self.state.global_step))
 
     def _group_rule(self) -> dict:
@@ -319,8 +385,12 @@ class ConSPOTrainer(GRPOTrainer):
     def _score_options(self) -> dict:
         """The score objective's keyword options at this step (ConSPO's margin follows its schedule)."""
         if self.args.objective == "conspo":
-            return dict(margin=self.conspo_margin(), tau=self.args.tau,
-                        normalize_by_length=self.args.length_normalized_score, **self._group_rule())
+            return dict(
+                margin=self.conspo_margin(),
+                tau=self.args.tau,
+                normalize_by_length=self.args.length_normalized_score,
+                **self._group_rule(),
+            )
         return {} if self.args.score_tau is None else {"tau": self.args.score_tau}
 
     def _scores(self, logps, mask, old_logps=None) -> torch.Tensor:
@@ -363,8 +433,9 @@ class ConSPOTrainer(GRPOTrainer):
 
     def _watch_for_no_signal(self, all_rewards, all_present) -> None:
         """Count optimizer steps in a row whose generation batch had no valid group, and warn after the limit."""
-        valid = contrastive_sets(torch.nan_to_num(all_rewards), all_present, self.num_generations,
-                                 **self._group_rule())[2]
+        valid = contrastive_sets(
+            torch.nan_to_num(all_rewards), all_present, self.num_generations, **self._group_rule()
+        )[2]
         generate_every = self.args.steps_per_generation * self.num_iterations
         steps = generate_every / self.args.gradient_accumulation_steps  # optimizer steps this batch feeds (or a part)
         message = self._conspo_no_signal.update(bool(valid.any()), all_rewards, steps)
@@ -372,14 +443,21 @@ class ConSPOTrainer(GRPOTrainer):
             warnings.warn(message, stacklevel=2)
         if len(self.reward_funcs) > 1:  # one reward: the warning above is that reward's
             if self._conspo_silent_rewards is None:
-                self._conspo_silent_rewards = SilentRewardWatch(self.reward_func_names,
-                                                                after=self.args.no_valid_group_warn_steps)
+                self._conspo_silent_rewards = SilentRewardWatch(
+                    self.reward_func_names, after=self.args.no_valid_group_warn_steps
+                )
             for message in self._conspo_silent_rewards.update(
-                    self._conspo_rewards_per_func.double().cpu(), all_present.cpu(), self.num_generations,
-                    weights=self.reward_weights.double().cpu(), **self._group_rule()):
+                self._conspo_rewards_per_func.double().cpu(),
+                all_present.cpu(),
+                self.num_generations,
+                weights=self.reward_weights.double().cpu(),
+                **self._group_rule(),
+            ):
                 if self.accelerator.is_main_process:
-                    warnings.warn(f"ConSPO: {message.removeprefix('WARNING ')} (this warning: no_valid_group_warn_steps)",
-                                  stacklevel=2)
+                    warnings.warn(
+                        f"ConSPO: {message.removeprefix('WARNING ')} (this warning: no_valid_group_warn_steps)",
+                        stacklevel=2,
+                    )
 
     @torch.no_grad()
     def _global_coefficients(self, output, all_rewards, rows, all_present) -> torch.Tensor:
@@ -388,14 +466,20 @@ class ConSPOTrainer(GRPOTrainer):
             input_ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
             attention = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
             logps, _, _ = self._get_per_token_logps_and_entropies(
-                self.model, input_ids, attention, output["completion_ids"].size(1),
-                batch_size=self.args.per_device_train_batch_size, **self._multimodal_inputs(output))
+                self.model,
+                input_ids,
+                attention,
+                output["completion_ids"].size(1),
+                batch_size=self.args.per_device_train_batch_size,
+                **self._multimodal_inputs(output),
+            )
         mask = self._loss_mask(output)
         scores = self._scores(logps, mask)  # scored at the sampling weights: ratio scores are at 0 (or 1) here
         all_scores = self.accelerator.gather(scores)
         rewards = torch.nan_to_num(all_rewards, nan=0.0).to(all_scores.dtype)
-        coefficients, metrics = score_coefficients(self.score_objective, all_scores, rewards, all_present,
-                                                   self.num_generations, **self._score_options())
+        coefficients, metrics = score_coefficients(
+            self.score_objective, all_scores, rewards, all_present, self.num_generations, **self._score_options()
+        )
         for name, value in metrics.items():
             self._metrics["train"][name].append(value)
         self._conspo_scored_step = self.state.global_step
@@ -449,9 +533,13 @@ class ConSPOTrainer(GRPOTrainer):
                 merged[key] = [value[i] for i in order.tolist()]
         regrouped = [unsplit_pixel_values_by_grid(s) for s in split_tensor_dict(merged, self.args.steps_per_generation)]
         counts = torch.tensor(
-            [count_valid_groups(self._loss_mask(s), torch.nan_to_num(s["conspo_rewards"]), G, **self._group_rule())
-             for s in regrouped],
-            device=merged["conspo_row"].device, dtype=torch.float32)
+            [
+                count_valid_groups(self._loss_mask(s), torch.nan_to_num(s["conspo_rewards"]), G, **self._group_rule())
+                for s in regrouped
+            ],
+            device=merged["conspo_row"].device,
+            dtype=torch.float32,
+        )
         self._conspo_valid_counts = self.accelerator.reduce(counts, reduction="sum")
         return regrouped
 
@@ -466,8 +554,13 @@ class ConSPOTrainer(GRPOTrainer):
         attention = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
         # aux_loss_enabled / router_aux_loss_coef are resolved by GRPOTrainer from the model and router_aux_loss_coef
         logps, _, aux_loss = self._get_per_token_logps_and_entropies(
-            model, input_ids, attention, inputs["completion_ids"].size(1), compute_aux_loss=self.aux_loss_enabled,
-            **self._multimodal_inputs(inputs))
+            model,
+            input_ids,
+            attention,
+            inputs["completion_ids"].size(1),
+            compute_aux_loss=self.aux_loss_enabled,
+            **self._multimodal_inputs(inputs),
+        )
         mask = self._loss_mask(inputs)
         mode = "train" if self.model.training else "eval"
         loss = self._train_loss(logps, mask, inputs) if mode == "train" else self._eval_loss(logps, mask, inputs)
@@ -488,9 +581,16 @@ class ConSPOTrainer(GRPOTrainer):
             self._metrics["train"]["conspo/coef_staleness_steps"].append(float(staleness))
             return coefficient_surrogate(inputs["conspo_coef"], scores) * world
         rewards = torch.nan_to_num(inputs["conspo_rewards"]).to(logps.dtype)
-        loss, metrics = conspo_loss(logps, mask, rewards, self.num_generations, margin=self.conspo_margin(),
-                                    tau=self.args.tau, normalize_by_length=self.args.length_normalized_score,
-                                    **self._group_rule())
+        loss, metrics = conspo_loss(
+            logps,
+            mask,
+            rewards,
+            self.num_generations,
+            margin=self.conspo_margin(),
+            tau=self.args.tau,
+            normalize_by_length=self.args.length_normalized_score,
+            **self._group_rule(),
+        )
         for name, value in metrics.items():
             self._metrics["train"][name].append(value)
         # weight = this slice's valid groups / all valid groups of the optimizer step (every process)
@@ -535,12 +635,16 @@ class ConSPOTrainer(GRPOTrainer):
         all_present = self.accelerator.gather(mask.bool().any(dim=1))[order]
         all_rewards = self.accelerator.gather(torch.nan_to_num(inputs["conspo_rewards"]))[order]
         if all_scores.shape[0] % G:
-            warnings.warn(f"eval batch of {all_scores.shape[0]} completions is not a whole number of groups of "
-                          f"num_generations_eval={G}; its ConSPO loss is reported as 0 (make the eval batch size a "
-                          "multiple of num_generations_eval)", stacklevel=2)
+            warnings.warn(
+                f"eval batch of {all_scores.shape[0]} completions is not a whole number of groups of "
+                f"num_generations_eval={G}; its ConSPO loss is reported as 0 (make the eval batch size a "
+                "multiple of num_generations_eval)",
+                stacklevel=2,
+            )
             return logps.sum() * 0.0
-        loss, metrics = self.score_objective.loss(all_scores, all_rewards.to(all_scores.dtype), all_present, G,
-                                                  **self._score_options())
+        loss, metrics = self.score_objective.loss(
+            all_scores, all_rewards.to(all_scores.dtype), all_present, G, **self._score_options()
+        )
         for name, value in metrics.items():
             self._metrics["eval"][name].append(value)
         return loss
@@ -551,8 +655,16 @@ ScoreObjectiveConfig = ConSPOConfig
 ScoreObjectiveTrainer = ConSPOTrainer
 
 #: ConSPOConfig options that only ConSPO uses: refused away from their defaults under another objective.
-CONSPO_ONLY_OPTIONS = ("tau", "margin_schedule", "margin_start", "margin_end", "margin_horizon", "positive_threshold",
-                       "positive_rule", "length_normalized_score")
+CONSPO_ONLY_OPTIONS = (
+    "tau",
+    "margin_schedule",
+    "margin_start",
+    "margin_end",
+    "margin_horizon",
+    "positive_threshold",
+    "positive_rule",
+    "length_normalized_score",
+)
 
 
 class _NoSignalWatch:
@@ -581,18 +693,26 @@ class _NoSignalWatch:
         threshold = self.args.positive_threshold
         rule = self.args.positive_rule
         if rule == "threshold" and not self.low < threshold <= self.high:
-            fix = (f"with positive_rule='threshold' a completion is positive when its reward is at least "
-                   f"positive_threshold={threshold:g}, which no reward seen crosses: set positive_threshold inside "
-                   "the range of your rewards, or use positive_rule='group_mean' for graded rewards")
+            fix = (
+                f"with positive_rule='threshold' a completion is positive when its reward is at least "
+                f"positive_threshold={threshold:g}, which no reward seen crosses: set positive_threshold inside "
+                "the range of your rewards, or use positive_rule='group_mean' for graded rewards"
+            )
         elif rule == "threshold":
-            fix = (f"under positive_rule={rule!r} every group's completions were all positive or all negative: sample "
-                   "more diverse completions (num_generations, temperature), or use a reward that separates them "
-                   "(positive_rule='group_mean' for graded rewards)")
+            fix = (
+                f"under positive_rule={rule!r} every group's completions were all positive or all negative: sample "
+                "more diverse completions (num_generations, temperature), or use a reward that separates them "
+                "(positive_rule='group_mean' for graded rewards)"
+            )
         else:
-            fix = (f"under positive_rule={rule!r} every group's completions had equal rewards (a positive must score "
-                   "above its group's mean): sample more diverse completions (num_generations, temperature), or use "
-                   "a reward that separates them")
+            fix = (
+                f"under positive_rule={rule!r} every group's completions had equal rewards (a positive must score "
+                "above its group's mean): sample more diverse completions (num_generations, temperature), or use "
+                "a reward that separates them"
+            )
         steps = f"{self.steps:g} consecutive optimizer step" + ("s" if self.steps != 1 else "")
-        return (f"ConSPO: no group has had both a positive and a negative completion for {steps}, so the loss and "
-                f"its gradient are zero. Rewards seen in these steps: {seen}; {fix}. (This warning: "
-                "no_valid_group_warn_steps.)")
+        return (
+            f"ConSPO: no group has had both a positive and a negative completion for {steps}, so the loss and "
+            f"its gradient are zero. Rewards seen in these steps: {seen}; {fix}. (This warning: "
+            "no_valid_group_warn_steps.)"
+        )

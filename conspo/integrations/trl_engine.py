@@ -27,14 +27,21 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from conspo.checkpoint import fsync_file, list_checkpoints, load_optimizer_file, load_rng_file, save_optimizer_file, save_rng_file, write_json
+from conspo.checkpoint import (
+    fsync_file,
+    list_checkpoints,
+    load_optimizer_file,
+    load_rng_file,
+    save_optimizer_file,
+    save_rng_file,
+    write_json,
+)
 from conspo.config import TrainConfig
 from conspo.errors import ConfigError, Interrupted
 from conspo.heldout import evaluate_greedy
 from conspo.objectives import get_objective
 from conspo.reporting import MetricsWriter
 from conspo.rollout import with_bos
-from conspo.tasks import run_rewards
 from conspo.run import (
     StopRequest,
     checkpoint_to_resume,
@@ -48,7 +55,7 @@ from conspo.run import (
     resolved_settings,
     write_config,
 )
-
+from conspo.tasks import run_rewards
 
 #: TRL's loss_type and options for each baseline objective; clip ranges come from the objective's own
 #: defaults in conspo.objectives (one place), overridden by --eps-low / --eps-high.
@@ -74,38 +81,74 @@ def trl_arguments(cfg: TrainConfig, *, max_new_tokens: int, output_dir: str, use
     dtype = dtype or torch.float32
     bf16 = dtype == torch.bfloat16 or compute_dtype(cfg, torch.device("cpu" if use_cpu else "cuda"), dtype) is not None
     args = dict(
-        output_dir=output_dir, per_device_train_batch_size=cfg.prompts_per_step * cfg.group_size,
-        gradient_accumulation_steps=1, num_generations=cfg.group_size, max_completion_length=max_new_tokens,
-        max_steps=cfg.steps, learning_rate=cfg.lr, warmup_steps=cfg.lr_warmup_steps,
-        lr_scheduler_type="constant_with_warmup", weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
-        temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed, logging_steps=1,
-        save_strategy="no", save_total_limit=None,  # checkpoints are asked for and rotated by CheckpointCallback
-        report_to=cfg.reporters() or [], use_cpu=use_cpu, bf16=bf16,
-        gradient_checkpointing=cfg.gradient_checkpointing, disable_tqdm=not cfg.progress,
+        output_dir=output_dir,
+        per_device_train_batch_size=cfg.prompts_per_step * cfg.group_size,
+        gradient_accumulation_steps=1,
+        num_generations=cfg.group_size,
+        max_completion_length=max_new_tokens,
+        max_steps=cfg.steps,
+        learning_rate=cfg.lr,
+        warmup_steps=cfg.lr_warmup_steps,
+        lr_scheduler_type="constant_with_warmup",
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        seed=cfg.seed,
+        logging_steps=1,
+        save_strategy="no",
+        save_total_limit=None,  # checkpoints are asked for and rotated by CheckpointCallback
+        report_to=cfg.reporters() or [],
+        use_cpu=use_cpu,
+        bf16=bf16,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        disable_tqdm=not cfg.progress,
         num_iterations=cfg.updates_per_batch,
         # vLLM: TRL's own options under the same names; TRL reads each only in its mode (validate() refuses the rest)
-        use_vllm=cfg.vllm_mode != "none", vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
-        vllm_tensor_parallel_size=cfg.vllm_tensor_parallel_size, vllm_server_host=cfg.vllm_server_host,
+        use_vllm=cfg.vllm_mode != "none",
+        vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+        vllm_tensor_parallel_size=cfg.vllm_tensor_parallel_size,
+        vllm_server_host=cfg.vllm_server_host,
         vllm_server_port=cfg.vllm_server_port,
         **({"vllm_mode": cfg.vllm_mode} if cfg.vllm_mode != "none" else {}),
         mask_truncated_completions=cfg.mask_truncated,  # the same masking as mask_truncated_rows (tested)
         # TRL sums the reward functions of trl_reward_functions with these weights: the rewards + factor * penalty
-        **({"reward_weights": [*reward_weights(cfg), *([cfg.overlong_penalty_factor] if cfg.overlong_buffer else [])]}
-           if cfg.overlong_buffer or cfg.reward_weights else {}),
+        **(
+            {"reward_weights": [*reward_weights(cfg), *([cfg.overlong_penalty_factor] if cfg.overlong_buffer else [])]}
+            if cfg.overlong_buffer or cfg.reward_weights
+            else {}
+        ),
     )
     if get_objective(cfg.objective).score_objective and cfg.objective != "conspo":  # DisCO, REAL, your own
-        return {**args, "beta": 0.0, "objective": cfg.objective, "score_tau": cfg.score_tau or None,
-                "group_mode": cfg.group_mode}
+        return {
+            **args,
+            "beta": 0.0,
+            "objective": cfg.objective,
+            "score_tau": cfg.score_tau or None,
+            "group_mode": cfg.group_mode,
+        }
     if cfg.objective == "conspo":
-        return {**args, "beta": 0.0, "tau": cfg.tau, "margin_schedule": cfg.margin_schedule,
-                "margin_start": cfg.margin_start, "margin_end": cfg.margin_end, "margin_horizon": cfg.margin_horizon,
-                "positive_threshold": cfg.positive_threshold, "positive_rule": cfg.positive_rule,
-                "length_normalized_score": cfg.score == "mean",
-                "group_mode": cfg.group_mode}
+        return {
+            **args,
+            "beta": 0.0,
+            "tau": cfg.tau,
+            "margin_schedule": cfg.margin_schedule,
+            "margin_start": cfg.margin_start,
+            "margin_end": cfg.margin_end,
+            "margin_horizon": cfg.margin_horizon,
+            "positive_threshold": cfg.positive_threshold,
+            "positive_rule": cfg.positive_rule,
+            "length_normalized_score": cfg.score == "mean",
+            "group_mode": cfg.group_mode,
+        }
     clip = get_objective(cfg.objective).option_defaults
-    return {**args, "beta": cfg.beta, **TRL_LOSS_OPTIONS[cfg.objective],
-            "epsilon": clip["eps_low"] if cfg.eps_low is None else cfg.eps_low,
-            "epsilon_high": clip["eps_high"] if cfg.eps_high is None else cfg.eps_high}
+    return {
+        **args,
+        "beta": cfg.beta,
+        **TRL_LOSS_OPTIONS[cfg.objective],
+        "epsilon": clip["eps_low"] if cfg.eps_low is None else cfg.eps_low,
+        "epsilon_high": clip["eps_high"] if cfg.eps_high is None else cfg.eps_high,
+    }
 
 
 def unwrap(model):
@@ -128,11 +171,14 @@ def use_conspo_sampler(model, tokenizer, task):
 
     stop = stop_rule(unwrap(model).generation_config, tokenizer, tuple(getattr(task, "stop_strings", ())))
     if stop.strings:
-        raise ConfigError(f"--engine trl cannot stop generation at a string ({list(stop.strings)!r}, the prompt template's "
-                          "end of line without a chat template): use --engine native, or a template that ends at EOS")
+        raise ConfigError(
+            f"--engine trl cannot stop generation at a string ({list(stop.strings)!r}, the prompt template's "
+            "end of line without a chat template): use --engine native, or a template that ends at EOS"
+        )
     own = unwrap(model).generation_config
-    unwrap(model).generation_config = GenerationConfig(eos_token_id=list(stop.token_ids), pad_token_id=tokenizer.pad_token_id,
-                                                       bos_token_id=tokenizer.bos_token_id)
+    unwrap(model).generation_config = GenerationConfig(
+        eos_token_id=list(stop.token_ids), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id
+    )
     return own, stop
 
 
@@ -150,8 +196,10 @@ def trl_reward_functions(cfg: TrainConfig, task_reward, *, max_new_tokens: int) 
         return rewards
     from trl.rewards import get_soft_overlong_punishment
 
-    return [*rewards, get_soft_overlong_punishment(max_completion_len=max_new_tokens,
-                                                   soft_punish_cache=cfg.overlong_buffer)]
+    return [
+        *rewards,
+        get_soft_overlong_punishment(max_completion_len=max_new_tokens, soft_punish_cache=cfg.overlong_buffer),
+    ]
 
 
 def trl_peft_config(cfg: TrainConfig):
@@ -160,8 +208,9 @@ def trl_peft_config(cfg: TrainConfig):
         return None
     from conspo.models import lora_config
 
-    return lora_config(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-                       target_modules=cfg.lora_target_modules)
+    return lora_config(
+        r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, target_modules=cfg.lora_target_modules
+    )
 
 
 #: The files of one process's random states and of the optimizer in a TRL checkpoint (conspo.checkpoint formats).
@@ -205,7 +254,8 @@ def with_safetensors_checkpoints(trainer_class):
         def _save_rng_state(self, output_dir: str) -> None:
             os.makedirs(output_dir, exist_ok=True)  # another process may not have created it yet
             save_rng_file(Path(output_dir) / rng_file_name(self.args.process_index))
-            self.accelerator.wait_for_everyone()  # every process's file is written before the checkpoint is marked complete
+            # every process's file is written before the checkpoint is marked complete
+            self.accelerator.wait_for_everyone()
 
         def _load_rng_state(self, checkpoint: str | None) -> None:
             if checkpoint is not None:
@@ -220,7 +270,9 @@ def with_safetensors_checkpoints(trainer_class):
         def create_model_card(self, *args, **kwargs) -> None:
             """TRL writes a hub model card (README.md) into the run directory at each save: not wanted there."""
 
-    SafetensorsCheckpoints.__name__ = SafetensorsCheckpoints.__qualname__ = f"SafetensorsCheckpoints{trainer_class.__name__}"
+    SafetensorsCheckpoints.__name__ = SafetensorsCheckpoints.__qualname__ = (
+        f"SafetensorsCheckpoints{trainer_class.__name__}"
+    )
     return SafetensorsCheckpoints
 
 
@@ -253,8 +305,17 @@ class CheckpointCallback(TrainerCallback):
             if path.is_file():
                 fsync_file(path)
         wall = self.state["wall_seconds"] + time.time() - self.started
-        write_json(checkpoint / "state.json", {"step": state.global_step, "engine": "trl", "config": asdict(self.cfg),
-                                               **self.state, "wall_seconds": wall, "skipped_steps": 0})
+        write_json(
+            checkpoint / "state.json",
+            {
+                "step": state.global_step,
+                "engine": "trl",
+                "config": asdict(self.cfg),
+                **self.state,
+                "wall_seconds": wall,
+                "skipped_steps": 0,
+            },
+        )
         complete = list_checkpoints(self.run_dir)
         for old in complete[: -self.cfg.keep_checkpoints] if self.cfg.keep_checkpoints > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
@@ -312,7 +373,9 @@ def run_trl_training(cfg: TrainConfig, *, log=print) -> dict:
     processes = PartialState(cpu=device.type == "cpu")  # the same choice as TRL's use_cpu below
     main = processes.is_main_process
     if processes.num_processes > 1 and not cfg.output_dir:
-        raise ConfigError(f"{processes.num_processes} processes: pass --output-dir so that all of them use the same run directory")
+        raise ConfigError(
+            f"{processes.num_processes} processes: pass --output-dir so that all of them use the same run directory"
+        )
     if main:
         run_dir = prepare_run_dir(cfg, log=log)
     processes.wait_for_everyone()
@@ -337,8 +400,14 @@ def run_trl_training(cfg: TrainConfig, *, log=print) -> dict:
             log(f"resumed from {checkpoint} at step {start_step}")
     elif main:
         run_state["heldout_accuracy_before"] = evaluate_greedy(
-            model, tokenizer, task, heldout, max_new_tokens=max_new_tokens, rewards=rewards,
-            positive_threshold=cfg.positive_threshold)[0].accuracy
+            model,
+            tokenizer,
+            task,
+            heldout,
+            max_new_tokens=max_new_tokens,
+            rewards=rewards,
+            positive_threshold=cfg.positive_threshold,
+        )[0].accuracy
     if main:
         write_config(run_dir, cfg, resolved_settings(cfg, model, tokenizer, task, device, dtype, max_new_tokens))
     model_generation_config, stop = use_conspo_sampler(model, tokenizer, task)  # after resolved_settings has read it
@@ -354,8 +423,13 @@ def run_trl_training(cfg: TrainConfig, *, log=print) -> dict:
                 row["prompt"] = with_bos(tokenizer, [row["prompt"]])[0]
         dataset = Dataset.from_list(rows)
     elif cfg.reward:  # a built-in task's prompts scored by your rewards: its columns are id and answer
-        dataset = Dataset.from_dict({"prompt": list(problems), "id": [p.id for p in problems.values()],
-                                     "answer": [p.answer for p in problems.values()]})
+        dataset = Dataset.from_dict(
+            {
+                "prompt": list(problems),
+                "id": [p.id for p in problems.values()],
+                "answer": [p.answer for p in problems.values()],
+            }
+        )
     else:
         dataset = Dataset.from_dict({"prompt": list(problems)})
 
@@ -363,17 +437,25 @@ def run_trl_training(cfg: TrainConfig, *, log=print) -> dict:
         return task.score([problems[p] for p in prompts], completions)
 
     reward_funcs = trl_reward_functions(cfg, rewards.funcs if rewards else task_reward, max_new_tokens=max_new_tokens)
-    kwargs = trl_arguments(cfg, max_new_tokens=max_new_tokens, output_dir=str(run_dir),
-                           use_cpu=device.type == "cpu", dtype=dtype)
+    kwargs = trl_arguments(
+        cfg, max_new_tokens=max_new_tokens, output_dir=str(run_dir), use_cpu=device.type == "cpu", dtype=dtype
+    )
     if cfg.vllm_mode != "none":  # vLLM stops at the model's EOS only: the turn markers too, as with transformers
         kwargs["generation_kwargs"] = {"stop_token_ids": list(stop.token_ids)}
 
     writer = MetricsWriter(run_dir, [], asdict(cfg), resume_step=start_step if cfg.resume else None) if main else None
     if main and not cfg.resume:
         writer.write(0, {"heldout/accuracy": run_state["heldout_accuracy_before"]})
-    renames = {"reward": "reward/mean", "reward_std": "reward/std", "loss": "objective/loss", "grad_norm": "objective/grad_norm",
-               "step_time": "time/step_s", "learning_rate": "train/lr", "completions/clipped_ratio": "gen/truncated_frac",
-               "completions/mean_length": "gen/completion_len_mean"}
+    renames = {
+        "reward": "reward/mean",
+        "reward_std": "reward/std",
+        "loss": "objective/loss",
+        "grad_norm": "objective/grad_norm",
+        "step_time": "time/step_s",
+        "learning_rate": "train/lr",
+        "completions/clipped_ratio": "gen/truncated_frac",
+        "completions/mean_length": "gen/completion_len_mean",
+    }
 
     class Mirror(TrainerCallback):
         """Held-out evaluation every eval_every steps, and TRL's logs into our metrics.jsonl."""
@@ -390,8 +472,15 @@ def run_trl_training(cfg: TrainConfig, *, log=print) -> dict:
                 metrics["gen/masked_truncated_frac"] = metrics["gen/truncated_frac"]
             step = state.global_step
             if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
-                result, _ = evaluate_greedy(trainer.model, tokenizer, task, heldout, max_new_tokens=max_new_tokens,
-                                            rewards=rewards, positive_threshold=cfg.positive_threshold)
+                result, _ = evaluate_greedy(
+                    trainer.model,
+                    tokenizer,
+                    task,
+                    heldout,
+                    max_new_tokens=max_new_tokens,
+                    rewards=rewards,
+                    positive_threshold=cfg.positive_threshold,
+                )
                 metrics.update({"heldout/accuracy": result.accuracy, **result.reward_metrics})
             writer.write(step, metrics)
 
@@ -401,8 +490,13 @@ def run_trl_training(cfg: TrainConfig, *, log=print) -> dict:
         def on_train_begin(self, args, state, control, **kwargs):
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=cfg.steps, desc=f"{cfg.objective} (trl)", unit="step",
-                            disable=not (cfg.progress and main), dynamic_ncols=True)
+            self.bar = tqdm(
+                total=cfg.steps,
+                desc=f"{cfg.objective} (trl)",
+                unit="step",
+                disable=not (cfg.progress and main),
+                dynamic_ncols=True,
+            )
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "reward" in logs:
@@ -416,13 +510,22 @@ def run_trl_training(cfg: TrainConfig, *, log=print) -> dict:
         # TRL/transformers deprecation notices about options this adapter sets on the user's behalf
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
-        args, trainer_class = ((ConSPOConfig(**kwargs), ConSPOTrainer) if get_objective(cfg.objective).score_objective else
-                               (GRPOConfig(**kwargs), GRPOTrainer))
+        args, trainer_class = (
+            (ConSPOConfig(**kwargs), ConSPOTrainer)
+            if get_objective(cfg.objective).score_objective
+            else (GRPOConfig(**kwargs), GRPOTrainer)
+        )
         with StopRequest(log) as stop:  # Ctrl-C: finish the step, checkpoint, stop
             checkpoints = CheckpointCallback(cfg, run_dir, main=main, start_step=start_step, stop=stop, state=run_state)
             trainer = with_safetensors_checkpoints(trainer_class)(
-                model=model, reward_funcs=reward_funcs, args=args, processing_class=tokenizer, train_dataset=dataset,
-                callbacks=[Mirror(), Progress(), checkpoints], peft_config=trl_peft_config(cfg))
+                model=model,
+                reward_funcs=reward_funcs,
+                args=args,
+                processing_class=tokenizer,
+                train_dataset=dataset,
+                callbacks=[Mirror(), Progress(), checkpoints],
+                peft_config=trl_peft_config(cfg),
+            )
             for printer in (PrinterCallback, ProgressCallback):  # they print every log dict; Progress replaces them
                 trainer.remove_callback(printer)
             trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -430,8 +533,10 @@ def run_trl_training(cfg: TrainConfig, *, log=print) -> dict:
     if main:
         writer.close()
     if checkpoints.stopped_at is not None:
-        where = (f"step {checkpoints.stopped_at} of {cfg.steps}; checkpoint-{checkpoints.stopped_at} saved; "
-                 f"continue with: conspo train --resume {run_dir}")
+        where = (
+            f"step {checkpoints.stopped_at} of {cfg.steps}; checkpoint-{checkpoints.stopped_at} saved; "
+            f"continue with: conspo train --resume {run_dir}"
+        )
         if stop.requested:
             raise Interrupted(f"interrupted after {where}")
         if main:
@@ -441,5 +546,15 @@ def run_trl_training(cfg: TrainConfig, *, log=print) -> dict:
         return {"objective": cfg.objective, "steps": cfg.steps, "main_process": False}
     for m in {trainer.model, unwrap(trainer.model)}:  # final/ keeps the model's own generation config
         m.generation_config = model_generation_config
-    return finish_run(cfg, run_dir, trainer.model, tokenizer, accuracy_before=run_state["heldout_accuracy_before"],
-                      wall=wall, skipped_steps=0, engine="trl", log=log, run_id=run_state["run_id"])
+    return finish_run(
+        cfg,
+        run_dir,
+        trainer.model,
+        tokenizer,
+        accuracy_before=run_state["heldout_accuracy_before"],
+        wall=wall,
+        skipped_steps=0,
+        engine="trl",
+        log=log,
+        run_id=run_state["run_id"],
+    )

@@ -71,8 +71,8 @@ except ImportError as e:  # pragma: no cover - exercised only without verl
     raise ImportError("conspo.integrations.verl needs verl: pip install 'conspo[verl]' (verl==0.9.1)") from e
 
 from conspo.objectives import DEFAULT_POSITIVE_RULE, POSITIVE_RULES, coefficient_surrogate
-from conspo.score_objectives import get_score_objective, score_coefficients, sequence_score
 from conspo.schedules import MARGIN_SCHEDULES, margin_curriculum
+from conspo.score_objectives import get_score_objective, score_coefficients, sequence_score
 
 SUPPORTED_VERL_VERSIONS = ("0.9.",)
 if not verl.__version__.startswith(SUPPORTED_VERL_VERSIONS):
@@ -125,31 +125,55 @@ class ConSPOPolicyLossConfig(PolicyLossConfig):
             raise ValueError(f"policy_loss.objective: {e}") from None
         if self.objective != "conspo":
             defaults = ConSPOPolicyLossConfig.__dataclass_fields__
-            for name in ("tau", "margin_schedule", "margin_start", "margin_end", "margin_horizon",
-                         "positive_threshold", "positive_rule", "length_normalized_score"):
+            for name in (
+                "tau",
+                "margin_schedule",
+                "margin_start",
+                "margin_end",
+                "margin_horizon",
+                "positive_threshold",
+                "positive_rule",
+                "length_normalized_score",
+            ):
                 if getattr(self, name) != defaults[name].default:
-                    raise ValueError(f"policy_loss.{name}={getattr(self, name)!r} is a ConSPO option, which objective="
-                                     f"{self.objective} does not use: leave it at its default")
-        if self.score_tau is not None and (self.objective == "conspo" or "tau" not in objective.option_defaults
-                                           or not self.score_tau > 0):
-            raise ValueError(f"policy_loss.score_tau={self.score_tau!r}: must be > 0 and is only used by an objective "
-                             "other than conspo that takes a tau (use policy_loss.tau for conspo)")
+                    raise ValueError(
+                        f"policy_loss.{name}={getattr(self, name)!r} is a ConSPO option, which objective="
+                        f"{self.objective} does not use: leave it at its default"
+                    )
+        if self.score_tau is not None and (
+            self.objective == "conspo" or "tau" not in objective.option_defaults or not self.score_tau > 0
+        ):
+            raise ValueError(
+                f"policy_loss.score_tau={self.score_tau!r}: must be > 0 and is only used by an objective "
+                "other than conspo that takes a tau (use policy_loss.tau for conspo)"
+            )
         if self.margin_schedule not in MARGIN_SCHEDULES:
-            raise ValueError(f"policy_loss.margin_schedule must be one of {MARGIN_SCHEDULES}, got {self.margin_schedule!r}")
+            raise ValueError(
+                f"policy_loss.margin_schedule must be one of {MARGIN_SCHEDULES}, got {self.margin_schedule!r}"
+            )
         if self.margin_horizon < 0:
-            raise ValueError(f"policy_loss.margin_horizon must be >= 0 (0: total training steps), got {self.margin_horizon}")
+            raise ValueError(
+                f"policy_loss.margin_horizon must be >= 0 (0: total training steps), got {self.margin_horizon}"
+            )
         if self.positive_rule not in POSITIVE_RULES:
             raise ValueError(f"policy_loss.positive_rule must be one of {POSITIVE_RULES}, got {self.positive_rule!r}")
         if self.positive_rule != "threshold" and self.positive_threshold != 0.5:
-            raise ValueError(f"policy_loss.positive_threshold={self.positive_threshold!r} is only used by "
-                             f"positive_rule=threshold; positive_rule={self.positive_rule} picks positives by the "
-                             "group's mean reward: add policy_loss.positive_rule=threshold, or leave the threshold at 0.5")
+            raise ValueError(
+                f"policy_loss.positive_threshold={self.positive_threshold!r} is only used by "
+                f"positive_rule=threshold; positive_rule={self.positive_rule} picks positives by the "
+                "group's mean reward: add policy_loss.positive_rule=threshold, or leave the threshold at 0.5"
+            )
 
     def score_options(self, margin: float = 0.0) -> dict:
         """The score objective's keyword options (ConSPO's at this ``margin``)."""
         if self.objective == "conspo":
-            return dict(margin=margin, tau=self.tau, positive_threshold=self.positive_threshold,
-                        positive_rule=self.positive_rule, normalize_by_length=self.length_normalized_score)
+            return dict(
+                margin=margin,
+                tau=self.tau,
+                positive_threshold=self.positive_threshold,
+                positive_rule=self.positive_rule,
+                normalize_by_length=self.length_normalized_score,
+            )
         return {} if self.score_tau is None else {"tau": self.score_tau}
 
     def scores(self, log_prob: torch.Tensor, old_log_prob: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -159,8 +183,13 @@ class ConSPOPolicyLossConfig(PolicyLossConfig):
 
     def margin(self, completed_steps: int, total_steps: int) -> float:
         """Margin for a batch trained after ``completed_steps`` verl training steps."""
-        schedule = margin_curriculum(self.margin_schedule, start=self.margin_start, end=self.margin_end,
-                                     horizon=self.margin_horizon, total_steps=total_steps)
+        schedule = margin_curriculum(
+            self.margin_schedule,
+            start=self.margin_start,
+            end=self.margin_end,
+            horizon=self.margin_horizon,
+            total_steps=total_steps,
+        )
         return schedule(max(int(completed_steps), 0))
 
 
@@ -211,8 +240,17 @@ def conspo_batch_coefficients(
     positive_rule: str = DEFAULT_POSITIVE_RULE,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """ConSPO's ``score_batch_coefficients``."""
-    return score_batch_coefficients(scores, rewards, present, index, objective="conspo", margin=margin, tau=tau,
-                                    positive_threshold=positive_threshold, positive_rule=positive_rule)
+    return score_batch_coefficients(
+        scores,
+        rewards,
+        present,
+        index,
+        objective="conspo",
+        margin=margin,
+        tau=tau,
+        positive_threshold=positive_threshold,
+        positive_rule=positive_rule,
+    )
 
 
 def score_batch_coefficients(
@@ -274,9 +312,9 @@ def compute_conspo_outcome_advantage(
     mask = response_mask.bool()
     scores = loss_config.scores(old_log_probs, old_log_probs, mask)  # at the weights the update starts from
     rewards = token_level_rewards.sum(dim=-1)
-    coef, batch_metrics = score_batch_coefficients(scores, rewards, mask.any(dim=-1), index,
-                                                   objective=loss_config.objective,
-                                                   **loss_config.score_options(margin))
+    coef, batch_metrics = score_batch_coefficients(
+        scores, rewards, mask.any(dim=-1), index, objective=loss_config.objective, **loss_config.score_options(margin)
+    )
     if metrics is not None:
         metrics.update(batch_metrics)
     advantages = coef[:, None].to(old_log_probs.dtype) * mask.to(old_log_probs.dtype)
@@ -401,23 +439,33 @@ def check_config(config) -> list[str]:
             "not read: set actor_rollout_ref.actor.policy_loss._target_=conspo.integrations.verl.ConSPOPolicyLossConfig"
         )
     if not _get(config, "trainer.use_v1", True):
-        errors.append(f"the legacy trainer (trainer.use_v1=False) is not supported: set trainer.use_v1=True "
-                      f"trainer.v1.trainer_mode={TRAINER_MODE}")
+        errors.append(
+            f"the legacy trainer (trainer.use_v1=False) is not supported: set trainer.use_v1=True "
+            f"trainer.v1.trainer_mode={TRAINER_MODE}"
+        )
     mode = _get(config, "trainer.v1.trainer_mode", "sync")
     if mode != TRAINER_MODE:
-        errors.append(f"trainer.v1.trainer_mode={mode} does not pass old log-probs to the estimator: set "
-                      f"trainer.v1.trainer_mode={TRAINER_MODE}")
+        errors.append(
+            f"trainer.v1.trainer_mode={mode} does not pass old log-probs to the estimator: set "
+            f"trainer.v1.trainer_mode={TRAINER_MODE}"
+        )
     n = int(_get(config, "actor_rollout_ref.rollout.n", 1))
     if n < 2:
         errors.append(f"ConSPO contrasts rollouts of the same prompt: set actor_rollout_ref.rollout.n >= 2 (got {n})")
     if _get(config, "algorithm.use_kl_in_reward", False):
-        errors.append("algorithm.use_kl_in_reward=True changes the rewards that decide which rollouts are positive: "
-                      "set algorithm.use_kl_in_reward=False (for a KL term use actor_rollout_ref.actor.use_kl_loss)")
-    if _get(config, "algorithm.rollout_correction.rollout_is") is not None or \
-            _get(config, "algorithm.rollout_correction.rollout_rs") is not None:
-        errors.append("algorithm.rollout_correction (importance weights / rejection sampling) reweights or drops "
-                      "rollouts, which ConSPO's group-wise loss does not define: set "
-                      "algorithm.rollout_correction.rollout_is=null algorithm.rollout_correction.rollout_rs=null")
+        errors.append(
+            "algorithm.use_kl_in_reward=True changes the rewards that decide which rollouts are positive: "
+            "set algorithm.use_kl_in_reward=False (for a KL term use actor_rollout_ref.actor.use_kl_loss)"
+        )
+    if (
+        _get(config, "algorithm.rollout_correction.rollout_is") is not None
+        or _get(config, "algorithm.rollout_correction.rollout_rs") is not None
+    ):
+        errors.append(
+            "algorithm.rollout_correction (importance weights / rejection sampling) reweights or drops "
+            "rollouts, which ConSPO's group-wise loss does not define: set "
+            "algorithm.rollout_correction.rollout_is=null algorithm.rollout_correction.rollout_rs=null"
+        )
     if errors:
         raise ValueError("ConSPO on verl: " + "; ".join(errors))
 
@@ -432,12 +480,16 @@ def check_config(config) -> list[str]:
             "actor_rollout_ref.actor.ppo_mini_batch_size=data.train_batch_size and actor_rollout_ref.actor.ppo_epochs=1"
         )
     if _get(config, "algorithm.rollout_correction.bypass_mode", False):
-        notes.append("algorithm.rollout_correction.bypass_mode=True: scores come from the rollout engine's log-probs, "
-                     "not the trained model's, so the coefficients carry the rollout/trainer mismatch; set "
-                     "bypass_mode=False for coefficients at the trained weights")
+        notes.append(
+            "algorithm.rollout_correction.bypass_mode=True: scores come from the rollout engine's log-probs, "
+            "not the trained model's, so the coefficients carry the rollout/trainer mismatch; set "
+            "bypass_mode=False for coefficients at the trained weights"
+        )
     if _get(config, "actor_rollout_ref.actor.use_kl_loss", False):
-        notes.append("actor_rollout_ref.actor.use_kl_loss=True adds verl's KL term to ConSPO (loss = ConSPO + "
-                      "kl_loss_coef * KL), as docs/design.md's optional KL extra")
+        notes.append(
+            "actor_rollout_ref.actor.use_kl_loss=True adds verl's KL term to ConSPO (loss = ConSPO + "
+            "kl_loss_coef * KL), as docs/design.md's optional KL extra"
+        )
     if float(_get(config, "actor_rollout_ref.actor.entropy_coeff", 0) or 0) != 0:
         notes.append("actor_rollout_ref.actor.entropy_coeff != 0 adds an entropy bonus to ConSPO's gradient")
     return notes
@@ -529,8 +581,10 @@ else:
             step_metrics["conspo/coef_staleness_steps_max"] = float(steps - 1)
             metrics.update(step_metrics)
             output = TensorDict(
-                {"advantages": response_to_nested(advantages, nested_mask),
-                 "returns": response_to_nested(returns, nested_mask)},
+                {
+                    "advantages": response_to_nested(advantages, nested_mask),
+                    "returns": response_to_nested(returns, nested_mask),
+                },
                 batch_size=len(batch),
             )
             return tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=output)

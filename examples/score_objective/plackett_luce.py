@@ -27,10 +27,15 @@ def plackett_luce_loss(scores, rewards, present, group_size, *, tau: float = 1.0
     log_rest = torch.logsumexp(torch.where(rest, s[:, None, :], torch.full_like(rest, -torch.inf, dtype=s.dtype)), 2)
     terms = torch.where(picked, log_rest - s, torch.zeros_like(s))
     loss = terms.sum() / picked.any(1).sum().clamp(min=1)
-    return loss, {"objective/loss": float(loss.detach()), "plackett_luce/group_frac": float(picked.any(1).float().mean())}
+    return loss, {
+        "objective/loss": float(loss.detach()),
+        "plackett_luce/group_frac": float(picked.any(1).float().mean()),
+    }
 
 
-PLACKETT_LUCE = register_score_objective(ScoreObjective(name="plackett_luce", loss=plackett_luce_loss, score="mean_logp"))
+PLACKETT_LUCE = register_score_objective(
+    ScoreObjective(name="plackett_luce", loss=plackett_luce_loss, score="mean_logp")
+)
 
 if __name__ == "__main__":
     from conspo.cli import run_training

@@ -41,7 +41,9 @@ def main():
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    examples = load_problem_set(args.train_data, args.data_dir, split="train")  # a short name or a path, as conspo train
+    examples = load_problem_set(
+        args.train_data, args.data_dir, split="train"
+    )  # a short name or a path, as conspo train
     prompts = {build_prompt(e, "qwen_math_boxed", tokenizer): e.answer for e in examples}
     dataset = Dataset.from_dict({"prompt": list(prompts), "answer": list(prompts.values())})
     verifier = MathVerifier(timeout_s=5.0)
@@ -50,15 +52,29 @@ def main():
         return verifier.score(completions, answer).scores
 
     config = ConSPOConfig(
-        output_dir=args.output_dir, num_generations=args.num_generations,
-        per_device_train_batch_size=args.per_device_batch, gradient_accumulation_steps=args.grad_accum,
-        max_completion_length=args.max_completion_length, learning_rate=args.lr, max_steps=args.max_steps,
-        bf16=True, gradient_checkpointing=True, beta=0.0, logging_steps=1, save_steps=100,
-        tau=args.tau, margin_schedule=args.margin_schedule, margin_end=args.margin_end, group_mode=args.group_mode,
-        use_vllm=args.use_vllm, vllm_mode=args.vllm_mode, temperature=1.0,
+        output_dir=args.output_dir,
+        num_generations=args.num_generations,
+        per_device_train_batch_size=args.per_device_batch,
+        gradient_accumulation_steps=args.grad_accum,
+        max_completion_length=args.max_completion_length,
+        learning_rate=args.lr,
+        max_steps=args.max_steps,
+        bf16=True,
+        gradient_checkpointing=True,
+        beta=0.0,
+        logging_steps=1,
+        save_steps=100,
+        tau=args.tau,
+        margin_schedule=args.margin_schedule,
+        margin_end=args.margin_end,
+        group_mode=args.group_mode,
+        use_vllm=args.use_vllm,
+        vllm_mode=args.vllm_mode,
+        temperature=1.0,
     )
-    trainer = ConSPOTrainer(model=args.model, reward_funcs=math_reward, args=config, train_dataset=dataset,
-                            processing_class=tokenizer)
+    trainer = ConSPOTrainer(
+        model=args.model, reward_funcs=math_reward, args=config, train_dataset=dataset, processing_class=tokenizer
+    )
     trainer.train()
     verifier.close()
 

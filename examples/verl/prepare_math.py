@@ -22,21 +22,27 @@ def rows(name: str, split: str, data_dir: str | None) -> list[dict]:
     template = PROMPT_TEMPLATES["qwen_math_boxed"]
     out = []
     for i, example in enumerate(load_benchmark(name, data_dir)):
-        out.append({
-            "data_source": name,
-            "prompt": [{"role": "system", "content": template.system},
-                       {"role": "user", "content": template.user.format(problem=example.problem)}],
-            "ability": "math",
-            "reward_model": {"style": "rule", "ground_truth": example.answer},
-            "extra_info": {"id": str(example.id), "split": split, "index": i},
-        })
+        out.append(
+            {
+                "data_source": name,
+                "prompt": [
+                    {"role": "system", "content": template.system},
+                    {"role": "user", "content": template.user.format(problem=example.problem)},
+                ],
+                "ability": "math",
+                "reward_model": {"style": "rule", "ground_truth": example.answer},
+                "extra_info": {"id": str(example.id), "split": split, "index": i},
+            }
+        )
     return out
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="output folder for train.parquet and math500.parquet")
-    p.add_argument("--data-dir", default=None, help="folder holding math_train/ and math500/ (default: conspo's lookup)")
+    p.add_argument(
+        "--data-dir", default=None, help="folder holding math_train/ and math500/ (default: conspo's lookup)"
+    )
     args = p.parse_args()
     os.makedirs(os.path.expanduser(args.out), exist_ok=True)
     for split, name in SETS.items():
