@@ -271,7 +271,7 @@ def run_eval(settings: EvalSettings, *, log=print) -> dict:
     )
     from conspo.rewards import MathVerifier
     from conspo.rewards.math import parse_decimal_match
-    from conspo.rollout import ignored_generation_settings, sampler_settings, stop_rule
+    from conspo.rollout import ignored_generation_settings, ignored_settings_note, sampler_settings, stop_rule
 
     if settings.k < 1:
         raise ConfigError(f"--k must be >= 1, got {settings.k}")
@@ -328,11 +328,7 @@ def run_eval(settings: EvalSettings, *, log=print) -> dict:
         stop = stop_rule(own_generation_config, tokenizer)
         ignored = ignored_generation_settings(own_generation_config)
         if ignored:
-            log(
-                "note: the model's generation_config sets "
-                + ", ".join(f"{k}={v!r}" for k, v in ignored.items())
-                + ": ignored; conspo eval samples only with its own settings (results.json, `sampler`)"
-            )
+            log(ignored_settings_note(ignored, "results.json, `sampler`"))
         if backend == "hf" and not torch.cuda.is_available():
             longest = max(b.max_new_tokens for b in benchmarks)
             total = sum(len(b.prompts) for b in benchmarks) * (1 + settings.k)

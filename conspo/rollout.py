@@ -129,6 +129,15 @@ def ignored_generation_settings(config) -> dict:
     return {k: v for k, v in sorted(config.to_diff_dict().items()) if k not in _NOT_SAMPLING and v is not None}
 
 
+def ignored_settings_note(ignored: dict, where_recorded: str) -> str:
+    """The one line that says which of the model's generation settings are ignored, and where that is recorded."""
+    settings = ", ".join(f"{k}={v!r}" for k, v in ignored.items())
+    return (
+        f"note: the model's generation_config sets {settings}: ignored; rollouts and evaluations sample only "
+        f"with the run's own settings ({where_recorded})"
+    )
+
+
 def sampler_settings(stop: StopRule, *, greedy: bool, temperature: float, top_p: float, max_new_tokens: int) -> dict:
     """The whole generation config conspo samples with: nothing else is taken from the model."""
     settings = {"max_new_tokens": max_new_tokens, "eos_token_id": list(stop.token_ids)}

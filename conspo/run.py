@@ -20,7 +20,7 @@ import torch
 from conspo.checkpoint import find_checkpoint, list_checkpoints, save_checkpoint
 from conspo.config import TrainConfig
 from conspo.errors import ConfigError, RunError
-from conspo.rollout import ignored_generation_settings
+from conspo.rollout import ignored_generation_settings, ignored_settings_note
 
 # What a run writes into its directory; --overwrite deletes exactly these (and nothing else).
 RUN_FILES = ("metrics.jsonl", "samples.jsonl", "summary.json", "curves.png", "config.yaml")
@@ -263,11 +263,7 @@ def load_model(cfg: TrainConfig, task, device, dtype, log):
         raise ConfigError(f"--model {cfg.model}: could not load it: {str(e).splitlines()[0]}") from None
     ignored = ignored_generation_settings(model.generation_config)
     if ignored:
-        log(
-            "note: the model's generation_config sets "
-            + ", ".join(f"{k}={v!r}" for k, v in ignored.items())
-            + ": ignored; rollouts and evaluations sample only with the run's settings (config.yaml, `resolved`)"
-        )
+        log(ignored_settings_note(ignored, "config.yaml, `resolved`"))
     return model, tokenizer
 
 
