@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from conspo.config import HELP_SECTIONS, TrainConfig, field_help
+from conspo.config import TrainConfig, field_help, help_sections, upgrade_saved_options
 from conspo.errors import ConfigError, Interrupted, RunError
 
 
@@ -36,50 +36,53 @@ def add_config_arguments(parser: argparse.ArgumentParser, hidden: bool = False) 
     (``hidden``: accepted but left out of --help, which points to ``conspo train --help`` instead)."""
     helps = field_help()
     hints = typing.get_type_hints(TrainConfig)
-    starts = dict((first, title) for title, first in HELP_SECTIONS)
-    group = parser
-    for f in fields(TrainConfig):
-        if f.name in starts and not hidden:
-            group = parser.add_argument_group(starts[f.name])
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not MISSING else f.default_factory()
-        text = f"{helps.get(f.name, '')} (default: {default!r})".replace("%", "%%")  # argparse formats help with %
-        if hidden:
-            text = argparse.SUPPRESS
-        hint = hints[f.name]
-        if hint is bool:
-            group.add_argument(
-                flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text
-            )
-        elif typing.get_origin(hint) is typing.Literal:
-            # choices shown, checked by TrainConfig.validate so the error is the same one line as from YAML
-            group.add_argument(
-                flag,
-                dest=f.name,
-                type=str,
-                default=argparse.SUPPRESS,
-                help=text,
-                metavar="{" + ",".join(typing.get_args(hint)) + "}",
-            )
-        elif typing.get_origin(hint) is list:  # --reward a.py:f --reward b.py:g; --reward-weights 1 0.5
-            item = typing.get_args(hint)[0]
-            many = dict(action="append", type=item) if item is str else dict(nargs="+", type=item)
-            group.add_argument(
-                flag, dest=f.name, default=argparse.SUPPRESS, help=text, metavar=item.__name__.upper(), **many
-            )
-        elif hint in (int, float, str):
-            group.add_argument(
-                flag, dest=f.name, type=hint, default=argparse.SUPPRESS, help=text, metavar=hint.__name__.upper()
-            )
-        else:  # float | None
-            group.add_argument(
-                flag,
-                dest=f.name,
-                type=_parse_optional_float,
-                default=argparse.SUPPRESS,
-                help=text,
-                metavar="FLOAT|none",
-            )
+    by_name = {f.name: f for f in fields(TrainConfig)}
+    for title, names in help_sections():
+        group = parser if hidden else parser.add_argument_group(title)
+        for name in names:
+            _add_field_argument(group, by_name[name], hints[name], helps.get(name, ""), hidden)
+
+
+def _add_field_argument(group, f, hint, help_text: str, hidden: bool) -> None:
+    """One argparse option for TrainConfig field ``f`` (type ``hint``)."""
+    flag = "--" + f.name.replace("_", "-")
+    default = f.default if f.default is not MISSING else f.default_factory()
+    text = f"{help_text} (default: {default!r})".replace("%", "%%")  # argparse formats help with %
+    if hidden:
+        text = argparse.SUPPRESS
+    if hint is bool:
+        group.add_argument(
+            flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text
+        )
+    elif typing.get_origin(hint) is typing.Literal:
+        # choices shown, checked by TrainConfig.validate so the error is the same one line as from YAML
+        group.add_argument(
+            flag,
+            dest=f.name,
+            type=str,
+            default=argparse.SUPPRESS,
+            help=text,
+            metavar="{" + ",".join(typing.get_args(hint)) + "}",
+        )
+    elif typing.get_origin(hint) is list:  # --reward a.py:f --reward b.py:g; --reward-weights 1 0.5
+        item = typing.get_args(hint)[0]
+        many = dict(action="append", type=item) if item is str else dict(nargs="+", type=item)
+        group.add_argument(
+            flag, dest=f.name, default=argparse.SUPPRESS, help=text, metavar=item.__name__.upper(), **many
+        )
+    elif hint in (int, float, str):
+        group.add_argument(
+            flag, dest=f.name, type=hint, default=argparse.SUPPRESS, help=text, metavar=hint.__name__.upper()
+        )
+    else:  # float | None
+        group.add_argument(
+            flag,
+            dest=f.name,
+            type=_parse_optional_float,
+            default=argparse.SUPPRESS,
+            help=text,
+            metavar="FLOAT|none",
+        )
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, set[str]]:
@@ -105,7 +108,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, set[str]]:
                 f"--config {args.config}: unknown option(s) {unknown}; valid options: {', '.join(sorted(names))}"
             )
         hints = typing.get_type_hints(TrainConfig)
-        for key, value in loaded.items():
+        for key, value in upgrade_saved_options(loaded).items():
             values[key] = _coerce(key, value, hints[key], args.config)
     for name in names:
         if hasattr(args, name):

@@ -1,10 +1,12 @@
 """The run's options: ``TrainConfig`` (one documented field per option), its validation, and
 which engine honours which option.
 
-``--help`` text is each field's docstring (``field_help``); the CLI groups fields under the
-section comments below (``HELP_SECTIONS``). ``ENGINE_SUPPORT`` says which engines honour each
-field: ``validate()`` refuses a field set away from its default for an engine that would ignore
-it, so a native-vs-TRL comparison can never quietly run two different experiments.
+Everything about an option is declared at its field: ``--help`` text is the docstring under it
+(``field_help``; the objective options inherited from ``conspo.objective_options.ObjectiveOptions``
+carry theirs as metadata), its ``--help`` group is the ``# ---- title ----`` comment above it
+(``help_sections``), and a field only one engine honours is declared with ``native_only`` or
+``trl_only`` (``engine_support``): ``validate()`` refuses such a field set away from its default for
+the other engine, so a native-vs-TRL comparison can never quietly run two different experiments.
 """
 
 from __future__ import annotations
@@ -12,14 +14,39 @@ from __future__ import annotations
 import ast
 import inspect
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Literal, get_args, get_type_hints
 
 from conspo.errors import ConfigError
+from conspo.objective_options import ObjectiveOptions
+
+#: The engines ``--engine`` chooses between; a field honoured by both needs no declaration.
+ENGINES = ("native", "trl")
+
+
+def native_only(default, *, instead: str):
+    """A field only the native engine honours; ``instead``: what to do with --engine trl."""
+    return field(default=default, metadata={"engines": ("native",), "instead": instead})
+
+
+def trl_only(default):
+    """A field only --engine trl honours (vLLM generation goes through TRL)."""
+    return field(
+        default=default,
+        metadata={
+            "engines": ("trl",),
+            "instead": "vLLM generation goes through TRL: use --engine trl (the native trainer generates with "
+            "transformers)",
+        },
+    )
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(ObjectiveOptions):
+    """Every option of a run. The objective options (tau, margin_*, positive_*, score, score_tau) are inherited
+    from ``ObjectiveOptions``, the same declaration TRL's ``ConSPOConfig`` and verl's policy-loss config use."""
+
     # ---- what to train -------------------------------------------------------------
     objective: Literal["conspo", "grpo", "dr_grpo", "dapo", "gspo", "disco", "disco_ratio", "real"] = "conspo"
     """Policy objective: conspo, grpo, dr_grpo, dapo, gspo (conspo.objectives), or the sequence-score objectives disco
@@ -41,7 +68,11 @@ class TrainConfig:
     `chain_final_answer` if you want it too)."""
     reward_weights: list[float] = field(default_factory=list)
     """One weight per --reward (TRL's reward_weights); empty: 1 each."""
-    reward_errors: Literal["raise", "zero"] = "raise"
+    reward_errors: Literal["raise", "zero"] = native_only(
+        "raise",
+        instead="--engine trl passes your rewards to TRL unchanged, and TRL stops on a reward that raises; "
+        "use --engine native to score such completions 0",
+    )
     """A reward that raises or returns NaN/inf/a non-number: stop with the reward and row named (raise), or score 0 and
     count it in reward/errors/<name> (zero)."""
     train_data: str = ""
@@ -61,7 +92,10 @@ class TrainConfig:
     answer_extraction: Literal["lenient", "strict"] = "lenient"
     """task=math: a completion with no answer marker (box, "Answer:", ...) is judged by its last math expression
     (lenient, as published graders do) or scores 0 (strict: also teaches the model to mark its answer)."""
-    reward_audit_every: int = 0
+    reward_audit_every: int = native_only(
+        0,
+        instead="the TRL engine does not log the task's reward metrics; use --engine native",
+    )
     """task=math: every N-th scored batch, also score it with plain math-verify and strict extraction and log how often
     they disagree with the reward (reward/second_opinion_disagree_frac, _fn_frac, _fp_frac), so a reward that
     silently drifts shows. 0: off."""
@@ -101,10 +135,18 @@ class TrainConfig:
     updates_per_batch: int = 1
     """Optimizer steps on each generated batch. >1 reuses samples off-policy: clipped objectives use importance ratios;
     ConSPO recomputes its scores."""
-    micro_batch_size: int = 0
+    micro_batch_size: int = native_only(
+        0,
+        instead="the TRL engine runs one generation batch per optimizer step; use examples/trl/ with "
+        "gradient_accumulation_steps for micro-batches",
+    )
     """Rows per forward/backward pass; 0: the whole batch. Gradients are accumulated so the update equals the
     full-batch one."""
-    max_tokens_per_micro_batch: int = 0
+    max_tokens_per_micro_batch: int = native_only(
+        0,
+        instead="TRL forms micro-batches by row count (per_device_train_batch_size); use "
+        "--engine native for token-budget micro-batches",
+    )
     """Form micro-batches by real length instead: as many rows as fit this many padded tokens (rows x longest
     prompt+completion among them), each padded only to its own longest row; 0: off. The update stays the full-batch
     gradient."""
@@ -112,10 +154,16 @@ class TrainConfig:
     """How ConSPO stays exact when micro-batches are used: `whole` (each micro-batch holds whole groups, loss
     in-graph), `coefficients` (no-grad scores of the batch, closed-form dL/ds, per-row surrogate: any split), `auto`
     (whole when micro_batch_size is a multiple of group_size; coefficients under a token budget)."""
-    dynamic_sampling: bool = False
+    dynamic_sampling: bool = native_only(
+        False,
+        instead="not available through --engine trl; use --engine native",
+    )
     """DAPO's dynamic sampling: generate prompts_per_step * dynamic_oversample groups and train on up to
     prompts_per_step groups whose rewards differ."""
-    dynamic_oversample: float = 2.0
+    dynamic_oversample: float = native_only(
+        2.0,
+        instead="only used with --dynamic-sampling (native engine)",
+    )
     """With dynamic_sampling: how many times more prompts to sample than are trained on."""
 
     # ---- optimisation --------------------------------------------------------------
@@ -128,33 +176,14 @@ class TrainConfig:
     """AdamW weight decay."""
     max_grad_norm: float = 1.0
     """Clip the global gradient norm to this value (0: no clipping; the norm is logged either way)."""
-    max_consecutive_skips: int = 5
+    max_consecutive_skips: int = native_only(
+        5,
+        instead="TRL does not skip non-finite steps; use --engine native",
+    )
     """A step with a non-finite loss or gradient is skipped (weights and optimizer untouched); this many in a row stop
     the run."""
 
     # ---- objective options -----------------------------------------------------------
-    tau: float = 0.3
-    """ConSPO temperature (ours; the paper's value is not public)."""
-    margin_schedule: Literal["constant", "linear", "cosine", "step"] = "constant"
-    """ConSPO margin curriculum: constant, linear, cosine or step (conspo.schedules)."""
-    margin_start: float = 0.0
-    """Margin at step 0."""
-    margin_end: float = 0.0
-    """Margin reached at margin_horizon (ignored by `constant`)."""
-    margin_horizon: int = 0
-    """Optimizer steps to reach margin_end; 0: the whole run."""
-    positive_threshold: float = 0.5
-    """positive_rule `threshold`: a completion is positive when its reward is >= this. Also the bar of held-out
-    `positive_frac` (a held-out completion has no group)."""
-    positive_rule: Literal["threshold", "group_mean"] = "group_mean"
-    """How ConSPO picks a group's positives: `group_mean` (reward strictly above the mean reward of its group: for 0/1
-    rewards exactly the completions scoring 1, and it works for graded rewards; a group whose rewards are all equal
-    has no positive) or `threshold` (reward at least positive_threshold)."""
-    score_tau: float = 0.0
-    """Temperature of disco, disco_ratio and real; 0: the objective's published default (DisCO 10 with the
-    log-likelihood score, 1 with the likelihood ratio; REAL 0.5)."""
-    score: Literal["mean", "sum"] = "mean"
-    """ConSPO's sequence score: `mean` token log-prob (length-normalised, the paper's) or `sum` (ablation)."""
     eps_low: float | None = None
     """Lower clip range of the clipped objectives; None: the objective's default (0.2; GSPO 3e-4)."""
     eps_high: float | None = None
@@ -196,19 +225,19 @@ class TrainConfig:
     format)."""
 
     # ---- generation with vLLM (--engine trl) -------------------------------------------
-    vllm_mode: Literal["none", "colocate", "server"] = "none"
+    vllm_mode: Literal["none", "colocate", "server"] = trl_only("none")
     """--engine trl: generate rollouts with vLLM (needs the vllm package and a CUDA GPU): `colocate` (inside each
     training process, sharing its GPU), `server` (a separate `trl vllm-serve` process), `none` (transformers
     generate)."""
-    vllm_gpu_memory_utilization: float = 0.3
+    vllm_gpu_memory_utilization: float = trl_only(0.3)
     """vllm_mode=colocate: fraction of each GPU's memory vLLM may take (default as in TRL; a server takes `trl
     vllm-serve --gpu_memory_utilization`)."""
-    vllm_tensor_parallel_size: int = 1
+    vllm_tensor_parallel_size: int = trl_only(1)
     """vllm_mode=colocate: GPUs one vLLM engine spans (must divide the number of processes; a server takes `trl
     vllm-serve --tensor_parallel_size`)."""
-    vllm_server_host: str = "0.0.0.0"
+    vllm_server_host: str = trl_only("0.0.0.0")
     """vllm_mode=server: host of the `trl vllm-serve` process."""
-    vllm_server_port: int = 8000
+    vllm_server_port: int = trl_only(8000)
     """vllm_mode=server: port of the `trl vllm-serve` process."""
 
     # ---- the tiny default base -------------------------------------------------------
@@ -233,12 +262,15 @@ class TrainConfig:
     cache_dir: str = "~/.cache/conspo"
     """Where the warmed-up tiny base is cached."""
 
-    # ---- evaluation, logging, checkpoints --------------------------------------------
+    # ---- evaluation, logging, checkpoints, hardware ---------------------------------
     eval_every: int = 100
     """Greedy held-out evaluation every N optimizer steps (and before and after training)."""
     eval_size: int = 0
     """Held-out problems per evaluation; 0: all of them."""
-    log_samples_every: int = 100
+    log_samples_every: int = native_only(
+        100,
+        instead="TRL logs completions through its own log_completions option (examples/trl/)",
+    )
     """Write one group of sampled completions to samples.jsonl every N steps (0: never)."""
     save_every: int = 200
     """Checkpoint every N optimizer steps (0: only at the end)."""
@@ -301,7 +333,6 @@ class TrainConfig:
             "eval_size",
             "log_samples_every",
             "save_every",
-            "margin_horizon",
             "stop_after",
             "sft_steps",
             "sft_decay_steps",
@@ -315,9 +346,7 @@ class TrainConfig:
                 bad(name, "must be >= 0")
         if get_objective(self.objective).couples_group and self.group_size < 2:
             bad("group_size", f"{self.objective} contrasts completions of the same prompt: needs >= 2")
-        if not (math.isfinite(self.score_tau) and self.score_tau >= 0):
-            bad("score_tau", "must be a finite number >= 0 (0: the objective's default)")
-        for name in ("lr", "tau", "temperature", "dynamic_oversample", "overlong_penalty_factor"):
+        for name in ("lr", "temperature", "dynamic_oversample", "overlong_penalty_factor"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 bad(name, "must be a finite number > 0")
@@ -365,6 +394,9 @@ class TrainConfig:
                 f"--task {self.task} needs --model (a transformers model directory or hub id, "
                 "e.g. Qwen/Qwen2.5-0.5B-Instruct)",
             )
+        problem = self.option_problem(self.objective)  # the objective options' one check, shared with TRL and verl
+        if problem:
+            raise ConfigError(f"invalid config: {problem[1]}")
         self._validate_options()
         self._validate_device()
         if self.micro_batch_size and self.max_tokens_per_micro_batch:
@@ -444,11 +476,11 @@ class TrainConfig:
 
     def _validate_engine(self) -> None:
         defaults = TrainConfig()
-        for name, engines in ENGINE_SUPPORT.items():
+        for name, engines in engine_support().items():
             if self.engine not in engines and getattr(self, name) != getattr(defaults, name):
                 raise ConfigError(
                     f"invalid config: {name}={getattr(self, name)!r} is not supported by --engine "
-                    f"{self.engine} (only by {', '.join(engines)}): {ENGINE_HINTS[name]}"
+                    f"{self.engine} (only by {', '.join(engines)}): {engine_hint(name)}"
                 )
         if self.engine == "trl":
             if self.dtype == "float16":
@@ -522,14 +554,8 @@ class TrainConfig:
 
     def objective_settings(self, *, margin: float, max_new_tokens: int) -> dict:
         """Every objective option this config sets; ``Objective.options`` keeps those its loss takes."""
-        # tau is ConSPO's (0.3); the other score objectives take score_tau (0: keep their own default)
-        tau = self.tau if self.objective == "conspo" else (self.score_tau or None)
         return dict(
-            margin=margin,
-            tau=tau,
-            positive_threshold=self.positive_threshold,
-            positive_rule=self.positive_rule,
-            normalize_by_length=self.score == "mean",
+            **self.loss_options(self.objective, margin),
             eps_low=self.eps_low,
             eps_high=self.eps_high,
             max_completion_length=max_new_tokens,
@@ -573,160 +599,56 @@ TASK_DEFAULTS: dict[str, dict] = {
 }
 
 
+def upgrade_saved_options(values: dict) -> dict:
+    """Options as an older version saved them (a run's config or --config file), in today's form: 0.2.0 wrote
+    score_tau 0 for "the objective's default", which is None now."""
+    if values.get("score_tau") == 0:
+        values = {**values, "score_tau": None}
+    return values
+
+
 def task_defaults(task: str) -> dict:
     """The options whose default depends on the task (empty for most tasks)."""
     return dict(TASK_DEFAULTS.get(task, {}))
 
 
-#: Which engines honour each option (every TrainConfig field is listed; tests/test_config.py checks it).
-_BOTH = ("native", "trl")
-_NATIVE = ("native",)
-_TRL = ("trl",)
-ENGINE_SUPPORT: dict[str, tuple[str, ...]] = {
-    **{
-        f: _BOTH
-        for f in (
-            "objective",
-            "model",
-            "task",
-            "reward",
-            "reward_weights",
-            "prompt_field",
-            "train_data",
-            "eval_data",
-            "data_dir",
-            "prompt_template",
-            "answer_extraction",
-            "decimal_match",
-            "engine",
-            "seed",
-            "output_dir",
-            "overwrite",
-            "steps",
-            "prompts_per_step",
-            "group_size",
-            "max_new_tokens",
-            "temperature",
-            "top_p",
-            "updates_per_batch",
-            "group_mode",
-            "lr",
-            "lr_warmup_steps",
-            "weight_decay",
-            "max_grad_norm",
-            "tau",
-            "margin_schedule",
-            "margin_start",
-            "margin_end",
-            "margin_horizon",
-            "positive_threshold",
-            "positive_rule",
-            "score",
-            "score_tau",
-            "eps_low",
-            "eps_high",
-            "beta",
-            "overlong_buffer",
-            "overlong_penalty_factor",
-            "mask_truncated",
-            "gradient_checkpointing",
-            "mixed_precision",
-            "low_precision_weights",
-            "lora_r",
-            "lora_alpha",
-            "lora_dropout",
-            "lora_target_modules",
-            "lora_save",
-            "sft_steps",
-            "sft_seed",
-            "sft_lr",
-            "sft_decay_steps",
-            "sft_batch_size",
-            "sft_stop_accuracy",
-            "cache_dir",
-            "eval_every",
-            "eval_size",
-            "report_to",
-            "dtype",
-            "device",
-            "threads",
-            "progress",
-            "resume",
-            "stop_after",
-            "save_every",
-            "keep_checkpoints",
-        )
-    },
-    **{
-        f: _NATIVE
-        for f in (
-            "reward_errors",
-            "micro_batch_size",
-            "max_tokens_per_micro_batch",
-            "dynamic_sampling",
-            "dynamic_oversample",
-            "max_consecutive_skips",
-            "log_samples_every",
-            "reward_audit_every",
-        )
-    },
-    **{
-        f: _TRL
-        for f in (
-            "vllm_mode",
-            "vllm_gpu_memory_utilization",
-            "vllm_tensor_parallel_size",
-            "vllm_server_host",
-            "vllm_server_port",
-        )
-    },
-}
-
-#: What to do instead, for each option an engine does not honour.
-ENGINE_HINTS: dict[str, str] = {
-    "micro_batch_size": "the TRL engine runs one generation batch per optimizer step; use examples/trl/ with "
-    "gradient_accumulation_steps for micro-batches",
-    "max_tokens_per_micro_batch": "TRL forms micro-batches by row count (per_device_train_batch_size); use "
-    "--engine native for token-budget micro-batches",
-    "dynamic_sampling": "not available through --engine trl; use --engine native",
-    "dynamic_oversample": "only used with --dynamic-sampling (native engine)",
-    "max_consecutive_skips": "TRL does not skip non-finite steps; use --engine native",
-    "reward_errors": "--engine trl passes your rewards to TRL unchanged, and TRL stops on a reward that raises; "
-    "use --engine native to score such completions 0",
-    "log_samples_every": "TRL logs completions through its own log_completions option (examples/trl/)",
-    "reward_audit_every": "the TRL engine does not log the task's reward metrics; use --engine native",
-    **{
-        f: "vLLM generation goes through TRL: use --engine trl (the native trainer generates with transformers)"
-        for f in (
-            "vllm_mode",
-            "vllm_gpu_memory_utilization",
-            "vllm_tensor_parallel_size",
-            "vllm_server_host",
-            "vllm_server_port",
-        )
-    },
-}
+def engine_support() -> dict[str, tuple[str, ...]]:
+    """Which engines honour each TrainConfig field (``native_only`` / ``trl_only``; both otherwise)."""
+    return {f.name: f.metadata.get("engines", ENGINES) for f in fields(TrainConfig)}
 
 
-#: --help groups: (title, first field of the group), in field order.
-HELP_SECTIONS = (
-    ("what to train", "objective"),
-    ("the RL loop", "steps"),
-    ("optimisation", "lr"),
-    ("objective options", "tau"),
-    ("memory, precision, LoRA", "gradient_checkpointing"),
-    ("generation with vLLM (--engine trl)", "vllm_mode"),
-    ("the tiny default base", "sft_steps"),
-    ("evaluation, logging, checkpoints, hardware", "eval_every"),
-)
+def engine_hint(name: str) -> str:
+    """What to do instead, for a field the chosen engine does not honour."""
+    return TrainConfig.__dataclass_fields__[name].metadata["instead"]
 
 
 def field_help() -> dict[str, str]:
-    """The docstring under each TrainConfig field (for --help), read from this module's source."""
+    """The --help text of each TrainConfig field: the docstring under it, read from this module's source, or the
+    ``help`` metadata of an inherited field."""
     tree = ast.parse(inspect.getsource(TrainConfig))
     body = tree.body[0].body
-    helps = {}
+    helps = {f.name: f.metadata["help"] for f in fields(TrainConfig) if "help" in f.metadata}
     for node, nxt in zip(body, body[1:]):
         if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
             helps[node.target.id] = " ".join(str(nxt.value.value).split())
     return helps
+
+
+def help_sections() -> list[tuple[str, list[str]]]:
+    """--help groups in order: (title, field names), from the ``# ---- title ----`` comments in TrainConfig's source;
+    the inherited objective options open the group named by ``ObjectiveOptions.HELP_SECTION``."""
+    source = inspect.getsource(TrainConfig)
+    titles = {
+        number: match.group(1)
+        for number, line in enumerate(source.splitlines(), start=1)
+        if (match := re.fullmatch(r"\s*# -{3,} (.+?) -{3,}", line))
+    }
+    names = {node.lineno: node.target.id for node in ast.parse(source).body[0].body if isinstance(node, ast.AnnAssign)}
+    sections: list[tuple[str, list[str]]] = []
+    for number in sorted({**titles, **names}):
+        if number in titles:
+            inherited = titles[number] == ObjectiveOptions.HELP_SECTION
+            sections.append((titles[number], [f.name for f in fields(ObjectiveOptions)] if inherited else []))
+        else:
+            sections[-1][1].append(names[number])
+    return sections

@@ -46,6 +46,12 @@ from conspo.loss_pieces import (  # noqa: F401 (the shared pieces are part of th
     masked_sum,
     sequence_scores,
 )
+from conspo.objective_options import (  # noqa: F401 (the rules' names are part of this module's public names)
+    CONSPO_TAU,
+    DEFAULT_POSITIVE_RULE,
+    POSITIVE_RULES,
+    POSITIVE_THRESHOLD,
+)
 
 # ---------------------------------------------------------------------------------------
 # ConSPO
@@ -66,13 +72,6 @@ class _ContrastiveGroups:
     log_negative_mass: torch.Tensor  # (n,) log sum_{j in N_g} exp(s_j/tau), 0 for invalid groups
 
 
-#: How the positives of a group are chosen (``contrastive_sets``).
-POSITIVE_RULES = ("threshold", "group_mean")
-#: The default rule: the same sets as ``threshold`` at any threshold in (0, 1] for 0/1 rewards (tested
-#: exhaustively), and a signal for graded rewards (docs/design.md section 2).
-DEFAULT_POSITIVE_RULE = "group_mean"
-
-
 def at_threshold(rewards: torch.Tensor, positive_threshold: float) -> torch.Tensor:
     """The threshold rule's positives: reward >= positive_threshold (also held-out ``positive_frac``'s bar)."""
     return rewards >= positive_threshold
@@ -82,7 +81,7 @@ def contrastive_sets(
     rewards: torch.Tensor,
     present: torch.Tensor,
     group_size: int,
-    positive_threshold: float = 0.5,
+    positive_threshold: float = POSITIVE_THRESHOLD,
     positive_rule: str = DEFAULT_POSITIVE_RULE,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The ConSPO group rule, written once: (positive, negative, valid) for each group.
@@ -162,7 +161,7 @@ def count_valid_groups(
     rewards: torch.Tensor,
     group_size: int,
     *,
-    positive_threshold: float = 0.5,
+    positive_threshold: float = POSITIVE_THRESHOLD,
     positive_rule: str = DEFAULT_POSITIVE_RULE,
     **_,
 ) -> float:
@@ -177,10 +176,10 @@ def conspo_loss(
     group_size: int,
     *,
     margin: float = 0.0,
-    tau: float = 0.3,
-    positive_threshold: float = 0.5,
+    tau: float = CONSPO_TAU,
+    positive_threshold: float = POSITIVE_THRESHOLD,
     positive_rule: str = DEFAULT_POSITIVE_RULE,
-    normalize_by_length: bool = True,
+    score: str = "mean",
 ) -> tuple[torch.Tensor, Metrics]:
     """ConSPO: group-wise InfoNCE over length-normalised sequence log-probabilities.
 
@@ -206,7 +205,7 @@ def conspo_loss(
     exp((s_i-m)/tau)/Z_i), ``conspo/margin``, ``conspo/tau``.
     """
     check_layout(mask, rewards, group_size)
-    scores = sequence_scores(token_logps, mask, normalize_by_length=normalize_by_length)
+    scores = sequence_scores(token_logps, mask, normalize_by_length=score == "mean")
     return conspo_loss_from_scores(
         scores,
         mask.bool().any(dim=-1),
@@ -226,8 +225,8 @@ def conspo_loss_from_scores(
     group_size: int,
     *,
     margin: float = 0.0,
-    tau: float = 0.3,
-    positive_threshold: float = 0.5,
+    tau: float = CONSPO_TAU,
+    positive_threshold: float = POSITIVE_THRESHOLD,
     positive_rule: str = DEFAULT_POSITIVE_RULE,
 ) -> tuple[torch.Tensor, Metrics]:
     """The ConSPO loss and metrics of ``conspo_loss`` from (B,) sequence scores already computed.
@@ -302,9 +301,9 @@ def conspo_coefficients(
     rewards: torch.Tensor,
     group_size: int,
     *,
-    margin: float,
-    tau: float,
-    positive_threshold: float = 0.5,
+    margin: float = 0.0,
+    tau: float = CONSPO_TAU,
+    positive_threshold: float = POSITIVE_THRESHOLD,
     positive_rule: str = DEFAULT_POSITIVE_RULE,
     present: torch.Tensor | None = None,
 ) -> torch.Tensor:
@@ -386,7 +385,7 @@ class Objective:
     @property
     def option_defaults(self) -> dict[str, object]:
         """The loss's keyword options and their defaults, read from its signature (the one place they live)."""
-        if self.normalizer is None:  # a score objective's options are its score loss's
+        if self.score_objective is not None:  # a score objective's options are its score loss's
             from conspo.score_objectives import get_score_objective  # here: that module builds on this one
 
             return get_score_objective(self.score_objective).option_defaults
@@ -413,36 +412,10 @@ def _count_tokens(mask, rewards, group_size, **_):
     return float(mask.bool().sum())
 
 
-def _conspo_uniform(
-    token_logps,
-    old_token_logps,
-    mask,
-    rewards,
-    group_size,
-    *,
-    margin: float = 0.0,
-    tau: float = 0.3,
-    positive_threshold: float = 0.5,
-    positive_rule: str = DEFAULT_POSITIVE_RULE,
-    normalize_by_length: bool = True,
-):
-    del old_token_logps  # ConSPO scores the current policy only
-    return conspo_loss(
-        token_logps,
-        mask,
-        rewards,
-        group_size,
-        margin=margin,
-        tau=tau,
-        positive_threshold=positive_threshold,
-        positive_rule=positive_rule,
-        normalize_by_length=normalize_by_length,
-    )
-
-
-def score_objective_entry(name: str, *, uses_old_logps: bool) -> Objective:
+def score_objective_entry(name: str, *, uses_old_logps: bool, normalizer=None) -> Objective:
     """The uniform ``Objective`` of the score objective ``name``: its loss scores the rows, then applies the
-    score loss (in-graph, for an unsplit batch and for metrics); it trains by the coefficient route."""
+    score loss (in-graph, for an unsplit batch and for metrics). It trains by the coefficient route, or, given
+    the ``normalizer`` its loss divides by (ConSPO's valid groups), also in-graph on micro-batches of whole groups."""
 
     def loss(token_logps, old_token_logps, mask, rewards, group_size, **options):
         from conspo.score_objectives import get_score_objective, sequence_score  # here: it builds on this module
@@ -452,19 +425,17 @@ def score_objective_entry(name: str, *, uses_old_logps: bool) -> Objective:
         return objective.loss(scores, rewards.to(scores.dtype), mask.bool().any(-1), group_size, **options)
 
     return Objective(
-        name=name, loss=loss, couples_group=True, uses_old_logps=uses_old_logps, normalizer=None, score_objective=name
+        name=name,
+        loss=loss,
+        couples_group=True,
+        uses_old_logps=uses_old_logps,
+        normalizer=normalizer,
+        score_objective=name,
     )
 
 
 OBJECTIVES: dict[str, Objective] = {
-    "conspo": Objective(
-        name="conspo",
-        loss=_conspo_uniform,
-        couples_group=True,
-        uses_old_logps=False,
-        normalizer=count_valid_groups,
-        score_objective="conspo",
-    ),
+    "conspo": score_objective_entry("conspo", uses_old_logps=False, normalizer=count_valid_groups),
     "grpo": Objective(name="grpo", loss=grpo_loss, couples_group=False, uses_old_logps=True, normalizer=_count_rows),
     # Dr.GRPO divides by B * L_max with L_max fixed: per micro-batch the share is its rows.
     "dr_grpo": Objective(

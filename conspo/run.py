@@ -343,8 +343,10 @@ def merge_resumed_config(cfg: TrainConfig, explicit: set[str]) -> TrainConfig:
     checkpoint = checkpoint_to_resume(cfg.resume)
     with open(checkpoint / "state.json") as f:
         saved = json.load(f)["config"]
+    from conspo.config import task_defaults, upgrade_saved_options
+
+    saved = upgrade_saved_options(saved)
     merged = TrainConfig(**{k: v for k, v in saved.items() if k in {f.name for f in fields(TrainConfig)}})
-    from conspo.config import task_defaults
     from conspo.options import without_ineffective
 
     without_ineffective(merged, asdict(TrainConfig()), task_defaults(merged.task))  # saved by older versions

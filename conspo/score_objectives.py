@@ -30,8 +30,8 @@ from dataclasses import dataclass
 
 import torch
 
+from conspo.objective_options import CONSPO_TAU, DEFAULT_POSITIVE_RULE, POSITIVE_THRESHOLD
 from conspo.objectives import (
-    DEFAULT_POSITIVE_RULE,
     Metrics,
     conspo_coefficients,
     conspo_loss_from_scores,
@@ -77,7 +77,7 @@ class ScoreObjective:
 
     ``loss(scores, rewards, present, group_size, **options) -> (loss, metrics)``: differentiable in
     ``scores``; ``metrics`` holds ``objective/loss`` (the loss's value) and anything else worth logging.
-    ``score``: one of ``SCORES``, or a function of the options returning one (ConSPO's ``normalize_by_length``).
+    ``score``: one of ``SCORES``, or a function of the options returning one (ConSPO's ``score`` option).
     ``coefficients``: optional closed form of dL/ds with the loss's signature, returning (B,) (else autograd).
     """
 
@@ -267,13 +267,13 @@ def conspo_score_loss(
     group_size,
     *,
     margin: float = 0.0,
-    tau: float = 0.3,
-    positive_threshold: float = 0.5,
+    tau: float = CONSPO_TAU,
+    positive_threshold: float = POSITIVE_THRESHOLD,
     positive_rule: str = DEFAULT_POSITIVE_RULE,
-    normalize_by_length: bool = True,
+    score: str = "mean",
 ):
-    """``conspo_loss_from_scores``; ``normalize_by_length`` picks the score (mean or sum), not the loss."""
-    del normalize_by_length
+    """``conspo_loss_from_scores``; ``score`` (mean or sum) picks the score the rows get, not the loss."""
+    del score
     return conspo_loss_from_scores(
         scores,
         present,
@@ -286,29 +286,10 @@ def conspo_score_loss(
     )
 
 
-def _conspo_closed_form(
-    scores,
-    rewards,
-    present,
-    group_size,
-    *,
-    margin=0.0,
-    tau=0.3,
-    positive_threshold=0.5,
-    positive_rule=DEFAULT_POSITIVE_RULE,
-    normalize_by_length=True,
-):
-    del normalize_by_length
-    return conspo_coefficients(
-        scores,
-        rewards,
-        group_size,
-        margin=margin,
-        tau=tau,
-        positive_threshold=positive_threshold,
-        positive_rule=positive_rule,
-        present=present,
-    )
+def _conspo_closed_form(scores, rewards, present, group_size, *, score: str = "mean", **options):
+    """``conspo_coefficients`` with ``conspo_score_loss``'s signature."""
+    del score
+    return conspo_coefficients(scores, rewards, group_size, present=present, **options)
 
 
 SCORE_OBJECTIVES: dict[str, ScoreObjective] = {
@@ -316,7 +297,7 @@ SCORE_OBJECTIVES: dict[str, ScoreObjective] = {
         name="conspo",
         loss=conspo_score_loss,
         coefficients=_conspo_closed_form,
-        score=lambda o: "mean_logp" if o.get("normalize_by_length", True) else "sum_logp",
+        score=lambda o: "sum_logp" if o.get("score") == "sum" else "mean_logp",
     ),
     "disco": ScoreObjective(name="disco", loss=disco_loss, score="mean_logp"),
     "disco_ratio": ScoreObjective(name="disco_ratio", loss=disco_ratio_loss, score="mean_ratio"),

@@ -8,7 +8,7 @@ import typing
 import pytest
 import torch
 
-from conspo.config import ENGINE_HINTS, ENGINE_SUPPORT, TrainConfig
+from conspo.config import TrainConfig, engine_hint, engine_support
 from conspo.errors import ConfigError
 from conspo.integrations.trl_engine import trl_arguments
 from conspo.objectives import OBJECTIVES, POSITIVE_RULES, get_objective
@@ -53,7 +53,7 @@ def _other_value(name):
 
 def where_it_has_an_effect(cfg, name):
     """``cfg`` changed so that option ``name`` has an effect (conspo/options.py's OPTION_NEEDS)."""
-    from conspo.options import MARGIN_CURRICULUM_OPTIONS, OPTION_NEEDS
+    from conspo.options import OPTION_NEEDS
 
     need = OPTION_NEEDS.get(name)
     if need is not None:
@@ -66,17 +66,20 @@ def where_it_has_an_effect(cfg, name):
                 "reward": lambda v: {"reward": ["r.py:f"]},
             }[need.axis](need.values[0]),
         )
-    if name in (*MARGIN_CURRICULUM_OPTIONS, "margin_schedule"):  # a ramp that goes somewhere
+    if name == "score_tau":  # the other score objectives' temperature
+        cfg = dataclasses.replace(cfg, objective="disco")
+    if name in ("margin_end", "margin_horizon", "margin_schedule"):  # a ramp that goes somewhere
         cfg = dataclasses.replace(cfg, margin_schedule="linear", margin_end=0.3)
     return cfg
 
 
 def test_every_field_is_classified_for_both_engines():
-    assert sorted(ENGINE_SUPPORT) == sorted(FIELDS), "a new TrainConfig field must say which engines honour it"
-    for name, engines in ENGINE_SUPPORT.items():
-        assert engines, f"{name}: no engine honours it"
+    support = engine_support()
+    assert sorted(support) == sorted(FIELDS)
+    for name, engines in support.items():
+        assert engines and set(engines) <= {"native", "trl"}, f"{name}: no engine honours it"
         for engine in {"native", "trl"} - set(engines):
-            assert ENGINE_HINTS.get(name), f"{name}: say what to do instead with --engine {engine}"
+            assert engine_hint(name), f"{name}: say what to do instead with --engine {engine}"
 
 
 @pytest.mark.parametrize("name", FIELDS)
@@ -112,7 +115,7 @@ def test_option_is_honoured_or_refused_by_each_engine(name, monkeypatch):
             cfg = dataclasses.replace(cfg, dtype="bfloat16", low_precision_weights=True)
         if name == "positive_threshold":  # used only by the threshold rule
             cfg = dataclasses.replace(cfg, positive_rule="threshold")
-        if engine in ENGINE_SUPPORT[name]:
+        if engine in engine_support()[name]:
             if name == "micro_batch_size" or name == "group_size":
                 cfg = dataclasses.replace(cfg, group_size=4)
             cfg.validate()
@@ -221,8 +224,8 @@ def test_positive_rule_reaches_the_objective_and_a_threshold_it_ignores_is_refus
     assert get_objective("conspo").options(settings)["positive_rule"] == "group_mean"
     with pytest.raises(
         ConfigError,
-        match="positive_threshold=0.7 has no effect with positive_rule group_mean: "
-        "it is only used by positive_rule=threshold",
+        match="positive_threshold=0.7 has no effect with positive_rule group_mean, "
+        "which picks positives by the group.s mean reward: set positive_rule threshold",
     ):
         TrainConfig(positive_rule="group_mean", positive_threshold=0.7).validate()
 

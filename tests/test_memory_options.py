@@ -105,7 +105,7 @@ def test_lora_update_equals_the_in_graph_gradient_of_the_adapter():
 
     model, rollouts = _tiny_lora()
     rewards = torch.tensor([1.0, 0.0, 0.0, 1.0], dtype=torch.float64)
-    options = {"margin": 0.0, "tau": 0.3, "positive_threshold": 0.5, "normalize_by_length": True}
+    options = {"margin": 0.0, "tau": 0.3, "positive_threshold": 0.5, "score": "mean"}
     from conspo.objectives import conspo_loss
 
     model.zero_grad(set_to_none=True)

@@ -47,7 +47,7 @@ def test_conspo_loss_matches_loop_reference(G, binary, zero_rows, margin, tau):
 
 def test_conspo_sum_score_ablation_matches_loop():
     logps, _, mask, rewards = make_batch(5, 4, 6, seed=3)
-    loss, _ = obj.conspo_loss(logps, mask, rewards, 4, margin=0.1, tau=2.0, normalize_by_length=False)
+    loss, _ = obj.conspo_loss(logps, mask, rewards, 4, margin=0.1, tau=2.0, score="sum")
     torch.testing.assert_close(loss, conspo_loss_loop(logps, mask, rewards, 4, 0.1, 2.0, normalize=False))
 
 

@@ -1,6 +1,6 @@
 """No silent options: walk the objective x option, task x option, model x option and reward x option tables
-(conspo/options.py). Every option set away from its default either changes what the run consumes or is
-refused before any work, in one line naming it."""
+(conspo/options.py, and the objective options' own rule in conspo/objective_options.py). Every option set away
+from its default either changes what the run consumes or is refused before any work, in one line naming it."""
 
 import dataclasses
 
@@ -10,8 +10,9 @@ from helpers import run_cli
 from conspo import tasks as tasks_module
 from conspo.config import TrainConfig
 from conspo.errors import ConfigError
+from conspo.objective_options import ObjectiveOptions
 from conspo.objectives import OBJECTIVES, get_objective
-from conspo.options import MARGIN_CURRICULUM_OPTIONS, OPTION_NEEDS
+from conspo.options import OPTION_NEEDS
 from conspo.schedules import margin_curriculum
 
 #: every value of each axis the table names, as config changes
@@ -25,7 +26,17 @@ AXES = {
     },
     "model": {"tiny": {}, "yours": {"model": "some/model"}},
     "reward": {"none": {}, "given": {"reward": ["r.py:f"]}},
-    "margin_schedule": {"constant": {}, "curriculum": {"margin_schedule": "linear"}},
+}
+#: where each objective option has an effect, written here independently of conspo/objective_options.py
+MARGIN_CURRICULUM_OPTIONS = ("margin_end", "margin_horizon")
+OBJECTIVE_OPTION_NEEDS = {
+    **{
+        name: ("conspo",)
+        for name in ("tau", "margin_schedule", "margin_start", *MARGIN_CURRICULUM_OPTIONS, "positive_rule")
+    },
+    "positive_threshold": ("conspo",),
+    "score": ("conspo",),
+    "score_tau": ("disco", "disco_ratio", "real"),
 }
 OTHER = {
     "tau": 0.7,
@@ -102,17 +113,26 @@ def what_the_run_consumes(cfg, monkeypatch):
     return objective, task, warm_up, rewards
 
 
-CASES = [(name, axis_value) for name, need in OPTION_NEEDS.items() for axis_value in AXES[need.axis]]
+def need_of(name: str) -> tuple[str, tuple[str, ...]]:
+    """(axis, the axis values under which option ``name`` has an effect)."""
+    if name in OBJECTIVE_OPTION_NEEDS:
+        return "objective", OBJECTIVE_OPTION_NEEDS[name]
+    return OPTION_NEEDS[name].axis, OPTION_NEEDS[name].values
+
+
+CASES = [(name, value) for name in [*OPTION_NEEDS, *OBJECTIVE_OPTION_NEEDS] for value in AXES[need_of(name)[0]]]
+
+
+def test_every_objective_option_is_walked():
+    assert sorted(OBJECTIVE_OPTION_NEEDS) == sorted(f.name for f in dataclasses.fields(ObjectiveOptions))
 
 
 @pytest.mark.parametrize("name,axis_value", CASES, ids=[f"{n}-{v}" for n, v in CASES])
 def test_every_option_changes_the_run_or_is_refused(name, axis_value, monkeypatch):
-    need = OPTION_NEEDS[name]
-    meaningful = axis_value in need.values
+    axis, values = need_of(name)
+    meaningful = axis_value in values
     # the companions an option needs on top of its axis, where it has an effect (elsewhere they would be refused too)
-    base = dataclasses.replace(
-        TrainConfig(), **AXES[need.axis][axis_value], **(ALSO.get(name, {}) if meaningful else {})
-    )
+    base = dataclasses.replace(TrainConfig(), **AXES[axis][axis_value], **(ALSO.get(name, {}) if meaningful else {}))
     changed = dataclasses.replace(base, **{name: OTHER[name]})
     if meaningful:
         base.validate()
@@ -130,8 +150,8 @@ def test_margin_curriculum_options_need_a_schedule(name):
     """--margin-end 0.3 alone would keep the margin at margin_start: refused, naming the schedules."""
     with pytest.raises(
         ConfigError,
-        match=rf"{name}=.* has no effect with margin_schedule constant: .*"
-        r"--margin-schedule linear, cosine or step",
+        match=rf"{name}=.* has no effect with margin_schedule constant .*"
+        r"set margin_schedule linear, cosine or step",
     ):
         TrainConfig(**{name: OTHER[name]}).validate()
 

@@ -162,7 +162,7 @@ def test_train_config_routes_and_refusals():
         TrainConfig(score_tau=2.0).validate()
     with pytest.raises(ConfigError, match="group_mode=whole exists for conspo only"):
         TrainConfig(objective="real", group_mode="whole").validate()
-    with pytest.raises(ConfigError, match="score_tau=-1.0: must be a finite number >= 0"):
+    with pytest.raises(ConfigError, match="score_tau=-1.0: must be None or a finite number > 0"):
         TrainConfig(objective="real", score_tau=-1.0).validate()
 
 

@@ -64,7 +64,7 @@ def test_conspo_micro_batch_gradients_equal_full_batch(policy_and_batch, micro, 
         "tau": 0.3,
         "positive_threshold": 0.5,
         "positive_rule": "threshold",
-        "normalize_by_length": True,
+        "score": "mean",
     }
     reference = _full_batch_grad(model, "conspo", rollouts, rewards, G, options)
     grad, metrics = _grad(

@@ -249,9 +249,9 @@ def test_grpo_family_settings_of_the_trl_engine_are_all_refused_by_conspo():
 def test_positive_rule_options_are_checked(tmp_path):
     from conspo.integrations.trl import ConSPOConfig
 
-    with pytest.raises(ValueError, match="positive_rule must be one of"):
+    with pytest.raises(ValueError, match="positive_rule=.median.: must be one of"):
         ConSPOConfig(output_dir=str(tmp_path), **CPU, positive_rule="median")
-    with pytest.raises(ValueError, match="positive_threshold=0.7 is only used by positive_rule='threshold'"):
+    with pytest.raises(ValueError, match="positive_threshold=0.7 has no effect with positive_rule group_mean"):
         ConSPOConfig(output_dir=str(tmp_path), **CPU, positive_rule="group_mean", positive_threshold=0.7)
     with pytest.raises(ValueError, match="no_valid_group_warn_steps must be >= 0"):
         ConSPOConfig(output_dir=str(tmp_path), **CPU, no_valid_group_warn_steps=-1)

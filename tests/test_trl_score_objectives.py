@@ -85,11 +85,11 @@ def test_conspo_options_and_whole_mode_are_refused_for_another_objective(tmp_pat
         report_to=[],
         bf16=False,
     )
-    with pytest.raises(ValueError, match=r"ConSPOConfig.tau=0.5 is a ConSPO option, which objective='disco'"):
+    with pytest.raises(ValueError, match=r"ConSPOConfig.tau=0.5 has no effect with objective disco: it is a ConSPO"):
         ScoreObjectiveConfig(**base, objective="disco", tau=0.5)
     with pytest.raises(ValueError, match="group_mode=whole exists for conspo only"):
         ScoreObjectiveConfig(**base, objective="real", group_mode="whole")
-    with pytest.raises(ValueError, match="score_tau=2.0 is not used by objective='conspo'"):
+    with pytest.raises(ValueError, match="ConSPOConfig.score_tau=2.0 has no effect with objective conspo"):
         ScoreObjectiveConfig(**base, score_tau=2.0)
     with pytest.raises(ValueError, match="'ppo' is not a score objective"):
         ScoreObjectiveConfig(**base, objective="ppo")

@@ -118,7 +118,7 @@ def test_conspo_step_gradient_equals_single_graph(composition, option, layout, m
 
 
 def test_sum_score_and_threshold_options_reach_both_sides(monkeypatch):
-    """length_normalized_score (worker side) and positive_threshold (driver side) set by Hydra."""
+    """score=sum (worker side) and positive_threshold (driver side) set by Hydra."""
     groups = [
         [0.9, 0.2, 0.6, 0.0],
         [0.7, 0.7, 0.1, 1.0],
@@ -129,7 +129,7 @@ def test_sum_score_and_threshold_options_reach_both_sides(monkeypatch):
     ]
     rows = vs.make_rows(groups, seed=7)
     overrides = [
-        "+actor_rollout_ref.actor.policy_loss.length_normalized_score=False",
+        "+actor_rollout_ref.actor.policy_loss.score=sum",
         "+actor_rollout_ref.actor.policy_loss.positive_threshold=0.65",
         "+actor_rollout_ref.actor.policy_loss.positive_rule=threshold",
         "+actor_rollout_ref.actor.policy_loss.margin_start=0.2",
@@ -138,7 +138,7 @@ def test_sum_score_and_threshold_options_reach_both_sides(monkeypatch):
     policy = vs.ToyPolicy(seed=3)
     record, metrics, _ = vs.run_step(ConSPOTrainerSync, config, policy, rows, dp=2, monkeypatch=monkeypatch)
     want, _ = conspo_reference(
-        policy, rows, margin=0.2, tau=0.3, positive_threshold=0.65, positive_rule="threshold", normalize_by_length=False
+        policy, rows, margin=0.2, tau=0.3, positive_threshold=0.65, positive_rule="threshold", score="sum"
     )
     assert_scattered(record)
     assert_grads_equal(record.dp_average()[0], want)

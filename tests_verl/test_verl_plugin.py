@@ -70,7 +70,7 @@ def test_hydra_overrides_reach_the_actor_config_the_workers_build():
         "+actor_rollout_ref.actor.policy_loss.margin_end=0.2",
         "+actor_rollout_ref.actor.policy_loss.positive_threshold=0.9",
         "+actor_rollout_ref.actor.policy_loss.positive_rule=threshold",
-        "+actor_rollout_ref.actor.policy_loss.length_normalized_score=False",
+        "+actor_rollout_ref.actor.policy_loss.score=sum",
     )
     actor = omega_conf_to_dataclass(config.actor_rollout_ref.actor)
     options = actor.policy_loss
@@ -81,25 +81,42 @@ def test_hydra_overrides_reach_the_actor_config_the_workers_build():
         options.margin_schedule,
         options.margin_end,
         options.positive_threshold,
-        options.length_normalized_score,
-    ) == ("conspo", 0.7, "cosine", 0.2, 0.9, False)
-    assert options.margin(0, 10) == 0.0 and options.margin(10, 10) == pytest.approx(0.2)
-    assert options.margin(5, 10) == pytest.approx(0.1)  # cosine half-way
+        options.score,
+    ) == ("conspo", 0.7, "cosine", 0.2, 0.9, "sum")
+    assert options.margin_at(0, 10) == 0.0 and options.margin_at(10, 10) == pytest.approx(0.2)
+    assert options.margin_at(5, 10) == pytest.approx(0.1)  # cosine half-way
 
 
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("tau=0", "tau must be > 0"),
-        ("margin_schedule=exp", "margin_schedule must be one of"),
-        ("margin_horizon=-1", "margin_horizon must be >= 0"),
-        ("positive_rule=median", "positive_rule must be one of"),
+        ("tau=0", "policy_loss.tau=0: must be a finite number > 0"),
+        ("margin_schedule=exp", "policy_loss.margin_schedule='exp': must be one of"),
+        ("margin_horizon=-1", "policy_loss.margin_horizon=-1: must be an integer >= 0"),
+        ("positive_rule=median", "policy_loss.positive_rule='median': must be one of"),
+        ("score=max", "policy_loss.score='max': must be one of mean, sum"),
+        ("margin_end=0.2", "policy_loss.margin_end=0.2 has no effect with margin_schedule constant"),
     ],
 )
 def test_bad_options_are_refused(override, message):
     config = conspo_config(f"+actor_rollout_ref.actor.policy_loss.{override}")
     with pytest.raises(Exception, match=message):
         omega_conf_to_dataclass(config.actor_rollout_ref.actor.policy_loss)
+
+
+@pytest.mark.parametrize(
+    "objective, options",
+    [("disco", {"tau": 0.5}), ("conspo", {"positive_threshold": 0.7}), ("conspo", {"score_tau": 2.0})],
+)
+def test_verl_refuses_what_the_native_trainer_refuses_in_the_same_words(objective, options):
+    from conspo.config import TrainConfig
+    from conspo.errors import ConfigError
+
+    with pytest.raises(ConfigError) as native:
+        TrainConfig(objective=objective, **options).validate()
+    with pytest.raises(ValueError) as from_verl:
+        plugin.ConSPOPolicyLossConfig(objective=objective, **options)
+    assert str(from_verl.value) == "policy_loss." + str(native.value).removeprefix("invalid config: ")
 
 
 # ---- estimator ---------------------------------------------------------------------------------

@@ -66,16 +66,14 @@ try:
 except ImportError as e:  # pragma: no cover - exercised only without trl
     raise ImportError("conspo.integrations.trl needs TRL: pip install 'conspo[trl]' (trl==1.16.0)") from e
 
+from conspo.objective_options import ObjectiveOptions
 from conspo.objectives import (
-    DEFAULT_POSITIVE_RULE,
-    POSITIVE_RULES,
     coefficient_surrogate,
     conspo_loss,
     contrastive_sets,
     count_valid_groups,
 )
 from conspo.rewards.base import SilentRewardWatch
-from conspo.schedules import MARGIN_SCHEDULES, margin_curriculum
 from conspo.score_objectives import get_score_objective, score_coefficients, sequence_score
 from conspo.update import resolve_group_mode
 
@@ -161,8 +159,10 @@ GRPO_ONLY_OPTIONS: dict[str, str] = {
 
 
 @dataclass
-class ConSPOConfig(GRPOConfig):
-    """``GRPOConfig`` plus ConSPO's options (see ``conspo.objectives.conspo_loss``).
+class ConSPOConfig(ObjectiveOptions, GRPOConfig):
+    """``GRPOConfig`` plus the objective options (``conspo.objective_options.ObjectiveOptions``: ``tau``, ``margin_*``,
+    ``positive_*``, ``score``, ``score_tau``, the same declaration the native trainer and verl use) and the
+    trainer's own (``objective``, ``group_mode``, ``no_valid_group_warn_steps``).
 
     GRPO-only options (``GRPO_ONLY_OPTIONS``) must keep their defaults: they would be silently ignored.
     """
@@ -172,25 +172,6 @@ class ConSPOConfig(GRPOConfig):
     vllm_importance_sampling_correction: bool = field(
         default=False, metadata={"help": "Not supported by ConSPO (GRPO's vLLM importance-sampling correction)."}
     )
-    tau: float = field(default=0.3, metadata={"help": "ConSPO temperature."})
-    margin_schedule: str = field(
-        default="constant", metadata={"help": f"Margin curriculum: {', '.join(MARGIN_SCHEDULES)}."}
-    )
-    margin_start: float = field(default=0.0, metadata={"help": "Margin at step 0."})
-    margin_end: float = field(default=0.0, metadata={"help": "Margin reached at margin_horizon."})
-    margin_horizon: int = field(default=0, metadata={"help": "Optimizer steps to reach margin_end; 0: max_steps."})
-    positive_threshold: float = field(
-        default=0.5, metadata={"help": "positive_rule='threshold': reward >= this is a positive completion."}
-    )
-    positive_rule: str = field(
-        default=DEFAULT_POSITIVE_RULE,
-        metadata={
-            "help": "How a group's positives are chosen: 'group_mean' (reward strictly above the group's mean reward: "
-            "for 0/1 rewards the completions scoring 1; works for graded rewards) or 'threshold' (reward at "
-            "least positive_threshold)."
-        },
-    )
-    length_normalized_score: bool = field(default=True, metadata={"help": "Score = mean token log-prob (else sum)."})
     group_mode: str = field(
         default="auto",
         metadata={
@@ -202,12 +183,6 @@ class ConSPOConfig(GRPOConfig):
         metadata={
             "help": "The sequence-score objective: conspo, disco, disco_ratio, real, or one registered with "
             "conspo.score_objectives.register_score_objective (conspo.score_objectives)."
-        },
-    )
-    score_tau: float | None = field(
-        default=None,
-        metadata={
-            "help": "Temperature of a score objective other than conspo (disco, disco_ratio, real); None: its default."
         },
     )
     no_valid_group_warn_steps: int = field(
@@ -228,41 +203,13 @@ class ConSPOConfig(GRPOConfig):
                     f"ConSPOConfig.{name}={value!r} is not supported by ConSPOTrainer: {why}. Leave it "
                     f"at its default ({defaults[name]!r}), or train with GRPOTrainer."
                 )
-        if not (math.isfinite(self.tau) and self.tau > 0):
-            raise ValueError(f"ConSPOConfig.tau must be a finite number > 0, got {self.tau}")
         try:
-            objective = get_score_objective(self.objective)
+            get_score_objective(self.objective)
         except ValueError as e:
             raise ValueError(f"ConSPOConfig.objective: {e}") from None
-        if self.objective != "conspo":
-            for name in CONSPO_ONLY_OPTIONS:
-                default = next(f.default for f in fields(ConSPOConfig) if f.name == name)
-                if getattr(self, name) != default:
-                    raise ValueError(
-                        f"ConSPOConfig.{name}={getattr(self, name)!r} is a ConSPO option, which objective="
-                        f"{self.objective!r} does not use: leave it at its default ({default!r})"
-                    )
-        if self.score_tau is not None:
-            if self.objective == "conspo" or "tau" not in objective.option_defaults:
-                raise ValueError(
-                    f"ConSPOConfig.score_tau={self.score_tau!r} is not used by objective="
-                    f"{self.objective!r}" + (" (use tau)" if self.objective == "conspo" else "") + ": leave it at None"
-                )
-            if not (math.isfinite(self.score_tau) and self.score_tau > 0):
-                raise ValueError(f"ConSPOConfig.score_tau must be a finite number > 0, got {self.score_tau}")
-        if self.margin_schedule not in MARGIN_SCHEDULES:
-            raise ValueError(
-                f"ConSPOConfig.margin_schedule must be one of {MARGIN_SCHEDULES}, got {self.margin_schedule!r}"
-            )
-        if self.positive_rule not in POSITIVE_RULES:
-            raise ValueError(f"ConSPOConfig.positive_rule must be one of {POSITIVE_RULES}, got {self.positive_rule!r}")
-        default_threshold = ConSPOConfig.positive_threshold
-        if self.positive_rule != "threshold" and self.positive_threshold != default_threshold:
-            raise ValueError(
-                f"ConSPOConfig.positive_threshold={self.positive_threshold!r} is only used by "
-                f"positive_rule='threshold'; positive_rule={self.positive_rule!r} picks positives by "
-                f"the group's mean reward: leave positive_threshold at its default ({default_threshold})"
-            )
+        problem = self.option_problem(self.objective)
+        if problem:
+            raise ValueError(f"ConSPOConfig.{problem[1]}")
         if self.no_valid_group_warn_steps < 0:
             raise ValueError(
                 f"ConSPOConfig.no_valid_group_warn_steps must be >= 0 (0: never warn), got "
@@ -369,29 +316,14 @@ class ConSPOTrainer(GRPOTrainer):
     # ---- margin --------------------------------------------------------------------------
 
     def conspo_margin(self) -> float:
-        args = self.args
-        schedule = margin_curriculum(
-            args.margin_schedule,
-            start=args.margin_start,
-            end=args.margin_end,
-            horizon=args.margin_horizon,
-            total_steps=self.state.max_steps,
-        )
-        return schedule(int(self.state.global_step))
+        return self.args.margin_at(self.state.global_step, self.state.max_steps)
 
     def _group_rule(self) -> dict:
         return dict(positive_threshold=self.args.positive_threshold, positive_rule=self.args.positive_rule)
 
     def _score_options(self) -> dict:
         """The score objective's keyword options at this step (ConSPO's margin follows its schedule)."""
-        if self.args.objective == "conspo":
-            return dict(
-                margin=self.conspo_margin(),
-                tau=self.args.tau,
-                normalize_by_length=self.args.length_normalized_score,
-                **self._group_rule(),
-            )
-        return {} if self.args.score_tau is None else {"tau": self.args.score_tau}
+        return self.args.loss_options(self.args.objective, self.conspo_margin())
 
     def _scores(self, logps, mask, old_logps=None) -> torch.Tensor:
         """(b,) scores of the objective's kind; ratio scores against ``old_logps`` (None: the current policy's,
@@ -586,10 +518,7 @@ class ConSPOTrainer(GRPOTrainer):
             mask,
             rewards,
             self.num_generations,
-            margin=self.conspo_margin(),
-            tau=self.args.tau,
-            normalize_by_length=self.args.length_normalized_score,
-            **self._group_rule(),
+            **self._score_options(),
         )
         for name, value in metrics.items():
             self._metrics["train"][name].append(value)
@@ -653,18 +582,6 @@ class ConSPOTrainer(GRPOTrainer):
 #: The same classes under the family's name: ``ScoreObjectiveConfig(objective="disco", ...)``.
 ScoreObjectiveConfig = ConSPOConfig
 ScoreObjectiveTrainer = ConSPOTrainer
-
-#: ConSPOConfig options that only ConSPO uses: refused away from their defaults under another objective.
-CONSPO_ONLY_OPTIONS = (
-    "tau",
-    "margin_schedule",
-    "margin_start",
-    "margin_end",
-    "margin_horizon",
-    "positive_threshold",
-    "positive_rule",
-    "length_normalized_score",
-)
 
 
 class _NoSignalWatch:

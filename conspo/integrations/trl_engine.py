@@ -22,7 +22,7 @@ import os
 import shutil
 import time
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -39,6 +39,7 @@ from conspo.checkpoint import (
 from conspo.config import TrainConfig
 from conspo.errors import ConfigError, Interrupted
 from conspo.heldout import evaluate_greedy
+from conspo.objective_options import ObjectiveOptions
 from conspo.objectives import get_objective
 from conspo.reporting import MetricsWriter
 from conspo.rollout import with_bos
@@ -119,28 +120,10 @@ def trl_arguments(cfg: TrainConfig, *, max_new_tokens: int, output_dir: str, use
             else {}
         ),
     )
-    if get_objective(cfg.objective).score_objective and cfg.objective != "conspo":  # DisCO, REAL, your own
-        return {
-            **args,
-            "beta": 0.0,
-            "objective": cfg.objective,
-            "score_tau": cfg.score_tau or None,
-            "group_mode": cfg.group_mode,
-        }
-    if cfg.objective == "conspo":
-        return {
-            **args,
-            "beta": 0.0,
-            "tau": cfg.tau,
-            "margin_schedule": cfg.margin_schedule,
-            "margin_start": cfg.margin_start,
-            "margin_end": cfg.margin_end,
-            "margin_horizon": cfg.margin_horizon,
-            "positive_threshold": cfg.positive_threshold,
-            "positive_rule": cfg.positive_rule,
-            "length_normalized_score": cfg.score == "mean",
-            "group_mode": cfg.group_mode,
-        }
+    if get_objective(cfg.objective).score_objective:  # ConSPO, DisCO, REAL, your own: ConSPOTrainer
+        # the objective options are one declaration (ObjectiveOptions) on both sides: passed through by name
+        options = {f.name: getattr(cfg, f.name) for f in fields(ObjectiveOptions)}
+        return {**args, **options, "beta": 0.0, "objective": cfg.objective, "group_mode": cfg.group_mode}
     clip = get_objective(cfg.objective).option_defaults
     return {
         **args,

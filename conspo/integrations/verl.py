@@ -30,9 +30,10 @@ which is indifferent to where rows go:
    which multiplies by the data-parallel size because FSDP/DDP *average* gradients over ranks.
    Summed over micro-batches and averaged over ranks this is sum over the batch of
    c_i * grad s_i = grad L, the ConSPO gradient of the whole batch, whatever the row order.
-3. **Options** (``ConSPOPolicyLossConfig``, a ``PolicyLossConfig`` subclass): tau, the margin
-   schedule, the positive threshold and the score, as Hydra overrides under
-   ``actor_rollout_ref.actor.policy_loss``. The margin follows verl's ``global_steps``.
+3. **Options** (``ConSPOPolicyLossConfig``, a ``PolicyLossConfig`` subclass that inherits the
+   objective options every engine shares): tau, the margin schedule, the positive rule and
+   threshold, the score, as Hydra overrides under ``actor_rollout_ref.actor.policy_loss``. The
+   margin follows verl's ``global_steps``.
 
 Exactness. The update is the ConSPO gradient when the batch feeds one optimizer step
 (``ppo_epochs == 1`` and ``ppo_mini_batch_size == data.train_batch_size``). With several
@@ -70,8 +71,8 @@ try:
 except ImportError as e:  # pragma: no cover - exercised only without verl
     raise ImportError("conspo.integrations.verl needs verl: pip install 'conspo[verl]' (verl==0.9.1)") from e
 
-from conspo.objectives import DEFAULT_POSITIVE_RULE, POSITIVE_RULES, coefficient_surrogate
-from conspo.schedules import MARGIN_SCHEDULES, margin_curriculum
+from conspo.objective_options import ObjectiveOptions
+from conspo.objectives import coefficient_surrogate
 from conspo.score_objectives import get_score_objective, score_coefficients, sequence_score
 
 SUPPORTED_VERL_VERSIONS = ("0.9.",)
@@ -96,101 +97,37 @@ TRAINER_MODE = "conspo_sync"
 
 
 @dataclass
-class ConSPOPolicyLossConfig(PolicyLossConfig):
-    """verl's ``PolicyLossConfig`` plus ConSPO's options (see ``conspo.objectives.conspo_loss``).
+class ConSPOPolicyLossConfig(ObjectiveOptions, PolicyLossConfig):
+    """verl's ``PolicyLossConfig`` plus the objective options (``conspo.objective_options.ObjectiveOptions``: ``tau``,
+    ``margin_*``, ``positive_*``, ``score``, ``score_tau``, the same declaration the native trainer and TRL use) and
+    ``objective``.
 
     Selected with ``actor_rollout_ref.actor.policy_loss._target_=conspo.integrations.verl.ConSPOPolicyLossConfig``;
     each field below is set with ``+actor_rollout_ref.actor.policy_loss.<field>=<value>`` (the
-    ``+`` because verl's YAML does not declare them).
+    ``+`` because verl's YAML does not declare them). ``margin_horizon`` counts verl training steps (0: all of
+    ``trainer.total_training_steps``).
     """
 
     loss_mode: str = LOSS_MODE
-    tau: float = 0.3  # ConSPO temperature
-    margin_schedule: str = "constant"  # constant, linear, cosine, step
-    margin_start: float = 0.0  # margin at the first training step
-    margin_end: float = 0.0  # margin reached at margin_horizon (ignored by "constant")
-    margin_horizon: int = 0  # verl training steps to reach margin_end; 0: trainer.total_training_steps
-    positive_threshold: float = 0.5  # reward >= this is a positive rollout (positive_rule "threshold")
-    positive_rule: str = DEFAULT_POSITIVE_RULE  # "group_mean": reward above its group's mean; or "threshold"
-    length_normalized_score: bool = True  # score = mean token log-prob (False: sum)
     objective: str = "conspo"  # the sequence-score objective: conspo, disco, disco_ratio, real, or a registered one
-    score_tau: float | None = None  # temperature of an objective other than conspo; None: its default
 
     def __post_init__(self):
-        if not self.tau > 0:
-            raise ValueError(f"policy_loss.tau must be > 0, got {self.tau}")
         try:
-            objective = get_score_objective(self.objective)
+            get_score_objective(self.objective)
         except ValueError as e:
             raise ValueError(f"policy_loss.objective: {e}") from None
-        if self.objective != "conspo":
-            defaults = ConSPOPolicyLossConfig.__dataclass_fields__
-            for name in (
-                "tau",
-                "margin_schedule",
-                "margin_start",
-                "margin_end",
-                "margin_horizon",
-                "positive_threshold",
-                "positive_rule",
-                "length_normalized_score",
-            ):
-                if getattr(self, name) != defaults[name].default:
-                    raise ValueError(
-                        f"policy_loss.{name}={getattr(self, name)!r} is a ConSPO option, which objective="
-                        f"{self.objective} does not use: leave it at its default"
-                    )
-        if self.score_tau is not None and (
-            self.objective == "conspo" or "tau" not in objective.option_defaults or not self.score_tau > 0
-        ):
-            raise ValueError(
-                f"policy_loss.score_tau={self.score_tau!r}: must be > 0 and is only used by an objective "
-                "other than conspo that takes a tau (use policy_loss.tau for conspo)"
-            )
-        if self.margin_schedule not in MARGIN_SCHEDULES:
-            raise ValueError(
-                f"policy_loss.margin_schedule must be one of {MARGIN_SCHEDULES}, got {self.margin_schedule!r}"
-            )
-        if self.margin_horizon < 0:
-            raise ValueError(
-                f"policy_loss.margin_horizon must be >= 0 (0: total training steps), got {self.margin_horizon}"
-            )
-        if self.positive_rule not in POSITIVE_RULES:
-            raise ValueError(f"policy_loss.positive_rule must be one of {POSITIVE_RULES}, got {self.positive_rule!r}")
-        if self.positive_rule != "threshold" and self.positive_threshold != 0.5:
-            raise ValueError(
-                f"policy_loss.positive_threshold={self.positive_threshold!r} is only used by "
-                f"positive_rule=threshold; positive_rule={self.positive_rule} picks positives by the "
-                "group's mean reward: add policy_loss.positive_rule=threshold, or leave the threshold at 0.5"
-            )
+        problem = self.option_problem(self.objective)
+        if problem:
+            raise ValueError(f"policy_loss.{problem[1]}")
 
     def score_options(self, margin: float = 0.0) -> dict:
         """The score objective's keyword options (ConSPO's at this ``margin``)."""
-        if self.objective == "conspo":
-            return dict(
-                margin=margin,
-                tau=self.tau,
-                positive_threshold=self.positive_threshold,
-                positive_rule=self.positive_rule,
-                normalize_by_length=self.length_normalized_score,
-            )
-        return {} if self.score_tau is None else {"tau": self.score_tau}
+        return self.loss_options(self.objective, margin)
 
     def scores(self, log_prob: torch.Tensor, old_log_prob: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(B,) scores of the objective's kind (ratio scores against ``old_log_prob``)."""
         kind = get_score_objective(self.objective).score_kind(self.score_options())
         return sequence_score(kind, log_prob, old_log_prob, mask)
-
-    def margin(self, completed_steps: int, total_steps: int) -> float:
-        """Margin for a batch trained after ``completed_steps`` verl training steps."""
-        schedule = margin_curriculum(
-            self.margin_schedule,
-            start=self.margin_start,
-            end=self.margin_end,
-            horizon=self.margin_horizon,
-            total_steps=total_steps,
-        )
-        return schedule(max(int(completed_steps), 0))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,28 +166,10 @@ def _to_layout(values: torch.Tensor, slot: torch.Tensor, size: int, fill=0) -> t
 
 @torch.no_grad()
 def conspo_batch_coefficients(
-    scores: torch.Tensor,
-    rewards: torch.Tensor,
-    present: torch.Tensor,
-    index,
-    *,
-    margin: float,
-    tau: float,
-    positive_threshold: float = 0.5,
-    positive_rule: str = DEFAULT_POSITIVE_RULE,
+    scores: torch.Tensor, rewards: torch.Tensor, present: torch.Tensor, index, **options
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """ConSPO's ``score_batch_coefficients``."""
-    return score_batch_coefficients(
-        scores,
-        rewards,
-        present,
-        index,
-        objective="conspo",
-        margin=margin,
-        tau=tau,
-        positive_threshold=positive_threshold,
-        positive_rule=positive_rule,
-    )
+    """ConSPO's ``score_batch_coefficients`` (``options``: its loss's, as ``ObjectiveOptions.loss_options`` gives)."""
+    return score_batch_coefficients(scores, rewards, present, index, objective="conspo", **options)
 
 
 def score_batch_coefficients(
@@ -549,7 +468,7 @@ else:
         def conspo_margin(self) -> float:
             """Margin for the batch of ``self.global_steps`` (verl counts training steps from 1)."""
             total = getattr(self, "total_training_steps", None) or 1
-            return self._conspo_loss_config.margin(self.global_steps - 1, total)
+            return self._conspo_loss_config.margin_at(self.global_steps - 1, total)
 
         def _compute_advantage(self, batch, metrics: dict):
             if self._conspo_loss_config is None:
