@@ -18,11 +18,9 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Literal, get_args, get_type_hints
 
+from conspo.config_checks import check_device, check_engine, field_engines
 from conspo.errors import ConfigError
 from conspo.objective_options import ObjectiveOptions
-
-#: The engines ``--engine`` chooses between; a field honoured by both needs no declaration.
-ENGINES = ("native", "trl")
 
 
 def native_only(default, *, instead: str):
@@ -398,7 +396,7 @@ class TrainConfig(ObjectiveOptions):
         if problem:
             raise ConfigError(f"invalid config: {problem[1]}")
         self._validate_options()
-        self._validate_device()
+        check_device(self)
         if self.micro_batch_size and self.max_tokens_per_micro_batch:
             bad("max_tokens_per_micro_batch", "set either micro_batch_size or max_tokens_per_micro_batch, not both")
         if self.lora_r and self.lora_alpha < 1:
@@ -431,7 +429,7 @@ class TrainConfig(ObjectiveOptions):
             )
         except ValueError as e:
             bad("micro_batch_size" if self.micro_batch_size else "group_mode", str(e))
-        self._validate_engine()
+        check_engine(self)
 
     def _validate_options(self) -> None:
         """Options with no effect on this objective, task or model (conspo/options.py), and the data task's needs."""
@@ -453,104 +451,6 @@ class TrainConfig(ObjectiveOptions):
         for spec in self.reward:
             if ":" not in spec:
                 raise ConfigError(f"invalid config: reward={spec!r}: expected FILE.py:FUNCTION or module:function")
-
-    def _validate_device(self) -> None:
-        import torch
-
-        if self.device == "auto":
-            return
-        try:
-            device = torch.device(self.device)
-        except RuntimeError as e:
-            raise ConfigError(f"invalid config: device={self.device!r}: {e}; use auto, cpu, cuda or cuda:N") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            build = (
-                "a CPU-only build"
-                if torch.version.cuda is None
-                else f"built for CUDA {torch.version.cuda}, no GPU visible"
-            )
-            raise ConfigError(
-                f"invalid config: device={self.device!r}: CUDA is not available (torch {torch.__version__}, "
-                f"{build}); use --device cpu or auto"
-            )
-
-    def _validate_engine(self) -> None:
-        defaults = TrainConfig()
-        for name, engines in engine_support().items():
-            if self.engine not in engines and getattr(self, name) != getattr(defaults, name):
-                raise ConfigError(
-                    f"invalid config: {name}={getattr(self, name)!r} is not supported by --engine "
-                    f"{self.engine} (only by {', '.join(engines)}): {engine_hint(name)}"
-                )
-        if self.engine == "trl":
-            if self.dtype == "float16":
-                raise ConfigError(
-                    "invalid config: dtype='float16' is not supported by --engine trl (TRL trains in "
-                    "float32 or bfloat16): use --dtype bfloat16 or float32"
-                )
-            for name in ("save_every", "stop_after"):
-                if self.updates_per_batch > 1 and getattr(self, name) % self.updates_per_batch:
-                    # TRL reuses a generation batch for updates_per_batch steps and regenerates after a resume
-                    raise ConfigError(
-                        f"invalid config: {name}={getattr(self, name)} with updates_per_batch="
-                        f"{self.updates_per_batch} on --engine trl: must be a multiple of updates_per_batch, "
-                        "so that checkpoints fall between generation batches and a resume stays exact"
-                    )
-            from conspo.objectives import get_objective
-
-            if get_objective(self.objective).score_objective and self.beta:
-                raise ConfigError(
-                    f"invalid config: beta={self.beta!r}: {self.objective} on TRL (ConSPOTrainer) has no KL "
-                    "term; use --beta 0 or --engine native"
-                )
-            self._validate_vllm()
-
-    def _validate_vllm(self) -> None:
-        """--engine trl's vLLM options: values, options the chosen mode would ignore, and vLLM's needs (checked here,
-        before the model is loaded, rather than failing inside GRPOTrainer's constructor)."""
-
-        def bad(name, why):
-            raise ConfigError(f"invalid config: {name}={getattr(self, name)!r}: {why}")
-
-        if not 0 < self.vllm_gpu_memory_utilization <= 1:
-            bad("vllm_gpu_memory_utilization", "must be in (0, 1]")
-        if self.vllm_tensor_parallel_size < 1:
-            bad("vllm_tensor_parallel_size", "must be >= 1")
-        if not 0 < self.vllm_server_port < 65536:
-            bad("vllm_server_port", "must be a TCP port (1-65535)")
-        defaults = TrainConfig()
-        # TRL silently ignores each of these outside its mode; refused so a run never differs from what was asked
-        for name, mode, elsewhere in (
-            ("vllm_gpu_memory_utilization", "colocate", "the server takes `trl vllm-serve --gpu_memory_utilization`"),
-            ("vllm_tensor_parallel_size", "colocate", "the server takes `trl vllm-serve --tensor_parallel_size`"),
-            ("vllm_server_host", "server", "colocate mode runs vLLM inside each training process"),
-            ("vllm_server_port", "server", "colocate mode runs vLLM inside each training process"),
-        ):
-            if self.vllm_mode != mode and getattr(self, name) != getattr(defaults, name):
-                bad(
-                    name,
-                    f"is only used with --vllm-mode {mode}, not {self.vllm_mode}: "
-                    + (f"add --vllm-mode {mode}" if self.vllm_mode == "none" else elsewhere),
-                )
-        if self.vllm_mode == "none":
-            return
-        import importlib.util
-
-        import torch
-
-        if self.device == "cpu" or not torch.cuda.is_available():
-            why = "device='cpu'" if self.device == "cpu" else f"no CUDA GPU is visible to torch {torch.__version__}"
-            bad(
-                "vllm_mode",
-                f"vLLM generates on CUDA GPUs and {why}: run on a GPU machine with --device auto or "
-                "cuda, or use --vllm-mode none",
-            )
-        if importlib.util.find_spec("vllm") is None:
-            bad(
-                "vllm_mode",
-                "needs the vllm package, which is not installed: pip install 'vllm>=0.22,<=0.31' "
-                "(the versions TRL 1.16 supports), or use --vllm-mode none",
-            )
 
     def objective_settings(self, *, margin: float, max_new_tokens: int) -> dict:
         """Every objective option this config sets; ``Objective.options`` keeps those its loss takes."""
@@ -614,7 +514,7 @@ def task_defaults(task: str) -> dict:
 
 def engine_support() -> dict[str, tuple[str, ...]]:
     """Which engines honour each TrainConfig field (``native_only`` / ``trl_only``; both otherwise)."""
-    return {f.name: f.metadata.get("engines", ENGINES) for f in fields(TrainConfig)}
+    return {f.name: field_engines(f) for f in fields(TrainConfig)}
 
 
 def engine_hint(name: str) -> str:

@@ -386,7 +386,7 @@ def test_each_rule_is_written_once():
 
     assert where(">= positive_threshold") == ["objectives.py"]
     assert where("> group_mean") == ["objectives.py"]
-    assert where("GRPO_ONLY_OPTIONS: dict") == ["integrations/trl.py"]
+    assert where("GRPO_ONLY_OPTIONS: dict") == ["integrations/trl_config.py"]
     assert where("% group_size != 0") == ["loss_pieces.py", "objectives.py", "update.py"]  # layout checks; group mode
     assert where("eps_high: float = 0.28") == ["grpo_family.py"]
     assert where("epsilon_high=0.28") == [] and where("epsilon=3e-4") == []

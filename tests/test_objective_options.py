@@ -95,3 +95,17 @@ def test_loss_options_per_objective():
     assert ObjectiveOptions(score_tau=4.0).loss_options("grpo") == {}
     assert options.margin_at(0, 10) == 0.0 and options.margin_at(10, 10) == pytest.approx(0.2)
     assert options.margin_at(5, 10) == pytest.approx(0.1)
+
+
+def test_a_config_saved_by_0_2_0_with_score_tau_0_still_loads(tmp_path):
+    """0.2.0 wrote score_tau 0 for "the objective's default" (None now): its config.yaml passed back with --config,
+    or resumed, means the same run."""
+    import argparse
+
+    from conspo.cli import config_from_args
+
+    saved = tmp_path / "config.yaml"
+    saved.write_text("objective: disco\nscore_tau: 0.0\nsteps: 3\n")
+    cfg, given = config_from_args(argparse.Namespace(config=str(saved)))
+    cfg.validate()
+    assert cfg.score_tau is None and cfg.objective == "disco" and "score_tau" in given
