@@ -1,3 +1,3 @@
 """conspo: ConSPO and GRPO-family objectives for RL with verifiable rewards."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
