@@ -50,39 +50,21 @@ def _add_field_argument(group, f, hint, help_text: str, hidden: bool) -> None:
     text = f"{help_text} (default: {default!r})".replace("%", "%%")  # argparse formats help with %
     if hidden:
         text = argparse.SUPPRESS
+    kwargs: dict = dict(dest=f.name, default=argparse.SUPPRESS, help=text)
     if hint is bool:
-        group.add_argument(
-            flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text
-        )
+        kwargs.update(action=argparse.BooleanOptionalAction)
     elif typing.get_origin(hint) is typing.Literal:
         # choices shown, checked by TrainConfig.validate so the error is the same one line as from YAML
-        group.add_argument(
-            flag,
-            dest=f.name,
-            type=str,
-            default=argparse.SUPPRESS,
-            help=text,
-            metavar="{" + ",".join(typing.get_args(hint)) + "}",
-        )
+        kwargs.update(type=str, metavar="{" + ",".join(typing.get_args(hint)) + "}")
     elif typing.get_origin(hint) is list:  # --reward a.py:f --reward b.py:g; --reward-weights 1 0.5
         item = typing.get_args(hint)[0]
         many = dict(action="append", type=item) if item is str else dict(nargs="+", type=item)
-        group.add_argument(
-            flag, dest=f.name, default=argparse.SUPPRESS, help=text, metavar=item.__name__.upper(), **many
-        )
+        kwargs.update(metavar=item.__name__.upper(), **many)
     elif hint in (int, float, str):
-        group.add_argument(
-            flag, dest=f.name, type=hint, default=argparse.SUPPRESS, help=text, metavar=hint.__name__.upper()
-        )
+        kwargs.update(type=hint, metavar=hint.__name__.upper())
     else:  # float | None
-        group.add_argument(
-            flag,
-            dest=f.name,
-            type=_parse_optional_float,
-            default=argparse.SUPPRESS,
-            help=text,
-            metavar="FLOAT|none",
-        )
+        kwargs.update(type=_parse_optional_float, metavar="FLOAT|none")
+    group.add_argument(flag, **kwargs)
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, set[str]]:
