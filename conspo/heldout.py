@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from conspo.objective_options import POSITIVE_THRESHOLD
 from conspo.rollout import generate
 from conspo.tasks import Problem, Task
 
@@ -36,7 +37,7 @@ def evaluate_greedy(
     max_new_tokens: int,
     batch_size: int = 256,
     rewards=None,
-    positive_threshold: float = 0.5,
+    positive_threshold: float = POSITIVE_THRESHOLD,
 ) -> tuple[EvalResult, list[str]]:
     """Greedy-decode every problem once (stopping as training's rollouts do) and score it with the task's
     verifier, or with ``rewards`` (a ``RewardSet``: accuracy is then the mean total reward, unscored

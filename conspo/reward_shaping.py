@@ -10,7 +10,8 @@ import math
 
 import torch
 
-from conspo.objectives import DEFAULT_POSITIVE_RULE, contrastive_sets
+from conspo.objective_options import DEFAULT_POSITIVE_RULE, POSITIVE_THRESHOLD
+from conspo.objectives import contrastive_sets
 
 
 def overlong_penalty(lengths: torch.Tensor, max_length: int, buffer: int, *, factor: float = 1.0) -> torch.Tensor:
@@ -69,7 +70,7 @@ def rewards_that_move_the_update(
     *,
     weights: torch.Tensor | None = None,
     couples_group: bool = True,
-    positive_threshold: float = 0.5,
+    positive_threshold: float = POSITIVE_THRESHOLD,
     positive_rule: str = DEFAULT_POSITIVE_RULE,
 ) -> list[bool]:
     """For each of the K rewards of a (B, K) batch: do its differences within a group change the update?

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from conspo.objective_options import DEFAULT_POSITIVE_RULE, POSITIVE_THRESHOLD
+
 __all__ = ["REWARD_ERRORS", "RewardError", "RewardScores", "RewardSet", "load_reward", "reward_name"]
 
 #: What a reward that raises or returns a non-finite value does: stop the run, or score 0 and be counted.
@@ -237,8 +239,8 @@ class SilentRewardWatch:
         *,
         weights=None,
         couples_group: bool = True,
-        positive_rule: str = "group_mean",
-        positive_threshold: float = 0.5,
+        positive_rule: str = DEFAULT_POSITIVE_RULE,
+        positive_threshold: float = POSITIVE_THRESHOLD,
     ) -> list[str]:
         """Record one batch ((B, K) rewards); return the warnings due now (each at most once)."""
         if self.done:
