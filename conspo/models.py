@@ -8,9 +8,17 @@ code path that trains it on a laptop is the one that trains a 1.5B model on a GP
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+from conspo.errors import ConfigError
+from conspo.rollout import ignored_generation_settings, ignored_settings_note
+
+if TYPE_CHECKING:
+    from conspo.config import TrainConfig
 
 #: Marks a directory holding a model written by conspo's tiny-model code; its tokenizer
 #: is loaded with PreTrainedTokenizerFast (AutoTokenizer would pick the Qwen2 tokenizer
@@ -99,8 +107,6 @@ def load_model_config(name_or_path: str, option: str = "--model"):
     at once in one line (instead of after the hub client's retries)."""
     from transformers import AutoConfig
 
-    from conspo.errors import ConfigError
-
     path = Path(name_or_path).expanduser()
     if looks_local(name_or_path) and not path.exists():
         raise ConfigError(f"{option} {name_or_path}: no such folder (a local path; hub ids look like org/name)")
@@ -131,8 +137,6 @@ def max_positions(config) -> int | None:
 def check_positions(name: str, config, tokenizer, prompts: list[str], max_new_tokens: int) -> None:
     """Refuse, before any weight is read, a generation limit that the longest prompt plus the completion
     would take past the model's positions (generation there runs on and its output means nothing)."""
-    from conspo.errors import ConfigError
-
     positions = max_positions(config)
     if positions is None or not prompts:
         return
@@ -199,8 +203,6 @@ def lora_config(*, r: int, alpha: int, dropout: float, target_modules: str):
     try:
         from peft import LoraConfig
     except ImportError as e:
-        from conspo.errors import ConfigError
-
         raise ConfigError("LoRA (--lora-r > 0) needs peft: pip install 'conspo[lora]'") from e
     targets = (
         target_modules
@@ -226,3 +228,112 @@ def save_final(model, tokenizer, directory: str | Path, *, tiny_task: str = "", 
             return
         model = model.merge_and_unload()  # the run is over: merging in place is fine
     save_pretrained(model, tokenizer, directory, tiny_task=tiny_task)
+
+
+def load_model(cfg: TrainConfig, task, device, dtype, log):
+    """(model, tokenizer), with the task's prompts rendered for the tokenizer: the cached tiny base for
+    ``model=tiny``, else a transformers causal LM.
+
+    A model that cannot be found, whose positions cannot hold the longest prompt plus the generation limit,
+    or whose weights, gradients and AdamW state alone would not fit in the device's free memory, is refused
+    before any weight is loaded.
+    """
+    from conspo.warmup import tiny_base  # here: the warm-up builds on this module
+
+    if cfg.model == "tiny":
+        model, tokenizer, _ = tiny_base(
+            task,
+            steps=cfg.sft_steps,
+            lr=cfg.sft_lr,
+            batch_size=cfg.sft_batch_size,
+            seed=cfg.sft_seed,
+            cache_dir=cfg.cache_dir,
+            decay_steps=cfg.sft_decay_steps,
+            stop_accuracy=cfg.sft_stop_accuracy,
+            log=log,
+        )
+        if hasattr(task, "set_tokenizer"):
+            task.set_tokenizer(tokenizer)
+        return model.to(device=device, dtype=dtype), tokenizer
+    config = load_model_config(cfg.model)
+    try:
+        tokenizer = load_tokenizer(cfg.model)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--model {cfg.model}: could not load its tokenizer: {str(e).splitlines()[0]}") from None
+    if hasattr(task, "set_tokenizer"):
+        task.set_tokenizer(tokenizer)
+    prompts = [p.prompt for p in task.train_problems()] + [
+        p.prompt for p in task.heldout_problems()[: cfg.eval_size or None]
+    ]
+    check_positions(cfg.model, config, tokenizer, prompts, cfg.max_new_tokens or task.max_new_tokens)
+    check_memory(cfg, config, device, dtype)
+    try:
+        model = load_policy(cfg.model, dtype=dtype, device=device)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--model {cfg.model}: could not load it: {str(e).splitlines()[0]}") from None
+    ignored = ignored_generation_settings(model.generation_config)
+    if ignored:
+        log(ignored_settings_note(ignored, "config.yaml, `resolved`"))
+    return model, tokenizer
+
+
+def check_memory(cfg: TrainConfig, config, device: torch.device, dtype: torch.dtype) -> None:
+    """Refuse a model whose weights + gradients + AdamW state exceed the device's free memory.
+
+    The floor counted (bytes): P*w for the weights (w bytes per parameter in ``dtype``), T*(w + 8)
+    for the trainable parameters' gradients and AdamW's two float32 moments (T = P, or ~0 with
+    LoRA), and P*w more for a frozen reference copy when beta > 0 without LoRA. Activations,
+    logits and the KV cache come on top, so passing this check does not promise the run fits;
+    failing it proves it cannot. P comes from the model's ``config`` on the meta device (no weights read).
+    """
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        n_params = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+    width = torch.finfo(dtype).bits // 8
+    trainable = 0 if cfg.lora_r else n_params
+    needed = n_params * width + trainable * (width + 8) + (n_params * width if cfg.beta and not cfg.lora_r else 0)
+    free = free_memory_bytes(device)
+    if free is not None and needed > free:
+        gib = 2**30
+        raise ConfigError(
+            f"--model {cfg.model}: {n_params / 1e9:.2f}B parameters need at least {needed / gib:.1f} GiB for weights, "
+            f"gradients and AdamW state in {str(dtype).removeprefix('torch.')} (activations come on top), but "
+            f"{device} has {free / gib:.1f} GiB free. Use LoRA (--lora-r 16), a smaller model, or a GPU"
+        )
+
+
+def free_memory_bytes(device: torch.device) -> int | None:
+    """Free memory of ``device`` (CUDA: mem_get_info; CPU: MemAvailable of /proc/meminfo), None if unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def prepare_for_training(model, cfg: TrainConfig):
+    """Activation checkpointing and LoRA as the config asks; returns the model to train."""
+    if cfg.gradient_checkpointing:
+        # non-reentrant: works with frozen inputs (LoRA) without enable_input_require_grads
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if cfg.lora_r:
+        from peft import get_peft_model
+
+        with (
+            warnings.catch_warnings()
+        ):  # peft 0.21 calls a transformers method deprecated in 5.x: not the user's concern
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            model = get_peft_model(
+                model,
+                lora_config(
+                    r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, target_modules=cfg.lora_target_modules
+                ),
+            )
+    return model

@@ -1,5 +1,6 @@
-"""What both engines share around the training loop: the run directory, the task and model a
-config names, resume-config merging, checkpoint saving with clear errors, and the summary.
+"""What both engines share around the training loop: the run directory, the task a config names,
+resume-config merging, checkpoint saving with clear errors, the config record and the summary (the
+model is loaded by ``conspo.models.load_model``, its dtypes chosen by ``conspo.precision``).
 
 ``conspo.train`` (native loop) and ``conspo.integrations.trl_engine`` (TRL) both build on this,
 so a run looks the same whichever engine trained it.
@@ -10,17 +11,15 @@ from __future__ import annotations
 import json
 import signal
 import threading
-import warnings
 from dataclasses import asdict, fields
 from datetime import datetime
 from pathlib import Path
 
-import torch
-
 from conspo.checkpoint import find_checkpoint, list_checkpoints, save_checkpoint
 from conspo.config import TrainConfig
 from conspo.errors import ConfigError, RunError
-from conspo.rollout import ignored_generation_settings, ignored_settings_note
+from conspo.precision import precision_summary
+from conspo.rollout import ignored_generation_settings
 
 # What a run writes into its directory; --overwrite deletes exactly these (and nothing else).
 RUN_FILES = ("metrics.jsonl", "samples.jsonl", "summary.json", "curves.png", "config.yaml")
@@ -164,178 +163,11 @@ def remove_if_empty(run_dir: Path) -> None:
     run_dir.rmdir()
 
 
-def resolve_device_dtype(cfg: TrainConfig) -> tuple[torch.device, torch.dtype]:
-    """``auto`` device: CUDA when available. The weight dtype: ``auto`` is float32 everywhere (master weights and
-    AdamW state; on a GPU the compute runs in bfloat16 under autocast: ``compute_dtype``)."""
-    device = torch.device(
-        "cuda"
-        if cfg.device == "auto" and torch.cuda.is_available()
-        else ("cpu" if cfg.device == "auto" else cfg.device)
-    )
-    return device, torch.float32 if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
-
-
-def compute_dtype(cfg: TrainConfig, device: torch.device, dtype: torch.dtype) -> torch.dtype | None:
-    """bfloat16 when forward and backward run under bf16 autocast (``mixed_precision`` bf16, or auto on a CUDA GPU
-    with bf16 and float32 weights), else None (compute in the weights' dtype)."""
-    if cfg.mixed_precision == "bf16":
-        return torch.bfloat16
-    if (
-        cfg.mixed_precision == "auto"
-        and dtype == torch.float32
-        and device.type == "cuda"
-        and torch.cuda.is_bf16_supported()
-    ):
-        return torch.bfloat16
-    return None
-
-
-def precision_summary(cfg: TrainConfig, device: torch.device, dtype: torch.dtype) -> str:
-    """One line for the run header: weights, compute and optimizer-state dtypes."""
-    name = lambda d: str(d).removeprefix("torch.")  # noqa: E731
-    compute = compute_dtype(cfg, device, dtype)
-    trainable = "LoRA adapter float32 over a frozen " + name(dtype) + " base" if cfg.lora_r else name(dtype)
-    return (
-        f"weights {trainable}, compute {name(compute) + ' (autocast)' if compute else name(dtype)}, "
-        f"AdamW state {'float32' if cfg.lora_r else name(dtype)}"
-    )
-
-
-def updates_lost_fraction(parameters, lr: float) -> float:
-    """Share of the weights that an update of size ``lr`` (AdamW's step size per weight, roughly) leaves
-    unchanged in their own dtype: ``w + lr`` rounds back to ``w``. 0 for float32 weights at any usual lr."""
-    lost = total = 0
-    for p in parameters:
-        w = p.detach()
-        lost += int(((w.float() + lr).to(w.dtype) == w).sum())
-        total += w.numel()
-    return lost / max(total, 1)
-
-
 def make_task(cfg: TrainConfig):
     """The task the config names (prompts, held-out problems, verifier); bad data is a ConfigError."""
     from conspo.tasks import task_from_config
 
     return task_from_config(cfg)
-
-
-def load_model(cfg: TrainConfig, task, device, dtype, log):
-    """(model, tokenizer), with the task's prompts rendered for the tokenizer: the cached tiny base for
-    ``model=tiny``, else a transformers causal LM.
-
-    A model that cannot be found, whose positions cannot hold the longest prompt plus the generation limit,
-    or whose weights, gradients and AdamW state alone would not fit in the device's free memory, is refused
-    before any weight is loaded.
-    """
-    from conspo.models import check_positions, load_model_config, load_policy, load_tokenizer
-    from conspo.warmup import tiny_base
-
-    if cfg.model == "tiny":
-        model, tokenizer, _ = tiny_base(
-            task,
-            steps=cfg.sft_steps,
-            lr=cfg.sft_lr,
-            batch_size=cfg.sft_batch_size,
-            seed=cfg.sft_seed,
-            cache_dir=cfg.cache_dir,
-            decay_steps=cfg.sft_decay_steps,
-            stop_accuracy=cfg.sft_stop_accuracy,
-            log=log,
-        )
-        if hasattr(task, "set_tokenizer"):
-            task.set_tokenizer(tokenizer)
-        return model.to(device=device, dtype=dtype), tokenizer
-    config = load_model_config(cfg.model)
-    try:
-        tokenizer = load_tokenizer(cfg.model)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"--model {cfg.model}: could not load its tokenizer: {str(e).splitlines()[0]}") from None
-    if hasattr(task, "set_tokenizer"):
-        task.set_tokenizer(tokenizer)
-    prompts = [p.prompt for p in task.train_problems()] + [
-        p.prompt for p in task.heldout_problems()[: cfg.eval_size or None]
-    ]
-    check_positions(cfg.model, config, tokenizer, prompts, cfg.max_new_tokens or task.max_new_tokens)
-    check_memory(cfg, config, device, dtype)
-    try:
-        model = load_policy(cfg.model, dtype=dtype, device=device)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"--model {cfg.model}: could not load it: {str(e).splitlines()[0]}") from None
-    ignored = ignored_generation_settings(model.generation_config)
-    if ignored:
-        log(ignored_settings_note(ignored, "config.yaml, `resolved`"))
-    return model, tokenizer
-
-
-def check_memory(cfg: TrainConfig, config, device: torch.device, dtype: torch.dtype) -> None:
-    """Refuse a model whose weights + gradients + AdamW state exceed the device's free memory.
-
-    The floor counted (bytes): P*w for the weights (w bytes per parameter in ``dtype``), T*(w + 8)
-    for the trainable parameters' gradients and AdamW's two float32 moments (T = P, or ~0 with
-    LoRA), and P*w more for a frozen reference copy when beta > 0 without LoRA. Activations,
-    logits and the KV cache come on top, so passing this check does not promise the run fits;
-    failing it proves it cannot. P comes from the model's ``config`` on the meta device (no weights read).
-    """
-    from transformers import AutoModelForCausalLM
-
-    with torch.device("meta"):
-        n_params = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
-    width = torch.finfo(dtype).bits // 8
-    trainable = 0 if cfg.lora_r else n_params
-    needed = n_params * width + trainable * (width + 8) + (n_params * width if cfg.beta and not cfg.lora_r else 0)
-    free = free_memory_bytes(device)
-    if free is not None and needed > free:
-        gib = 2**30
-        raise ConfigError(
-            f"--model {cfg.model}: {n_params / 1e9:.2f}B parameters need at least {needed / gib:.1f} GiB for weights, "
-            f"gradients and AdamW state in {str(dtype).removeprefix('torch.')} (activations come on top), but "
-            f"{device} has {free / gib:.1f} GiB free. Use LoRA (--lora-r 16), a smaller model, or a GPU"
-        )
-
-
-def free_memory_bytes(device: torch.device) -> int | None:
-    """Free memory of ``device`` (CUDA: mem_get_info; CPU: MemAvailable of /proc/meminfo), None if unknown."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def prepare_for_training(model, cfg: TrainConfig):
-    """Activation checkpointing and LoRA as the config asks; returns the model to train."""
-    if cfg.gradient_checkpointing:
-        # non-reentrant: works with frozen inputs (LoRA) without enable_input_require_grads
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
-    if cfg.lora_r:
-        from peft import get_peft_model
-
-        from conspo.models import lora_config
-
-        with (
-            warnings.catch_warnings()
-        ):  # peft 0.21 calls a transformers method deprecated in 5.x: not the user's concern
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            model = get_peft_model(
-                model,
-                lora_config(
-                    r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, target_modules=cfg.lora_target_modules
-                ),
-            )
-    return model
-
-
-def precision(cfg: TrainConfig, device: torch.device, dtype: torch.dtype = torch.float32):
-    """The autocast context of every forward pass: bfloat16 compute over the weights when ``compute_dtype``
-    says so, else a no-op."""
-    compute = compute_dtype(cfg, device, dtype)
-    return torch.autocast(device_type=device.type, dtype=compute or torch.bfloat16, enabled=compute is not None)
 
 
 def merge_resumed_config(cfg: TrainConfig, explicit: set[str]) -> TrainConfig:
@@ -400,19 +232,6 @@ def resolved_settings(cfg: TrainConfig, model, tokenizer, task, device, dtype, m
         },
         "precision": precision_summary(cfg, device, dtype),
     }
-
-
-def warn_low_precision(cfg: TrainConfig, model, dtype: torch.dtype, log) -> None:
-    """With --low-precision-weights: say how much of an AdamW step of size lr this model's weights would lose."""
-    if not cfg.low_precision_weights:
-        return
-    lost = updates_lost_fraction((p for p in model.parameters() if p.requires_grad), cfg.lr)
-    log(
-        f"WARNING --low-precision-weights: AdamW updates {str(dtype).removeprefix('torch.')} weights directly; "
-        "an update "
-        f"of size lr={cfg.lr:g} leaves {lost:.1%} of this model's weights unchanged (rounded away). --dtype auto keeps "
-        "float32 weights and loses none"
-    )
 
 
 def finish_run(

@@ -31,7 +31,9 @@ from conspo.checkpoint import load_checkpoint
 from conspo.config import TrainConfig
 from conspo.errors import Interrupted, RunError
 from conspo.heldout import evaluate_greedy
+from conspo.models import load_model, prepare_for_training
 from conspo.objectives import get_objective
+from conspo.precision import precision, precision_summary, resolve_device_dtype, warn_low_precision
 from conspo.reporting import MetricsWriter
 from conspo.reward_shaping import combine_rewards, overlong_penalty
 from conspo.rewards.base import SilentRewardWatch
@@ -40,17 +42,11 @@ from conspo.run import (
     StopRequest,
     checkpoint_to_resume,
     finish_run,
-    load_model,
     make_task,
     new_run_id,
-    precision,
-    precision_summary,
-    prepare_for_training,
     prepare_run_dir,
-    resolve_device_dtype,
     resolved_settings,
     save_run_checkpoint,
-    warn_low_precision,
     what_is_intact,
     write_config,
 )

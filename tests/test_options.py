@@ -79,7 +79,7 @@ ALSO = {
 
 def what_the_run_consumes(cfg, monkeypatch):
     """Objective options over the run, the task's construction, the tiny base's warm-up and the rewards."""
-    from conspo import run, warmup
+    from conspo import models, warmup
 
     steps = [0, cfg.steps // 2, cfg.steps]
     margins = [
@@ -104,7 +104,7 @@ def what_the_run_consumes(cfg, monkeypatch):
     if cfg.model == "tiny":
         monkeypatch.setattr(warmup, "tiny_base", lambda task, **kw: (_ for _ in ()).throw(LookupError(kw)))
         with pytest.raises(LookupError) as info:
-            run.load_model(cfg, None, "cpu", None, print)
+            models.load_model(cfg, None, "cpu", None, print)
         warm_up = info.value.args[0]
     rewards = None
     if cfg.reward:

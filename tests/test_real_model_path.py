@@ -40,7 +40,7 @@ def _on_a_bf16_gpu(monkeypatch):
 
 def test_on_a_gpu_the_default_keeps_float32_weights_and_computes_in_bf16(monkeypatch):
     from conspo.integrations.trl_engine import trl_arguments
-    from conspo.run import compute_dtype, precision_summary, resolve_device_dtype
+    from conspo.precision import compute_dtype, precision_summary, resolve_device_dtype
 
     _on_a_bf16_gpu(monkeypatch)
     cfg = TrainConfig(model="Qwen/Qwen2.5-Math-1.5B", task="math")
@@ -65,7 +65,7 @@ def test_pure_bf16_adamw_is_refused_unless_asked_for():
 
 
 def test_the_lost_update_share_matches_what_adamw_does_to_bf16_weights():
-    from conspo.run import updates_lost_fraction
+    from conspo.precision import updates_lost_fraction
 
     gen = torch.Generator().manual_seed(0)
     weights = (torch.randn(20_000, generator=gen) * 0.02).to(torch.bfloat16)
@@ -212,7 +212,8 @@ def test_the_plain_template_stops_at_the_end_of_the_line(tmp_path):
 
 def test_a_generation_limit_past_the_models_positions_fails_before_the_weights_load(tmp_path, monkeypatch):
     import conspo.models
-    from conspo.run import load_model, make_task
+    from conspo.models import load_model
+    from conspo.run import make_task
 
     model_dir = build_standin("qwen2.5", tmp_path / "m", max_positions=256)
     data = tmp_path / "d.jsonl"

@@ -39,20 +39,19 @@ from conspo.checkpoint import (
 from conspo.config import TrainConfig
 from conspo.errors import ConfigError, Interrupted
 from conspo.heldout import evaluate_greedy
+from conspo.models import load_model
 from conspo.objective_options import ObjectiveOptions
 from conspo.objectives import get_objective
+from conspo.precision import compute_dtype, resolve_device_dtype
 from conspo.reporting import MetricsWriter
 from conspo.rollout import with_bos
 from conspo.run import (
     StopRequest,
     checkpoint_to_resume,
-    compute_dtype,
     finish_run,
-    load_model,
     make_task,
     new_run_id,
     prepare_run_dir,
-    resolve_device_dtype,
     resolved_settings,
     write_config,
 )
