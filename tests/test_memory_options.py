@@ -1,5 +1,5 @@
 """Real-model-shape options of the native trainer: token-budget micro-batches, activation
-checkpointing, bf16 autocast, LoRA (peft). Exactness of the update lives in test_train.py; here:
+checkpointing, bf16 autocast, LoRA (peft). Exactness of the update lives in test_update.py; here:
 the options run end to end, resume exactly, and LoRA keeps only the adapter."""
 
 import json
