@@ -2,7 +2,8 @@
 1: a run that cannot go on, 130: Ctrl-C), with no traceback and nothing left behind.
 
 The cases run ``conspo.cli.main`` in this process (no torch import per case); the ones that
-must fail before any work also prove that no model was built.
+must fail before any work also prove that no model was built. The last few run the real CLI in a
+subprocess (``run_cli``): config values and YAML files refused at validation, an output directory kept.
 """
 
 import json
@@ -10,7 +11,7 @@ import signal
 
 import pytest
 import torch
-from helpers import TINY
+from helpers import TINY, run_cli
 
 from conspo import __version__
 from conspo.cli import join_negative_numbers, main
@@ -268,3 +269,43 @@ def test_a_run_stopped_before_its_first_checkpoint_can_be_started_over(tmp_path,
     assert code == 2 and "holds no checkpoint" in one_line(err) and "--overwrite" in err
     code, err = cli("train", "--resume", out)
     assert code == 2 and "--overwrite" in one_line(err)
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--steps", "0"], "steps=0"),
+        (["--objective", "ppo"], "objective='ppo'"),
+        (["--tau", "-1"], "tau=-1.0"),
+        (["--micro-batch-size", "3", "--objective", "grpo"], "micro_batch_size=3"),
+        (["--group-mode", "coefficients", "--objective", "dapo"], "group_mode"),
+        (["--margin-schedule", "exp"], "margin_schedule='exp'"),
+        (["--report-to", "mlflow"], "report_to"),
+    ],
+)
+def test_bad_config_values_give_clear_errors(tmp_path, cache_dir, args, message):
+    proc = run_cli("train", *args, "--output-dir", str(tmp_path / "x"), cache_dir=cache_dir, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bad_yaml_config(tmp_path, cache_dir):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("objective: conspo\nlearning_rate: 0.1\n")
+    proc = run_cli("train", "--config", str(bad), cache_dir=cache_dir, check=False)
+    assert proc.returncode == 2 and "unknown option(s) ['learning_rate']" in proc.stderr
+    bad.write_text("steps: many\n")
+    proc = run_cli("train", "--config", str(bad), cache_dir=cache_dir, check=False)
+    assert proc.returncode == 2 and "steps='many' should be of type int" in proc.stderr
+    bad.write_text("!!python/object/apply:os.system ['echo pwned']\n")
+    proc = run_cli("train", "--config", str(bad), cache_dir=cache_dir, check=False)
+    assert proc.returncode == 2 and "not valid YAML" in proc.stderr
+
+
+def test_existing_output_dir_is_not_clobbered(tmp_path, cache_dir):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep")
+    proc = run_cli("train", "--output-dir", str(out), cache_dir=cache_dir, check=False)
+    assert proc.returncode == 2 and "--overwrite" in proc.stderr
+    assert (out / "precious.txt").read_text() == "keep"

@@ -1,12 +1,13 @@
 """conspo compare's statistics on synthetic runs: last- and best-step accuracy, paired per-seed differences to a
-reference objective with a Student-t 95% CI (the t quantiles checked against a numerical integral of the density)."""
+reference objective with a Student-t 95% CI (the t quantiles checked against a numerical integral of the density);
+and a smoke run of ``conspo compare`` that trains two objectives on two seeds at toy size."""
 
 import json
 import math
 import statistics
 
 import pytest
-from helpers import run_cli
+from helpers import TINY, run_cli
 
 from conspo.compare import report
 from conspo.errors import ConfigError
@@ -133,3 +134,39 @@ def test_report_finds_runs_at_any_depth_grouped_by_their_objective(tmp_path):
     out = report(tmp_path / "final", log=lambda text: None)
     assert {r["objective"]: r["seeds"] for r in out["table"]} == {"conspo": 3, "disco": 3, "real": 1}
     assert out["reference"] == "conspo"
+
+
+@pytest.mark.slow
+def test_compare_smoke(tmp_path, cache_dir):
+    out = tmp_path / "cmp"
+    proc = run_cli(
+        "compare",
+        "--objectives",
+        "conspo,grpo",
+        "--seeds",
+        "2",
+        *TINY,
+        "--steps",
+        "2",
+        "--eval-every",
+        "1",
+        "--output-dir",
+        str(out),
+        cache_dir=cache_dir,
+    )
+    data = json.load(open(out / "compare.json"))
+    assert [r["objective"] for r in data["table"]] == ["conspo", "grpo"]
+    assert all(r["seeds"] == 2 for r in data["table"])
+    assert "| conspo | 2 |" in proc.stdout and (out / "compare.png").exists() and (out / "compare_lengths.png").exists()
+    runs = data["runs"]["conspo"]
+    assert all(
+        [row[0] for row in run["generation"]] == [1, 2] and all(row[1] > 0 for row in run["generation"]) for run in runs
+    )
+    # the last 10% of 2 steps is the last step; the table averages it over the seeds
+    assert data["table"][0]["late_length_mean"] == pytest.approx(sum(run["generation"][-1][1] for run in runs) / 2)
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == [
+        "conspo-seed0",
+        "conspo-seed1",
+        "grpo-seed0",
+        "grpo-seed1",
+    ]

@@ -121,6 +121,14 @@ def test_tied_head_gradient_reaches_the_embedding():
     token_logprobs(model, rollouts).sum().backward()
     names = [n for n, _ in model.named_parameters()]
     assert "lm_head.weight" not in names and model.model.embed_tokens.weight.grad is not None
+    # its value: the input embedding's gradient plus the head's, as an untied copy of the same weights has them
+    untied = _model("qwen2-untied")
+    untied.model.load_state_dict(model.model.state_dict())
+    with torch.no_grad():
+        untied.lm_head.weight.copy_(model.lm_head.weight)
+    full_logits_logprobs(untied, rollouts).sum().backward()
+    expected = untied.model.embed_tokens.weight.grad + untied.lm_head.weight.grad
+    torch.testing.assert_close(model.model.embed_tokens.weight.grad, expected, rtol=1e-10, atol=1e-12)
     # rows of tokens that appear nowhere in the batch get gradient only through the head's softmax
     unused = sorted(
         set(range(VOCAB)) - set(torch.cat([rollouts.prompt_ids, rollouts.completion_ids], 1).flatten().tolist())
@@ -220,7 +228,11 @@ def test_fallback_for_a_head_that_is_not_a_linear_warns_once(monkeypatch):
     torch.testing.assert_close(ours, again)
     torch.testing.assert_close(ours, token_logprobs(reference, rollouts, temperature=0.7), rtol=1e-12, atol=1e-12)
     ours.sum().backward()
-    assert model.lm_head.linear.weight.grad is not None
+    full_logits_logprobs(reference, rollouts, temperature=0.7).sum().backward()
+    expected = {name: p.grad for name, p in reference.named_parameters()}
+    for name, p in model.named_parameters():  # every gradient, the wrapped head's included, as the plain model's
+        plain = expected[name.replace("lm_head.linear.", "lm_head.")]
+        torch.testing.assert_close(p.grad, plain, rtol=1e-10, atol=1e-12, msg=lambda m: f"{name}: {m}")
 
 
 def test_fallback_for_an_unknown_logit_transform():

@@ -1,5 +1,5 @@
 """Overlong completions (DAPO): the soft overlong punishment and truncation masking, for every objective and
-both engines. The native update's exactness with masked rows is in tests/test_train.py, the equality with TRL's
+both engines. The native update's exactness with masked rows is in tests/test_update.py, the equality with TRL's
 loss on masked rows in tests/test_trl_oracle.py."""
 
 import dataclasses
