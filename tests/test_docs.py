@@ -76,6 +76,7 @@ FIGURE_DOCS = sorted(
         ROOT / "README.md",
         ROOT / "BENCHMARKS.md",
         *(ROOT / "docs").rglob("*.md"),
+        *(ROOT / "bench").glob("*.md"),
     ]
 )
 NUMBER = r"(?<![\w./-])[+-]?\d+(?:,\d{3})*(?:\.\d+)?(?:\s?[-–]\s?\d+(?:,\d{3})*(?:\.\d+)?)?"  # 3.2, 1,537, 5-10
