@@ -111,11 +111,22 @@ def save_checkpoint(
         shutil.rmtree(final)
     os.rename(tmp, final)
     _fsync_dir(run_dir)
+    rotate_checkpoints(run_dir, keep)
+    return final
+
+
+def rotate_checkpoints(run_dir: Path, keep: int) -> None:
+    """Keep the newest ``keep`` complete checkpoints of a run (0: all) and delete what an interrupted save left
+    behind: a ``checkpoint-<step>`` without its ``state.json`` (written last, so it is never resumed from) and
+    a ``.tmp-checkpoint-*`` being written when the process died. Both engines call it after each save."""
+    run_dir = Path(run_dir)
     for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
+    for path in run_dir.glob(f"{PREFIX}*"):
+        if path.is_dir() and path.name[len(PREFIX) :].isdigit() and not (path / "state.json").exists():
+            shutil.rmtree(path, ignore_errors=True)
     for stale in run_dir.glob(f".tmp-{PREFIX}*"):
         shutil.rmtree(stale, ignore_errors=True)
-    return final
 
 
 def _write_checkpoint_files(tmp: Path, step: int, model, optimizer, py_rng: random.Random, extra: dict) -> None:
