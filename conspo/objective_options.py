@@ -182,10 +182,6 @@ class ObjectiveOptions:
         return schedule(max(int(step), 0))
 
 
-def objective_option_names() -> tuple[str, ...]:
-    return tuple(f.name for f in fields(ObjectiveOptions))
-
-
 def _takes_score_tau(objective: str) -> bool:
     """A sequence-score objective other than conspo whose loss takes a ``tau``."""
     if objective == "conspo":
