@@ -54,7 +54,6 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -68,7 +67,7 @@ DTYPES = {"bf16": "bfloat16", "fp32": "float32"}
 VARIANTS = ("ours", "naive")
 
 
-from machine import busy_note, header_line  # noqa: E402  (bench/ is on sys.path when run as a script)
+from machine import busy_note, header_line, run_fresh  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 # ---- one measurement, in its own process ----------------------------------------------------
 
@@ -140,19 +139,7 @@ def worker(spec: dict) -> None:
 
 
 def run_worker(spec: dict, timeout: float) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "MKL_NUM_THREADS": str(spec["threads"])}
-    proc = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--_worker", json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-        cwd=ROOT,
-    )
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT ") :])
-    raise RuntimeError(f"worker {spec} failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    return run_fresh(__file__, "--_worker", spec, threads=spec["threads"], timeout=timeout, label=str(spec))[0]
 
 
 def estimate_gb(batch: int, width: int, vocab: int, dtype: str) -> float:
@@ -290,25 +277,7 @@ def model_worker(spec: dict) -> None:
 
 
 def run_model_worker(spec: dict, timeout: float) -> dict:
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": str(spec["threads"]),
-        "MKL_NUM_THREADS": str(spec["threads"]),
-        "TRANSFORMERS_VERBOSITY": "error",
-        "PYTHONWARNINGS": "ignore",
-    }
-    proc = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--_model_worker", json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-        cwd=ROOT,
-    )
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT ") :])
-    raise RuntimeError(f"worker {spec} failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    return run_fresh(__file__, "--_model_worker", spec, threads=spec["threads"], timeout=timeout, label=str(spec))[0]
 
 
 def model_main(args) -> int:

@@ -50,8 +50,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -73,7 +71,7 @@ TOY = dict(
 TARGET_MEMORY, TARGET_TIME = 0.5, 1.0
 
 
-from machine import busy_note, header_line  # noqa: E402  (bench/ is on sys.path when run as a script)
+from machine import busy_note, header_line, run_fresh  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 # ---- one measurement, in its own process ----------------------------------------------------
 
@@ -337,31 +335,8 @@ def worker(spec: dict) -> None:
 
 
 def run_worker(spec: dict, timeout: float) -> dict:
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": str(spec["threads"]),
-        "MKL_NUM_THREADS": str(spec["threads"]),
-        "TRANSFORMERS_VERBOSITY": "error",
-        "TOKENIZERS_PARALLELISM": "false",
-        "TQDM_DISABLE": "1",
-        "WANDB_DISABLED": "true",
-        "PYTHONWARNINGS": "ignore",
-    }
-    proc = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--_worker", json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-        cwd=ROOT,
-    )
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT ") :])
-    raise RuntimeError(
-        f"worker {spec['engine']}/{spec['objective']}/L={spec['length']} failed (exit {proc.returncode}):\n"
-        f"{proc.stdout[-2000:]}\n{proc.stderr[-5000:]}"
-    )
+    label = f"{spec['engine']}/{spec['objective']}/L={spec['length']}"
+    return run_fresh(__file__, "--_worker", spec, threads=spec["threads"], timeout=timeout, label=label)[0]
 
 
 def _parse_options(items: list[str]) -> dict:

@@ -35,10 +35,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -55,7 +53,7 @@ RUNS = {  # name: (engine, objective)
 TARGET_SPEEDUP, TARGET_RATIO = 1.25, 1.05
 
 
-from machine import busy_note, header_line  # noqa: E402  (bench/ is on sys.path when run as a script)
+from machine import busy_note, header_line, run_fresh  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 # ---- the runs ---------------------------------------------------------------------------------
 
@@ -127,31 +125,10 @@ def worker(specs: list[dict]) -> None:
 
 
 def run_workers(specs: list[dict], threads: int, timeout: float) -> list[dict]:
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": str(threads),
-        "MKL_NUM_THREADS": str(threads),
-        "TRANSFORMERS_VERBOSITY": "error",
-        "TOKENIZERS_PARALLELISM": "false",
-        "TQDM_DISABLE": "1",
-        "WANDB_DISABLED": "true",
-        "PYTHONWARNINGS": "ignore",
-    }
-    proc = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--_worker", json.dumps(specs)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-        cwd=ROOT,
+    label = str([s["run"] for s in specs])
+    return run_fresh(
+        __file__, "--_worker", specs, threads=threads, timeout=timeout, label=label, expect=len(specs), check_exit=True
     )
-    results = [json.loads(line[len("RESULT ") :]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode != 0 or len(results) != len(specs):
-        raise RuntimeError(
-            f"worker for {[s['run'] for s in specs]} failed (exit {proc.returncode}):\n"
-            f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-        )
-    return results
 
 
 def step_rows(result: dict, skip: int) -> list[dict]:

@@ -57,3 +57,47 @@ def busy_note() -> str:
         "the CPU and the timings are unreliable (torch threads stall badly when a core they need is busy). "
         "Rerun on a quiet machine.\n"
     )
+
+
+def run_fresh(
+    script: str,
+    flag: str,
+    payload,
+    *,
+    threads: int,
+    timeout: float,
+    label: str,
+    expect: int = 1,
+    check_exit: bool = False,
+) -> list:
+    """Run ``python script flag <payload as JSON>`` in a new process (one measurement per process: no memory or
+    cache carried over), with ``threads`` torch threads and the libraries' progress bars, telemetry and warnings
+    off; return the ``RESULT <json>`` lines it printed. Fewer than ``expect`` of them (or, with ``check_exit``, a
+    non-zero exit) raises with the worker's output tail and ``label``."""
+    import json
+    import subprocess
+
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+        "TRANSFORMERS_VERBOSITY": "error",
+        "TOKENIZERS_PARALLELISM": "false",
+        "TQDM_DISABLE": "1",
+        "WANDB_DISABLED": "true",
+        "PYTHONWARNINGS": "ignore",
+    }
+    proc = subprocess.run(
+        [sys.executable, str(Path(script).resolve()), flag, json.dumps(payload)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    results = [json.loads(line[len("RESULT ") :]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if len(results) < expect or (check_exit and proc.returncode != 0):
+        raise RuntimeError(
+            f"worker {label} failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        )
+    return results
