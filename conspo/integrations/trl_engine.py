@@ -247,6 +247,18 @@ def run_trl_training(cfg: TrainConfig, *, log=print) -> dict:
         model, tokenizer = load_model(cfg, task, torch.device("cpu"), dtype, log)
     max_new_tokens = cfg.max_new_tokens or task.max_new_tokens
     heldout = task.heldout_problems()[: cfg.eval_size or None]
+
+    def evaluate(policy):  # greedy held-out accuracy, as the native trainer measures it
+        return evaluate_greedy(
+            policy,
+            tokenizer,
+            task,
+            heldout,
+            max_new_tokens=max_new_tokens,
+            rewards=rewards,
+            positive_threshold=cfg.positive_threshold,
+        )[0]
+
     checkpoint, start_step = None, 0
     run_state = {"run_id": new_run_id(), "heldout_accuracy_before": None, "wall_seconds": 0.0}
     if cfg.resume:
@@ -258,15 +270,7 @@ def run_trl_training(cfg: TrainConfig, *, log=print) -> dict:
         if main:
             log(f"resumed from {checkpoint} at step {start_step}")
     elif main:
-        run_state["heldout_accuracy_before"] = evaluate_greedy(
-            model,
-            tokenizer,
-            task,
-            heldout,
-            max_new_tokens=max_new_tokens,
-            rewards=rewards,
-            positive_threshold=cfg.positive_threshold,
-        )[0].accuracy
+        run_state["heldout_accuracy_before"] = evaluate(model).accuracy
     if main:
         write_config(run_dir, cfg, resolved_settings(cfg, model, tokenizer, task, device, dtype, max_new_tokens))
     model_generation_config, stop = use_conspo_sampler(model, tokenizer, task)  # after resolved_settings has read it
@@ -331,15 +335,7 @@ def run_trl_training(cfg: TrainConfig, *, log=print) -> dict:
                 metrics["gen/masked_truncated_frac"] = metrics["gen/truncated_frac"]
             step = state.global_step
             if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
-                result, _ = evaluate_greedy(
-                    trainer.model,
-                    tokenizer,
-                    task,
-                    heldout,
-                    max_new_tokens=max_new_tokens,
-                    rewards=rewards,
-                    positive_threshold=cfg.positive_threshold,
-                )
+                result = evaluate(trainer.model)
                 metrics.update({"heldout/accuracy": result.accuracy, **result.reward_metrics})
             writer.write(step, metrics)
 
